@@ -1,0 +1,46 @@
+# Everything installs itself: a virtualenv in .venv from PyPI, the Kafka broker jars from Maven
+# Central (cached in ~/.cache/knock-sink). Nothing needs to be installed by hand beyond
+# Python 3.11+, Java 17+ and Maven.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast chaos bench emulator clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+setup: $(STAMP)
+	deploy/local/kafka fetch >/dev/null
+
+## demo: local broker + local Knock API + sample events + the sink; prints the users
+demo: setup
+	$(BIN)/knock-sink demo
+
+## test: the whole suite (unit, emulator, integration, shortened chaos) on a real broker
+test: setup
+	$(BIN)/python -m pytest
+
+## test-fast: pure-logic unit tests only (no broker, no server)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/test_events.py tests/test_mapping.py tests/test_plan.py \
+	    tests/test_tracker.py tests/test_policy.py tests/test_knock.py
+
+## chaos: the full-length fault-injection runs (long)
+chaos: setup
+	KNOCK_SINK_CHAOS_FULL=1 $(BIN)/python -m pytest -m chaos -s
+
+## bench: the performance comparison (see README, Performance)
+bench: setup
+	$(BIN)/python -m bench.run
+
+## emulator: serve the local Knock-compatible API on :8080
+emulator: $(STAMP)
+	$(BIN)/knock-sink emulator --port 8080
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,209 @@
+"""Apply step: carry out a :class:`~consumer.plan.Plan` against Knock and report what became of
+every pending op.
+
+Levels run one after another; the steps inside a level touch disjoint users and run
+concurrently. An op counts as *done* only when Knock applied it: for bulk identify that means
+the bulk operation finished and the user is in neither its ``error_items`` nor the
+``x-ratelimited-*`` header. When an op of a user does not apply, every later op of that user
+(and any merge involving it) in the same plan is handed back untouched, so per-user order holds
+across retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .errors import ItemError, RetryableError
+from .knock import KnockClient
+from .ops import Merge
+from .plan import Entry, Level, MergeStep, Pending, Plan
+
+log = logging.getLogger("knock_sink.apply")
+
+#: Knock skips a user updated by a bulk call less than this many seconds earlier.
+ENTITY_GAP = 1.0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of a plan. ``retry`` pairs each pending with the delay before it may be sent
+    again; ``dead`` pairs it with the dead-letter kind and reason."""
+
+    done: list[Pending] = field(default_factory=list)
+    retry: list[tuple[Pending, float]] = field(default_factory=list)
+    dead: list[tuple[Pending, str, str]] = field(default_factory=list)
+    users_sent: int = 0
+    calls: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, operation: str, users: int = 0) -> None:
+        with self._lock:
+            self.calls[operation] = self.calls.get(operation, 0) + 1
+            self.users_sent += users
+
+
+def _chunks(items: list[Entry], size: int) -> Iterator[list[Entry]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Applier:
+    """Runs plans; one plan at a time (the caller serialises calls to :meth:`apply`).
+
+    :param singles: at most this many entries of a level go through single identify instead of
+        bulk (Knock paces the two endpoints separately, so both budgets add up), and entries
+        whose user was in a bulk call less than :data:`ENTITY_GAP` ago always do.
+    """
+
+    def __init__(
+        self,
+        knock: KnockClient,
+        *,
+        bulk_size: int,
+        concurrency: int,
+        item_attempts: int,
+        singles: int = 0,
+        entity_gap: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._knock = knock
+        self._bulk_size = bulk_size
+        self._item_attempts = item_attempts
+        self._singles = singles
+        self._gap = entity_gap
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="knock")
+        self._last_bulk: dict[str, float] = {}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def apply(self, plan: Plan) -> Outcome:
+        """Apply ``plan``. Raises :class:`~consumer.errors.FatalKnockError` when Knock rejects the
+        configuration; everything else ends up in the returned :class:`Outcome`."""
+        out = Outcome()
+        blocked: set[str] = set()
+        for level in plan.levels:
+            self._apply_level(level, blocked, out)
+        return out
+
+    def _apply_level(self, level: Level, blocked: set[str], out: Outcome) -> None:
+        bulk: list[Entry] = []
+        singles: list[Entry] = []
+        now = self._clock()
+        for entry in level.identifies:
+            if entry.user_id in blocked:
+                out.retry.extend((p, 0.0) for p in entry.items)
+            elif self._gap and now - self._last_bulk.get(entry.user_id, -1e9) < self._gap:
+                singles.append(entry)
+            else:
+                bulk.append(entry)
+        room = max(0, self._singles - len(singles))
+        if room and len(bulk) > self._bulk_size:
+            # Past one bulk call the next waits a whole second for Knock's tier-1 budget,
+            # while single identify has its own budget: spend it on the overflow.
+            singles.extend(bulk[self._bulk_size : self._bulk_size + room])
+            del bulk[self._bulk_size : self._bulk_size + room]
+        tasks: list[Future[None]] = []
+        for chunk in _chunks(bulk, self._bulk_size):
+            for e in chunk:
+                self._last_bulk[e.user_id] = now
+            tasks.append(self._pool.submit(self._bulk, chunk, blocked, out))
+        tasks.extend(self._pool.submit(self._single, e, blocked, out) for e in singles)
+        for step in level.merges:
+            op = step.pending.op
+            assert isinstance(op, Merge)
+            if op.user_id in blocked or op.from_user_id in blocked:
+                blocked.update((op.user_id, op.from_user_id))
+                out.retry.append((step.pending, 0.0))
+            else:
+                tasks.append(self._pool.submit(self._merge, step, blocked, out))
+        error: BaseException | None = None
+        for t in tasks:
+            # Wait for every task even after a failure: none may still be writing to `out`.
+            try:
+                t.result()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                error = error or exc
+        if error is not None:
+            raise error
+        if len(self._last_bulk) > 200_000:
+            cutoff = now - self._gap
+            self._last_bulk = {u: t for u, t in self._last_bulk.items() if t >= cutoff}
+
+    # Tasks run on the pool; list.append and set.add are atomic under the GIL, which is all
+    # the sharing they do.
+
+    def _failed(self, entry_items: list[Pending], user: str, why: str, blocked: set[str], out: Outcome) -> None:
+        blocked.add(user)
+        for p in entry_items:
+            p.attempts += 1
+            if p.attempts >= self._item_attempts:
+                out.dead.append((p, "knock_rejected", why))
+            else:
+                out.retry.append((p, min(30.0, 2.0**p.attempts)))
+
+    def _bulk(self, chunk: list[Entry], blocked: set[str], out: Outcome) -> None:
+        users = [{"id": e.user_id, **e.props} for e in chunk]
+        try:
+            result = self._knock.bulk_identify(users)
+        except RetryableError:  # only when stopping
+            self._give_back(chunk, blocked, out)
+            return
+        except ItemError:
+            # Knock refused the whole request because of its content: find the culprits by
+            # sending each user alone.
+            for e in chunk:
+                self._single(e, blocked, out)
+            return
+        out.count("bulk_identify", len(chunk))
+        limited = set(result.rate_limited)
+        for e in chunk:
+            if e.user_id in result.failed:
+                self._failed(e.items, e.user_id, result.failed[e.user_id], blocked, out)
+            elif e.user_id in limited:
+                blocked.add(e.user_id)
+                out.retry.extend((p, ENTITY_GAP) for p in e.items)
+            else:
+                out.done.extend(e.items)
+
+    def _single(self, entry: Entry, blocked: set[str], out: Outcome) -> None:
+        try:
+            self._knock.identify(entry.user_id, entry.props)
+        except RetryableError:
+            self._give_back([entry], blocked, out)
+            return
+        except ItemError as exc:
+            blocked.add(entry.user_id)
+            out.dead.extend((p, "knock_rejected", str(exc)) for p in entry.items)
+            return
+        finally:
+            out.count("identify", 1)
+        out.done.extend(entry.items)
+
+    def _merge(self, step: MergeStep, blocked: set[str], out: Outcome) -> None:
+        op = step.pending.op
+        assert isinstance(op, Merge)
+        try:
+            self._knock.merge(op.user_id, op.from_user_id)
+        except RetryableError:
+            blocked.update((op.user_id, op.from_user_id))
+            out.retry.append((step.pending, 0.0))
+            return
+        except ItemError as exc:
+            out.dead.append((step.pending, "knock_rejected", str(exc)))
+            return
+        finally:
+            out.count("merge")
+        out.done.append(step.pending)
+
+    @staticmethod
+    def _give_back(entries: list[Entry], blocked: set[str], out: Outcome) -> None:
+        for e in entries:
+            blocked.add(e.user_id)
+            out.retry.extend((p, 0.0) for p in e.items)

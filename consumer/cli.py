@@ -1,0 +1,143 @@
+"""``knock-sink``: the command line.
+
+Exit codes: 0 done (or stopped by SIGTERM/SIGINT after draining), 2 a bad setting (one line
+naming it), 3 Knock rejected the configuration at run time (API key, base URL), 1 anything
+unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import ConfigError, FatalKnockError
+
+EXIT_CONFIG = 2
+EXIT_FATAL = 3
+
+#: Flag dest -> dotted setting it overrides.
+FLAG_SETTINGS = {
+    "bootstrap_servers": "kafka.bootstrap_servers",
+    "topics": "kafka.topics",
+    "group_id": "kafka.group_id",
+    "dlq_topic": "kafka.dlq_topic",
+    "knock_base_url": "knock.base_url",
+    "bulk_size": "knock.bulk_size",
+    "rate_limits": "knock.rate_limits",
+    "flush_interval": "sink.flush_interval",
+    "max_pending": "sink.max_pending",
+    "metrics_port": "sink.metrics_port",
+    "log_level": "sink.log_level",
+    "anonymous": "mapping.anonymous",
+    "default_region": "mapping.default_region",
+}
+
+
+def _kafka_option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML settings file (see README)")
+    p.add_argument("--topic", dest="topics", action="append", metavar="TOPIC",
+                   help="topic to read (repeatable; env KNOCK_SINK_TOPICS, comma-separated)")
+    p.add_argument("--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS)")
+    p.add_argument("--group-id", help="consumer group (env KNOCK_SINK_GROUP_ID; default knock-sink)")
+    p.add_argument("--dlq-topic", help="dead-letter topic (env KNOCK_SINK_DLQ_TOPIC; default <topic>.dlq)")
+    p.add_argument("--kafka-option", action="append", type=_kafka_option, default=[],
+                   metavar="KEY=VALUE", help="librdkafka setting passed through (TLS, SASL...); repeatable")
+    p.add_argument("--knock-base-url", help="Knock API (env KNOCK_BASE_URL; default https://api.knock.app)")
+    p.add_argument("--bulk-size", type=int, help="users per bulk identify call (default 1000)")
+    p.add_argument("--rate-limits", choices=["knock", "off"], help="pace requests to Knock's tiers (default knock)")
+    p.add_argument("--flush-interval", type=float, help="seconds before a partial batch is sent (default 0.5)")
+    p.add_argument("--max-pending", type=int, help="events buffered before fetching pauses")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")
+    p.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .emulator import cli as emulator_cli
+
+    parser = argparse.ArgumentParser(
+        prog="knock-sink",
+        description="Keep Knock users in sync with Segment-style events on Kafka. "
+        "The API key is read from KNOCK_API_KEY only (never a flag, so it stays out of "
+        "process lists and shell history).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="consume continuously (stop with SIGTERM/SIGINT: drains, commits, exits 0)")
+    _add_sink_arguments(run)
+    back = sub.add_parser("backfill", help="replay topics and exit once everything up to their end is applied")
+    _add_sink_arguments(back)
+    back.add_argument("--from-beginning", action="store_true",
+                      help="rewind every partition to its first offset (else start from the group's commit)")
+    back.add_argument("--until-end", action="store_true", default=True,
+                      help="stop at the end offsets seen at start (always on; accepted for clarity)")
+    emu = sub.add_parser("emulator", help="serve a local Knock-compatible API")
+    emulator_cli.add_arguments(emu)
+    demo = sub.add_parser("demo", help="local broker + local Knock API + sample events + the sink, then print the users")
+    demo.add_argument("--events", type=int, default=0, help="extra generated identify events (default 0)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .config import load_settings
+
+    overrides = {dotted: getattr(args, dest, None) for dest, dotted in FLAG_SETTINGS.items()}
+    if args.kafka_option:
+        overrides["kafka.client"] = dict(args.kafka_option)
+    return load_settings(args.config, overrides=overrides)
+
+
+def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
+    from .sink import Sink, describe
+
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.sink.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # One line per HTTP request is httpx's INFO; the sink logs its own retries and failures.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    sink = Sink(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sink.stop())
+    try:
+        summary = sink.run(from_beginning=backfill and args.from_beginning, until_end=backfill)
+    except FatalKnockError as exc:
+        print(f"knock-sink: stopped: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print(json.dumps(describe(summary), sort_keys=True))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "emulator":
+            from .emulator import cli as emulator_cli
+
+            return emulator_cli.main(args)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(extra_events=args.events)
+        return _run_sink(args, backfill=args.command == "backfill")
+    except ConfigError as exc:
+        print(f"knock-sink: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

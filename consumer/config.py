@@ -1,0 +1,217 @@
+"""Settings: one typed model, read from a TOML file, then the environment, then flags.
+
+Later sources win (flags over environment over file over defaults). Any problem becomes one
+:class:`~consumer.errors.ConfigError` naming the setting, which the command line prints as one
+line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.knock.app"
+DEFAULT_GROUP_ID = "knock-sink"
+#: Knock's current bulk identify limit; accounts on the older documented limit use 100.
+MAX_BULK_USERS = 1000
+
+#: Knock reserved field -> trait keys tried in order (the first one present wins).
+DEFAULT_FIELDS: dict[str, list[str]] = {
+    "email": ["email"],
+    "name": ["name"],
+    "phone_number": ["phone", "phone_number", "phoneNumber"],
+    "avatar": ["avatar"],
+    "created_at": ["createdAt", "created_at"],
+    "locale": ["locale"],
+    "timezone": ["timezone"],
+}
+
+#: Environment variables and the setting each one fills (the Knock ones are the names Knock's
+#: own SDKs read).
+ENVIRONMENT: dict[str, tuple[str, str]] = {
+    "KAFKA_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
+    "KNOCK_SINK_TOPICS": ("kafka", "topics"),
+    "KNOCK_SINK_GROUP_ID": ("kafka", "group_id"),
+    "KNOCK_SINK_DLQ_TOPIC": ("kafka", "dlq_topic"),
+    "KNOCK_API_KEY": ("knock", "api_key"),
+    "KNOCK_BASE_URL": ("knock", "base_url"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topics: list[str] = Field(default_factory=list)
+    group_id: str = DEFAULT_GROUP_ID
+    #: Dead-letter topic; ``None`` means ``<source topic>.dlq`` for each source topic.
+    dlq_topic: str | None = None
+    #: Passed through to librdkafka as is (TLS, SASL, timeouts...), for consumer and producer.
+    client: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    #: Messages asked of ``consume()`` per call.
+    consume_batch: int = Field(1000, ge=1, le=100_000)
+    #: Values larger than this go to the dead-letter topic unread.
+    max_message_bytes: int = Field(1_048_576, ge=1)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _split_topics(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [t.strip() for t in v.split(",") if t.strip()]
+        return v
+
+    def dlq_for(self, topic: str) -> str:
+        return self.dlq_topic or f"{topic}.dlq"
+
+
+class KnockSettings(_Section):
+    api_key: SecretStr | None = None
+    base_url: str = DEFAULT_BASE_URL
+    #: Users per bulk identify call.
+    bulk_size: int = Field(MAX_BULK_USERS, ge=1, le=MAX_BULK_USERS)
+    #: ``knock`` paces every endpoint to Knock's documented tiers; ``off`` for local benchmarks.
+    rate_limits: Literal["knock", "off"] = "knock"
+    #: Seconds for one HTTP request.
+    timeout: float = Field(30.0, gt=0)
+    #: Cap of the exponential backoff between retries of a transient failure, in seconds.
+    max_backoff: float = Field(30.0, gt=0)
+    #: Requests in flight at once (bulk chunks, merges, single identifies).
+    concurrency: int = Field(8, ge=1, le=64)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class MappingSettings(_Section):
+    #: Region used to read phone numbers written without a country code.
+    default_region: str = "US"
+    #: What to do with an event that has no ``userId``: skip it (counted), or use its
+    #: ``anonymousId`` (with ``anonymous_prefix`` in front) as the Knock user id.
+    anonymous: Literal["skip", "anonymous_id"] = "skip"
+    anonymous_prefix: str = ""
+    #: Knock reserved field -> trait keys tried in order; an empty list turns the field off (the
+    #: traits it would have read stay custom properties). Keys given here replace the defaults
+    #: of that field only.
+    fields: dict[str, list[str]] = Field(default_factory=dict)
+    #: Traits never sent to Knock.
+    drop: list[str] = Field(default_factory=list)
+    #: Trait -> custom property name.
+    rename: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        import phonenumbers  # local: only validation needs the region table
+
+        if v.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown region {v!r}")
+        return v.upper()
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = sorted(set(v) - set(DEFAULT_FIELDS))
+        if unknown:
+            raise ValueError(f"not a Knock reserved field: {', '.join(unknown)}")
+        return v
+
+    def field_sources(self) -> dict[str, list[str]]:
+        """The effective reserved-field table: defaults overlaid with ``fields``."""
+        return {**DEFAULT_FIELDS, **self.fields}
+
+
+class SinkSettings(_Section):
+    #: Seconds to wait for more events before sending what is buffered.
+    flush_interval: float = Field(0.5, gt=0)
+    #: Events buffered or in flight before fetching pauses.
+    max_pending: int = Field(50_000, ge=1)
+    #: Seconds allowed on shutdown or partition revoke to finish in-flight work.
+    drain_timeout: float = Field(30.0, gt=0)
+    #: Attempts at one item Knock rejected inside a bulk operation before it is dead-lettered.
+    item_attempts: int = Field(5, ge=1)
+    #: Serve Prometheus metrics on this port (0: off).
+    metrics_port: int = Field(0, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(_Section):
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    knock: KnockSettings = Field(default_factory=KnockSettings)
+    mapping: MappingSettings = Field(default_factory=MappingSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
+
+    def require_runnable(self) -> None:
+        """Check what ``run`` and ``backfill`` need beyond the types."""
+        if not self.kafka.topics:
+            raise ConfigError("kafka.topics", "no topic to read (KNOCK_SINK_TOPICS or --topic)")
+        if self.knock.api_key is None or not self.knock.api_key.get_secret_value():
+            raise ConfigError("knock.api_key", "not set (KNOCK_API_KEY)")
+
+
+def _deep_set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _deep_update(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from a TOML file, the environment and ``overrides`` (flags),
+    in that order of precedence, lowest first.
+
+    ``overrides`` maps dotted names (``"knock.bulk_size"``) to values; ``None`` values are
+    ignored so that unset flags do not hide the environment.
+    """
+    raw: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError("--config", f"{path}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path}: {exc}") from None
+    env = os.environ if environ is None else environ
+    for name, path_ in ENVIRONMENT.items():
+        if env.get(name):
+            _deep_set(raw, path_, env[name])
+    extra: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _deep_set(extra, tuple(dotted.split(".")), value)
+    _deep_update(raw, extra)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "settings"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        raise ConfigError(loc, msg) from None

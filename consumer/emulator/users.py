@@ -1,0 +1,140 @@
+"""``/v1/users`` and ``/v1/bulk_operations`` handlers. Each takes the request and the
+:class:`~.state.Emulator`; auth, limits and faults were already applied by the route wrapper."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .models import (
+    MAX_BULK_ITEMS,
+    MAX_PAGE_SIZE,
+    check_bulk_user,
+    check_id,
+    check_identify_fields,
+    decode_cursor,
+    encode_cursor,
+    invalid,
+    not_found,
+    render_user,
+)
+from .state import Emulator
+from .web import json_response, path_id, read_object
+
+
+async def identify(request: Request, em: Emulator) -> Response:
+    user_id = path_id(request, "user_id")
+    body = await read_object(request, empty_ok=True)
+    check_identify_fields(body)
+    data, updated_at = em.store.identify(user_id, body, deep=em.deep)
+    em.stats.count_identify((user_id,))
+    return json_response(render_user(user_id, data, updated_at))
+
+
+async def get_user(request: Request, em: Emulator) -> Response:
+    user_id = path_id(request, "user_id")
+    found = em.store.get_user(user_id)
+    if found is None:
+        raise not_found()
+    return json_response(render_user(user_id, *found))
+
+
+async def delete_user(request: Request, em: Emulator) -> Response:
+    # A missing user is a 404, as GET answers, rather than a silent 204.
+    user_id = path_id(request, "user_id")
+    if not em.store.delete_users([user_id]):
+        raise not_found()
+    return Response(status_code=204)
+
+
+async def list_users(request: Request, em: Emulator) -> Response:
+    """Cursor pages in creation order; ``include[]=preferences`` adds each user's sets."""
+    query = request.query_params
+    size_raw = query.get("page_size", str(MAX_PAGE_SIZE))
+    if not size_raw.isdigit() or not 1 <= int(size_raw) <= MAX_PAGE_SIZE:
+        raise invalid("page_size", f"must be an integer from 1 to {MAX_PAGE_SIZE}")
+    page_size = int(size_raw)
+    after = decode_cursor(query["after"], "after") if query.get("after") else None
+    before = decode_cursor(query["before"], "before") if query.get("before") else None
+    include = set(query.getlist("include[]")) | set(query.getlist("include"))
+    rows, more_before, more_after = em.store.list_users(after=after, before=before, limit=page_size)
+    entries = []
+    for _, (uid, data, updated_at) in rows:
+        user = render_user(uid, data, updated_at)
+        if "preferences" in include:
+            user["preferences"] = data.get("preferences") or {}
+        entries.append(user)
+    page_info = {
+        "__typename": "PageInfo",
+        "after": encode_cursor(rows[-1][0]) if rows and more_after else None,
+        "before": encode_cursor(rows[0][0]) if rows and more_before else None,
+        "page_size": page_size,
+    }
+    return json_response({"entries": entries, "page_info": page_info})
+
+
+async def merge(request: Request, em: Emulator) -> Response:
+    user_id = path_id(request, "user_id")
+    body = await read_object(request)
+    from_user_id = check_id(body.get("from_user_id"), "from_user_id")
+    merged = em.store.merge(user_id, from_user_id)
+    if merged is None:
+        raise not_found()
+    return json_response(render_user(user_id, *merged))
+
+
+def _bulk_list(body: dict[str, Any], field: str) -> list[Any]:
+    items = body.get(field)
+    if not isinstance(items, list) or not items:
+        raise invalid(field, "must be a non-empty list", "required")
+    if len(items) > MAX_BULK_ITEMS:
+        raise invalid(field, f"must contain at most {MAX_BULK_ITEMS} items", "length")
+    return items
+
+
+def _entity_limit(em: Emulator, ids: list[str], header: str) -> tuple[set[str], dict[str, str]]:
+    """Knock's per-entity limit: ids updated by a bulk call < 1 s ago are skipped and named
+    in an ``x-ratelimited-<param>`` header, while the answer stays 2xx."""
+    if not em.limits_on:
+        return set(), {}
+    limited = em.entities.admit(ids)
+    if not limited:
+        return limited, {}
+    named = list(dict.fromkeys(uid for uid in ids if uid in limited))
+    return limited, {header: ",".join(named)}
+
+
+async def bulk_identify(request: Request, em: Emulator) -> Response:
+    users = _bulk_list(await read_object(request), "users")
+    for i, user in enumerate(users):
+        check_bulk_user(user, i)
+    limited, headers = _entity_limit(em, [u["id"] for u in users], "x-ratelimited-users")
+    if limited:
+        users = [u for u in users if u["id"] not in limited]
+    op = em.bulk.submit("identify", users, doomed=em.faults.take_doomed_bulk())
+    em.stats.count_identify(u["id"] for u in users)
+    return json_response(op.render(_base_url(request)), headers=headers)
+
+
+async def bulk_delete(request: Request, em: Emulator) -> Response:
+    user_ids = _bulk_list(await read_object(request), "user_ids")
+    for i, uid in enumerate(user_ids):
+        check_id(uid, f"user_ids[{i}]")
+    limited, headers = _entity_limit(em, user_ids, "x-ratelimited-user_ids")
+    if limited:
+        user_ids = [uid for uid in user_ids if uid not in limited]
+    op = em.bulk.submit("delete", user_ids, doomed=em.faults.take_doomed_bulk())
+    return json_response(op.render(_base_url(request)), headers=headers)
+
+
+async def get_bulk_operation(request: Request, em: Emulator) -> Response:
+    op = em.bulk.get(request.path_params["id"])
+    if op is None:
+        raise not_found()
+    return json_response(op.render(_base_url(request)))
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")

@@ -1,0 +1,75 @@
+"""The sink's errors, one tree, split by what the caller does about them::
+
+    SinkError
+    ├── ConfigError          bad setting: one line naming it, exit code 2
+    ├── FatalKnockError      Knock says the configuration is wrong (401/403, 404 on the API
+    │                        root): stop fetching, commit nothing past it, exit non-zero
+    ├── InvalidEvent         this one event can never be applied: dead-letter it with `reason`
+    └── KnockError           an HTTP answer from Knock, parsed from its {code, message, status, type}
+        ├── RetryableError   connection error, timeout, 408, 429, 5xx: retry with backoff
+        └── ItemError        a per-item 4xx (422 on one user): dead-letter that item
+
+Nothing in here ever carries the API key: messages are built from status lines and Knock's
+error bodies only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SinkError(Exception):
+    """Base of every error the sink raises on purpose."""
+
+
+class ConfigError(SinkError):
+    """A setting is missing or invalid. ``str(err)`` is the one line shown to the user."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"invalid setting {setting}: {problem}")
+
+
+class InvalidEvent(SinkError):
+    """An event that can never be applied. ``kind`` is a short stable tag for metrics and the
+    dead-letter ``error.type`` header; ``reason`` the human-readable detail."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind = kind
+        self.reason = reason
+        super().__init__(f"{kind}: {reason}")
+
+
+class KnockError(SinkError):
+    """An error answer from Knock (or no answer at all for :class:`RetryableError`)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        body: Any = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.body = body
+        super().__init__(message)
+
+
+class RetryableError(KnockError):
+    """Transient: the same request may succeed later. ``retry_after`` is Knock's hint in
+    seconds, when it gave one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)
+
+
+class ItemError(KnockError):
+    """A permanent rejection of one request's content (4xx other than 401/403/404-on-root/408/429)."""
+
+
+class FatalKnockError(KnockError):
+    """Knock rejects our credentials or base URL: every further request would fail the same way."""

@@ -1,0 +1,219 @@
+"""Segment messages: one small model and a lenient, hand-written parser.
+
+:func:`parse_event` takes the already-decoded JSON value of one Kafka message and returns an
+:class:`Event`, or raises :class:`~consumer.errors.InvalidEvent` (``kind="invalid_event"``) when
+the value is not a usable Segment message. The rules, from what libraries actually send
+(``/work/shared/notes/segment-spec.md`` §1):
+
+* ``type`` must be one of :data:`EVENT_TYPES` (case-insensitive).
+* Ids (``userId``, ``anonymousId``, ``previousId``, ``groupId``, ``messageId``) and the track
+  name ``event``: a string, or a number stringified like analytics-python's ``stringify_id``
+  (``str(value)``); ``null`` and ``""`` mean absent; anything else (bool, object, list) is fatal.
+* ``traits``, ``context`` and ``context.traits``: an object or ``null``; anything else is fatal.
+* Informational fields never make an event fatal, a value of the wrong shape becomes ``None``:
+  timestamps (any ISO-8601 form, see :func:`parse_timestamp`), ``version`` (number or string),
+  ``channel`` (top level, else ``context.channel``).
+* Unknown top-level keys are ignored. Alias also reads the legacy ``from``/``to`` keys when
+  ``previousId``/``userId`` are absent.
+
+A hand-written validator over a slotted dataclass rather than a pydantic model: it runs once per
+event, and the leniency rules above would need as many custom validators as lines here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import InvalidEvent
+
+EVENT_TYPES = frozenset({"identify", "track", "alias", "group", "page", "screen"})
+
+#: Epoch numbers at or above this are read as milliseconds: 1e11 seconds is the year 5138,
+#: 1e11 milliseconds is March 1973, so only pre-1973 millisecond values are misread.
+_MS_THRESHOLD = 100_000_000_000
+
+@dataclass(slots=True)
+class Event:
+    """One Segment message, reduced to what the sink reads.
+
+    ``traits`` is the user's traits as this message states them: for ``identify``,
+    ``context.traits`` overlaid key by key with ``traits``; for every other type,
+    ``context.traits`` only. ``group_traits`` is a ``group`` message's own ``traits`` (empty
+    otherwise). The dicts may be the decoded input itself, shared with ``context``.
+    """
+
+    type: str
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    previous_id: str | None = None
+    group_id: str | None = None
+    message_id: str | None = None
+    event: str | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+    group_traits: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    channel: str | None = None
+    version: int | float | str | None = None
+    timestamp: datetime | None = None
+    original_timestamp: datetime | None = None
+    sent_at: datetime | None = None
+    received_at: datetime | None = None
+
+
+def _kind(value: object) -> str:
+    """The JSON name of ``value``'s type, for error reasons."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+def _id(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None or value == "":
+        return None
+    cls = type(value)
+    if cls is str:
+        return value  # type: ignore[no-any-return]
+    # ``type() is`` rather than isinstance: bool is an int, and True is no id.
+    if cls is int or cls is float:
+        return str(value)
+    raise InvalidEvent("invalid_event", f"{key}: expected a string or number, got {_kind(value)}")
+
+
+def _object(value: object, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if type(value) is dict:
+        return value
+    raise InvalidEvent("invalid_event", f"{name}: expected an object, got {_kind(value)}")
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """An aware datetime from an ISO-8601 string or an epoch number, or ``None``.
+
+    Strings: anything :meth:`datetime.fromisoformat` reads (``Z``, offsets such as ``+05:30``,
+    basic format, a space separator, date only), plus lower-case ``t``/``z`` and the legacy
+    ``"YYYY"`` / ``"YYYY-MM"`` forms. A value without an offset is UTC, as Segment states all
+    its timestamps are. Numbers: epoch seconds, or milliseconds from 1e11 on. Never raises.
+    """
+    cls = type(value)
+    if cls is str:
+        text: str = value  # type: ignore[assignment]
+        parsed: datetime | None
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            parsed = _fallback_iso(text.strip())
+        if parsed is None or parsed.tzinfo is not None:
+            return parsed
+        return parsed.replace(tzinfo=UTC)
+    if cls is int or cls is float:
+        seconds: float = value  # type: ignore[assignment]
+        if abs(seconds) >= _MS_THRESHOLD:
+            seconds = seconds / 1000
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _fallback_iso(text: str) -> datetime | None:
+    try:
+        if len(text) == 4 and text.isdigit():
+            return datetime(int(text), 1, 1)
+        if len(text) == 7 and text[4] == "-" and text[:4].isdigit() and text[5:].isdigit():
+            return datetime(int(text[:4]), int(text[5:]), 1)
+        if text != text.upper():
+            return datetime.fromisoformat(text.upper())
+    except ValueError:
+        pass
+    return None
+
+
+def _version(value: object) -> int | float | str | None:
+    cls = type(value)
+    if cls is int or cls is float or cls is str:
+        return value  # type: ignore[return-value]
+    return None
+
+
+def parse_event(obj: object) -> Event:
+    """Validate one decoded Segment message.
+
+    :param obj: the JSON value as decoded (``orjson.loads``).
+    :returns: the :class:`Event`.
+    :raises InvalidEvent: ``kind="invalid_event"``, with a reason naming the offending field,
+        when ``obj`` is not an object, ``type`` is missing or unknown, or an id or traits
+        field has the wrong type.
+    """
+    if type(obj) is not dict:
+        raise InvalidEvent("invalid_event", f"message: expected an object, got {_kind(obj)}")
+    msg: dict[str, Any] = obj
+    kind = msg.get("type")
+    if type(kind) is not str:
+        if kind is None:
+            raise InvalidEvent("invalid_event", "type: missing")
+        raise InvalidEvent("invalid_event", f"type: expected a string, got {_kind(kind)}")
+    if kind not in EVENT_TYPES:
+        lowered = kind.strip().lower()
+        if lowered not in EVENT_TYPES:
+            raise InvalidEvent("invalid_event", f"type: unknown message type {kind[:40]!r}")
+        kind = lowered
+
+    context = _object(msg.get("context"), "context")
+    context_traits = _object(context.get("traits"), "context.traits") if context else {}
+    own_traits = _object(msg.get("traits"), "traits") if kind in ("identify", "group") else {}
+
+    user_id = _id(msg, "userId")
+    previous_id = _id(msg, "previousId")
+    if kind == "alias":
+        # Legacy (facade) spellings: only when the current key is absent.
+        user_id = user_id if user_id is not None else _id(msg, "to")
+        previous_id = previous_id if previous_id is not None else _id(msg, "from")
+
+    if kind == "identify":
+        # Copy only when both are non-empty: most messages carry one or the other.
+        if own_traits and context_traits:
+            traits = {**context_traits, **own_traits}
+        else:
+            traits = own_traits or context_traits
+        group_traits: dict[str, Any] = {}
+    else:
+        traits = context_traits
+        group_traits = own_traits
+
+    get = msg.get
+    channel = get("channel")
+    if channel is None:
+        channel = context.get("channel")
+    return Event(
+        type=kind,
+        user_id=user_id,
+        anonymous_id=_id(msg, "anonymousId"),
+        previous_id=previous_id,
+        group_id=_id(msg, "groupId"),
+        message_id=_id(msg, "messageId"),
+        event=_id(msg, "event"),
+        traits=traits,
+        group_traits=group_traits,
+        context=context,
+        channel=channel if type(channel) is str else None,
+        version=_version(get("version")),
+        timestamp=parse_timestamp(get("timestamp")),
+        original_timestamp=parse_timestamp(get("originalTimestamp")),
+        sent_at=parse_timestamp(get("sentAt")),
+        received_at=parse_timestamp(get("receivedAt")),
+    )

@@ -1,0 +1,393 @@
+"""The Knock client: the only module that speaks HTTP.
+
+Every request goes through :meth:`KnockClient._send`: rate-limit acquire, send, classify
+(:func:`consumer.policy.classify`), then either return, raise, or wait and retry. Transient
+failures (connection errors, timeouts, 408, 429, 5xx) are retried for as long as it takes,
+until success or until the ``stop`` event is set; everything else becomes one error of
+:mod:`consumer.errors`, parsed from Knock's body here and nowhere else.
+
+The API key lives only in the request headers: it is never logged, never put in an exception
+message, and not shown by ``repr``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from .config import KnockSettings
+from .errors import ConfigError, FatalKnockError, ItemError, KnockError, RetryableError
+from .policy import Backoff, RateLimits, Sleeper, classify, parse_retry_after, wait
+
+log = logging.getLogger("knock_sink.knock")
+
+try:
+    _VERSION = version("knock-sink")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    _VERSION = "0+unknown"
+
+#: Knock's bulk endpoints take at most this many ids per call.
+MAX_BULK: Final = 1000
+_POLL_FIRST: Final = 0.02
+_POLL_MAX: Final = 1.0
+_DONE: Final = frozenset({"completed", "failed"})
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    """Outcome of :meth:`KnockClient.merge`. ``user`` is the primary user as Knock returned it;
+    ``from_missing`` means the from-user did not exist (nothing to merge: a replay counts as
+    done); ``created_primary`` means the primary was identified first, empty, to merge into."""
+
+    user: JSON | None
+    from_missing: bool
+    created_primary: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """Outcome of a finished bulk operation. ``applied``, ``failed`` and ``rate_limited``
+    partition the distinct ids sent. ``failed`` maps id -> reason; ``rate_limited`` ids were
+    skipped by Knock's one-update-per-second-per-entity rule and must be sent again after 1 s."""
+
+    operation_id: str
+    status: str
+    applied: list[str]
+    failed: dict[str, str]
+    rate_limited: list[str]
+
+
+def _path_id(value: str) -> str:
+    # quote(safe="") keeps an id inside its path segment; "." and ".." would still be removed as
+    # dot-segments by URL normalization, and "" would hit the collection route.
+    if value in ("", ".", ".."):
+        raise ItemError(f"not a usable Knock id: {value!r}", code="invalid_id")
+    return quote(value, safe="")
+
+
+def _decode(content: bytes) -> Any:
+    try:
+        return orjson.loads(content) if content else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+class KnockClient:
+    """Blocking Knock API client, safe to share between threads.
+
+    It keeps no per-request state: the pooled ``httpx.Client`` is thread-safe and the rate
+    limiters are locked. Use it as a context manager or call :meth:`close`; a closed client
+    refuses requests. An injected ``http`` client (tests: ``httpx.MockTransport``) is used as
+    is and not closed by :meth:`close`.
+
+    :param limits: rate limiters, shared by every client of the process.
+    :param stop: once set, retry and polling loops raise ``RetryableError("stopped")`` promptly.
+    :param on_retry: called with (endpoint, error) before each retry wait, e.g. for metrics.
+    :param sleep: interruptible wait between retries and bulk polls (tests record it).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        timeout: float = 30,
+        limits: RateLimits,
+        backoff: Backoff | None = None,
+        stop: threading.Event | None = None,
+        on_retry: Callable[[str, KnockError], None] | None = None,
+        http: httpx.Client | None = None,
+        concurrency: int = 8,
+        bulk_size: int = MAX_BULK,
+        sleep: Sleeper = wait,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.bulk_size = bulk_size
+        self._key = api_key
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": f"knock-sink/{_VERSION}",
+        }
+        self._timeout = timeout
+        self._limits = limits
+        self._backoff = backoff or Backoff()
+        self._stop = stop
+        self._on_retry = on_retry
+        self._sleep = sleep
+        self._owns_http = http is None
+        # One keep-alive connection per worker thread; redirects are never Knock's answer.
+        self._http = http or httpx.Client(
+            timeout=timeout,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        )
+        self._closed = False
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: KnockSettings,
+        *,
+        stop: threading.Event | None = None,
+        http: httpx.Client | None = None,
+    ) -> KnockClient:
+        """Build a client, with its own :class:`RateLimits`, from the ``[knock]`` settings."""
+        if settings.api_key is None or not settings.api_key.get_secret_value():
+            raise ConfigError("knock.api_key", "not set (KNOCK_API_KEY)")
+        return cls(
+            api_key=settings.api_key.get_secret_value(),
+            base_url=settings.base_url,
+            timeout=settings.timeout,
+            limits=RateLimits(settings.rate_limits),
+            backoff=Backoff(cap=settings.max_backoff),
+            stop=stop,
+            http=http,
+            concurrency=settings.concurrency,
+            bulk_size=settings.bulk_size,
+        )
+
+    def __repr__(self) -> str:
+        return f"KnockClient(base_url={self.base_url!r}, closed={self._closed})"
+
+    def __enter__(self) -> KnockClient:
+        if self._closed:
+            raise RuntimeError("KnockClient is closed and cannot be reopened")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close the connection pool (only if this client created it). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            if self._owns_http:
+                self._http.close()
+
+    def identify(self, user_id: str, props: JSON) -> JSON:
+        """Upsert one user (``PUT /v1/users/{id}``); returns the User Knock now holds."""
+        return self._json(self._send("identify", "PUT", f"/v1/users/{_path_id(user_id)}", props))
+
+    def get_user(self, user_id: str) -> JSON | None:
+        """The user, or ``None`` when Knock answers 404."""
+        try:
+            return self._json(self._send("get_user", "GET", f"/v1/users/{_path_id(user_id)}"))
+        except ItemError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete_user(self, user_id: str) -> None:
+        """Delete one user; a user that does not exist counts as deleted."""
+        try:
+            self._send("delete", "DELETE", f"/v1/users/{_path_id(user_id)}")
+        except ItemError as exc:
+            if exc.status != 404:
+                raise
+
+    def list_users(self, page_size: int = 50) -> Iterator[JSON]:
+        """Every user of the environment, following ``page_info.after`` page by page."""
+        if not 1 <= page_size <= 50:
+            raise ValueError("page_size must be between 1 and 50")
+        params: dict[str, str | int] = {"page_size": page_size}
+        while True:
+            page = self._json(self._send("list_users", "GET", "/v1/users", params=params))
+            entries = page.get("entries") or []
+            yield from entries
+            after = (page.get("page_info") or {}).get("after")
+            if not after or not entries:
+                return
+            params = {"page_size": page_size, "after": after}
+
+    def merge(self, user_id: str, from_user_id: str) -> MergeResult:
+        """Merge ``from_user_id`` into ``user_id``, creating ``user_id`` first if needed.
+
+        Knock answers 404 when either user is missing, without saying which, so a 404 is
+        resolved by looking: a missing primary is identified empty and the merge retried; a 404
+        with the primary present means the from-user is gone (already merged), which is success.
+        """
+        try:
+            return MergeResult(self._merge_once(user_id, from_user_id), False, False)
+        except ItemError as exc:
+            if exc.status != 404:
+                raise
+        primary = self.get_user(user_id)
+        if primary is not None:
+            return MergeResult(primary, from_missing=True, created_primary=False)
+        primary = self.identify(user_id, {})
+        try:
+            return MergeResult(self._merge_once(user_id, from_user_id), False, True)
+        except ItemError as exc:
+            if exc.status != 404:
+                raise
+        return MergeResult(primary, from_missing=True, created_primary=True)
+
+    def _merge_once(self, user_id: str, from_user_id: str) -> JSON:
+        path = f"/v1/users/{_path_id(user_id)}/merge"
+        return self._json(self._send("merge", "POST", path, {"from_user_id": from_user_id}))
+
+    def bulk_identify(self, users: list[JSON]) -> BulkResult:
+        """Upsert up to ``bulk_size`` users (each a dict with ``id``) and wait until Knock has
+        finished the bulk operation. An operation that ends ``failed`` is returned, not raised.
+        """
+        ids = [u.get("id") for u in users]
+        if not all(isinstance(i, str) and i for i in ids):
+            raise ValueError("every user needs a non-empty string 'id'")
+        return self._bulk("bulk_identify", "/v1/users/bulk/identify", {"users": users}, ids)
+
+    def bulk_delete(self, user_ids: list[str]) -> BulkResult:
+        """Delete up to ``bulk_size`` users and wait for the bulk operation, like
+        :meth:`bulk_identify`."""
+        return self._bulk("bulk_delete", "/v1/users/bulk/delete", {"user_ids": user_ids}, user_ids)
+
+    def _bulk(self, endpoint: str, path: str, body: JSON, ids: list[Any]) -> BulkResult:
+        if not 1 <= len(ids) <= self.bulk_size:
+            raise ValueError(f"a bulk call takes 1 to {self.bulk_size} ids, got {len(ids)}")
+        response = self._send(endpoint, "POST", path, body)
+        skipped = {
+            part.strip()
+            for name, value in response.headers.items()
+            if name.lower().startswith("x-ratelimited-")
+            for part in value.split(",")
+        }
+        op = self._follow(self._json(response))
+        return _bulk_result(op, list(dict.fromkeys(ids)), skipped)
+
+    def _follow(self, op: JSON) -> JSON:
+        interval = _POLL_FIRST
+        while op.get("status") not in _DONE:
+            self._sleep(interval, self._stop)
+            if self._stop is not None and self._stop.is_set():
+                raise RetryableError("stopped")
+            if not isinstance(op.get("id"), str):
+                raise FatalKnockError(f"{self.base_url} answered a bulk call without an id")
+            path = f"/v1/bulk_operations/{_path_id(op['id'])}"
+            op = self._json(self._send("get_bulk_operation", "GET", path))
+            interval = min(interval * 2, _POLL_MAX)
+        return op
+
+    def check(self) -> None:
+        """Verify the API key and base URL with one cheap read (``GET /v1/users?page_size=1``).
+
+        :raises FatalKnockError: the key was rejected (401/403), or the base URL does not
+            answer like Knock's API.
+        """
+        not_knock = f"base URL {self.base_url} does not look like Knock's API"
+        try:
+            page = self._json(self._send("list_users", "GET", "/v1/users", params={"page_size": 1}))
+        except ItemError as exc:
+            raise FatalKnockError(
+                f"{not_knock}: {exc}", status=exc.status, code=exc.code, body=exc.body
+            ) from exc
+        if "entries" not in page:
+            raise FatalKnockError(f"{not_knock}: GET /v1/users answered without 'entries'")
+
+    def _send(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, str | int] | None = None,
+    ) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("KnockClient is closed")
+        limiter = self._limits.for_endpoint(endpoint)
+        content = None if body is None else orjson.dumps(body)
+        where = f"{method} {path}"
+        attempt = 0
+        while True:
+            if (self._stop is not None and self._stop.is_set()) or not limiter.acquire(self._stop):
+                raise RetryableError("stopped")
+            error: RetryableError
+            try:
+                response = self._http.request(
+                    method, self.base_url + path, content=content, params=params,
+                    headers=self._headers, timeout=self._timeout,
+                )  # fmt: skip
+            except httpx.TransportError as exc:
+                error = RetryableError(self._redact(f"{where}: {type(exc).__name__}: {exc}"))
+                error.__cause__ = exc
+            else:
+                if classify(response.status_code) == "ok":
+                    return response
+                status_error = self._status_error(response, where)
+                if not isinstance(status_error, RetryableError):
+                    raise status_error
+                error = status_error
+            delay = self._backoff.delay(attempt, error.retry_after)
+            if error.status == 429:
+                # Knock limits per endpoint: every thread must hold off, not only this one.
+                limiter.penalize(delay)
+            attempt += 1
+            log.warning("retry %d of %s in %.2fs: %s", attempt, where, delay, error)
+            if self._on_retry is not None:
+                self._on_retry(endpoint, error)
+            if self._stop is not None and self._stop.is_set():
+                raise RetryableError("stopped") from error
+            self._sleep(delay, self._stop)
+
+    def _status_error(self, response: httpx.Response, where: str) -> KnockError:
+        status = response.status_code
+        body = _decode(response.content)
+        fields = body if isinstance(body, dict) else {}
+        code = fields.get("code") if isinstance(fields.get("code"), str) else None
+        detail = fields.get("message") or response.reason_phrase
+        text = self._redact(f"{where} answered HTTP {status}{f' {code}' if code else ''}: {detail}")
+        kw: dict[str, Any] = {"status": status, "code": code, "body": body}
+        verdict = classify(status)
+        if verdict == "retry":
+            return RetryableError(text, retry_after=parse_retry_after(response.headers), **kw)
+        if verdict == "item":
+            return ItemError(text, **kw)
+        if status in (401, 403):
+            return FatalKnockError(f"Knock rejected the API key: {text}", **kw)
+        return FatalKnockError(f"unexpected answer, is the base URL right? {text}", **kw)
+
+    def _json(self, response: httpx.Response) -> JSON:
+        data = _decode(response.content)
+        if not isinstance(data, dict):
+            raise FatalKnockError(
+                f"{response.request.method} {response.request.url.path} answered "
+                f"HTTP {response.status_code} without a JSON object: is {self.base_url} Knock?",
+                status=response.status_code,
+            )
+        return data
+
+    def _redact(self, text: str) -> str:
+        # Knock never echoes the key, but a proxy or a transport error message might.
+        return text.replace(self._key, "<redacted>") if self._key else text
+
+
+def _bulk_result(op: JSON, ids: list[str], skipped: set[str]) -> BulkResult:
+    status = str(op.get("status"))
+    if status == "failed":
+        bad = {i: "bulk operation failed" for i in ids if i not in skipped}
+    else:
+        items = op.get("error_items") or []
+        errors = {str(item.get("id")) for item in items if isinstance(item, dict)}
+        bad = {i: "bulk operation error item" for i in ids if i in errors and i not in skipped}
+    return BulkResult(
+        operation_id=str(op.get("id")),
+        status=status,
+        applied=[i for i in ids if i not in bad and i not in skipped],
+        failed=bad,
+        rate_limited=[i for i in ids if i in skipped],
+    )

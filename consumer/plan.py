@@ -1,0 +1,258 @@
+"""From pending ops to ordered Knock steps: coalescing, levels around merges, retry barrier.
+
+The sink wraps each consumed :data:`~consumer.ops.Op` in a :class:`Pending` and hands it to a
+:class:`Planner`. :meth:`Planner.cut` returns a :class:`Plan`: a list of levels whose steps touch
+disjoint users, so a level can run concurrently (identifies in one bulk call, merges side by side)
+while levels run one after another. Applying a plan gives the same Knock state as applying every
+op alone in consume order, whether Knock deep-merges nested properties or replaces them.
+
+Division of work with the caller (the sink):
+
+* it assigns ``seq`` (strictly increasing consume order) and keeps ``source`` opaque to us;
+* it runs one plan at a time: the next :meth:`~Planner.cut` comes after every step of the previous
+  plan succeeded or was given back with :meth:`~Planner.retry`, otherwise a user's later op could
+  overtake an earlier one that is about to be retried;
+* when a step fails it gives back that step's pendings *and* every later step of the plan touching
+  a user of a failed or skipped step (transitively, through merges), unapplied;
+* it increments ``attempts`` (it knows whether a step was tried or only skipped); the planner sets
+  ``not_before``.
+
+No I/O and no clock: time is the ``now`` argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+from consumer.ops import Identify, Merge, Op
+
+
+@dataclass(slots=True)
+class Pending:
+    """One consumed op waiting to be applied. ``source`` is the caller's handle (e.g.
+    ``(topic, partition, offset)``) used to resolve offsets once the op is applied."""
+
+    seq: int
+    op: Op
+    source: object
+    not_before: float = 0.0
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class Entry:
+    """One user's coalesced identify: ``props`` is the upsert body for ``items`` (in seq order).
+
+    With a single item, ``props`` is that op's own dict: treat it as read-only.
+    """
+
+    user_id: str
+    props: dict[str, Any]
+    items: list[Pending]
+
+
+@dataclass(frozen=True, slots=True)
+class MergeStep:
+    """A merge to run on its own; ``pending.op`` is a :class:`~consumer.ops.Merge`."""
+
+    pending: Pending
+
+
+@dataclass(slots=True)
+class Level:
+    """Steps that touch disjoint users (at most one entry per user, no user in two steps)."""
+
+    identifies: list[Entry] = field(default_factory=list)
+    merges: list[MergeStep] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Plan:
+    """Levels to apply in order; level k+1 starts only once level k is fully applied."""
+
+    levels: list[Level]
+
+    @property
+    def entry_count(self) -> int:
+        return sum(len(level.identifies) for level in self.levels)
+
+    @property
+    def merge_count(self) -> int:
+        return sum(len(level.merges) for level in self.levels)
+
+    @property
+    def item_count(self) -> int:
+        """Pendings in the plan (coalesced identifies count one each)."""
+        return sum(
+            sum(len(e.items) for e in level.identifies) + len(level.merges) for level in self.levels
+        )
+
+    def pendings(self) -> Iterator[Pending]:
+        """Every pending in the plan, level by level."""
+        for level in self.levels:
+            for entry in level.identifies:
+                yield from entry.items
+            for step in level.merges:
+                yield step.pending
+
+    def __bool__(self) -> bool:
+        return bool(self.levels)
+
+
+def _users(op: Op) -> tuple[str, ...]:
+    return (op.user_id,) if isinstance(op, Identify) else (op.user_id, op.from_user_id)
+
+
+def _can_fold(into: dict[str, Any], props: dict[str, Any]) -> bool:
+    # A nested object sent twice in one upsert is exact only if Knock replaces it; when Knock
+    # deep-merges, the first object's extra keys would survive sequentially but not folded.
+    # Keeping both updates is right in either mode.
+    return not any(isinstance(v, dict) and k in into for k, v in props.items())
+
+
+class Planner:
+    """Pending ops in seq order, cut into :class:`Plan` s as they become sendable.
+
+    ``add`` is O(1); ``cut``, ``drop`` and ``next_ready`` are O(pending); ``retry`` sorts.
+    """
+
+    __slots__ = ("_queue", "_last_seq")
+
+    def __init__(self) -> None:
+        self._queue: list[Pending] = []
+        self._last_seq: int | None = None
+
+    def add(self, p: Pending) -> None:
+        """Queue a newly consumed op.
+
+        :raises ValueError: if ``p.seq`` is not greater than every seq added before.
+        """
+        if self._last_seq is not None and p.seq <= self._last_seq:
+            raise ValueError(f"seq {p.seq} added after {self._last_seq}")
+        self._queue.append(p)
+        self._last_seq = p.seq
+
+    def retry(self, items: list[Pending], not_before: float) -> None:
+        """Give back pendings that were cut but not applied; they rejoin at their seq position.
+
+        Sets ``not_before`` on each; ``attempts`` is the caller's to increment.
+
+        :raises ValueError: if a pending is already queued (same seq twice).
+        """
+        merged = sorted([*self._queue, *items], key=lambda p: p.seq)
+        for a, b in pairwise(merged):
+            if a.seq == b.seq:
+                raise ValueError(f"seq {a.seq} is already pending")
+        for p in items:
+            p.not_before = not_before
+        self._queue = merged
+
+    def cut(self, now: float, max_users: int | None = None) -> Plan:
+        """Take every op that can be sent at ``now``, as levels; the rest stays pending.
+
+        An op is held if its ``not_before`` is after ``now`` or if it touches a user held earlier
+        in this walk; a held op holds all its users, so nothing overtakes it. An op goes one level
+        above the last planned op of each of its users, except that an identify folds into its
+        user's last planned entry when that is exact (see :func:`_can_fold`).
+
+        :param max_users: stop at the first op that would bring more than this many distinct
+            users into the plan; it and every later op stay pending. An op is always taken when
+            the plan is still empty, so a merge cannot stall with ``max_users=1``.
+        :raises ValueError: if ``max_users`` is less than 1.
+        """
+        if max_users is not None and max_users < 1:
+            raise ValueError(f"max_users must be at least 1, got {max_users}")
+        levels: list[Level] = []
+        # user -> (level of its last planned op, that op's entry if it was an identify)
+        last: dict[str, tuple[int, Entry | None]] = {}
+        held: set[str] = set()
+        kept: list[Pending] = []
+        queue = self._queue
+        for i, p in enumerate(queue):
+            op = p.op
+            users = _users(op)
+            if p.not_before > now or any(u in held for u in users):
+                held.update(users)
+                kept.append(p)
+                continue
+            if max_users is not None and last:
+                new = sum(1 for u in set(users) if u not in last)
+                if new and len(last) + new > max_users:
+                    kept.extend(queue[i:])
+                    break
+            if isinstance(op, Identify):
+                self._plan_identify(p, op, levels, last)
+            else:
+                self._plan_merge(p, op, levels, last)
+        self._queue = kept
+        return Plan(levels=[lv for lv in levels if lv.identifies or lv.merges])
+
+    @staticmethod
+    def _plan_identify(
+        p: Pending, op: Identify, levels: list[Level], last: dict[str, tuple[int, Entry | None]]
+    ) -> None:
+        prev = last.get(op.user_id)
+        if prev is not None:
+            level, entry = prev
+            if entry is not None and _can_fold(entry.props, op.props):
+                if len(entry.items) == 1:
+                    entry.props = dict(entry.props)  # first fold: stop sharing the op's dict
+                entry.props.update(op.props)
+                entry.items.append(p)
+                return
+            level += 1
+        else:
+            level = 0
+        entry = Entry(user_id=op.user_id, props=op.props, items=[p])
+        _level(levels, level).identifies.append(entry)
+        last[op.user_id] = (level, entry)
+
+    @staticmethod
+    def _plan_merge(
+        p: Pending, op: Merge, levels: list[Level], last: dict[str, tuple[int, Entry | None]]
+    ) -> None:
+        level = 1 + max(last.get(u, (-1, None))[0] for u in (op.user_id, op.from_user_id))
+        _level(levels, level).merges.append(MergeStep(p))
+        last[op.user_id] = last[op.from_user_id] = (level, None)
+
+    def drop(self, predicate: Callable[[Pending], bool]) -> list[Pending]:
+        """Remove and return (in seq order) the pending ops matching ``predicate``."""
+        dropped: list[Pending] = []
+        kept: list[Pending] = []
+        for p in self._queue:
+            (dropped if predicate(p) else kept).append(p)
+        self._queue = kept
+        return dropped
+
+    def next_ready(self, now: float) -> float | None:
+        """When a :meth:`cut` would next take something: ``now`` if it would now, the earliest
+        future time otherwise, ``None`` if nothing is pending. Ignores ``max_users``."""
+        # An op is sendable once it and every earlier op of its users are: a held op's own
+        # not_before may have passed while a barrier still holds it.
+        ready_at: dict[str, float] = {}
+        earliest: float | None = None
+        for p in self._queue:
+            users = _users(p.op)
+            t = max(p.not_before, *(ready_at.get(u, p.not_before) for u in users))
+            for u in users:
+                ready_at[u] = t
+            if earliest is None or t < earliest:
+                earliest = t
+        return None if earliest is None else max(earliest, now)
+
+    def pending(self) -> int:
+        """How many ops wait (held, or not cut yet)."""
+        return len(self._queue)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+
+def _level(levels: list[Level], index: int) -> Level:
+    # Levels only grow one at a time: an op is at most one above an existing level.
+    if index == len(levels):
+        levels.append(Level())
+    return levels[index]

@@ -1,0 +1,216 @@
+"""Retry and rate-limit policy for talking to Knock, in one place.
+
+* :func:`classify` is the single source of truth for what an HTTP status means.
+* :class:`RateLimiter` / :class:`RateLimits` pace requests to Knock's documented tiers.
+* :class:`Backoff` and :func:`parse_retry_after` decide how long to wait before a retry.
+
+Nothing here does I/O; time comes from injected ``clock`` and ``sleep`` callables so tests
+advance a fake clock instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Final, Literal
+
+Verdict = Literal["ok", "retry", "item", "fatal"]
+RateLimitMode = Literal["knock", "off"]
+#: Monotonic seconds.
+Clock = Callable[[], float]
+#: ``sleep(seconds, stop)``: wait up to ``seconds``, returning early once ``stop`` is set.
+Sleeper = Callable[[float, threading.Event | None], None]
+
+#: Knock's documented rate-limit tiers, requests per second per endpoint per environment.
+TIERS: Final[Mapping[int, int]] = {1: 1, 2: 5, 3: 60, 4: 200, 5: 1000}
+#: The tier of each endpoint the client calls (``x-ratelimit-tier`` in Knock's OpenAPI spec).
+ENDPOINT_TIER: Final[Mapping[str, int]] = {
+    "bulk_identify": 1,
+    "bulk_delete": 1,
+    "merge": 2,
+    "delete": 2,
+    "identify": 3,
+    "get_user": 4,
+    "list_users": 4,
+    "get_bulk_operation": 4,
+}
+
+
+def wait(seconds: float, stop: threading.Event | None = None) -> None:
+    """The default :data:`Sleeper`: interruptible by ``stop`` so shutdown is prompt."""
+    if seconds <= 0:
+        return
+    if stop is None:
+        time.sleep(seconds)
+    else:
+        stop.wait(seconds)
+
+
+def classify(status: int) -> Verdict:
+    """What the sink does about an HTTP status from Knock.
+
+    2xx ``ok``; 408, 429 and 5xx ``retry``; 401 and 403 ``fatal``; any other 4xx ``item``
+    (a rejection of this request's content; the client decides when a 404 means "missing").
+    Anything else (1xx, 3xx: redirects are not followed) is ``fatal``: Knock never answers so,
+    so the base URL points somewhere else.
+    """
+    if 200 <= status < 300:
+        return "ok"
+    if status in (408, 429) or 500 <= status < 600:
+        return "retry"
+    if status in (401, 403):
+        return "fatal"
+    if 400 <= status < 500:
+        return "item"
+    return "fatal"
+
+
+def parse_retry_after(
+    headers: Mapping[str, str], *, now: Callable[[], float] = time.time
+) -> float | None:
+    """Seconds the server asked us to wait, or ``None`` when it did not say (or said nonsense).
+
+    Reads ``retry-after-ms`` first (what Knock's SDKs prefer), then ``retry-after`` as seconds or
+    as an HTTP-date (a date in the past means 0). ``headers`` must be case-insensitive, such as
+    ``httpx.Headers``; ``now`` is wall-clock time, for HTTP-dates.
+    """
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        ms = _finite(raw_ms)
+        if ms is not None and ms >= 0:
+            return ms / 1000
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    seconds = _finite(raw)
+    if seconds is not None:
+        return seconds if seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive result means "-0000"
+        return None
+    return max(0.0, when.timestamp() - now())
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter.
+
+    :param base: ceiling of the first delay, seconds.
+    :param cap: largest delay ever chosen by the backoff itself, seconds.
+    :param rng: returns a float in ``[0, 1)``; injectable for tests.
+    """
+
+    def __init__(
+        self, *, base: float = 0.5, cap: float = 30.0, rng: Callable[[], float] = random.random
+    ) -> None:
+        if base <= 0 or cap <= 0:
+            raise ValueError("base and cap must be positive")
+        self.base = base
+        self.cap = cap
+        self._rng = rng
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt + 1`` (``attempt`` counts from 0).
+
+        ``rng() * min(cap, base * 2**attempt)``, raised to ``retry_after`` when the server gave
+        one: the server's hint is a floor, never shortened by jitter nor cut by ``cap``.
+        """
+        # Clamp the exponent: retries go on forever and 2.0**1100 overflows a float.
+        ceiling = min(self.cap, self.base * 2.0 ** min(max(attempt, 0), 62))
+        chosen = self._rng() * ceiling
+        return chosen if retry_after is None else max(retry_after, chosen)
+
+
+class RateLimiter:
+    """Paces one Knock endpoint to at most ``per_second`` requests in any 1-second window.
+
+    Algorithm: a sliding-window log of the last ``per_second`` grant times; a request may go when
+    the oldest of them is at least 1 s old. For tier 1 this is a token bucket with burst 1 (one
+    request, then a full second). For higher tiers it allows a burst of up to ``per_second``
+    at once (in practice bounded by the number of worker threads), and never more than
+    ``per_second`` in any window, which is how Knock counts. ``per_second=None`` never waits.
+
+    Thread-safe; one instance per endpoint is shared by every thread of the process. Waiters
+    are not served in FIFO order. The limit is per process: several processes sharing one Knock
+    environment share Knock's budget too.
+    """
+
+    def __init__(
+        self, per_second: int | None, *, clock: Clock = time.monotonic, sleep: Sleeper = wait
+    ) -> None:
+        if per_second is not None and per_second < 1:
+            raise ValueError("per_second must be at least 1")
+        self.per_second = per_second
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._granted: deque[float] = deque(maxlen=per_second or 1)
+        self._blocked_until = -math.inf
+
+    def acquire(self, stop: threading.Event | None = None) -> bool:
+        """Block until a request may be sent, and count it as sent.
+
+        :returns: ``True`` when granted; ``False`` if ``stop`` was set while a wait was needed.
+        """
+        if self.per_second is None:
+            return True
+        while True:
+            with self._lock:
+                now = self._clock()
+                ready = self._ready_at()
+                if ready <= now:
+                    self._granted.append(now)
+                    return True
+            if stop is not None and stop.is_set():
+                return False
+            self._sleep(ready - now, stop)
+
+    def penalize(self, seconds: float) -> None:
+        """Nobody sends on this endpoint for ``seconds`` from now (after a 429)."""
+        if self.per_second is None or seconds <= 0:
+            return
+        with self._lock:
+            self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+
+    def _ready_at(self) -> float:
+        ready = self._blocked_until
+        if len(self._granted) == self.per_second:
+            ready = max(ready, self._granted[0] + 1.0)
+        return ready
+
+
+class RateLimits:
+    """One :class:`RateLimiter` per endpoint of :data:`ENDPOINT_TIER`.
+
+    :param mode: ``knock`` paces to Knock's tiers; ``off`` never waits (local benchmarks).
+    """
+
+    def __init__(
+        self, mode: RateLimitMode = "knock", *, clock: Clock = time.monotonic, sleep: Sleeper = wait
+    ) -> None:
+        if mode not in ("knock", "off"):
+            raise ValueError(f"unknown rate limit mode {mode!r}")
+        self.mode = mode
+        self._limiters = {
+            name: RateLimiter(TIERS[tier] if mode == "knock" else None, clock=clock, sleep=sleep)
+            for name, tier in ENDPOINT_TIER.items()
+        }
+
+    def for_endpoint(self, name: str) -> RateLimiter:
+        """The limiter of endpoint ``name``; :class:`KeyError` for a name not in the table."""
+        return self._limiters[name]

@@ -1,0 +1,377 @@
+"""The sink loop: source → decode → events → mapping → plan → apply → dead letters → commit.
+
+One thread runs the loop and owns the consumer, the planner and the tracker; one plan at a time
+is applied on a worker thread, so fetching (and the consumer's group membership) goes on while
+Knock is slow, retried or rate-limited. Everything the worker reports comes back to the loop
+thread, which alone resolves offsets and commits.
+
+The guarantee, in one line: a position is committed only when every event before it in its
+partition has been applied in Knock or confirmed in the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Message
+
+from .apply import Applier, Outcome
+from .config import Settings
+from .deadletter import DeadLetters
+from .decode import Decoder, JsonDecoder
+from .errors import ConfigError, FatalKnockError, InvalidEvent
+from .events import parse_event
+from .knock import KnockClient
+from .mapping import Mapper
+from .metrics import Metrics
+from .plan import Pending, Planner
+from .source import TP, Source
+from .tracker import OffsetTracker
+
+log = logging.getLogger("knock_sink")
+
+#: Knock's single-identify budget per second (tier 3), spent on bulk overflow.
+SINGLE_IDENTIFY_PER_S = 60
+
+
+class Origin:
+    """One consumed message and what is still owed on it before its offset may be resolved."""
+
+    __slots__ = ("msg", "tp", "offset", "owed", "dead")
+
+    def __init__(self, msg: Message) -> None:
+        self.msg = msg
+        self.tp: TP = (msg.topic(), msg.partition())
+        self.offset: int = msg.offset()
+        self.owed = 1  # released by the ingest itself, so zero-op events resolve at once
+        self.dead = False
+
+
+@dataclass
+class Summary:
+    """What one run did; printed by the command line, read by tests."""
+
+    consumed: int = 0
+    applied: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    notes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    knock_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    users_sent: int = 0
+    committed: dict[TP, int] = field(default_factory=dict)
+    fatal: str | None = None
+
+
+class Sink:
+    """Run with :meth:`run`; stop from any thread (or a signal handler) with :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        decoder: Decoder | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        settings.require_runnable()
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.summary = Summary()
+        self._clock = clock
+        self._decoder = decoder or JsonDecoder()
+        self._mapper = Mapper(settings.mapping)
+        self._planner = Planner()
+        self._tracker = OffsetTracker()
+        self._stop = threading.Event()
+        self._knock_stop = threading.Event()
+        self._knock = KnockClient.from_settings(settings.knock, stop=self._knock_stop)
+        knock_limits = settings.knock.rate_limits == "knock"
+        self._applier = Applier(
+            self._knock,
+            bulk_size=settings.knock.bulk_size,
+            concurrency=settings.knock.concurrency,
+            item_attempts=settings.sink.item_attempts,
+            singles=SINGLE_IDENTIFY_PER_S if knock_limits else 0,
+            entity_gap=1.0 if knock_limits else 0.0,
+            clock=clock,
+        )
+        self._flush_users = settings.knock.bulk_size + (SINGLE_IDENTIFY_PER_S if knock_limits else 0)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="apply")
+        self._inflight: Future[Outcome] | None = None
+        self._seq = 0
+        self._last_flush = clock()
+        self._last_commit = clock()
+        self._source: Source | None = None
+        self._dlq: DeadLetters | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to stop fetching, drain and exit (safe from signal handlers)."""
+        self._stop.set()
+
+    # -- run -------------------------------------------------------------------------------
+
+    def run(self, *, from_beginning: bool = False, until_end: bool = False) -> Summary:
+        """Consume until :meth:`stop` (or, with ``until_end``, until every event up to the end
+        offsets seen at start is applied and committed). Raises :class:`FatalKnockError` after
+        committing what is safe when Knock rejects the configuration at run time, and
+        :class:`ConfigError` when it rejects it at start."""
+        topics = self.settings.kafka.topics
+        # Kafka settings first: a bad client option is a bad setting, reported before any I/O.
+        self._dlq = DeadLetters(self.settings.kafka)
+        self._source = Source(
+            self.settings.kafka,
+            on_assign=self._tracker.add,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+            from_beginning=from_beginning,
+        )
+        try:
+            self._knock.check()
+        except FatalKnockError as exc:
+            self._close()
+            raise ConfigError("knock.api_key" if exc.status in (401, 403) else "knock.base_url",
+                              str(exc)) from None
+        self._dlq.ensure_topics(topics)
+        ends = self._end_targets(from_beginning) if until_end else None
+        if self.settings.sink.metrics_port:
+            self.metrics.serve(self.settings.sink.metrics_port)
+        try:
+            while not self._stop.is_set():
+                if ends is not None and self._reached(ends):
+                    break
+                self._step()
+            self._drain()
+        except FatalKnockError as exc:
+            self.summary.fatal = str(exc)
+            log.critical("Knock rejected the configuration, stopping: %s", exc)
+            self._commit(force=True)
+            raise
+        finally:
+            self._close()
+        return self.summary
+
+    def _step(self) -> None:
+        """One turn of the loop: fetch, collect a finished plan, start the next, commit."""
+        assert self._source is not None and self._dlq is not None
+        pending = self._tracker.pending()
+        self.metrics.pending.set(pending)
+        if pending >= self.settings.sink.max_pending:
+            self._source.pause()
+        elif pending <= self.settings.sink.max_pending // 2:
+            self._source.resume()
+        self.metrics.paused.set(1 if self._source.paused else 0)
+        busy = self._inflight is not None or len(self._planner) > 0
+        for msg in self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2):
+            self._ingest(msg)
+        self._dlq.poll()
+        self._collect()
+        self._flush()
+        self._commit()
+
+    def _ingest(self, msg: Message) -> None:
+        origin = Origin(msg)
+        if not self._tracker.owns(origin.tp):
+            return  # fetched just before its partition was revoked: the new owner reads it
+        self._tracker.track(origin.tp, origin.offset)
+        self.summary.consumed += 1
+        self.metrics.consumed.inc()
+        value = msg.value()
+        try:
+            if value is not None and len(value) > self.settings.kafka.max_message_bytes:
+                raise InvalidEvent(
+                    "oversize", f"{len(value)} bytes > {self.settings.kafka.max_message_bytes}"
+                )
+            mapped = self._mapper.map(parse_event(self._decoder.decode(value)))
+        except InvalidEvent as exc:
+            self._dead_letter(origin, exc.kind, exc.reason)
+        else:
+            for note in mapped.notes:
+                self.summary.notes[note] += 1
+                self.metrics.notes.labels(note).inc()
+            for op in mapped.ops:
+                origin.owed += 1
+                self._seq += 1
+                self._planner.add(Pending(self._seq, op, origin))
+        self._release(origin)
+
+    def _release(self, origin: Origin) -> None:
+        origin.owed -= 1
+        if origin.owed == 0:
+            self._tracker.resolve(origin.tp, origin.offset)
+
+    def _dead_letter(self, origin: Origin, kind: str, reason: str) -> None:
+        """Write ``origin`` to the dead-letter topic; its offset stays owed until the broker
+        confirms. The caller still releases its own hold on ``origin``."""
+        assert self._dlq is not None
+        if origin.dead or not self._tracker.owns(origin.tp):
+            # One record per event, and none for a partition another consumer now replays.
+            return
+        origin.dead = True
+        origin.owed += 1
+        self.summary.dead_lettered[kind] += 1
+        self.metrics.dead_lettered.labels(kind).inc()
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s: %s", origin.tp[0], origin.tp[1], origin.offset, kind, reason
+        )
+        self._dlq.send(origin.msg, kind, reason, lambda: self._release(origin))
+
+    def _release_if_owned(self, origin: Origin) -> None:
+        if self._tracker.owns(origin.tp):
+            self._release(origin)
+
+    # -- plans -----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Start the next plan when none is in flight and a batch is due (full, or old enough)."""
+        if self._inflight is not None or len(self._planner) == 0:
+            return
+        now = self._clock()
+        due = len(self._planner) >= self._flush_users or (
+            now - self._last_flush >= self.settings.sink.flush_interval
+        )
+        if not due and not self._stop.is_set():
+            return
+        plan = self._planner.cut(now, max_users=self._flush_users)
+        if not plan:
+            return
+        self._last_flush = now
+        self._inflight = self._worker.submit(self._applier.apply, plan)
+
+    def _collect(self, timeout: float | None = 0) -> bool:
+        """Take in the finished plan's outcome, if any. Returns False while one is in flight."""
+        if self._inflight is None:
+            return True
+        if timeout == 0 and not self._inflight.done():
+            return False
+        out = self._inflight.result(timeout)  # FatalKnockError surfaces here
+        self._inflight = None
+        for p in out.done:
+            self.summary.applied += 1
+            self.metrics.applied.inc()
+            self._release_if_owned(p.source)
+        for p, kind, reason in out.dead:
+            self._dead_letter(p.source, kind, reason)
+            self._release_if_owned(p.source)
+        self._retry(out)
+        for op, n in out.calls.items():
+            self.summary.knock_calls[op] += n
+            self.metrics.knock_calls.labels(op).inc(n)
+        self.summary.users_sent += out.users_sent
+        self.metrics.users_sent.inc(out.users_sent)
+        return True
+
+    def _retry(self, out: Outcome) -> None:
+        now = self._clock()
+        by_delay: dict[float, list[Pending]] = defaultdict(list)
+        for p, delay in out.retry:
+            if self._tracker.owns(p.source.tp):
+                by_delay[delay].append(p)
+        for delay, items in by_delay.items():
+            self.metrics.retries.labels("item" if delay else "blocked").inc(len(items))
+            self._planner.retry(items, now + delay)
+
+    # -- commits, rebalances, shutdown -----------------------------------------------------
+
+    def _commit(self, force: bool = False) -> None:
+        """Commit what the tracker vouches for: at most twice a second unless forced."""
+        assert self._source is not None
+        now = self._clock()
+        if not force and now - self._last_commit < 0.5:
+            return
+        self._last_commit = now
+        positions = self._tracker.committable()
+        if positions and self._source.commit(positions):
+            self._tracker.mark_committed(positions)
+            self.summary.committed.update(positions)
+            self.metrics.commits.inc()
+
+    def _on_revoke(self, tps: list[TP]) -> None:
+        """Partitions are leaving: (1) finish the plan in flight within the drain budget,
+        (2) confirm dead-letter writes, (3) commit while they are still ours, (4) forget them,
+        so that no late result can commit for them."""
+        assert self._dlq is not None
+        deadline = self._clock() + self.settings.sink.drain_timeout
+        if self._inflight is not None:
+            try:
+                self._collect(timeout=max(0.0, deadline - self._clock()))
+            except TimeoutError:
+                log.warning("revoke: a plan still in flight after the drain budget; its results "
+                            "for %s will be ignored", tps)
+        self._dlq.flush(max(0.0, deadline - self._clock()))
+        self._commit(force=True)
+        gone = set(tps)
+        self._planner.drop(lambda p: p.source.tp in gone)
+        self._tracker.drop(tps)
+
+    def _on_lost(self, tps: list[TP]) -> None:
+        # Lost partitions may already belong to someone else: no commit, just forget them.
+        gone = set(tps)
+        self._planner.drop(lambda p: p.source.tp in gone)
+        self._tracker.drop(tps)
+
+    def _drain(self) -> None:
+        """Stop fetching, apply what is buffered (within the drain budget), commit."""
+        assert self._source is not None and self._dlq is not None
+        self._source.pause()
+        deadline = self._clock() + self.settings.sink.drain_timeout
+        while self._clock() < deadline:
+            if self._inflight is not None:
+                try:
+                    self._collect(timeout=0.05)
+                except TimeoutError:
+                    pass
+            if self._inflight is None and len(self._planner) == 0:
+                break
+            self._flush()
+            # Keeps group membership and callbacks served; whatever was fetched before the
+            # pause is taken in rather than dropped.
+            for msg in self._source.consume(self.settings.kafka.consume_batch, 0.01):
+                self._ingest(msg)
+            self._dlq.poll()
+        if self._inflight is not None or len(self._planner):
+            log.warning("drain budget spent: %d events will be replayed by the next run",
+                        self._tracker.pending())
+        self._knock_stop.set()
+        self._dlq.flush(max(1.0, deadline - self._clock()))
+        self._commit(force=True)
+
+    def _end_targets(self, from_beginning: bool) -> dict[TP, int]:
+        assert self._source is not None
+        marks = self._source.end_offsets(self.settings.kafka.topics)
+        start = {} if from_beginning else self._source.committed(marks)
+        return {tp: hi for tp, (lo, hi) in marks.items() if hi > max(lo, start.get(tp, 0))}
+
+    def _reached(self, ends: dict[TP, int]) -> bool:
+        return all(self.summary.committed.get(tp, -1) >= hi for tp, hi in ends.items())
+
+    def _close(self) -> None:
+        self._knock_stop.set()
+        if self._inflight is not None:
+            self._inflight.cancel()
+        self._worker.shutdown(wait=True)
+        self._applier.close()
+        self._knock.close()
+        if self._source is not None:
+            self._source.close()
+        if self._dlq is not None:
+            self._dlq.flush(5.0)
+
+
+def describe(summary: Summary) -> dict[str, Any]:
+    """A JSON-friendly view of :class:`Summary`."""
+    return {
+        "consumed": summary.consumed,
+        "applied": summary.applied,
+        "dead_lettered": dict(summary.dead_lettered),
+        "skipped_or_noted": dict(summary.notes),
+        "knock_calls": dict(summary.knock_calls),
+        "users_sent": summary.users_sent,
+        "committed": {f"{t}[{p}]": o for (t, p), o in sorted(summary.committed.items())},
+        **({"fatal": summary.fatal} if summary.fatal else {}),
+    }

@@ -1,0 +1,162 @@
+"""Source step: the Kafka consumer. Batches from ``consume(n, timeout)`` in a consumer group,
+pause and resume, and synchronous commits of positions the caller vouches for.
+
+Offsets are never committed automatically (``enable.auto.commit=false``): the sink commits a
+position only when the tracker says every event before it has been applied or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from .config import KafkaSettings
+from .errors import ConfigError
+
+log = logging.getLogger("knock_sink.source")
+
+TP = tuple[str, int]
+Callback = Callable[[list[TP]], None]
+
+
+def client_config(settings: KafkaSettings) -> dict[str, Any]:
+    """The librdkafka settings shared by consumer and producer: bootstrap plus pass-through."""
+    return {"bootstrap.servers": settings.bootstrap_servers, **settings.client}
+
+
+class Source:
+    """A subscribed consumer. ``on_assign`` / ``on_revoke`` / ``on_lost`` are called from inside
+    :meth:`consume`, on the caller's thread, with ``(topic, partition)`` lists; ``on_revoke`` runs
+    while the partitions are still ours, so it may commit for them."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        on_assign: Callback,
+        on_revoke: Callback,
+        on_lost: Callback,
+        from_beginning: bool = False,
+    ) -> None:
+        conf = {
+            **client_config(settings),
+            "group.id": settings.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": settings.auto_offset_reset,
+            # Rebalances move only the partitions that change owner: the others keep flowing.
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.partition.eof": False,
+        }
+        # The pass-through wins over our defaults except where the delivery guarantee rests on them.
+        conf.update({k: v for k, v in settings.client.items() if k != "enable.auto.commit"})
+        try:
+            self._consumer = Consumer(conf)
+        except KafkaException as exc:
+            raise ConfigError("kafka.client", exc.args[0].str()) from None
+        self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
+        self._rewind = from_beginning
+        self._rewound: set[TP] = set()
+        self._paused = False
+        self._consumer.subscribe(
+            list(settings.topics),
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._lost,
+        )
+
+    # -- rebalance callbacks (librdkafka thread == caller's thread, inside consume) --
+
+    def _assigned(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        if self._rewind:
+            # --from-beginning rewinds each partition the first time this process gets it; a
+            # partition that comes back after a rebalance continues from its commit.
+            for p in parts:
+                if (p.topic, p.partition) not in self._rewound:
+                    p.offset = OFFSET_BEGINNING
+                    self._rewound.add((p.topic, p.partition))
+        consumer.incremental_assign(parts)
+        if self._paused:
+            consumer.pause(parts)
+        self._on_assign([(p.topic, p.partition) for p in parts])
+
+    def _revoked(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self._on_revoke([(p.topic, p.partition) for p in parts])
+        consumer.incremental_unassign(parts)
+
+    def _lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self._on_lost([(p.topic, p.partition) for p in parts])
+        consumer.incremental_unassign(parts)
+
+    # -- the loop's verbs --
+
+    def consume(self, n: int, timeout: float) -> list[Message]:
+        """Up to ``n`` messages; per-partition errors are logged and left out, fatal client
+        errors raised."""
+        out = []
+        for msg in self._consumer.consume(n, timeout):
+            err = msg.error()
+            if err is None:
+                out.append(msg)
+            elif err.fatal():
+                raise KafkaException(err)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("kafka: %s", err)
+        return out
+
+    def assignment(self) -> list[TP]:
+        return [(p.topic, p.partition) for p in self._consumer.assignment()]
+
+    def pause(self) -> None:
+        if not self._paused:
+            self._consumer.pause(self._consumer.assignment())
+            self._paused = True
+
+    def resume(self) -> None:
+        if self._paused:
+            self._consumer.resume(self._consumer.assignment())
+            self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def commit(self, positions: dict[TP, int]) -> bool:
+        """Commit ``positions`` (next offset to read, per partition) synchronously. Returns False
+        when the broker refused (a rebalance in progress, a partition no longer ours): the caller
+        keeps the positions and tries again later."""
+        if not positions:
+            return True
+        tps = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        try:
+            result = self._consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("commit failed, will retry: %s", exc.args[0])
+            return False
+        bad = [tp for tp in result or [] if tp.error is not None]
+        for tp in bad:
+            log.warning("commit of %s[%d] failed: %s", tp.topic, tp.partition, tp.error)
+        return not bad
+
+    def committed(self, tps: Iterable[TP], timeout: float = 10.0) -> dict[TP, int]:
+        """The group's committed positions (partitions without a commit are left out)."""
+        res = self._consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout)
+        return {(tp.topic, tp.partition): tp.offset for tp in res if tp.offset >= 0}
+
+    def end_offsets(self, topics: Iterable[str], timeout: float = 10.0) -> dict[TP, tuple[int, int]]:
+        """``(low, high)`` watermarks of every partition of ``topics``, read now."""
+        meta = self._consumer.list_topics(timeout=timeout)
+        out: dict[TP, tuple[int, int]] = {}
+        for topic in topics:
+            tmeta = meta.topics.get(topic)
+            if tmeta is None or tmeta.error is not None:
+                raise ConfigError("kafka.topics", f"topic {topic!r} does not exist")
+            for pid in tmeta.partitions:
+                lo, hi = self._consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout)
+                out[(topic, pid)] = (lo, hi)
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,42 @@
+"""Fixtures for the emulator's tests: one limits-off server for the session, reset before
+each test, and Knock's official SDK pointed at it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from knockapi import Knock
+
+from consumer.emulator import EmulatorServer
+
+from .helpers import make_knock
+
+
+@pytest.fixture(scope="session")
+def _session_server() -> Iterator[EmulatorServer]:
+    with EmulatorServer(rate_limits="off") as server:
+        yield server
+
+
+@pytest.fixture
+def emulator(_session_server: EmulatorServer) -> EmulatorServer:
+    _session_server.reset()
+    return _session_server
+
+
+@pytest.fixture
+def knock(emulator: EmulatorServer) -> Iterator[Knock]:
+    client = make_knock(emulator)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def http(emulator: EmulatorServer) -> Iterator[httpx.Client]:
+    """Raw HTTP with the right key, for what the SDK cannot send (bad ids, odd headers)."""
+    with httpx.Client(
+        base_url=emulator.url, headers={"authorization": f"Bearer {emulator.api_key}"}
+    ) as client:
+        yield client

@@ -1,0 +1,194 @@
+"""Every emulated route's success answers, validated against Knock's own OpenAPI spec.
+
+The spec is a reference file outside the project (``../shared/knock/openapi.yml``, or
+``$KNOCK_OPENAPI``); without it these tests skip. Each body is validated against the schema
+the operation declares for that status, with OAS 3.0 semantics (``nullable``) and format
+checks (``date-time``, ``uuid``, ``uri``). ``$ref``s resolve against the spec's own
+``components`` by embedding them in the schema being checked.
+
+Limits of what the spec allows us to check: every declared schema has
+``additionalProperties`` open (or unset), so an extra key in an answer cannot be caught here;
+and the spec declares no error responses for these operations except ``403``, so error
+bodies are checked against ``AuthenticationError``, the one error schema it has.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from consumer.emulator import EmulatorServer
+
+from .helpers import wait_until
+
+SPEC_PATH = Path(
+    os.environ.get("KNOCK_OPENAPI", Path(__file__).parents[3] / "shared" / "knock" / "openapi.yml")
+)
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    if not SPEC_PATH.is_file():
+        pytest.skip(f"Knock's OpenAPI spec not found at {SPEC_PATH}")
+    yaml = pytest.importorskip("yaml")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with SPEC_PATH.open() as fh:
+        loaded: dict[str, Any] = yaml.load(fh, Loader=loader)
+    return loaded
+
+
+def check(spec: dict[str, Any], method: str, path: str, response: httpx.Response) -> None:
+    """Validate ``response`` against the schema ``path``/``method`` declares for its status."""
+    validator_module = pytest.importorskip("openapi_schema_validator")
+    declared = spec["paths"][path][method.lower()]["responses"]
+    assert str(response.status_code) in declared, (
+        f"{method} {path}: {response.status_code} not declared"
+    )
+    content = declared[str(response.status_code)].get("content")
+    if content is None:
+        assert response.content == b""
+        return
+    schema = {**content["application/json"]["schema"], "components": spec["components"]}
+    validator = validator_module.OAS30Validator(
+        schema, format_checker=validator_module.OAS30Validator.FORMAT_CHECKER
+    )
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(response.json())
+    ]
+    assert not errors, f"{method} {path}: {errors}"
+
+
+def check_error(spec: dict[str, Any], response: httpx.Response) -> None:
+    validator_module = pytest.importorskip("openapi_schema_validator")
+    schema = spec["components"]["schemas"]["AuthenticationError"]
+    validator_module.validate(response.json(), schema, cls=validator_module.OAS30Validator)
+
+
+def test_user_routes_match_the_spec(spec: dict[str, Any], http: httpx.Client) -> None:
+    user = {
+        "name": "Ian",
+        "email": "ian@x.io",
+        "created_at": "2024-05-22T12:00:00Z",
+        "preferences": {"default": {"channel_types": {"email": True}}},
+        "channel_data": {"97c5837d-c65c-4d54-aa39-080eeb81c69d": {"tokens": ["t"]}},
+        "plan": "pro",
+        "nested": {"a": 1},
+    }
+    check(spec, "PUT", "/v1/users/{user_id}", http.put("/v1/users/u1", json=user))
+    check(spec, "PUT", "/v1/users/{user_id}", http.put("/v1/users/u2", json={}))
+    check(spec, "GET", "/v1/users/{user_id}", http.get("/v1/users/u1"))
+    check(spec, "GET", "/v1/users", http.get("/v1/users", params={"page_size": 1}))
+    check(spec, "GET", "/v1/users", http.get("/v1/users", params={"include[]": "preferences"}))
+    check(
+        spec,
+        "POST",
+        "/v1/users/{user_id}/merge",
+        http.post("/v1/users/u1/merge", json={"from_user_id": "u2"}),
+    )
+    check(spec, "DELETE", "/v1/users/{user_id}", http.delete("/v1/users/u1"))
+
+
+def test_bulk_routes_match_the_spec(
+    spec: dict[str, Any], http: httpx.Client, emulator: EmulatorServer
+) -> None:
+    emulator.set_faults(failing_users=["bad"])
+    identify = http.post(
+        "/v1/users/bulk/identify", json={"users": [{"id": "a", "x": 1}, {"id": "bad"}]}
+    )
+    check(spec, "POST", "/v1/users/bulk/identify", identify)
+    op_path = f"/v1/bulk_operations/{identify.json()['id']}"
+    done = wait_until(lambda: (r := http.get(op_path)).json()["status"] == "completed" and r)
+    assert done.json()["error_items"] == [{"id": "bad", "collection": None}]
+    check(spec, "GET", "/v1/bulk_operations/{id}", done)
+    delete = http.post("/v1/users/bulk/delete", json={"user_ids": ["a"]})
+    check(spec, "POST", "/v1/users/bulk/delete", delete)
+    emulator.set_faults(fail_bulk_operations=1)
+    failing = http.post("/v1/users/bulk/identify", json={"users": [{"id": "c"}]})
+    failed = wait_until(
+        lambda: (
+            (r := http.get(f"/v1/bulk_operations/{failing.json()['id']}")).json()["status"]
+            == "failed"
+            and r
+        )
+    )
+    check(spec, "GET", "/v1/bulk_operations/{id}", failed)
+
+
+def test_workflow_tenant_and_object_routes_match_the_spec(
+    spec: dict[str, Any], http: httpx.Client
+) -> None:
+    trigger = http.post(
+        "/v1/workflows/wf/trigger",
+        json={
+            "recipients": [
+                "u1",
+                {"id": "u2", "email": "u2@x.io"},
+                {"id": "o1", "collection": "projects"},
+            ],
+            "actor": "u1",
+            "tenant": {"id": "t1", "name": "T"},
+            "data": {"k": 1},
+        },
+    )
+    check(spec, "POST", "/v1/workflows/{key}/trigger", trigger)
+    tenant = http.put(
+        "/v1/tenants/t1",
+        json={
+            "name": "Acme",
+            "settings": {"branding": {"primary_color": "#000000"}},
+            "custom": 1,
+        },
+    )
+    check(spec, "PUT", "/v1/tenants/{id}", tenant)
+    check(spec, "PUT", "/v1/tenants/{id}", http.put("/v1/tenants/t2", json={}))
+    check(
+        spec,
+        "PUT",
+        "/v1/objects/{collection}/{id}",
+        http.put("/v1/objects/projects/p1", json={"name": "P", "cfg": {"a": 1}}),
+    )
+
+
+def test_error_bodies_match_knocks_error_schema(
+    spec: dict[str, Any], http: httpx.Client, emulator: EmulatorServer
+) -> None:
+    check_error(spec, httpx.get(f"{emulator.url}/v1/users/u1"))
+    check_error(spec, http.get("/v1/users/missing"))
+    check_error(spec, http.put("/v1/users/a%2Fb", json={}))
+    emulator.set_faults(rate_limit_rate=1.0)
+    check_error(spec, http.get("/v1/users/missing"))
+
+
+def test_the_check_is_not_vacuous(spec: dict[str, Any]) -> None:
+    request = httpx.Request("GET", "http://x/v1/users/u1")
+    for bad in (
+        {"__typename": "User", "id": "u1"},  # updated_at missing
+        {"__typename": "User", "id": "u1", "updated_at": "yesterday"},  # not a date-time
+        {"__typename": "User", "id": "u1", "updated_at": "2024-05-22T12:00:00Z", "email": 1},
+    ):
+        with pytest.raises(AssertionError):
+            check(
+                spec, "GET", "/v1/users/{user_id}", httpx.Response(200, json=bad, request=request)
+            )
+    not_uuid = {
+        "__typename": "BulkOperation",
+        "id": "nope",
+        "name": "n",
+        "status": "queued",
+        "estimated_total_rows": 1,
+        "processed_rows": 0,
+        "success_count": 0,
+        "inserted_at": "2024-05-22T12:00:00Z",
+        "updated_at": "2024-05-22T12:00:00Z",
+    }
+    with pytest.raises(AssertionError):
+        check(
+            spec,
+            "GET",
+            "/v1/bulk_operations/{id}",
+            httpx.Response(200, json=not_uuid, request=request),
+        )

@@ -1,0 +1,300 @@
+"""Retry and rate-limit policy: a fake clock is advanced, nothing really sleeps."""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from consumer.policy import (
+    ENDPOINT_TIER,
+    TIERS,
+    Backoff,
+    RateLimiter,
+    RateLimits,
+    classify,
+    parse_retry_after,
+    wait,
+)
+
+
+class FakeTime:
+    """A monotonic clock that only moves when someone sleeps on it. Safe across threads."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+        self._last = threading.local()
+
+    def clock(self) -> float:
+        with self._lock:
+            self._last.value = self.now
+            return self.now
+
+    def last_read(self) -> float:
+        """What this thread last read: for a limiter, the time it granted at."""
+        return float(self._last.value)
+
+    def sleep(self, seconds: float, stop: threading.Event | None = None) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
+
+
+def assert_at_most_per_second(times: list[float], n: int) -> None:
+    times = sorted(times)
+    for earlier, later in zip(times, times[n:], strict=False):
+        assert later - earlier >= 1.0, f"{n + 1} grants within {later - earlier:.4f}s"
+
+
+# -- classify --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [
+        (200, "ok"), (201, "ok"), (204, "ok"), (299, "ok"),
+        (408, "retry"), (429, "retry"), (500, "retry"), (502, "retry"), (503, "retry"),
+        (504, "retry"), (599, "retry"),
+        (401, "fatal"), (403, "fatal"),
+        (400, "item"), (404, "item"), (409, "item"), (410, "item"), (422, "item"), (499, "item"),
+        (100, "fatal"), (301, "fatal"), (302, "fatal"), (304, "fatal"), (600, "fatal"),
+    ],
+)  # fmt: skip
+def test_classify_table(status: int, verdict: str) -> None:
+    assert classify(status) == verdict
+
+
+# -- Retry-After -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, None),
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after": " 1.5 "}, 1.5),
+        ({"retry-after": "0"}, 0.0),
+        ({"retry-after-ms": "2500"}, 2.5),
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
+        ({"retry-after-ms": "soon", "retry-after": "9"}, 9.0),
+        ({"retry-after": "-4"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "whenever"}, None),
+        ({"retry-after": ""}, None),
+    ],
+)
+def test_parse_retry_after_seconds_and_ms(headers: dict[str, str], expected: float | None) -> None:
+    assert parse_retry_after(headers) == expected
+
+
+def test_parse_retry_after_http_date() -> None:
+    when = datetime(2026, 11, 22, 10, 0, 7, tzinfo=UTC)
+    header = format_datetime(when, usegmt=True)  # "Sun, 22 Nov 2026 10:00:07 GMT"
+    now = when.timestamp() - 7
+    assert parse_retry_after({"retry-after": header}, now=lambda: now) == pytest.approx(7.0)
+
+
+def test_parse_retry_after_http_date_in_the_past_is_zero() -> None:
+    header = "Wed, 21 Oct 2015 07:28:00 GMT"
+    assert parse_retry_after({"retry-after": header}) == 0.0
+
+
+def test_parse_retry_after_is_case_insensitive_on_httpx_headers() -> None:
+    assert parse_retry_after(httpx.Headers({"Retry-After": "4"})) == 4.0
+    assert parse_retry_after(httpx.Headers({"Retry-After-Ms": "40"})) == 0.04
+
+
+# -- Backoff ---------------------------------------------------------------------------------
+
+
+def test_backoff_ceiling_doubles_up_to_cap() -> None:
+    top = Backoff(base=0.5, cap=30.0, rng=lambda: 1.0)
+    assert [top.delay(a) for a in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_backoff_full_jitter_stays_within_bounds() -> None:
+    rng = random.Random(7)
+    backoff = Backoff(base=0.5, cap=10.0, rng=rng.random)
+    for attempt in range(12):
+        samples = [backoff.delay(attempt) for _ in range(300)]
+        ceiling = min(10.0, 0.5 * 2**attempt)
+        assert all(0 <= s < ceiling for s in samples)
+        assert len(set(samples)) > 250  # jittered, not one fixed value
+        assert max(samples) > 0.8 * ceiling  # and spread over the whole range
+
+
+def test_backoff_survives_endless_attempts() -> None:
+    assert Backoff(cap=5.0, rng=lambda: 0.99).delay(10_000) == pytest.approx(4.95)
+
+
+def test_backoff_retry_after_is_a_floor_not_capped() -> None:
+    backoff = Backoff(base=0.5, cap=2.0, rng=lambda: 0.0)
+    assert backoff.delay(0, retry_after=5.0) == 5.0
+    assert backoff.delay(3, retry_after=0.0) == 0.0
+    high = Backoff(base=0.5, cap=30.0, rng=lambda: 1.0)
+    assert high.delay(5, retry_after=1.0) == 16.0  # jitter above the hint is kept
+
+
+def test_backoff_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        Backoff(base=0)
+    with pytest.raises(ValueError):
+        Backoff(cap=-1)
+
+
+# -- RateLimiter -----------------------------------------------------------------------------
+
+
+def test_tier_one_is_one_request_then_a_full_second() -> None:
+    t = FakeTime()
+    limiter = RateLimiter(1, clock=t.clock, sleep=t.sleep)
+    assert limiter.acquire()
+    assert t.sleeps == []
+    assert limiter.acquire()
+    assert t.sleeps == [1.0]
+    assert t.now == 1001.0
+
+
+@pytest.mark.parametrize("n", sorted(TIERS.values()))
+def test_never_more_than_n_in_any_second(n: int) -> None:
+    t = FakeTime()
+    limiter = RateLimiter(n, clock=t.clock, sleep=t.sleep)
+    grants = []
+    count = 3 * n + 7
+    for _ in range(count):
+        assert limiter.acquire()
+        grants.append(t.last_read())
+    assert_at_most_per_second(grants, n)
+    # ... and no slower than that: a new window opens every second.
+    assert grants[-1] - grants[0] <= (count - 1) // n
+
+
+def test_never_more_than_n_in_any_second_with_irregular_arrivals() -> None:
+    t = FakeTime()
+    rng = random.Random(3)
+    limiter = RateLimiter(5, clock=t.clock, sleep=t.sleep)
+    grants = []
+    for _ in range(400):
+        t.now += rng.choice([0.0, 0.0, 0.01, 0.13, 0.4, 1.7])
+        assert limiter.acquire()
+        grants.append(t.last_read())
+    assert_at_most_per_second(grants, 5)
+
+
+def test_never_more_than_n_in_any_second_across_threads() -> None:
+    t = FakeTime()
+    limiter = RateLimiter(5, clock=t.clock, sleep=t.sleep)
+    grants: list[float] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(25):
+            assert limiter.acquire()
+            with lock:
+                grants.append(t.last_read())
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(grants) == 200
+    assert_at_most_per_second(grants, 5)
+
+
+def test_penalize_makes_the_next_caller_wait() -> None:
+    t = FakeTime()
+    limiter = RateLimiter(60, clock=t.clock, sleep=t.sleep)
+    assert limiter.acquire()  # thread A is answered 429 Retry-After: 2
+    limiter.penalize(2.0)
+    assert limiter.acquire()  # thread B, the next to send, waits out the penalty
+    assert t.now == pytest.approx(1002.0)
+    assert sum(t.sleeps) == pytest.approx(2.0)
+
+
+def test_penalize_only_ever_extends() -> None:
+    t = FakeTime()
+    limiter = RateLimiter(60, clock=t.clock, sleep=t.sleep)
+    limiter.penalize(5.0)
+    limiter.penalize(1.0)
+    assert limiter.acquire()
+    assert t.now == pytest.approx(1005.0)
+
+
+def test_acquire_returns_false_when_stopped_while_waiting() -> None:
+    t = FakeTime()
+    stop = threading.Event()
+
+    def sleep_then_stop(seconds: float, ev: threading.Event | None) -> None:
+        assert ev is stop  # the limiter hands the event to the sleeper, so waits are cut short
+        stop.set()
+
+    limiter = RateLimiter(1, clock=t.clock, sleep=sleep_then_stop)
+    assert limiter.acquire(stop)
+    assert limiter.acquire(stop) is False
+
+
+def test_acquire_with_stop_already_set_does_not_sleep() -> None:
+    t = FakeTime()
+    stop = threading.Event()
+    limiter = RateLimiter(1, clock=t.clock, sleep=t.sleep)
+    limiter.penalize(10)
+    stop.set()
+    assert limiter.acquire(stop) is False
+    assert t.sleeps == []
+
+
+def test_limiter_rejects_a_zero_rate() -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(0)
+
+
+# -- RateLimits ------------------------------------------------------------------------------
+
+
+def test_rate_limits_follow_knocks_tiers() -> None:
+    limits = RateLimits("knock")
+    assert {name: limits.for_endpoint(name).per_second for name in ENDPOINT_TIER} == {
+        "bulk_identify": 1,
+        "bulk_delete": 1,
+        "merge": 5,
+        "delete": 5,
+        "identify": 60,
+        "get_user": 200,
+        "list_users": 200,
+        "get_bulk_operation": 200,
+    }
+    assert limits.for_endpoint("merge") is limits.for_endpoint("merge")
+    assert TIERS == {1: 1, 2: 5, 3: 60, 4: 200, 5: 1000}
+
+
+def test_rate_limits_off_never_waits() -> None:
+    t = FakeTime()
+    limits = RateLimits("off", clock=t.clock, sleep=t.sleep)
+    for name in ENDPOINT_TIER:
+        limiter = limits.for_endpoint(name)
+        limiter.penalize(60)
+        assert all(limiter.acquire() for _ in range(5000))
+    assert t.sleeps == []
+
+
+def test_rate_limits_reject_unknown_names() -> None:
+    with pytest.raises(ValueError):
+        RateLimits("fast")  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        RateLimits().for_endpoint("trigger")
+
+
+def test_default_wait_returns_at_once_when_stopped() -> None:
+    stop = threading.Event()
+    stop.set()
+    wait(3600, stop)  # would hang the test run if it slept
+    wait(0)
+    wait(-1)

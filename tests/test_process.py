@@ -1,0 +1,135 @@
+"""``knock-sink`` as a real process: SIGKILL and restart, SIGTERM drain, exit codes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, sink_env, wait_for
+from tests.model import actual_state, expected_state
+
+CLI = [sys.executable, "-m", "consumer.cli"]
+PARTITIONS = 3
+
+
+def partitioned_events(users: int, per_user: int) -> list[list[dict[str, Any]]]:
+    """Events per partition (a user's events all in one partition, in order)."""
+    parts: list[list[dict[str, Any]]] = [[] for _ in range(PARTITIONS)]
+    for i in range(per_user):
+        for u in range(users):
+            traits = {"i": i, f"k{i % 4}": i, "nested": {f"n{i % 3}": i}}
+            if i % 5 == 0:
+                parts[u % PARTITIONS].append(
+                    {"type": "track", "userId": f"u{u}", "event": "e", "context": {"traits": traits}}
+                )
+            else:
+                parts[u % PARTITIONS].append({"type": "identify", "userId": f"u{u}", "traits": traits})
+    return parts
+
+
+def produce_partitioned(kafka: Any, topic: str, parts: list[list[dict[str, Any]]]) -> None:
+    for p, events in enumerate(parts):
+        kafka.produce(topic, events, partition=p)
+
+
+def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, "run", "--bulk-size", "50", "--flush-interval", "0.05", *args],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_sigkill_mid_run_then_restart_applies_everything_exactly(kafka, api):
+    topic = kafka.topic(PARTITIONS)
+    parts = partitioned_events(users=60, per_user=20)
+    produce_partitioned(kafka, topic, parts)
+    # Slow Knock down so the kill lands in the middle of the run.
+    api.set_faults(latency_ms=60)
+    env = sink_env(kafka, api, topic)
+    proc = start(env, "--rate-limits", "off")
+    wait_for(lambda: api.stats()["identify_entries"] >= 100, 60, "some users applied")
+    proc.kill()
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    committed_at_kill = kafka.committed(f"g-{topic}", topic)
+    ends = kafka.end_offsets(topic)
+    assert sum(committed_at_kill.values()) < sum(ends.values())  # the kill did interrupt the run
+
+    api.clear_faults()
+    proc = start(env, "--rate-limits", "off")
+    try:
+        expected = expected_state([e for p in parts for e in p])
+        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == ends, 90, "everything committed")
+        assert actual_state(api.users()) == expected
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+
+
+def test_sigterm_drains_commits_and_exits_zero(kafka, api):
+    topic = kafka.topic(PARTITIONS)
+    parts = partitioned_events(users=40, per_user=10)
+    produce_partitioned(kafka, topic, parts)
+    api.set_faults(latency_ms=40)
+    env = sink_env(kafka, api, topic)
+    proc = start(env, "--rate-limits", "off")
+    wait_for(lambda: api.stats()["identify_entries"] >= 40, 60, "the run under way")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    committed = kafka.committed(f"g-{topic}", topic)
+    # Everything it had read was applied and committed before it exited...
+    assert sum(committed.values()) == summary["consumed"]
+    assert summary["committed"] == {f"{topic}[{p}]": o for p, o in sorted(committed.items())}
+    # ...and Knock holds exactly the effect of the events below each committed position.
+    applied = [e for p, events in enumerate(parts) for e in events[: committed.get(p, 0)]]
+    assert actual_state(api.users()) == expected_state(applied)
+
+
+@pytest.mark.parametrize(
+    ("args", "env_over", "needle"),
+    [
+        (["--bulk-size", "5000"], {}, "knock.bulk_size"),
+        (["--default-region", "XX"], {}, "mapping.default_region"),
+        ([], {"KNOCK_SINK_TOPICS": ""}, "kafka.topics"),
+        ([], {"KNOCK_API_KEY": ""}, "knock.api_key"),
+        ([], {"KNOCK_BASE_URL": "ftp://nowhere"}, "knock.base_url"),
+        (["--config", "/nonexistent.toml"], {}, "--config"),
+        (["--kafka-option", "no.such.option=1"], {}, "kafka.client"),
+    ],
+)
+def test_bad_setting_is_one_line_and_exit_code_2(kafka, api, args, env_over, needle):
+    env = {**sink_env(kafka, api, "t-unused"), **env_over}
+    proc = subprocess.run([*CLI, "run", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert api.api_key not in proc.stderr + proc.stdout
+
+
+def test_wrong_api_key_at_start_exits_2_without_showing_it(kafka, api):
+    topic = kafka.topic(1)
+    env = {**sink_env(kafka, api, topic), "KNOCK_API_KEY": "sk_this_is_secret"}
+    proc = subprocess.run([*CLI, "run"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "knock.api_key" in proc.stderr and "sk_this_is_secret" not in proc.stderr + proc.stdout
+
+
+def test_backfill_command_exits_zero_at_the_end(kafka, api):
+    topic = kafka.topic(2)
+    events = [{"type": "identify", "userId": f"u{i % 5}", "traits": {"i": i}} for i in range(40)]
+    kafka.produce(topic, events)
+    env = sink_env(kafka, api, topic)
+    proc = subprocess.run([*CLI, "backfill", "--topic", topic, "--from-beginning", "--until-end",
+                           "--rate-limits", "off"], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert actual_state(api.users()) == expected_state(events)
+    assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)

@@ -1,0 +1,206 @@
+"""The sink end to end, in-process, on the real broker and the local Knock API."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from consumer.sink import Sink
+from tests.conftest import wait_for
+from tests.model import actual_state, expected_state
+
+
+def backfill(settings: Any) -> Any:
+    return Sink(settings).run(from_beginning=True, until_end=True)
+
+
+def test_identify_maps_every_field(kafka, api, settings_for):
+    topic = kafka.topic(1)
+    kafka.produce(topic, [{
+        "type": "identify", "userId": "ada", "version": 2,
+        "timestamp": "2024-03-01T10:00:00.000+05:30",
+        "traits": {
+            "email": "ada@example.com", "firstName": "Ada", "lastName": "Lovelace",
+            "phone": "(415) 555-0100", "avatar": "https://example.com/ada.png",
+            "createdAt": "2024-03-01T09:30:00+01:00", "timezone": "Europe/London",
+            "plan": "pro", "company": {"name": "Engines", "size": 12}, "beta": None,
+        },
+        "context": {"locale": "en-GB", "timezone": "America/New_York"},
+    }])  # fmt: skip
+    summary = backfill(settings_for(topic))
+    user = api.users()[0]
+    assert datetime.fromisoformat(user.pop("created_at")) == datetime.fromisoformat("2024-03-01T08:30:00+00:00")
+    assert actual_state([user]) == {"ada": {
+        "email": "ada@example.com", "name": "Ada Lovelace", "phone_number": "+14155550100",
+        "avatar": "https://example.com/ada.png", "locale": "en-GB", "timezone": "Europe/London",
+        "firstName": "Ada", "lastName": "Lovelace", "plan": "pro",
+        "company": {"name": "Engines", "size": 12}, "beta": None,
+    }}  # fmt: skip
+    assert summary.applied == 1
+    assert kafka.committed(f"g-{topic}", topic) == {0: 1}
+
+
+def test_track_context_traits_and_skips(kafka, api, settings_for):
+    topic = kafka.topic(1)
+    kafka.produce(topic, [
+        {"type": "track", "userId": "u1", "event": "Upgraded", "properties": {"plan": "x"},
+         "context": {"traits": {"plan": "enterprise", "email": "u1@example.com"}}},
+        {"type": "track", "userId": "u2", "event": "Clicked"},  # no traits: nothing to send
+        {"type": "identify", "anonymousId": "anon-1", "traits": {"email": "a@example.com"}},
+        {"type": "identify", "userId": "u3", "traits": {"phone": "not a number", "plan": "free"}},
+    ])  # fmt: skip
+    summary = backfill(settings_for(topic))
+    assert actual_state(api.users()) == {
+        "u1": {"plan": "enterprise", "email": "u1@example.com"},
+        "u3": {"plan": "free"},
+    }
+    assert dict(summary.notes) == {"no_traits": 1, "no_user_id": 1, "invalid_phone": 1}
+    assert kafka.committed(f"g-{topic}", topic) == {0: 4}
+
+
+def test_anonymous_id_mode(kafka, api, settings_for):
+    topic = kafka.topic(1)
+    kafka.produce(topic, [{"type": "identify", "anonymousId": "anon-1", "traits": {"plan": "x"}}])
+    backfill(settings_for(topic, mapping__anonymous="anonymous_id", mapping__anonymous_prefix="anon:"))
+    assert actual_state(api.users()) == {"anon:anon-1": {"plan": "x"}}
+
+
+def test_coalesces_updates_of_one_user_into_one_entry(kafka, api, settings_for):
+    topic = kafka.topic(1)
+    events = [{"type": "identify", "userId": "u1", "traits": {"n": i, f"k{i % 3}": i}} for i in range(50)]
+    events += [
+        {"type": "identify", "userId": "u1", "traits": {"prefs": {"a": 1, "b": 1}}},
+        {"type": "identify", "userId": "u1", "traits": {"prefs": {"b": 2}}},  # nested: kept apart
+        {"type": "identify", "userId": "u1", "traits": {"gone": None, "n": "last"}},
+    ]  # fmt: skip
+    kafka.produce(topic, events)
+    summary = backfill(settings_for(topic, sink__flush_interval=2.0))
+    assert actual_state(api.users()) == expected_state(events)
+    assert api.users()[0]["prefs"] == {"a": 1, "b": 2}
+    # 53 events, but u1 was sent only as often as the nested-object rule requires.
+    assert api.stats()["identify_entries"] == summary.users_sent == 2
+    assert summary.applied == 53
+
+
+def test_alias_before_and_after_updates(kafka, api, settings_for):
+    topic = kafka.topic(1)
+    events = [
+        {"type": "identify", "userId": "anon", "traits": {"email": "old@example.com", "seen": 1, "n": {"a": 1}}},
+        {"type": "identify", "userId": "real", "traits": {"plan": "pro", "n": {"b": 2}}},
+        {"type": "alias", "previousId": "anon", "userId": "real"},
+        {"type": "identify", "userId": "real", "traits": {"email": "new@example.com"}},
+        {"type": "identify", "userId": "anon", "traits": {"back": True}},
+        # The merge target never identified: it is created for the merge.
+        {"type": "identify", "userId": "visitor", "traits": {"utm": "ad"}},
+        {"type": "alias", "previousId": "visitor", "userId": "fresh"},
+    ]  # fmt: skip
+    kafka.produce(topic, events)
+    backfill(settings_for(topic))
+    assert actual_state(api.users()) == expected_state(events) == {
+        "real": {"email": "new@example.com", "seen": 1, "plan": "pro", "n": {"a": 1, "b": 2}},
+        "anon": {"back": True},
+        "fresh": {"utm": "ad"},
+    }
+
+
+def test_replayed_alias_whose_previous_user_is_gone_succeeds(kafka, api, settings_for):
+    topic = kafka.topic(1)
+    events = [
+        {"type": "identify", "userId": "old", "traits": {"a": 1}},
+        {"type": "alias", "previousId": "old", "userId": "new"},
+    ]
+    kafka.produce(topic, events)
+    backfill(settings_for(topic))
+    # Replaying only the alias (the previous user is gone by now) must count as success.
+    summary = backfill(settings_for(topic, kafka__group_id=f"again-{topic}"))
+    assert actual_state(api.users()) == {"new": {"a": 1}}
+    assert dict(summary.dead_lettered) == {}
+
+
+def test_bad_input_goes_to_dead_letter_topic_with_headers(kafka, api, settings_for):
+    topic = kafka.topic(1)
+    kafka.produce(topic, [
+        b"{not json",
+        {"type": "identify", "userId": "ok-1", "traits": {"a": 1}},
+        {"type": "identify", "userId": "a/b", "traits": {"a": 1}},
+        {"type": "identify", "userId": "x" * 257, "traits": {}},
+        {"type": "identify", "userId": "ok-2", "traits": ["not", "an", "object"]},
+        {"type": "dance", "userId": "ok-3"},
+        {"type": "identify", "userId": "ok-4", "traits": {"blob": "x" * 2000}},
+    ], key=lambda v: b"k")
+    summary = backfill(settings_for(topic, kafka__max_message_bytes=1500))
+    assert actual_state(api.users()) == {"ok-1": {"a": 1}}
+    dead = kafka.read_all(f"{topic}.dlq", 6)
+    got = [(dict(m.headers())["knock-sink.error.kind"].decode(), dict(m.headers())["knock-sink.source.offset"].decode())
+           for m in dead]  # fmt: skip
+    assert got == [("undecodable", "0"), ("forbidden_user_id", "2"), ("forbidden_user_id", "3"),
+                   ("invalid_event", "4"), ("invalid_event", "5"), ("oversize", "6")]
+    first = dict(dead[0].headers())
+    assert first["knock-sink.source.topic"].decode() == topic
+    assert first["knock-sink.source.partition"].decode() == "0"
+    assert b"invalid JSON" in first["knock-sink.error.reason"]
+    assert dead[0].value() == b"{not json" and dead[0].key() == b"k"
+    assert b"traits" in dict(dead[3].headers())["knock-sink.error.reason"]
+    assert dict(summary.dead_lettered) == {"undecodable": 1, "forbidden_user_id": 2, "invalid_event": 2, "oversize": 1}
+    assert kafka.committed(f"g-{topic}", topic) == {0: 7}
+
+
+def test_knock_rejected_item_is_dead_lettered_after_retries(kafka, api, settings_for):
+    topic = kafka.topic(1)
+    api.set_faults(failing_users=["bad"])
+    kafka.produce(topic, [
+        {"type": "identify", "userId": "good", "traits": {"a": 1}},
+        {"type": "identify", "userId": "bad", "traits": {"a": 1}},
+        {"type": "identify", "userId": "good", "traits": {"b": 2}},
+    ])
+    summary = backfill(settings_for(topic, sink__item_attempts=2))
+    assert actual_state(api.users()) == {"good": {"a": 1, "b": 2}}
+    dead = kafka.read_all(f"{topic}.dlq", 1)
+    assert [dict(m.headers())["knock-sink.error.kind"] for m in dead] == [b"knock_rejected"]
+    assert dict(summary.dead_lettered) == {"knock_rejected": 1}
+    assert kafka.committed(f"g-{topic}", topic) == {0: 3}
+
+
+def test_live_run_applies_new_events_and_stops_on_request(kafka, api, settings_for):
+    topic = kafka.topic(3)
+    sink = Sink(settings_for(topic))
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(summary=sink.run()))
+    t.start()
+    try:
+        events = [{"type": "identify", "userId": f"u{i % 7}", "traits": {"i": i}} for i in range(200)]
+        kafka.produce(topic, events)
+        wait_for(lambda: actual_state(api.users()) == expected_state(events), 60, "users applied")
+        more = [{"type": "identify", "userId": "late", "traits": {"x": 1}}]
+        kafka.produce(topic, more)
+        wait_for(lambda: "late" in actual_state(api.users()), 60, "late event")
+    finally:
+        sink.stop()
+        t.join(60)
+    assert not t.is_alive()
+    assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
+    assert result["summary"].consumed == 201
+
+
+@pytest.mark.parametrize("status", [401])
+def test_rejected_api_key_is_a_config_error(kafka, api, settings_for, status):
+    from consumer.errors import ConfigError
+
+    topic = kafka.topic(1)
+    settings = settings_for(topic, knock__api_key="sk_wrong_key")
+    with pytest.raises(ConfigError) as err:
+        Sink(settings).run()
+    assert "knock.api_key" in str(err.value) and "sk_wrong_key" not in str(err.value)
+
+
+def test_summary_is_json_friendly(kafka, api, settings_for):
+    from consumer.sink import describe
+
+    topic = kafka.topic(1)
+    kafka.produce(topic, [{"type": "identify", "userId": "u", "traits": {}}])
+    out = describe(backfill(settings_for(topic)))
+    assert orjson.loads(orjson.dumps(out))["committed"] == {f"{topic}[0]": 1}
