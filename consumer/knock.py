@@ -67,6 +67,10 @@ class BulkResult:
     rate_limited: list[str]
 
 
+#: Endpoints for which 404 means a wrong route, never a missing user.
+_NEVER_MISSING = frozenset({"identify", "bulk_identify", "bulk_delete", "list_users"})
+
+
 def _path_id(value: str) -> str:
     # quote(safe="") keeps an id inside its path segment; "." and ".." would still be removed as
     # dot-segments by URL normalization, and "" would hit the collection route.
@@ -329,6 +333,13 @@ class KnockClient:
                 if classify(response.status_code) == "ok":
                     return response
                 status_error = self._status_error(response, where)
+                if status_error.status == 404 and endpoint in _NEVER_MISSING:
+                    # An upsert cannot find its target missing: the route itself is, so every
+                    # request would fail alike. Stop rather than dead-letter all traffic.
+                    raise FatalKnockError(
+                        f"{where} answered 404: is the base URL {self.base_url} right?",
+                        status=404, code=status_error.code, body=status_error.body,
+                    )
                 if not isinstance(status_error, RetryableError):
                     raise status_error
                 error = status_error

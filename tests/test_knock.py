@@ -602,3 +602,16 @@ def test_concurrent_use_from_many_threads() -> None:
     for th in threads:
         th.join()
     assert sorted(results) == sorted(f"t{n}-{i}" for n in range(8) for i in range(20))
+
+
+@pytest.mark.parametrize("call", ["identify", "bulk_identify"])
+def test_404_on_an_upsert_route_is_fatal_not_an_item_error(call: str) -> None:
+    from consumer.errors import FatalKnockError
+
+    knock = Knock(json(404, {"code": "resource_missing", "message": "nope", "status": 404, "type": "api_error"}))
+    c = client(knock, sleeps=Sleeps())
+    with pytest.raises(FatalKnockError, match="base URL"):
+        if call == "identify":
+            c.identify("u1", {"a": 1})
+        else:
+            c.bulk_identify([{"id": "u1"}])
