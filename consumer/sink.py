@@ -18,9 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
-
-from confluent_kafka import Message
+from typing import TYPE_CHECKING, Any
 
 from .apply import Applier, Outcome
 from .config import Settings
@@ -34,6 +32,9 @@ from .metrics import Metrics
 from .plan import Pending, Planner
 from .source import TP, Source
 from .tracker import OffsetTracker
+
+if TYPE_CHECKING:
+    from confluent_kafka import Message
 
 log = logging.getLogger("knock_sink")
 
