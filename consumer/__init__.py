@@ -5,7 +5,6 @@ The path of an event is the layout of this package: :mod:`.source` → :mod:`.de
 :mod:`.deadletter` / :mod:`.tracker` → commit, driven by :mod:`.sink`. :mod:`.emulator` is the
 local Knock-compatible API, independent of the rest.
 
-
 Nothing is imported here, so that ``knock-sink emulator`` and ``--help`` start without loading
 Kafka and HTTP clients: import :class:`consumer.sink.Sink` and
 :func:`consumer.config.load_settings` from their modules.

@@ -133,3 +133,33 @@ def test_backfill_command_exits_zero_at_the_end(kafka, api):
     assert proc.returncode == 0, proc.stderr
     assert actual_state(api.users()) == expected_state(events)
     assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
+
+
+def test_key_rejected_mid_run_stops_loudly_commits_nothing_past_it(kafka):
+    """Knock starting to answer 401 is a configuration problem, not bad events: the sink exits
+    3 without dead-lettering the traffic and without committing what it could not apply."""
+    from consumer.emulator import EmulatorServer
+
+    topic = kafka.topic(1)
+    first = EmulatorServer(api_key="sk_first_key", rate_limits="off")
+    first.start()
+    port = int(first.url.rsplit(":", 1)[1])
+    env = sink_env(kafka, first, topic)
+    kafka.produce(topic, [{"type": "identify", "userId": f"u{i}", "traits": {"i": i}} for i in range(20)])
+    proc = start(env, "--rate-limits", "off")
+    try:
+        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == {0: 20}, 60, "first events committed")
+        first.stop()
+        # Same address, another environment's key: every request now answers 401.
+        second = EmulatorServer(api_key="sk_rotated_key", rate_limits="off", port=port)
+        second.start()
+        kafka.produce(topic, [{"type": "identify", "userId": f"v{i}", "traits": {"i": i}} for i in range(10)])
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    second.stop()
+    assert proc.returncode == 3, err
+    assert "rejected the API key" in err and "sk_first_key" not in err + out
+    assert kafka.committed(f"g-{topic}", topic) == {0: 20}
+    assert kafka.read_all(f"{topic}.dlq", 0, timeout=3) == []
