@@ -14,16 +14,10 @@ from consumer.emulator import EmulatorServer
 from .helpers import make_knock
 
 
-@pytest.fixture(scope="session")
-def _session_server() -> Iterator[EmulatorServer]:
-    with EmulatorServer(rate_limits="off") as server:
-        yield server
-
-
 @pytest.fixture
-def emulator(_session_server: EmulatorServer) -> EmulatorServer:
-    _session_server.reset()
-    return _session_server
+def emulator(api: EmulatorServer) -> EmulatorServer:
+    """The session's limits-off server (``tests/conftest.py``), reset for this test."""
+    return api
 
 
 @pytest.fixture

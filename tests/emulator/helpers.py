@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from knockapi import Knock
 
 from consumer.emulator import EmulatorServer
+from tests.conftest import wait_for
 
 
 def make_knock(server: EmulatorServer, **options: Any) -> Knock:
@@ -22,14 +21,7 @@ def make_knock(server: EmulatorServer, **options: Any) -> Knock:
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.01)
+    return wait_for(predicate, timeout)
 
 
 def wait_bulk(knock: Knock, op_id: str, status: str = "completed") -> Any:
