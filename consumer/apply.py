@@ -79,6 +79,10 @@ class Applier:
         self._clock = clock
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="knock")
         self._last_bulk: dict[str, float] = {}
+        # Users whose last op Knock rejected until it was dead-lettered. Their later ops get one
+        # attempt each until one applies: a fresh backoff series per op would hold the
+        # partition's commits for (that user's ops) x (the whole series).
+        self._rejected: set[str] = set()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -141,12 +145,20 @@ class Applier:
 
     def _failed(self, entry_items: list[Pending], user: str, why: str, blocked: set[str], out: Outcome) -> None:
         blocked.add(user)
+        rejected_before = user in self._rejected
         for p in entry_items:
             p.attempts += 1
-            if p.attempts >= self._item_attempts:
+            if p.attempts >= self._item_attempts or rejected_before:
                 out.dead.append((p, "knock_rejected", why))
+                if len(self._rejected) > 100_000:
+                    self._rejected.clear()
+                self._rejected.add(user)
             else:
                 out.retry.append((p, min(30.0, 2.0**p.attempts)))
+
+    def _applied(self, entry: Entry, out: Outcome) -> None:
+        self._rejected.discard(entry.user_id)
+        out.done.extend(entry.items)
 
     def _bulk(self, chunk: list[Entry], blocked: set[str], out: Outcome) -> None:
         users = [{"id": e.user_id, **e.props} for e in chunk]
@@ -170,7 +182,7 @@ class Applier:
                 blocked.add(e.user_id)
                 out.retry.extend((p, ENTITY_GAP) for p in e.items)
             else:
-                out.done.extend(e.items)
+                self._applied(e, out)
 
     def _single(self, entry: Entry, blocked: set[str], out: Outcome) -> None:
         try:
@@ -184,7 +196,7 @@ class Applier:
             return
         finally:
             out.count("identify", 1)
-        out.done.extend(entry.items)
+        self._applied(entry, out)
 
     def _merge(self, step: MergeStep, blocked: set[str], out: Outcome) -> None:
         op = step.pending.op

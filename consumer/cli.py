@@ -29,6 +29,7 @@ FLAG_SETTINGS = {
     "knock_base_url": "knock.base_url",
     "bulk_size": "knock.bulk_size",
     "rate_limits": "knock.rate_limits",
+    "nested_merge": "knock.nested_merge",
     "flush_interval": "sink.flush_interval",
     "max_pending": "sink.max_pending",
     "metrics_port": "sink.metrics_port",
@@ -57,6 +58,9 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--knock-base-url", help="Knock API (env KNOCK_BASE_URL; default https://api.knock.app)")
     p.add_argument("--bulk-size", type=int, help="users per bulk identify call (default 1000)")
     p.add_argument("--rate-limits", choices=["knock", "off"], help="pace requests to Knock's tiers (default knock)")
+    p.add_argument("--nested-merge", choices=["either", "deep"],
+                   help="fold updates carrying objects under one key: only if Knock deep-merges them "
+                   "(deep), or keep them apart, exact either way (either, the default)")
     p.add_argument("--flush-interval", type=float, help="seconds before a partial batch is sent (default 0.5)")
     p.add_argument("--max-pending", type=int, help="events buffered before fetching pauses")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")

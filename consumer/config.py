@@ -86,6 +86,11 @@ class KnockSettings(_Section):
     max_backoff: float = Field(30.0, gt=0)
     #: Requests in flight at once (bulk chunks, merges, single identifies).
     concurrency: int = Field(8, ge=1, le=64)
+    #: What the Knock environment does with nested objects on upsert. ``either`` (default)
+    #: keeps two updates that both carry an object under one key apart, exact whether Knock
+    #: deep-merges or replaces them; ``deep`` (Knock's documented behaviour today) folds them
+    #: into one deep-merged entry: fewer calls, exact only where Knock deep-merges.
+    nested_merge: Literal["either", "deep"] = "either"
 
     @field_validator("base_url")
     @classmethod
@@ -137,7 +142,7 @@ class SinkSettings(_Section):
     #: Seconds to wait for more events before sending what is buffered.
     flush_interval: float = Field(0.5, gt=0)
     #: Events buffered or in flight before fetching pauses.
-    max_pending: int = Field(50_000, ge=1)
+    max_pending: int = Field(20_000, ge=1)
     #: Seconds allowed on shutdown or partition revoke to finish in-flight work.
     drain_timeout: float = Field(30.0, gt=0)
     #: Attempts at one item Knock rejected inside a bulk operation before it is dead-lettered.

@@ -22,7 +22,6 @@ event, and the leniency rules above would need as many custom validators as line
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +33,13 @@ EVENT_TYPES = frozenset({"identify", "track", "alias", "group", "page", "screen"
 #: 1e11 milliseconds is March 1973, so only pre-1973 millisecond values are misread.
 _MS_THRESHOLD = 100_000_000_000
 
-@dataclass(slots=True)
+_FIELDS = (
+    "type", "user_id", "anonymous_id", "previous_id", "group_id", "message_id", "event",
+    "traits", "group_traits", "context", "channel", "version",
+    "timestamp", "original_timestamp", "sent_at", "received_at",
+)  # fmt: skip
+
+
 class Event:
     """One Segment message, reduced to what the sink reads.
 
@@ -42,24 +47,78 @@ class Event:
     ``context.traits`` overlaid key by key with ``traits``; for every other type,
     ``context.traits`` only. ``group_traits`` is a ``group`` message's own ``traits`` (empty
     otherwise). The dicts may be the decoded input itself, shared with ``context``.
+
+    The four timestamps are informational and the sink never reads them, so :func:`parse_event`
+    keeps their raw values and :func:`parse_timestamp` runs on first access only (it was a
+    quarter of the parse cost). Constructed directly, an event holds the values it was given.
+    Compares, and prints, like the dataclass it replaces.
     """
 
-    type: str
-    user_id: str | None = None
-    anonymous_id: str | None = None
-    previous_id: str | None = None
-    group_id: str | None = None
-    message_id: str | None = None
-    event: str | None = None
-    traits: dict[str, Any] = field(default_factory=dict)
-    group_traits: dict[str, Any] = field(default_factory=dict)
-    context: dict[str, Any] = field(default_factory=dict)
-    channel: str | None = None
-    version: int | float | str | None = None
-    timestamp: datetime | None = None
-    original_timestamp: datetime | None = None
-    sent_at: datetime | None = None
-    received_at: datetime | None = None
+    __slots__ = (
+        "type", "user_id", "anonymous_id", "previous_id", "group_id", "message_id", "event",
+        "traits", "group_traits", "context", "channel", "version", "_stamps", "_raw_stamps",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        type: str,  # noqa: A002 - the Segment field's name
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
+        previous_id: str | None = None,
+        group_id: str | None = None,
+        message_id: str | None = None,
+        event: str | None = None,
+        traits: dict[str, Any] | None = None,
+        group_traits: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        channel: str | None = None,
+        version: int | float | str | None = None,
+        timestamp: datetime | None = None,
+        original_timestamp: datetime | None = None,
+        sent_at: datetime | None = None,
+        received_at: datetime | None = None,
+    ) -> None:
+        self.type = type
+        self.user_id = user_id
+        self.anonymous_id = anonymous_id
+        self.previous_id = previous_id
+        self.group_id = group_id
+        self.message_id = message_id
+        self.event = event
+        self.traits: dict[str, Any] = {} if traits is None else traits
+        self.group_traits: dict[str, Any] = {} if group_traits is None else group_traits
+        self.context: dict[str, Any] = {} if context is None else context
+        self.channel = channel
+        self.version = version
+        self._stamps: list[datetime | None] = [timestamp, original_timestamp, sent_at, received_at]
+        self._raw_stamps: tuple[object, ...] | None = None
+
+    def _stamp(self, i: int) -> datetime | None:
+        raw = self._raw_stamps
+        if raw is not None:
+            self._stamps = [parse_timestamp(v) for v in raw]
+            self._raw_stamps = None
+        return self._stamps[i]
+
+    def _set_stamp(self, i: int, value: datetime | None) -> None:
+        self._stamp(i)
+        self._stamps[i] = value
+
+    timestamp = property(lambda self: self._stamp(0), lambda self, v: self._set_stamp(0, v))
+    original_timestamp = property(lambda self: self._stamp(1), lambda self, v: self._set_stamp(1, v))
+    sent_at = property(lambda self: self._stamp(2), lambda self, v: self._set_stamp(2, v))
+    received_at = property(lambda self: self._stamp(3), lambda self, v: self._set_stamp(3, v))
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in _FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in _FIELDS)
+        return f"Event({inner})"
 
 
 def _kind(value: object) -> str:
@@ -199,21 +258,19 @@ def parse_event(obj: object) -> Event:
     channel = get("channel")
     if channel is None:
         channel = context.get("channel")
-    return Event(
-        type=kind,
-        user_id=user_id,
-        anonymous_id=_id(msg, "anonymousId"),
-        previous_id=previous_id,
-        group_id=_id(msg, "groupId"),
-        message_id=_id(msg, "messageId"),
-        event=_id(msg, "event"),
-        traits=traits,
-        group_traits=group_traits,
-        context=context,
-        channel=channel if type(channel) is str else None,
-        version=_version(get("version")),
-        timestamp=parse_timestamp(get("timestamp")),
-        original_timestamp=parse_timestamp(get("originalTimestamp")),
-        sent_at=parse_timestamp(get("sentAt")),
-        received_at=parse_timestamp(get("receivedAt")),
+    event = Event(
+        kind,
+        user_id,
+        _id(msg, "anonymousId"),
+        previous_id,
+        _id(msg, "groupId"),
+        _id(msg, "messageId"),
+        _id(msg, "event"),
+        traits,
+        group_traits,
+        context,
+        channel if type(channel) is str else None,
+        _version(get("version")),
     )
+    event._raw_stamps = (get("timestamp"), get("originalTimestamp"), get("sentAt"), get("receivedAt"))
+    return event

@@ -51,6 +51,7 @@ _NAME_PARTS = (("firstName", "lastName"), ("first_name", "last_name"))
 _ALWAYS_CUSTOM = frozenset(k for pair in _NAME_PARTS for k in pair)
 _CONTEXT_FALLBACK = frozenset({"locale", "timezone"})
 _USER_UPDATE_TYPES = frozenset({"track", "page", "screen", "group"})
+_FALLBACK_CONTEXT, _FALLBACK_NAME = 1, 2
 
 
 @dataclass(slots=True)
@@ -121,6 +122,20 @@ class Mapper:
         self._rename = dict(settings.rename)
         self._anonymous = settings.anonymous == "anonymous_id"
         self._prefix = settings.anonymous_prefix
+        # The per-event walk, prepared once: each active field with its sources minus the
+        # dropped ones (a dropped source is skipped, as if absent), and what to do when none is
+        # present. ``_reserved`` only for the fields that convert their value.
+        self._plan: list[tuple[str, tuple[str, ...], bool, int]] = [
+            (fname, tuple(k for k in keys if k not in self._drop),
+             fname in ("phone_number", "created_at"),
+             _FALLBACK_CONTEXT if fname in _CONTEXT_FALLBACK else _FALLBACK_NAME if fname == "name" else 0)
+            for fname, keys in self._fields
+        ]  # fmt: skip
+        # Keys never copied as custom properties; with no rename this is all the copy loop needs.
+        self._skip = self._consumed | self._drop | {"id"}
+        self._name_parts = [
+            (first, last) for first, last in _NAME_PARTS if first not in self._drop and last not in self._drop
+        ]
 
     def map(self, event: Event) -> Mapped:
         """The ops for one event.
@@ -128,7 +143,7 @@ class Mapper:
         :raises InvalidEvent: ``forbidden_user_id`` (see :func:`check_user_id`) for a user id
             that would be used; ``invalid_event`` for an alias without both ids.
         """
-        out = Mapped()
+        out = Mapped([], [])  # explicit lists: the dataclass' default factories cost more
         kind = event.type
         if kind == "identify":
             user_id = self._user_id(event, out)
@@ -185,25 +200,32 @@ class Mapper:
         :param context: the message's ``context``, for the ``locale``/``timezone`` fallback.
         :param notes: receives ``invalid_phone`` / ``invalid_created_at``.
         """
-        drop, rename, consumed = self._drop, self._rename, self._consumed
-        props: dict[str, Any] = {}
-        for key, value in traits.items():
-            if key in consumed or key in drop:
-                continue
-            name = rename.get(key, key)
-            if name != "id":
-                props[name] = value
-        for fname, keys in self._fields:
+        if self._rename:
+            drop, rename, consumed = self._drop, self._rename, self._consumed
+            props: dict[str, Any] = {}
+            for key, value in traits.items():
+                if key in consumed or key in drop:
+                    continue
+                name = rename.get(key, key)
+                if name != "id":
+                    props[name] = value
+        else:
+            skip = self._skip
+            props = {k: v for k, v in traits.items() if k not in skip}
+        for fname, keys, converts, fallback in self._plan:
             for key in keys:
-                if key in traits and key not in drop:
-                    self._reserved(props, fname, traits[key], notes)
+                if key in traits:
+                    if converts:
+                        self._reserved(props, fname, traits[key], notes)
+                    else:
+                        props[fname] = traits[key]
                     break
             else:
-                if fname in _CONTEXT_FALLBACK:
+                if fallback == _FALLBACK_CONTEXT:
                     value = context.get(fname)
                     if type(value) is str and value:
                         props[fname] = value
-                elif fname == "name":
+                elif fallback == _FALLBACK_NAME:
                     self._derive_name(props, traits)
         return props
 
@@ -229,10 +251,10 @@ class Mapper:
             props[fname] = value
 
     def _derive_name(self, props: dict[str, Any], traits: dict[str, Any]) -> None:
-        for first_key, last_key in _NAME_PARTS:
-            if first_key in self._drop or last_key in self._drop:
-                continue
+        for first_key, last_key in self._name_parts:
             first, last = traits.get(first_key), traits.get(last_key)
-            if type(first) is str and type(last) is str and first.strip() and last.strip():
-                props["name"] = f"{first.strip()} {last.strip()}"
-                return
+            if type(first) is str and type(last) is str:
+                first, last = first.strip(), last.strip()
+                if first and last:
+                    props["name"] = f"{first} {last}"
+                    return

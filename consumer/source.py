@@ -49,6 +49,9 @@ class Source:
             # Rebalances move only the partitions that change owner: the others keep flowing.
             "partition.assignment.strategy": "cooperative-sticky",
             "enable.partition.eof": False,
+            # librdkafka prefetches up to 64 MB by default, on top of what the sink holds
+            # pending; 16 MB keeps a backlog's memory bounded and still outruns the sink.
+            "queued.max.messages.kbytes": 16384,
         }
         # The pass-through wins over our defaults except where the delivery guarantee rests on them.
         conf.update({k: v for k, v in settings.client.items() if k != "enable.auto.commit"})

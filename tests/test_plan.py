@@ -670,13 +670,14 @@ class Stats:
 
 
 def run_planned(
-    rng: random.Random, ops: list[Op], upsert: Apply, start: Store, fail_rate: float
+    rng: random.Random, ops: list[Op], upsert: Apply, start: Store, fail_rate: float,
+    nested: str = "either",
 ) -> Store:
     """Feed ops to a planner in bursts and apply its plans as the sink would: levels in order,
     steps within a level in any order, failures (and steps after them on the same users) given
     back with a delay."""
     store = copy.deepcopy(start)
-    pl = Planner()
+    pl = Planner(nested=nested)  # type: ignore[arg-type]
     pendings = [Pending(i, op, ("t", 0, i)) for i, op in enumerate(ops)]
     for p in pendings:
         if rng.random() < 0.05:
@@ -804,3 +805,96 @@ def test_cut_is_linear_enough() -> None:
     plan = pl.cut(0.0)
     assert time.perf_counter() - t0 < 5.0
     assert plan.item_count == 100_000
+
+
+# --- fold_later (prototype, off by default) -----------------------------------------------------
+
+
+def test_fold_later_takes_later_ops_of_users_already_in_the_cut() -> None:
+    pl = planner(
+        ident(1, "a", n=1),
+        ident(2, "b", n=2),
+        ident(3, "c", n=3),  # third user: held, with every later op of c
+        ident(4, "a", k=4),  # a is in the plan: folded
+        ident(5, "c", m=5),
+    )
+    plan = pl.cut(0, max_users=2, fold_later=True)
+    assert view(plan) == [[("I", "a", {"n": 1, "k": 4}, [1, 4]), ("I", "b", {"n": 2}, [2])]]
+    assert queued(pl) == [3, 5]
+
+
+def test_fold_later_merge_with_a_new_user_holds_both_users() -> None:
+    pl = planner(ident(1, "a"), merge(2, "a", "z"), ident(3, "a", x=1))
+    plan = pl.cut(0, max_users=1, fold_later=True)
+    assert view(plan) == [[("I", "a", {}, [1])]]
+    assert queued(pl) == [2, 3]  # a's later identify waits behind the held merge
+
+
+def test_fold_later_is_the_planner_default_when_set() -> None:
+    pl = Planner(fold_later=True)
+    for p in (ident(1, "a"), ident(2, "b"), ident(3, "a", y=1)):
+        pl.add(p)
+    assert queued(pl) == [1, 2, 3]
+    assert pl.cut(0, max_users=1).item_count == 2
+    assert queued(pl) == [2]
+
+
+# --- nested="deep": folding objects under Knock's documented deep merge ----------------------
+
+
+def deep_planner(*ps: Pending) -> Planner:
+    pl = Planner(nested="deep")
+    for p in ps:
+        pl.add(p)
+    return pl
+
+
+def test_deep_mode_folds_objects_under_one_key_into_one_entry() -> None:
+    pl = deep_planner(ident(1, "u", o={"a": 1, "n": {"x": 1}}), ident(2, "u", o={"b": 2, "n": {"y": 2}}))
+    assert view(pl.cut(0)) == [[("I", "u", {"o": {"a": 1, "b": 2, "n": {"x": 1, "y": 2}}}, [1, 2])]]
+
+
+@pytest.mark.parametrize("first", [1, None, [1], "s"])
+def test_deep_mode_still_splits_a_non_object_then_an_object(first: Any) -> None:
+    pl = deep_planner(ident(1, "u", o=first), ident(2, "u", o={"b": 2}))
+    assert view(pl.cut(0)) == [[("I", "u", {"o": first}, [1])], [("I", "u", {"o": {"b": 2}}, [2])]]
+
+
+def test_deep_mode_splits_on_a_nested_non_object_then_object() -> None:
+    pl = deep_planner(ident(1, "u", o={"n": 5}), ident(2, "u", o={"n": {"y": 1}}))
+    assert len(pl.cut(0).levels) == 2
+
+
+def test_deep_mode_never_mutates_the_callers_nested_dicts() -> None:
+    a, b = {"o": {"n": {"x": 1}}}, {"o": {"n": {"y": 2}}}
+    before = copy.deepcopy((a, b))
+    pl = deep_planner(Pending(1, Identify("u", a), None), Pending(2, Identify("u", b), None))
+    pl.cut(0)
+    assert (a, b) == before
+
+
+def test_unknown_nested_mode_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Planner(nested="sometimes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fail_rate", [0.0, 0.2])
+def test_deep_mode_planned_equals_sequential_under_deep_merge(fail_rate: float) -> None:
+    for seed in range(400):
+        rng = random.Random(seed)
+        ops = random_ops(rng, rng.randint(1, 60))
+        start = random_start()
+        expected = sequential(ops, deep_apply, start)
+        assert run_planned(rng, ops, deep_apply, start, fail_rate, nested="deep") == expected, seed
+
+
+def test_deep_mode_folds_more_than_either_mode() -> None:
+    # Otherwise the deep mode would be pointless: on the random streams it must need fewer entries.
+    counts = {}
+    for nested in ("either", "deep"):
+        Stats.entries = 0
+        for seed in range(100):
+            rng = random.Random(seed)
+            run_planned(rng, random_ops(rng, 40), deep_apply, random_start(), 0.0, nested=nested)
+        counts[nested] = Stats.entries
+    assert counts["deep"] < counts["either"]

@@ -165,6 +165,23 @@ def test_knock_rejected_item_is_dead_lettered_after_retries(kafka, api, settings
     assert kafka.committed(f"g-{topic}", topic) == {0: 3}
 
 
+def test_a_rejected_users_later_updates_get_one_attempt_each(kafka, api, settings_for):
+    # Found by the chaos suite: each later update of a user Knock keeps rejecting started a
+    # fresh backoff series, so the partition's commits waited (its updates) x (the series).
+    topic = kafka.topic(1)
+    api.set_faults(failing_users=["bad"])
+    # An object under the same key in each: never folded, four sequential updates.
+    events = [{"type": "identify", "userId": "bad", "traits": {"o": {"i": i}}} for i in range(4)]
+    events.append({"type": "identify", "userId": "good", "traits": {"a": 1}})
+    kafka.produce(topic, events)
+    summary = backfill(settings_for(topic, sink__item_attempts=3))
+    assert dict(summary.dead_lettered) == {"knock_rejected": 4}
+    # Three attempts for the first update, then one for each later one.
+    assert api.stats(by_user=True)["identify_entries_by_user"]["bad"] == 3 + 3
+    assert actual_state(api.users()) == {"good": {"a": 1}}
+    assert kafka.committed(f"g-{topic}", topic) == {0: 5}
+
+
 def test_live_run_applies_new_events_and_stops_on_request(kafka, api, settings_for):
     topic = kafka.topic(3)
     sink = Sink(settings_for(topic))
@@ -204,3 +221,12 @@ def test_summary_is_json_friendly(kafka, api, settings_for):
     kafka.produce(topic, [{"type": "identify", "userId": "u", "traits": {}}])
     out = describe(backfill(settings_for(topic)))
     assert orjson.loads(orjson.dumps(out))["committed"] == {f"{topic}[0]": 1}
+
+
+def test_deep_nested_merge_folds_objects_into_one_entry(kafka, api, settings_for):
+    topic = kafka.topic(1)
+    events = [{"type": "identify", "userId": "u1", "traits": {"prefs": {f"k{i}": i}, "n": i}} for i in range(20)]
+    kafka.produce(topic, events)
+    summary = backfill(settings_for(topic, knock__nested_merge="deep", sink__flush_interval=2.0))
+    assert actual_state(api.users()) == expected_state(events)
+    assert api.stats()["identify_entries"] == summary.users_sent == 1

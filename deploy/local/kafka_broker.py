@@ -133,8 +133,11 @@ class Broker:
         libs = ensure_jars()
         config = self._write_config()
         if not (self.dir / "data" / "meta.properties").exists():
-            # KRaft cluster ids are 16 random bytes in URL-safe base64 without padding.
-            cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+            # KRaft cluster ids are 16 random bytes in URL-safe base64 without padding; one
+            # that starts with "-" would be read by StorageTool as an option (1 start in 64).
+            cluster = "-"
+            while cluster.startswith("-"):
+                cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
             fmt = self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config))
             subprocess.run(fmt, check=True, capture_output=True)
         log = open(self.dir / "broker.log", "ab")

@@ -1,0 +1,173 @@
+"""The measured side of each case, run in a child process of :mod:`bench.run` so that its CPU
+time and peak RSS are its own: ``python -m bench.cases KIND --result FILE [options]``.
+
+* ``ceiling``: a bare confluent-kafka loop that consumes ``--events`` messages and discards them;
+* ``naive``: consume, one ``PUT /v1/users/{id}`` per event with the official ``knockapi`` SDK,
+  commit after each (synchronously), for ``--events`` events;
+* ``sink``: ``knock-sink`` itself (``consumer.cli.main`` with the arguments after ``--``), with
+  ``--profile FILE`` to record it with pyinstrument.
+
+Each writes ``{"seconds", "events", "cpu_s", "rss_mb", ...}`` to ``--result``. ``seconds`` runs
+from just before the Kafka consumer is created (imports done) to the last event handled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak RSS of ``pid`` since its exec (``VmHWM``). Not ``ru_maxrss``: Linux carries the
+    parent's high-water mark over fork and exec into it, so every child of the benchmark (whose
+    process holds the emulator and all its users) would report at least the parent's peak."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _consumer(bootstrap: str, group: str, topic: str) -> Consumer:
+    # The sink's own consumer settings (consumer/source.py), minus the callbacks.
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "enable.partition.eof": False,
+    })  # fmt: skip
+    c.subscribe([topic])
+    return c
+
+
+def ceiling(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    c = _consumer(args.bootstrap, args.group, args.topic)
+    n = nbytes = passes = 0
+    # The topic is read this fast that one pass is over in a second or two: read it again (a
+    # fresh group each time) until the run lasts --min-seconds.
+    while True:
+        try:
+            target = n + args.events
+            while n < target:
+                for msg in c.consume(1000, 0.5):
+                    if msg.error() is None:
+                        n += 1
+                        nbytes += len(msg.value())
+        finally:
+            c.close()
+        passes += 1
+        if time.monotonic() - started >= args.min_seconds:
+            break
+        c = _consumer(args.bootstrap, f"{args.group}-{passes}", args.topic)
+    return {"seconds": time.monotonic() - started, "events": n, "bytes": nbytes, "passes": passes}
+
+
+_RESERVED = ("email", "name", "avatar", "locale", "timezone")
+
+
+def naive(args: argparse.Namespace) -> dict[str, Any]:
+    from knockapi import Knock
+
+    started = time.monotonic()
+    knock = Knock(api_key=os.environ["KNOCK_API_KEY"], base_url=args.base_url)
+    c = _consumer(args.bootstrap, args.group, args.topic)
+    n = calls = 0
+    try:
+        while n < args.events:
+            msg = c.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            n += 1
+            event = orjson.loads(msg.value())
+            traits = event.get("traits") if event.get("type") == "identify" else None
+            traits = traits or (event.get("context") or {}).get("traits")
+            user = event.get("userId")
+            if traits and user:
+                reserved = {k: traits[k] for k in _RESERVED if k in traits}
+                if "phone" in traits:
+                    reserved["phone_number"] = traits["phone"]
+                custom = {k: v for k, v in traits.items() if k not in _RESERVED and k != "phone"}
+                knock.users.update(user, **reserved, extra_body=custom)
+                calls += 1
+            c.commit(message=msg, asynchronous=False)
+    finally:
+        c.close()
+    return {"seconds": time.monotonic() - started, "events": n, "calls": calls}
+
+
+def sink(args: argparse.Namespace) -> dict[str, Any]:
+    from consumer import cli
+
+    if args.fold_later:
+        # The planner option prototyped in consumer/plan.py, switched on without touching the
+        # sink: every Planner the sink creates folds later ops of users already in a cut.
+        from consumer import plan
+
+        init = plan.Planner.__init__
+        plan.Planner.__init__ = lambda self, **kw: init(self, fold_later=True)  # type: ignore[method-assign]
+    profiler = None
+    if args.profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.001)
+        profiler.start()
+    out = io.StringIO()
+    started = time.monotonic()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(args.rest)
+    seconds = time.monotonic() - started
+    if profiler is not None:
+        profiler.stop()
+        with open(args.profile, "w") as f:
+            f.write(profiler.output_text(unicode=False, color=False, show_all=False))
+        with open(args.profile + ".html", "w") as f:
+            f.write(profiler.output_html())
+    if code != 0:
+        raise SystemExit(code)
+    summary = json.loads(out.getvalue().strip().splitlines()[-1])
+    return {"seconds": seconds, "events": summary["consumed"], "summary": summary}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("kind", choices=["ceiling", "naive", "sink"])
+    p.add_argument("--result", required=True)
+    p.add_argument("--bootstrap")
+    p.add_argument("--topic")
+    p.add_argument("--group")
+    p.add_argument("--events", type=int, default=0)
+    p.add_argument("--base-url")
+    p.add_argument("--profile")
+    p.add_argument("--min-seconds", type=float, default=0.0)
+    p.add_argument("--fold-later", action="store_true")
+    argv = sys.argv[1:]
+    rest: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1 :]
+    args = p.parse_args(argv)
+    args.rest = rest
+    result = {"ceiling": ceiling, "naive": naive, "sink": sink}[args.kind](args)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime
+    result["rss_mb"] = peak_rss_mb(os.getpid())
+    with open(args.result, "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

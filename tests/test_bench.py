@@ -1,0 +1,38 @@
+"""Smoke test of the benchmark (``make bench``): it runs end to end at ``--scale small`` and its
+JSON has every case with positive figures. Not a speed check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Kafka
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--scale", "small", "--bootstrap", kafka.bootstrap,
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {r["case"]: r for r in report["rows"]}
+    assert set(rows) >= {"ceiling", "sink", "naive", "limits", "backlog", "scale-1", "scale-2"}
+    for case, row in rows.items():
+        assert row["events"] > 0, case
+        for key in ("events_per_s", "cpu_s_per_m_events", "peak_rss_mb"):
+            assert row[key] > 0, (case, key)
+        if case != "ceiling":
+            assert row["knock_calls"] > 0 and row["users_per_s"] > 0, case
+    assert rows["limits"]["lower_bound_s"] > 0 and rows["limits"]["time_over_bound"] > 0
+    assert set(report["ratios"]) >= {"sink_over_ceiling", "sink_over_naive", "backfill_over_bound",
+                                     "backlog_peak_rss_mb"}
+    assert "knock-sink benchmark" in proc.stdout
