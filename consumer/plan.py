@@ -9,9 +9,9 @@ op alone in consume order, whether Knock deep-merges nested properties or replac
 Division of work with the caller (the sink):
 
 * it assigns ``seq`` (strictly increasing consume order) and keeps ``source`` opaque to us;
-* it runs one plan at a time: the next :meth:`~Planner.cut` comes after every step of the previous
-  plan succeeded or was given back with :meth:`~Planner.retry`, otherwise a user's later op could
-  overtake an earlier one that is about to be retried;
+* a plan still in flight names its users in the next :meth:`~Planner.cut`'s ``busy``; otherwise
+  the next cut comes after every step of the previous plan succeeded or was given back with
+  :meth:`~Planner.retry`, or a user's later op could overtake an earlier one about to be retried;
 * when a step fails it gives back that step's pendings *and* every later step of the plan touching
   a user of a failed or skipped step (transitively, through merges), unapplied;
 * it increments ``attempts`` (it knows whether a step was tried or only skipped); the planner sets
@@ -22,7 +22,7 @@ No I/O and no clock: time is the ``now`` argument.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Literal
@@ -97,6 +97,15 @@ class Plan:
                 yield from entry.items
             for step in level.merges:
                 yield step.pending
+
+    def users(self) -> set[str]:
+        """Every user a step of this plan touches."""
+        out: set[str] = set()
+        for level in self.levels:
+            out.update(e.user_id for e in level.identifies)
+            for m in level.merges:
+                out.update(_users(m.pending.op))
+        return out
 
     def __bool__(self) -> bool:
         return bool(self.levels)
@@ -192,7 +201,14 @@ class Planner:
             p.not_before = not_before
         self._queue = merged
 
-    def cut(self, now: float, max_users: int | None = None, *, fold_later: bool | None = None) -> Plan:
+    def cut(
+        self,
+        now: float,
+        max_users: int | None = None,
+        *,
+        fold_later: bool | None = None,
+        busy: Iterable[str] = (),
+    ) -> Plan:
         """Take every op that can be sent at ``now``, as levels; the rest stays pending.
 
         An op is held if its ``not_before`` is after ``now`` or if it touches a user held earlier
@@ -212,6 +228,10 @@ class Planner:
             planner's ``fold_later``. Off by default: measured under Knock's limits (bench case
             4b) it was slower, because a later identify that repeats a nested key cannot fold
             (see :func:`_can_fold`) and becomes one more level, i.e. one more paced bulk call.
+        :param busy: users of plans still in flight. They are held like users of a held op, so
+            a plan cut while another is applied shares no user with it: the two may run side
+            by side, and whatever the first gives back with :meth:`retry` still precedes every
+            later op of its users.
         :raises ValueError: if ``max_users`` is less than 1.
         """
         if max_users is not None and max_users < 1:
@@ -220,7 +240,7 @@ class Planner:
         levels: list[Level] = []
         # user -> (level of its last planned op, that op's entry if it was an identify)
         last: dict[str, tuple[int, Entry | None]] = {}
-        held: set[str] = set()
+        held: set[str] = set(busy)
         kept: list[Pending] = []
         queue = self._queue
         budget = max_users if max_users is not None else -1

@@ -1,8 +1,8 @@
 """The sink loop: source → decode → events → mapping → plan → apply → dead letters → commit.
 
-One thread runs the loop and owns the consumer, the planner and the tracker; one plan at a time
-is applied on a worker thread, so fetching (and the consumer's group membership) goes on while
-Knock is slow, retried or rate-limited. Everything the worker reports comes back to the loop
+One thread runs the loop and owns the consumer, the planner and the tracker; plans (at most
+:data:`PLANS_IN_FLIGHT`, on disjoint users) are applied on worker threads, so fetching (and the
+consumer's group membership) goes on while Knock is slow, retried or rate-limited. Everything the worker reports comes back to the loop
 thread, which alone resolves offsets and commits.
 
 The guarantee, in one line: a position is committed only when every event before it in its
@@ -17,7 +17,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,10 @@ log = logging.getLogger("knock_sink")
 
 #: Knock's single-identify budget per second (tier 3), spent on bulk overflow.
 SINGLE_IDENTIFY_PER_S = 60
+#: Plans applied side by side. Two hide the gap between one plan's end and the next one's
+#: first request (bulk operation polling, waiting for the limiter); their users are disjoint,
+#: so per-user order holds (see :meth:`consumer.plan.Planner.cut`, ``busy``).
+PLANS_IN_FLIGHT = 2
 
 
 class Origin:
@@ -111,8 +115,9 @@ class Sink:
             if knock_limits
             else settings.knock.bulk_size * settings.knock.concurrency
         )
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="apply")
-        self._inflight: Future[Outcome] | None = None
+        self._worker = ThreadPoolExecutor(PLANS_IN_FLIGHT, thread_name_prefix="apply")
+        #: Plans being applied, with the users each touches.
+        self._inflight: dict[Future[Outcome], set[str]] = {}
         self._seq = 0
         self._last_flush = clock()
         self._last_commit = clock()
@@ -181,13 +186,18 @@ class Sink:
         elif pending <= self.settings.sink.max_pending // 2:
             self._source.resume()
         self.metrics.paused.set(1 if self._source.paused else 0)
-        busy = self._inflight is not None or len(self._planner) > 0
-        for msg in self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2):
-            self._ingest(msg)
+        busy = bool(self._inflight) or len(self._planner) > 0
+        self._ingest_all(self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2))
         self._dlq.poll()
         self._collect()
         self._flush()
         self._commit()
+
+    def _ingest_all(self, msgs: list[Message]) -> None:
+        for msg in msgs:
+            self._ingest(msg)
+        # Counted per batch: a prometheus counter takes a lock on every inc().
+        self.metrics.consumed.inc(len(msgs))
 
     def _ingest(self, msg: Message) -> None:
         origin = Origin(msg)
@@ -195,7 +205,6 @@ class Sink:
             return  # fetched just before its partition was revoked: the new owner reads it
         self._tracker.track(origin.tp, origin.offset)
         self.summary.consumed += 1
-        self.metrics.consumed.inc()
         value = msg.value()
         try:
             if value is not None and len(value) > self.settings.kafka.max_message_bytes:
@@ -243,8 +252,9 @@ class Sink:
     # -- plans -----------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Start the next plan when none is in flight and a batch is due (full, or old enough)."""
-        if self._inflight is not None or len(self._planner) == 0:
+        """Start the next plan when there is room in flight and a batch is due (full, or old
+        enough). Its users are disjoint from those of the plans still in flight."""
+        if len(self._inflight) >= PLANS_IN_FLIGHT or len(self._planner) == 0:
             return
         now = self._clock()
         due = len(self._planner) >= self._flush_users or (
@@ -252,24 +262,28 @@ class Sink:
         )
         if not due and not self._stop.is_set():
             return
-        plan = self._planner.cut(now, max_users=self._flush_users)
+        busy: set[str] = set().union(*self._inflight.values())
+        plan = self._planner.cut(now, max_users=self._flush_users, busy=busy)
         if not plan:
             return
         self._last_flush = now
-        self._inflight = self._worker.submit(self._applier.apply, plan)
+        self._inflight[self._worker.submit(self._applier.apply, plan)] = plan.users()
 
-    def _collect(self, timeout: float | None = 0) -> bool:
-        """Take in the finished plan's outcome, if any. Returns False while one is in flight."""
-        if self._inflight is None:
-            return True
-        if timeout == 0 and not self._inflight.done():
-            return False
-        out = self._inflight.result(timeout)  # FatalKnockError surfaces here
-        self._inflight = None
+    def _collect(self, timeout: float = 0) -> bool:
+        """Take in the outcomes of finished plans, waiting up to ``timeout`` for all of them.
+        Returns True when none is left in flight."""
+        if self._inflight:
+            done, _ = wait(list(self._inflight), timeout, return_when=ALL_COMPLETED)
+            for future in [f for f in self._inflight if f in done]:
+                del self._inflight[future]
+                self._take(future.result())  # FatalKnockError surfaces here
+        return not self._inflight
+
+    def _take(self, out: Outcome) -> None:
         for p in out.done:
-            self.summary.applied += 1
-            self.metrics.applied.inc()
             self._release_if_owned(p.source)
+        self.summary.applied += len(out.done)
+        self.metrics.applied.inc(len(out.done))
         for p, kind, reason in out.dead:
             self._dead_letter(p.source, kind, reason)
             self._release_if_owned(p.source)
@@ -279,7 +293,6 @@ class Sink:
             self.metrics.knock_calls.labels(op).inc(n)
         self.summary.users_sent += out.users_sent
         self.metrics.users_sent.inc(out.users_sent)
-        return True
 
     def _retry(self, out: Outcome) -> None:
         now = self._clock()
@@ -307,17 +320,14 @@ class Sink:
             self.metrics.commits.inc()
 
     def _on_revoke(self, tps: list[TP]) -> None:
-        """Partitions are leaving: (1) finish the plan in flight within the drain budget,
+        """Partitions are leaving: (1) finish the plans in flight within the drain budget,
         (2) confirm dead-letter writes, (3) commit while they are still ours, (4) forget them,
         so that no late result can commit for them."""
         assert self._dlq is not None
         deadline = self._clock() + self.settings.sink.drain_timeout
-        if self._inflight is not None:
-            try:
-                self._collect(timeout=max(0.0, deadline - self._clock()))
-            except TimeoutError:
-                log.warning("revoke: a plan still in flight after the drain budget; its results "
-                            "for %s will be ignored", tps)
+        if not self._collect(timeout=max(0.0, deadline - self._clock())):
+            log.warning("revoke: plans still in flight after the drain budget; their results "
+                        "for %s will be ignored", tps)
         self._dlq.flush(max(0.0, deadline - self._clock()))
         self._commit(force=True)
         gone = set(tps)
@@ -336,20 +346,14 @@ class Sink:
         self._source.pause()
         deadline = self._clock() + self.settings.sink.drain_timeout
         while self._clock() < deadline:
-            if self._inflight is not None:
-                try:
-                    self._collect(timeout=0.05)
-                except TimeoutError:
-                    pass
-            if self._inflight is None and len(self._planner) == 0:
+            if self._collect(timeout=0.05) and len(self._planner) == 0:
                 break
             self._flush()
             # Keeps group membership and callbacks served; whatever was fetched before the
             # pause is taken in rather than dropped.
-            for msg in self._source.consume(self.settings.kafka.consume_batch, 0.01):
-                self._ingest(msg)
+            self._ingest_all(self._source.consume(self.settings.kafka.consume_batch, 0.01))
             self._dlq.poll()
-        if self._inflight is not None or len(self._planner):
+        if self._inflight or len(self._planner):
             log.warning("drain budget spent: %d events will be replayed by the next run",
                         self._tracker.pending())
         self._knock_stop.set()
@@ -367,9 +371,7 @@ class Sink:
 
     def _close(self) -> None:
         self._knock_stop.set()
-        if self._inflight is not None:
-            self._inflight.cancel()
-        self._worker.shutdown(wait=True)
+        self._worker.shutdown(wait=True, cancel_futures=True)
         self._applier.close()
         self._knock.close()
         if self._source is not None:

@@ -433,7 +433,7 @@ def test_bulk_identify_follows_the_operation_to_the_end() -> None:
         "GET /v1/bulk_operations/op-1",
     ]
     assert knock.requests[0].content == orjson.dumps({"users": users})
-    assert sleeps.waits == [0.02, 0.04]
+    assert sleeps.waits == [0.005, 0.01]
 
 
 def test_bulk_polling_interval_grows_to_one_second() -> None:
@@ -441,7 +441,7 @@ def test_bulk_polling_interval_grows_to_one_second() -> None:
                   json(200, op("completed")))  # fmt: skip
     sleeps = Sleeps()
     client(knock, sleeps=sleeps).bulk_identify([{"id": "u1"}])
-    assert sleeps.waits == [0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0, 1.0, 1.0]
+    assert sleeps.waits == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0]
 
 
 def test_bulk_operation_that_failed_fails_every_id() -> None:

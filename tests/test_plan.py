@@ -898,3 +898,87 @@ def test_deep_mode_folds_more_than_either_mode() -> None:
             run_planned(rng, random_ops(rng, 40), deep_apply, random_start(), 0.0, nested=nested)
         counts[nested] = Stats.entries
     assert counts["deep"] < counts["either"]
+
+
+# --- busy users: plans side by side ----------------------------------------------------------
+
+
+def test_busy_users_are_held_with_their_merges_and_other_users_go() -> None:
+    pl = planner(ident(1, "a", x=1), ident(2, "b", x=1), merge(3, "c", "a"), ident(4, "c", y=1), ident(5, "d", z=1))
+    plan = pl.cut(0, busy={"a"})
+    assert view(plan) == [[("I", "b", {"x": 1}, [2]), ("I", "d", {"z": 1}, [5])]]
+    assert queued(pl) == [1, 3, 4]
+    assert plan.users() == {"b", "d"}
+
+
+def test_a_second_cut_with_the_first_plans_users_busy_is_disjoint_from_it() -> None:
+    pl = planner(*(ident(i, f"u{i % 5}", n=i) for i in range(20)))
+    first = pl.cut(0, max_users=3)
+    pl.add(ident(20, "u0", n=20))
+    second = pl.cut(0, busy=first.users())
+    assert first.users() == {"u0", "u1", "u2"}
+    assert second.users() == {"u3", "u4"}
+    assert not first.users() & second.users()
+
+
+def test_plan_users_include_both_sides_of_a_merge() -> None:
+    assert planner(merge(1, "a", "b"), ident(2, "c")).cut(0).users() == {"a", "b", "c"}
+
+
+def _apply_plan(rng: random.Random, plan: Plan, store: Store, upsert: Apply, fail_rate: float) -> list[Pending]:
+    """Apply one plan as the sink does; return what is given back (failed, and skipped after)."""
+    failed: set[str] = set()
+    back: list[Pending] = []
+    for level in plan.levels:
+        steps: list[Entry | MergeStep] = [*level.identifies, *level.merges]
+        rng.shuffle(steps)
+        for step in steps:
+            if isinstance(step, Entry):
+                items, users = step.items, {step.user_id}
+            else:
+                op = step.pending.op
+                assert isinstance(op, Merge)
+                items, users = [step.pending], {op.user_id, op.from_user_id}
+            if users & failed or rng.random() < fail_rate:
+                back += items
+                failed |= users
+            elif isinstance(step, Entry):
+                store[step.user_id] = upsert(store.get(step.user_id, {}), step.props)
+            else:
+                apply_op(store, step.pending.op, upsert)
+    return back
+
+
+@pytest.mark.parametrize("nested", ["either", "deep"])
+def test_two_plans_in_flight_with_busy_users_equal_sequential(nested: str) -> None:
+    for seed in range(300):
+        rng = random.Random(seed)
+        ops = random_ops(rng, rng.randint(1, 60))
+        start = random_start()
+        expected = sequential(ops, deep_apply, start)
+        store = copy.deepcopy(start)
+        pl = Planner(nested=nested)  # type: ignore[arg-type]
+        pendings = [Pending(i, op, None) for i, op in enumerate(ops)]
+        fed, now = 0, 0.0
+        for _ in range(10_000):
+            if fed == len(pendings) and len(pl) == 0:
+                break
+            for p in pendings[fed : fed + rng.randint(0, 10)]:
+                pl.add(p)
+                fed += 1
+            first = pl.cut(now, max_users=rng.choice([None, 1, 2, 3]))
+            for p in pendings[fed : fed + rng.randint(0, 5)]:  # more arrive meanwhile
+                pl.add(p)
+                fed += 1
+            second = pl.cut(now, max_users=rng.choice([None, 2]), busy=first.users())
+            assert not first.users() & second.users()
+            plans = [first, second]
+            rng.shuffle(plans)  # disjoint: either may finish first
+            for plan in plans:
+                back = _apply_plan(rng, plan, store, deep_apply, 0.2)
+                if back:
+                    pl.retry(back, now)
+            now += 1.0
+        else:
+            pytest.fail("never drained")
+        assert store == expected, f"seed {seed}"
