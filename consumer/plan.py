@@ -208,6 +208,7 @@ class Planner:
         *,
         fold_later: bool | None = None,
         busy: Iterable[str] = (),
+        max_levels: int | None = None,
     ) -> Plan:
         """Take every op that can be sent at ``now``, as levels; the rest stays pending.
 
@@ -228,6 +229,10 @@ class Planner:
             planner's ``fold_later``. Off by default: measured under Knock's limits (bench case
             4b) it was slower, because a later identify that repeats a nested key cannot fold
             (see :func:`_can_fold`) and becomes one more level, i.e. one more paced bulk call.
+        :param max_levels: an op that would open a level beyond this many is held (with its
+            users) for a later cut. Under Knock's limits every level costs a paced bulk call of
+            its own, so a second level carrying a handful of users wastes a second of budget;
+            held, those ops join a full bulk call of the next plan instead.
         :param busy: users of plans still in flight. They are held like users of a held op, so
             a plan cut while another is applied shares no user with it: the two may run side
             by side, and whatever the first gives back with :meth:`retry` still precedes every
@@ -236,6 +241,9 @@ class Planner:
         """
         if max_users is not None and max_users < 1:
             raise ValueError(f"max_users must be at least 1, got {max_users}")
+        if max_levels is not None and max_levels < 1:
+            raise ValueError(f"max_levels must be at least 1, got {max_levels}")
+        top = max_levels if max_levels is not None else 1 << 30
         fold = self._fold_later if fold_later is None else fold_later
         levels: list[Level] = []
         # user -> (level of its last planned op, that op's entry if it was an identify)
@@ -261,7 +269,9 @@ class Planner:
                     held.add(uid)
                     kept.append(p)
                     continue
-                plan_identify(p, op, levels, last)  # type: ignore[arg-type]
+                if not plan_identify(p, op, levels, last, top):  # type: ignore[arg-type]
+                    held.add(uid)
+                    kept.append(p)
                 continue
             users = _users(op)
             if p.not_before > now or any(u in held for u in users):
@@ -277,17 +287,27 @@ class Planner:
                     held.update(users)
                     kept.append(p)
                     continue
-            if isinstance(op, Identify):
-                plan_identify(p, op, levels, last)
-            else:
-                plan_merge(p, op, levels, last)
+            planned = (
+                plan_identify(p, op, levels, last, top)
+                if isinstance(op, Identify)
+                else plan_merge(p, op, levels, last, top)
+            )
+            if not planned:
+                held.update(users)
+                kept.append(p)
         self._queue = kept
         return Plan(levels=[lv for lv in levels if lv.identifies or lv.merges])
 
     def _plan_identify(
         self,
-        p: Pending, op: Identify, levels: list[Level], last: dict[str, tuple[int, Entry | None]]
-    ) -> None:
+        p: Pending,
+        op: Identify,
+        levels: list[Level],
+        last: dict[str, tuple[int, Entry | None]],
+        top: int,
+    ) -> bool:
+        """Plan ``p``, folded or one level above its user's last op; False (nothing planned)
+        when that level would be ``top`` or beyond."""
         prev = last.get(op.user_id)
         if prev is None:
             # A user's first op in the cut, by far the most frequent case: level 0.
@@ -296,29 +316,36 @@ class Planner:
                 levels.append(Level())
             levels[0].identifies.append(entry)
             last[op.user_id] = (0, entry)
-            return
-        if prev is not None:
-            level, entry = prev
-            if entry is not None and self._can_fold(entry.props, op.props):
-                if len(entry.items) == 1:
-                    entry.props = dict(entry.props)  # first fold: stop sharing the op's dict
-                self._fold(entry.props, op.props)
-                entry.items.append(p)
-                return
-            level += 1
-        else:
-            level = 0
+            return True
+        level, prev_entry = prev
+        if prev_entry is not None and self._can_fold(prev_entry.props, op.props):
+            if len(prev_entry.items) == 1:
+                prev_entry.props = dict(prev_entry.props)  # first fold: stop sharing the op's dict
+            self._fold(prev_entry.props, op.props)
+            prev_entry.items.append(p)
+            return True
+        level += 1
+        if level >= top:
+            return False
         entry = Entry(user_id=op.user_id, props=op.props, items=[p])
         _level(levels, level).identifies.append(entry)
         last[op.user_id] = (level, entry)
+        return True
 
     @staticmethod
     def _plan_merge(
-        p: Pending, op: Merge, levels: list[Level], last: dict[str, tuple[int, Entry | None]]
-    ) -> None:
+        p: Pending,
+        op: Merge,
+        levels: list[Level],
+        last: dict[str, tuple[int, Entry | None]],
+        top: int,
+    ) -> bool:
         level = 1 + max(last.get(u, (-1, None))[0] for u in (op.user_id, op.from_user_id))
+        if level >= top:
+            return False
         _level(levels, level).merges.append(MergeStep(p))
         last[op.user_id] = last[op.from_user_id] = (level, None)
+        return True
 
     def drop(self, predicate: Callable[[Pending], bool]) -> list[Pending]:
         """Remove and return (in seq order) the pending ops matching ``predicate``."""

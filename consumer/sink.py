@@ -32,7 +32,7 @@ from .mapping import Mapper
 from .metrics import Metrics
 from .plan import Pending, Planner
 from .source import TP, Source
-from .tracker import OffsetTracker
+from .tracker import OffsetTracker, PartitionTracker
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -50,7 +50,7 @@ PLANS_IN_FLIGHT = 2
 class Origin:
     """One consumed message and what is still owed on it before its offset may be resolved."""
 
-    __slots__ = ("msg", "tp", "offset", "owed", "dead")
+    __slots__ = ("msg", "tp", "offset", "owed", "dead", "gen")
 
     def __init__(self, msg: Message) -> None:
         self.msg = msg
@@ -58,6 +58,8 @@ class Origin:
         self.offset: int = msg.offset()
         self.owed = 1  # released by the ingest itself, so zero-op events resolve at once
         self.dead = False
+        #: The partition's tracker generation this message was tracked in (see OffsetTracker).
+        self.gen: PartitionTracker | None = None
 
 
 @dataclass
@@ -115,6 +117,9 @@ class Sink:
             if knock_limits
             else settings.knock.bulk_size * settings.knock.concurrency
         )
+        # Under Knock's limits each level of a plan is a paced bulk call: keep plans to one, so
+        # a user's next non-foldable update waits for the next (full) call, not a near-empty one.
+        self._max_levels = 1 if knock_limits else None
         self._worker = ThreadPoolExecutor(PLANS_IN_FLIGHT, thread_name_prefix="apply")
         #: Plans being applied, with the users each touches.
         self._inflight: dict[Future[Outcome], set[str]] = {}
@@ -201,9 +206,17 @@ class Sink:
 
     def _ingest(self, msg: Message) -> None:
         origin = Origin(msg)
-        if not self._tracker.owns(origin.tp):
+        tp = origin.tp
+        if not self._tracker.owns(tp):
             return  # fetched just before its partition was revoked: the new owner reads it
-        self._tracker.track(origin.tp, origin.offset)
+        if not self._tracker.accepts(tp, origin.offset):
+            # The consumer went back (a partition revoked and given back within one fetch, a
+            # reset): the events from here on come again, so start the partition afresh. Work
+            # of the old generation still in flight can no longer resolve anything.
+            log.info("%s[%d] rewound to %d: reading it again", tp[0], tp[1], origin.offset)
+            self._planner.drop(lambda p: p.source.tp == tp)
+            self._tracker.restart(tp)
+        origin.gen = self._tracker.track(tp, origin.offset)
         self.summary.consumed += 1
         value = msg.value()
         try:
@@ -227,14 +240,16 @@ class Sink:
     def _release(self, origin: Origin) -> None:
         origin.owed -= 1
         if origin.owed == 0:
-            self._tracker.resolve(origin.tp, origin.offset)
+            # Ignored when the partition was revoked, lost or rewound since it was tracked.
+            self._tracker.resolve(origin.tp, origin.offset, origin.gen)
 
     def _dead_letter(self, origin: Origin, kind: str, reason: str) -> None:
         """Write ``origin`` to the dead-letter topic; its offset stays owed until the broker
         confirms. The caller still releases its own hold on ``origin``."""
         assert self._dlq is not None
-        if origin.dead or not self._tracker.owns(origin.tp):
-            # One record per event, and none for a partition another consumer now replays.
+        if origin.dead or not self._tracker.current(origin.tp, origin.gen):
+            # One record per event, and none for an event that will be read again (by another
+            # consumer, or by this one after a rewind).
             return
         origin.dead = True
         origin.owed += 1
@@ -244,10 +259,6 @@ class Sink:
             "dead-lettering %s[%d]@%d: %s: %s", origin.tp[0], origin.tp[1], origin.offset, kind, reason
         )
         self._dlq.send(origin.msg, kind, reason, lambda: self._release(origin))
-
-    def _release_if_owned(self, origin: Origin) -> None:
-        if self._tracker.owns(origin.tp):
-            self._release(origin)
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -263,7 +274,9 @@ class Sink:
         if not due and not self._stop.is_set():
             return
         busy: set[str] = set().union(*self._inflight.values())
-        plan = self._planner.cut(now, max_users=self._flush_users, busy=busy)
+        plan = self._planner.cut(
+            now, max_users=self._flush_users, busy=busy, max_levels=self._max_levels
+        )
         if not plan:
             return
         self._last_flush = now
@@ -281,12 +294,12 @@ class Sink:
 
     def _take(self, out: Outcome) -> None:
         for p in out.done:
-            self._release_if_owned(p.source)
+            self._release(p.source)
         self.summary.applied += len(out.done)
         self.metrics.applied.inc(len(out.done))
         for p, kind, reason in out.dead:
             self._dead_letter(p.source, kind, reason)
-            self._release_if_owned(p.source)
+            self._release(p.source)
         self._retry(out)
         for op, n in out.calls.items():
             self.summary.knock_calls[op] += n
@@ -298,7 +311,7 @@ class Sink:
         now = self._clock()
         by_delay: dict[float, list[Pending]] = defaultdict(list)
         for p, delay in out.retry:
-            if self._tracker.owns(p.source.tp):
+            if self._tracker.current(p.source.tp, p.source.gen):
                 by_delay[delay].append(p)
         for delay, items in by_delay.items():
             self.metrics.retries.labels("item" if delay else "blocked").inc(len(items))

@@ -68,6 +68,10 @@ class PartitionTracker:
         """How many tracked offsets are not resolved yet."""
         return len(self._unresolved)
 
+    def accepts(self, offset: int) -> bool:
+        """Whether :meth:`track` would take ``offset`` (it is past every tracked offset)."""
+        return self._last_tracked is None or offset > self._last_tracked
+
 
 class OffsetTracker:
     """A :class:`PartitionTracker` per owned ``(topic, partition)``, plus what was committed.
@@ -75,6 +79,11 @@ class OffsetTracker:
     Ownership follows the consumer's assignment: :meth:`add` on assign, :meth:`drop` on revoke or
     loss. Results that arrive for a partition no longer owned are ignored, because the new owner
     re-reads from the last commit and a position computed here could skip its work.
+
+    Each ownership is a *generation*: :meth:`track` returns it, and :meth:`resolve` given a
+    generation that is no longer current changes nothing. So a result from before a partition
+    was dropped and owned again (or :meth:`restart` ed) can never resolve the same offset number
+    tracked again since.
     """
 
     __slots__ = ("_partitions", "_committed")
@@ -99,8 +108,8 @@ class OffsetTracker:
         """Whether ``tp`` is currently owned (added and not dropped since)."""
         return tp in self._partitions
 
-    def track(self, tp: TopicPartition, offset: int) -> None:
-        """Track a consumed offset.
+    def track(self, tp: TopicPartition, offset: int) -> PartitionTracker:
+        """Track a consumed offset; returns the partition's current generation.
 
         :raises KeyError: if ``tp`` is not owned. Tracking is done at consume time, when the
             partition must be owned; silently re-creating a dropped one would hide a bug.
@@ -111,17 +120,35 @@ class OffsetTracker:
         except KeyError:
             raise KeyError(f"partition {tp} is not owned; add() it first") from None
         partition.track(offset)
+        return partition
 
-    def resolve(self, tp: TopicPartition, offset: int) -> bool:
-        """Mark an offset done. Returns ``False``, changing nothing, if ``tp`` is not owned.
+    def accepts(self, tp: TopicPartition, offset: int) -> bool:
+        """Whether ``offset`` may be tracked on owned ``tp`` (False: the consumer rewound)."""
+        return self._partitions[tp].accepts(offset)
+
+    def restart(self, tp: TopicPartition) -> None:
+        """Start a new generation of owned ``tp``: what was tracked is forgotten, as on
+        :meth:`drop` then :meth:`add`. For a consumer that rewound: the events will come again."""
+        self._partitions[tp] = PartitionTracker()
+        self._committed.pop(tp, None)
+
+    def resolve(
+        self, tp: TopicPartition, offset: int, generation: PartitionTracker | None = None
+    ) -> bool:
+        """Mark an offset done. Returns ``False``, changing nothing, if ``tp`` is not owned or
+        ``generation`` (from :meth:`track`) is not its current one.
 
         :raises ValueError: as :meth:`PartitionTracker.resolve`, for owned partitions only.
         """
         partition = self._partitions.get(tp)
-        if partition is None:
+        if partition is None or (generation is not None and partition is not generation):
             return False
         partition.resolve(offset)
         return True
+
+    def current(self, tp: TopicPartition, generation: PartitionTracker) -> bool:
+        """Whether ``generation`` is ``tp``'s current one (owned, not dropped or restarted)."""
+        return self._partitions.get(tp) is generation
 
     def committable(self) -> dict[TopicPartition, int]:
         """Commit positions of the owned partitions that advanced since :meth:`mark_committed`."""

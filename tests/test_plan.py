@@ -690,7 +690,8 @@ def run_planned(
         for p in pendings[fed : fed + burst]:
             pl.add(p)
         fed = min(fed + burst, len(pendings))
-        plan = pl.cut(now, max_users=rng.choice([None, None, 1, 2, 3]))
+        plan = pl.cut(now, max_users=rng.choice([None, None, 1, 2, 3]),
+                      max_levels=rng.choice([None, None, 1, 2]))
         if len(pl):
             Stats.held_cuts += 1
         Stats.multi_level_plans += len(plan.levels) > 1
@@ -982,3 +983,27 @@ def test_two_plans_in_flight_with_busy_users_equal_sequential(nested: str) -> No
         else:
             pytest.fail("never drained")
         assert store == expected, f"seed {seed}"
+
+
+# --- max_levels: one paced bulk call per plan ------------------------------------------------
+
+
+def test_max_levels_holds_what_would_open_a_deeper_level() -> None:
+    pl = planner(ident(1, "u", o={"a": 1}), ident(2, "v", x=1), ident(3, "u", o={"b": 2}),
+                 merge(4, "v", "w"), ident(5, "w", y=1), ident(6, "z", k=1))
+    plan = pl.cut(0, max_levels=1)
+    assert view(plan) == [[("I", "u", {"o": {"a": 1}}, [1]), ("I", "v", {"x": 1}, [2]),
+                           ("I", "z", {"k": 1}, [6])]]
+    assert queued(pl) == [3, 4, 5]
+    assert view(pl.cut(0, max_levels=1)) == [[("I", "u", {"o": {"b": 2}}, [3]), ("M", "v", "w", 4)]]
+    assert view(pl.cut(0, max_levels=1)) == [[("I", "w", {"y": 1}, [5])]]
+
+
+def test_max_levels_still_folds_into_the_first_level() -> None:
+    pl = planner(ident(1, "u", a=1), ident(2, "u", b=2))
+    assert view(pl.cut(0, max_levels=1)) == [[("I", "u", {"a": 1, "b": 2}, [1, 2])]]
+
+
+def test_max_levels_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Planner().cut(0, max_levels=0)

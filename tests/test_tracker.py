@@ -465,3 +465,43 @@ def test_random_small_full_brute_force_every_step() -> None:
         t.resolve(o)
         resolved.add(o)
         assert t.committable() == brute_force_position(offsets, resolved)
+
+
+# --- generations: results from before a drop/add or a restart never count -------------------
+
+
+def test_track_returns_the_generation_and_resolve_checks_it() -> None:
+    t = OffsetTracker()
+    t.add([TP])
+    gen = t.track(TP, 5)
+    assert t.current(TP, gen)
+    assert t.resolve(TP, 5, gen) is True
+    assert t.committable() == {TP: 6}
+
+
+def test_a_result_from_before_a_revoke_and_reassign_is_ignored() -> None:
+    t = OffsetTracker()
+    t.add([TP])
+    old = t.track(TP, 0)
+    t.drop([TP])
+    t.add([TP])
+    new = t.track(TP, 0)  # the same offset number, read again after the reassignment
+    assert not t.current(TP, old)
+    assert t.resolve(TP, 0, old) is False  # the late result must not resolve the new read
+    assert t.committable() == {}
+    assert t.resolve(TP, 0, new) is True
+    assert t.committable() == {TP: 1}
+
+
+def test_restart_after_a_rewind_starts_a_new_generation() -> None:
+    t = OffsetTracker()
+    t.add([TP])
+    old = t.track(TP, 339)
+    assert not t.accepts(TP, 0)
+    t.restart(TP)
+    assert t.accepts(TP, 0)
+    new = t.track(TP, 0)
+    assert t.resolve(TP, 339, old) is False
+    assert t.pending() == 1
+    assert t.resolve(TP, 0, new) is True
+    assert t.committable() == {TP: 1}
