@@ -25,7 +25,7 @@ from .apply import Applier, Outcome
 from .config import Settings
 from .deadletter import DeadLetters
 from .decode import Decoder, JsonDecoder
-from .errors import ConfigError, FatalKnockError, InvalidEvent
+from .errors import ConfigError, FatalKnockError, InvalidEvent, RetryableError
 from .events import parse_event
 from .knock import KnockClient
 from .mapping import Mapper
@@ -128,10 +128,15 @@ class Sink:
         self._last_commit = clock()
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
+        self._looping = False
 
     def stop(self) -> None:
-        """Ask the loop to stop fetching, drain and exit (safe from signal handlers)."""
+        """Ask the loop to stop fetching, drain and exit (safe from signal handlers). Before
+        the loop has started (the start-up check retrying an unreachable Knock) it also
+        interrupts Knock calls: there is nothing to drain yet."""
         self._stop.set()
+        if not self._looping:
+            self._knock_stop.set()
 
     # -- run -------------------------------------------------------------------------------
 
@@ -156,6 +161,10 @@ class Sink:
             self._close()
             raise ConfigError("knock.api_key" if exc.status in (401, 403) else "knock.base_url",
                               str(exc)) from None
+        except RetryableError:  # stopped while Knock was unreachable
+            self._close()
+            return self.summary
+        self._looping = True
         self._dlq.ensure_topics(topics)
         ends = self._end_targets(from_beginning) if until_end else None
         if self.settings.sink.metrics_port:

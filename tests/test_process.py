@@ -163,3 +163,15 @@ def test_key_rejected_mid_run_stops_loudly_commits_nothing_past_it(kafka):
     assert "rejected the API key" in err and "sk_first_key" not in err + out
     assert kafka.committed(f"g-{topic}", topic) == {0: 20}
     assert kafka.read_all(f"{topic}.dlq", 0, timeout=3) == []
+
+
+def test_sigterm_while_knock_is_unreachable_at_start_exits_zero(kafka, api):
+    from kafka_broker import free_port  # deploy/local, on sys.path via conftest
+
+    topic = kafka.topic(1)
+    env = {**sink_env(kafka, api, topic), "KNOCK_BASE_URL": f"http://127.0.0.1:{free_port()}"}
+    proc = start(env)
+    wait_for(lambda: "retry" in (proc.stderr.readline() or ""), 30, "the start-up check retrying")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
