@@ -12,6 +12,7 @@ import pytest
 
 from consumer.ops import Identify, Merge, Op
 from consumer.plan import Entry, Level, MergeStep, Pending, Plan, Planner
+from tests.model import deep_merge
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -555,15 +556,8 @@ Store = dict[str, dict[str, Any]]
 Apply = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 
 
-def deep_apply(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
-    """Knock's upsert: nested objects merge key by key, anything else (``None`` too) replaces."""
-    out = dict(dst)
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_apply(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+#: Knock's upsert: nested objects merge key by key, anything else (``None`` too) replaces.
+deep_apply: Apply = deep_merge
 
 
 def shallow_apply(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
