@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import orjson
+
 from .errors import ItemError, RetryableError
 from .knock import KnockClient
 from .ops import Merge
@@ -45,6 +47,13 @@ class Outcome:
         with self._lock:
             self.calls[operation] = self.calls.get(operation, 0) + 1
             self.users_sent += users
+
+
+def _reason(exc: ItemError) -> str:
+    """The dead-letter reason: our one line, then Knock's error body as Knock sent it."""
+    if exc.body is None:
+        return str(exc)
+    return f"{exc} | {orjson.dumps(exc.body).decode()}"
 
 
 def _chunks(items: list[Entry], size: int) -> Iterator[list[Entry]]:
@@ -192,7 +201,7 @@ class Applier:
             return
         except ItemError as exc:
             blocked.add(entry.user_id)
-            out.dead.extend((p, "knock_rejected", str(exc)) for p in entry.items)
+            out.dead.extend((p, "knock_rejected", _reason(exc)) for p in entry.items)
             return
         finally:
             out.count("identify", 1)
@@ -208,7 +217,7 @@ class Applier:
             out.retry.append((step.pending, 0.0))
             return
         except ItemError as exc:
-            out.dead.append((step.pending, "knock_rejected", str(exc)))
+            out.dead.append((step.pending, "knock_rejected", _reason(exc)))
             return
         finally:
             out.count("merge")

@@ -257,3 +257,25 @@ def test_a_rewound_partition_is_read_again_and_stale_results_never_count(kafka, 
         assert sink._tracker.committable() == {tp: 5}
     finally:
         sink._close()
+
+
+def test_a_user_knock_rejects_with_422_is_dead_lettered_with_knocks_body(kafka, api, settings_for):
+    # Knock refuses the whole bulk call for one bad user: the sink finds it by sending each
+    # user alone, dead-letters it with Knock's error body, and applies the others.
+    topic = kafka.topic(1)
+    kafka.produce(topic, [
+        {"type": "identify", "userId": "good", "traits": {"email": "good@example.com"}},
+        {"type": "identify", "userId": "bad", "traits": {"email": 12345}},
+        {"type": "identify", "userId": "also-good", "traits": {"plan": "pro"}},
+    ])  # fmt: skip
+    summary = backfill(settings_for(topic))
+    assert actual_state(api.users()) == {"good": {"email": "good@example.com"}, "also-good": {"plan": "pro"}}
+    [dead] = kafka.read_all(f"{topic}.dlq", 1)
+    headers = dict(dead.headers())
+    assert headers["knock-sink.error.kind"] == b"knock_rejected"
+    assert headers["knock-sink.source.offset"] == b"1"
+    reason = headers["knock-sink.error.reason"].decode()
+    assert "422" in reason and '"code":"invalid_params"' in reason and "email" in reason
+    assert api.api_key not in reason
+    assert dict(summary.dead_lettered) == {"knock_rejected": 1}
+    assert kafka.committed(f"g-{topic}", topic) == {0: 3}
