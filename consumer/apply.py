@@ -29,6 +29,8 @@ log = logging.getLogger("knock_sink.apply")
 
 #: Knock skips a user updated by a bulk call less than this many seconds earlier.
 ENTITY_GAP = 1.0
+#: Users remembered for the entity gap before the old ones are forgotten.
+PRUNE_AT = 200_000
 
 
 @dataclass(slots=True)
@@ -87,7 +89,9 @@ class Applier:
         self._gap = entity_gap
         self._clock = clock
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="knock")
+        # Shared by the plans applied side by side: read, written and pruned under the lock.
         self._last_bulk: dict[str, float] = {}
+        self._last_bulk_lock = threading.Lock()
         # Users whose last op Knock rejected until it was dead-lettered. Their later ops get one
         # attempt each until one applies: a fresh backoff series per op would hold the
         # partition's commits for (that user's ops) x (the whole series).
@@ -109,23 +113,24 @@ class Applier:
         bulk: list[Entry] = []
         singles: list[Entry] = []
         now = self._clock()
-        for entry in level.identifies:
-            if entry.user_id in blocked:
-                out.retry.extend((p, 0.0) for p in entry.items)
-            elif self._gap and now - self._last_bulk.get(entry.user_id, -1e9) < self._gap:
-                singles.append(entry)
-            else:
-                bulk.append(entry)
+        with self._last_bulk_lock:
+            for entry in level.identifies:
+                if entry.user_id in blocked:
+                    out.retry.extend((p, 0.0) for p in entry.items)
+                elif self._gap and now - self._last_bulk.get(entry.user_id, -1e9) < self._gap:
+                    singles.append(entry)
+                else:
+                    bulk.append(entry)
         room = max(0, self._singles - len(singles))
         if room and len(bulk) > self._bulk_size:
             # Past one bulk call the next waits a whole second for Knock's tier-1 budget,
             # while single identify has its own budget: spend it on the overflow.
             singles.extend(bulk[self._bulk_size : self._bulk_size + room])
             del bulk[self._bulk_size : self._bulk_size + room]
+        if self._gap:
+            self._remember_bulk(bulk, now)
         tasks: list[Future[None]] = []
         for chunk in _chunks(bulk, self._bulk_size):
-            for e in chunk:
-                self._last_bulk[e.user_id] = now
             tasks.append(self._pool.submit(self._bulk, chunk, blocked, out))
         tasks.extend(self._pool.submit(self._single, e, blocked, out) for e in singles)
         for step in level.merges:
@@ -145,9 +150,14 @@ class Applier:
                 error = error or exc
         if error is not None:
             raise error
-        if len(self._last_bulk) > 200_000:
-            cutoff = now - self._gap
-            self._last_bulk = {u: t for u, t in self._last_bulk.items() if t >= cutoff}
+
+    def _remember_bulk(self, entries: list[Entry], now: float) -> None:
+        with self._last_bulk_lock:
+            for e in entries:
+                self._last_bulk[e.user_id] = now
+            if len(self._last_bulk) > PRUNE_AT:
+                cutoff = now - self._gap
+                self._last_bulk = {u: t for u, t in self._last_bulk.items() if t >= cutoff}
 
     # Tasks run on the pool; list.append and set.add are atomic under the GIL, which is all
     # the sharing they do.
