@@ -243,7 +243,8 @@ def case_limits(env: Env, sc: dict[str, Any], fold_later: bool = False) -> dict[
     watcher.start()
     try:
         r = _run_child("sink", ["--fold-later"] if fold_later else [], env.tmp, env.child_env,
-                       _sink_args(env, topic, f"limits-{uuid.uuid4().hex[:6]}", "knock"))
+                       _sink_args(env, topic, f"limits-{uuid.uuid4().hex[:6]}", "knock")
+                       + sc.get("limits_args", []))
     finally:
         stop.set()
         watcher.join()
@@ -258,6 +259,7 @@ def case_limits(env: Env, sc: dict[str, Any], fold_later: bool = False) -> dict[
     row["lower_bound_s"] = round(stats["users"] / (BULK + SINGLES), 2)
     row["time_over_bound"] = round(r["seconds"] / row["lower_bound_s"], 2)
     row["sends_per_user"] = round(row["users_sent"] / max(stats["users"], 1), 2)
+    row["sink_flags"] = " ".join(sc.get("limits_args", []))
     return row
 
 
@@ -403,10 +405,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", help="also write a pyinstrument profile of the sink case here")
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
     p.add_argument("--main-events", type=int, help="override the main topic's size (users = events / 10)")
+    p.add_argument("--limits-events", type=int,
+                   help="override case 4's topic size (users = events / 10)")
+    p.add_argument("--limits-args", default="",
+                   help="extra knock-sink flags for case 4, e.g. '--max-pending 200000'")
     args = p.parse_args(argv)
     sc = dict(SCALES[args.scale])
     if args.main_events:
         sc["main"] = (args.main_events, max(1, args.main_events // 10))
+    sc["limits_args"] = args.limits_args.split()
+    if args.limits_events:
+        sc["limits"] = (args.limits_events, max(1, args.limits_events // 10))
 
     from consumer.emulator import EmulatorServer
 

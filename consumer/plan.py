@@ -9,6 +9,9 @@ op alone in consume order, whether Knock deep-merges nested properties or replac
 Division of work with the caller (the sink):
 
 * it assigns ``seq`` (strictly increasing consume order) and keeps ``source`` opaque to us;
+* it may give each pending a ``lane`` (the sink: its partition): an identify then folds, as it is
+  added, into its user's last queued identify of the same lane (see :meth:`Planner.add`); every
+  call to :meth:`~Planner.drop` must treat a lane's pendings alike;
 * a plan still in flight names its users in the next :meth:`~Planner.cut`'s ``busy``; otherwise
   the next cut comes after every step of the previous plan succeeded or was given back with
   :meth:`~Planner.retry`, or a user's later op could overtake an earlier one about to be retried;
@@ -25,7 +28,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, cast
 
 from consumer.ops import Identify, Merge, Op
 
@@ -38,15 +42,23 @@ class Pending:
     seq: int
     op: Op
     source: object
+    #: Pendings of one lane may fold into each other on :meth:`Planner.add`; ``None`` never does.
+    lane: object = None
     not_before: float = 0.0
     attempts: int = 0
+
+
+#: The props of an identify folded into an earlier one on add (a *rider*): its data travels in
+#: that earlier pending's props, and it stays in the queue only to be resolved with it.
+RIDER = cast(dict[str, Any], MappingProxyType({}))
 
 
 @dataclass(slots=True)
 class Entry:
     """One user's coalesced identify: ``props`` is the upsert body for ``items`` (in seq order).
 
-    With a single item, ``props`` is that op's own dict: treat it as read-only.
+    Until a second op folds in, ``props`` is the first item's own dict: treat it as read-only.
+    Items after the first may be riders (see :meth:`Planner.add`), whose data is already in it.
     """
 
     user_id: str
@@ -157,7 +169,7 @@ class Planner:
     ``add`` is O(1); ``cut``, ``drop`` and ``next_ready`` are O(pending); ``retry`` sorts.
     """
 
-    __slots__ = ("_queue", "_last_seq", "_fold_later", "_can_fold", "_fold")
+    __slots__ = ("_queue", "_last_seq", "_fold_later", "_can_fold", "_fold", "_open")
 
     def __init__(self, *, fold_later: bool = False, nested: NestedMerge = "either") -> None:
         """:param fold_later: the default of :meth:`cut`'s ``fold_later``.
@@ -175,9 +187,19 @@ class Planner:
             self._can_fold, self._fold = _can_fold, dict.update
         else:
             raise ValueError(f"unknown nested merge mode {nested!r}")
+        # user -> (its last queued op, if a fresh identify with a lane; whether its props are
+        # ours to change). Rebuilt after every cut and drop: taken ops must leave it.
+        self._open: dict[str, tuple[Pending, bool]] = {}
 
     def add(self, p: Pending) -> None:
         """Queue a newly consumed op.
+
+        An identify with a ``lane`` whose user's last queued op is a fresh identify (never cut
+        or given back) of the same lane folds into it when :meth:`cut` would fold them anyway:
+        that op's props take this one's and this one stays queued as a *rider* with
+        :data:`RIDER` props. The two then share one entry and one fate in every plan. It is
+        what lets a backfill hold a user's whole history as one set of properties instead of
+        one dict per event.
 
         :raises ValueError: if ``p.seq`` is not greater than every seq added before.
         """
@@ -185,6 +207,45 @@ class Planner:
             raise ValueError(f"seq {p.seq} added after {self._last_seq}")
         self._queue.append(p)
         self._last_seq = p.seq
+        op = p.op
+        if op.__class__ is not Identify:
+            for u in _users(op):
+                self._open.pop(u, None)
+            return
+        uid = op.user_id  # type: ignore[union-attr]
+        if p.lane is None or p.attempts or p.not_before:
+            self._open.pop(uid, None)
+            return
+        host = self._open.get(uid)
+        if host is not None:
+            h, owned = host
+            if h.lane == p.lane and self._can_fold(h.op.props, op.props):  # type: ignore[union-attr]
+                if not owned:
+                    h.op = Identify(uid, dict(h.op.props))  # type: ignore[union-attr]
+                    self._open[uid] = (h, True)
+                self._fold(h.op.props, op.props)  # type: ignore[union-attr]
+                p.op = Identify(uid, RIDER)
+                return
+        self._open[uid] = (p, False)
+
+    def _reopen(self) -> None:
+        """Rebuild ``_open`` from the queue: each user's last queued op, if a fresh identify
+        that is not itself a rider (its host precedes it and stays the user's open op)."""
+        open_: dict[str, tuple[Pending, bool]] = {}
+        for p in self._queue:
+            op = p.op
+            if op.__class__ is Identify:
+                uid = op.user_id  # type: ignore[union-attr]
+                if op.props is RIDER:  # type: ignore[union-attr]
+                    continue
+                if p.lane is not None and p.attempts == 0 and p.not_before == 0.0:
+                    open_[uid] = (p, False)
+                    continue
+                open_.pop(uid, None)
+            else:
+                for u in _users(op):
+                    open_.pop(u, None)
+        self._open = open_
 
     def retry(self, items: list[Pending], not_before: float) -> None:
         """Give back pendings that were cut but not applied; they rejoin at their seq position.
@@ -218,7 +279,8 @@ class Planner:
         user's last planned entry when that is exact (see :func:`_can_fold`).
 
         :param max_users: stop at the first op that would bring more than this many distinct
-            users into the plan; it and every later op stay pending. An op is always taken when
+            users into the plan; it and every later op stay pending, except riders of ops
+            already planned (see :meth:`add`), which always go with them. An op is always taken when
             the plan is still empty, so a merge cannot stall with ``max_users=1``.
         :param fold_later: with ``max_users``, do not stop there: walk the whole queue, hold
             (as above: with all its users) each op that would bring a user beyond the budget,
@@ -253,8 +315,17 @@ class Planner:
         queue = self._queue
         budget = max_users if max_users is not None else -1
         plan_identify, plan_merge = self._plan_identify, self._plan_merge
-        for i, p in enumerate(queue):
+        closed = False  # the budget was reached without fold: only riders of planned users go on
+        for p in queue:
             op = p.op
+            if closed:
+                if (op.__class__ is Identify and op.props is RIDER  # type: ignore[union-attr]
+                        and op.user_id in last and op.user_id not in held):  # type: ignore[union-attr]
+                    plan_identify(p, op, levels, last, top)  # type: ignore[arg-type]
+                else:
+                    held.update(_users(op))
+                    kept.append(p)
+                continue
             if op.__class__ is Identify:
                 # The common case without tuples, sets or generators.
                 uid = op.user_id  # type: ignore[union-attr]
@@ -264,8 +335,7 @@ class Planner:
                     continue
                 if budget > 0 and uid not in last and len(last) >= budget:
                     if not fold:
-                        kept.extend(queue[i:])
-                        break
+                        closed = True
                     held.add(uid)
                     kept.append(p)
                     continue
@@ -282,8 +352,7 @@ class Planner:
                 new = sum(1 for u in set(users) if u not in last)
                 if new and len(last) + new > budget:
                     if not fold:
-                        kept.extend(queue[i:])
-                        break
+                        closed = True
                     held.update(users)
                     kept.append(p)
                     continue
@@ -296,6 +365,7 @@ class Planner:
                 held.update(users)
                 kept.append(p)
         self._queue = kept
+        self._reopen()
         return Plan(levels=[lv for lv in levels if lv.identifies or lv.merges])
 
     def _plan_identify(
@@ -318,8 +388,13 @@ class Planner:
             last[op.user_id] = (0, entry)
             return True
         level, prev_entry = prev
+        if op.props is RIDER:
+            # Its host is this user's last planned op (nothing of the user comes between).
+            assert prev_entry is not None
+            prev_entry.items.append(p)
+            return True
         if prev_entry is not None and self._can_fold(prev_entry.props, op.props):
-            if len(prev_entry.items) == 1:
+            if prev_entry.props is prev_entry.items[0].op.props:  # type: ignore[union-attr]
                 prev_entry.props = dict(prev_entry.props)  # first fold: stop sharing the op's dict
             self._fold(prev_entry.props, op.props)
             prev_entry.items.append(p)
@@ -354,6 +429,7 @@ class Planner:
         for p in self._queue:
             (dropped if predicate(p) else kept).append(p)
         self._queue = kept
+        self._reopen()
         return dropped
 
     def next_ready(self, now: float) -> float | None:

@@ -120,6 +120,12 @@ class Sink:
         # Under Knock's limits each level of a plan is a paced bulk call: keep plans to one, so
         # a user's next non-foldable update waits for the next (full) call, not a near-empty one.
         self._max_levels = 1 if knock_limits else None
+        self._knock_limits = knock_limits
+        #: A backfill under Knock's limits reads ahead before it sends (see :meth:`_holding`):
+        #: the partitions' end targets, and how far each has been fetched.
+        self._ends: dict[TP, int] | None = None
+        self._fetched: dict[TP, int] = {}
+        self._last_fetch = clock()
         self._worker = ThreadPoolExecutor(PLANS_IN_FLIGHT, thread_name_prefix="apply")
         #: Plans being applied, with the users each touches.
         self._inflight: dict[Future[Outcome], set[str]] = {}
@@ -167,6 +173,8 @@ class Sink:
         self._looping = True
         self._dlq.ensure_topics(topics)
         ends = self._end_targets(from_beginning) if until_end else None
+        if ends is not None and self._knock_limits:
+            self._ends = ends
         if self.settings.sink.metrics_port:
             self.metrics.serve(self.settings.sink.metrics_port)
         # The loop allocates a few small objects per event and keeps them until Knock applied
@@ -210,6 +218,10 @@ class Sink:
     def _ingest_all(self, msgs: list[Message]) -> None:
         for msg in msgs:
             self._ingest(msg)
+        if msgs and self._ends is not None:
+            self._last_fetch = self._clock()
+            for msg in msgs:
+                self._fetched[(msg.topic(), msg.partition())] = msg.offset() + 1
         # Counted per batch: a prometheus counter takes a lock on every inc().
         self.metrics.consumed.inc(len(msgs))
 
@@ -243,7 +255,7 @@ class Sink:
             for op in mapped.ops:
                 origin.owed += 1
                 self._seq += 1
-                self._planner.add(Pending(self._seq, op, origin))
+                self._planner.add(Pending(self._seq, op, origin, tp))
         self._release(origin)
 
     def _release(self, origin: Origin) -> None:
@@ -280,7 +292,7 @@ class Sink:
         due = len(self._planner) >= self._flush_users or (
             now - self._last_flush >= self.settings.sink.flush_interval
         )
-        if not due and not self._stop.is_set():
+        if (not due or self._holding(now)) and not self._stop.is_set():
             return
         busy: set[str] = set().union(*self._inflight.values())
         plan = self._planner.cut(
@@ -290,6 +302,27 @@ class Sink:
             return
         self._last_flush = now
         self._inflight[self._worker.submit(self._applier.apply, plan)] = plan.users()
+
+    def _holding(self, now: float) -> bool:
+        """Whether a backfill under Knock's limits is still reading ahead instead of sending.
+
+        There the bulk budget, not the reading, bounds the run, and every send of a user
+        before its last event is read is a send spent twice: so the backlog is read (and folded
+        per user, see :meth:`consumer.plan.Planner.add`) up to the end targets before the first
+        send, as far as ``sink.max_pending`` allows. It stops holding once the window is full,
+        every partition is read to its target, or nothing came for a flush interval (an end
+        that is never delivered, such as a transaction marker)."""
+        assert self._source is not None
+        if self._ends is None:
+            return False
+        if self._source.paused or self._tracker.pending() >= self.settings.sink.max_pending:
+            return False
+        if now - self._last_fetch >= self.settings.sink.flush_interval:
+            return False
+        if all(self._fetched.get(tp, 0) >= hi for tp, hi in self._ends.items()):
+            self._ends = None  # read to the end: from here on, send as usual
+            return False
+        return True
 
     def _collect(self, timeout: float = 0) -> bool:
         """Take in the outcomes of finished plans, waiting up to ``timeout`` for all of them.

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from consumer.ops import Identify, Merge, Op
-from consumer.plan import Entry, Level, MergeStep, Pending, Plan, Planner
+from consumer.plan import RIDER, Entry, Level, MergeStep, Pending, Plan, Planner
 from tests.model import deep_merge
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -661,6 +661,7 @@ class Stats:
     multi_level_plans = 0
     retried = 0
     held_cuts = 0
+    riders = 0
 
 
 def run_planned(
@@ -672,7 +673,8 @@ def run_planned(
     back with a delay."""
     store = copy.deepcopy(start)
     pl = Planner(nested=nested)  # type: ignore[arg-type]
-    pendings = [Pending(i, op, ("t", 0, i)) for i, op in enumerate(ops)]
+    # Lanes: some ops fold on add (riders), some do not, and lanes do not fold into each other.
+    pendings = [Pending(i, op, ("t", 0, i), rng.choice([None, 0, 1])) for i, op in enumerate(ops)]
     for p in pendings:
         if rng.random() < 0.05:
             p.not_before = rng.choice([1.0, 3.0])
@@ -714,6 +716,7 @@ def run_planned(
                     if isinstance(step, Entry):
                         Stats.identifies += len(step.items)
                         Stats.entries += 1
+                        Stats.riders += sum(p.op.props is RIDER for p in step.items)  # type: ignore[union-attr]
                         store[step.user_id] = upsert(store.get(step.user_id, {}), step.props)
                     else:
                         apply_op(store, step.pending.op, upsert)
@@ -751,7 +754,7 @@ def test_randomised_runs_exercise_the_interesting_paths() -> None:
     # Guard against a vacuous property test: coalescing, splitting into levels, barriers and
     # retries must all have happened.
     Stats.identifies = Stats.entries = Stats.multi_level_plans = 0
-    Stats.retried = Stats.held_cuts = 0
+    Stats.retried = Stats.held_cuts = Stats.riders = 0
     for seed in range(100):
         rng = random.Random(seed)
         ops = random_ops(rng, 40)
@@ -760,6 +763,7 @@ def test_randomised_runs_exercise_the_interesting_paths() -> None:
     assert Stats.multi_level_plans > 50
     assert Stats.retried > 50
     assert Stats.held_cuts > 50
+    assert Stats.riders > 50
 
 
 @pytest.mark.parametrize("upsert", [deep_apply, shallow_apply], ids=["deep", "shallow"])
@@ -953,7 +957,7 @@ def test_two_plans_in_flight_with_busy_users_equal_sequential(nested: str) -> No
         expected = sequential(ops, deep_apply, start)
         store = copy.deepcopy(start)
         pl = Planner(nested=nested)  # type: ignore[arg-type]
-        pendings = [Pending(i, op, None) for i, op in enumerate(ops)]
+        pendings = [Pending(i, op, None, rng.choice([None, 0, 1])) for i, op in enumerate(ops)]
         fed, now = 0, 0.0
         for _ in range(10_000):
             if fed == len(pendings) and len(pl) == 0:
@@ -1001,3 +1005,59 @@ def test_max_levels_still_folds_into_the_first_level() -> None:
 def test_max_levels_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Planner().cut(0, max_levels=0)
+
+
+# --- folding on add: riders ----------------------------------------------------------------------
+
+
+def laned(seq: int, user: str, lane: object = 0, **kw: Any) -> Pending:
+    return Pending(seq, Identify(user, kw), ("t", lane, seq), lane)
+
+
+def test_an_identify_folds_on_add_into_its_users_open_identify_of_the_same_lane() -> None:
+    first, second = laned(1, "u", a=1, b=1), laned(3, "u", b=2)
+    original = first.op.props  # type: ignore[union-attr]
+    pl = planner(first, laned(2, "v", x=1), second)
+    assert first.op.props == {"a": 1, "b": 2}  # type: ignore[union-attr]
+    assert second.op.props is RIDER  # type: ignore[union-attr]
+    assert original == {"a": 1, "b": 1}, "the consumed op's own dict is copied, not changed"
+    assert view(pl.cut(0)) == [[("I", "u", {"a": 1, "b": 2}, [1, 3]), ("I", "v", {"x": 1}, [2])]]
+
+
+def test_no_fold_on_add_across_lanes_without_a_lane_or_across_a_merge() -> None:
+    pl = planner(laned(1, "u", lane=0, a=1), laned(2, "u", lane=1, a=2),
+                 ident(3, "v", a=1), ident(4, "v", a=2),
+                 laned(5, "w", a=1), merge(6, "w", "z"), laned(7, "w", a=2))
+    assert [p.op.props is RIDER for p in pl._queue if isinstance(p.op, Identify)] == [False] * 6
+
+
+def test_no_fold_on_add_where_a_cut_would_not_fold() -> None:
+    pl = planner(laned(1, "u", o={"a": 1}), laned(2, "u", o={"b": 2}))  # nested, mode "either"
+    assert view(pl.cut(0)) == [[("I", "u", {"o": {"a": 1}}, [1])], [("I", "u", {"o": {"b": 2}}, [2])]]
+
+
+def test_riders_go_with_their_host_past_the_user_budget() -> None:
+    pl = planner(laned(1, "u", a=1), laned(2, "v", a=1), laned(3, "u", a=2), laned(4, "w", a=1))
+    plan = pl.cut(0, max_users=1)
+    assert view(plan) == [[("I", "u", {"a": 2}, [1, 3])]]
+    assert queued(pl) == [2, 4]
+
+
+def test_nothing_folds_into_an_op_that_was_cut_or_given_back() -> None:
+    pl = planner(laned(1, "u", a=1))
+    plan = pl.cut(0)
+    pl.add(laned(2, "u", a=2))  # the first is in flight: its dict must not change
+    assert view(plan) == [[("I", "u", {"a": 1}, [1])]]
+    second = pl.cut(0)
+    pl.retry(list(second.pendings()), not_before=1.0)
+    pl.add(laned(3, "u", a=3))  # the given-back op may be retried alone: no rider on it
+    assert [p.op.props for p in pl._queue] == [{"a": 2}, {"a": 3}]  # type: ignore[union-attr]
+    assert view(pl.cut(0)) == []
+    assert view(pl.cut(1.0)) == [[("I", "u", {"a": 3}, [2, 3])]]
+
+
+def test_a_dropped_host_takes_its_riders_and_the_next_op_starts_afresh() -> None:
+    pl = planner(laned(1, "u", lane=0, a=1), laned(2, "u", lane=0, a=2))
+    assert len(pl.drop(lambda p: p.lane == 0)) == 2
+    pl.add(laned(3, "u", lane=1, a=3))
+    assert pl._queue[0].op.props == {"a": 3}  # type: ignore[union-attr]

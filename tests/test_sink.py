@@ -279,3 +279,18 @@ def test_a_user_knock_rejects_with_422_is_dead_lettered_with_knocks_body(kafka, 
     assert api.api_key not in reason
     assert dict(summary.dead_lettered) == {"knock_rejected": 1}
     assert kafka.committed(f"g-{topic}", topic) == {0: 3}
+
+
+def test_a_backfill_under_knocks_limits_reads_ahead_and_sends_each_user_once(kafka, api, settings_for):
+    # Under Knock's limits the bulk budget bounds a backfill: the sink reads the backlog (folding
+    # each user's events as they arrive) before its first send, so each user goes out once.
+    topic = kafka.topic(3)
+    events = [{"type": "identify", "userId": f"u{i % 40}", "traits": {"n": i, f"k{i % 7}": i}}
+              for i in range(400)]
+    kafka.produce(topic, events)  # keyed by user: one user's events are ordered
+    summary = backfill(settings_for(topic, knock__rate_limits="knock", kafka__consume_batch=10,
+                                    sink__flush_interval=1.0))
+    assert actual_state(api.users()) == expected_state(events)
+    assert api.stats()["identify_entries"] == summary.users_sent == 40
+    assert summary.applied == 400
+    assert sum(kafka.committed(f"g-{topic}", topic).values()) == 400
