@@ -225,9 +225,14 @@ def case_naive(env: Env, sc: dict[str, Any]) -> dict[str, Any]:
     return _row("naive", "3. naive (SDK PUT + commit per event)", r, api.stats())
 
 
-def case_limits(env: Env, sc: dict[str, Any], fold_later: bool = False) -> dict[str, Any]:
+def case_limits(env: Env, sc: dict[str, Any], fold_later: bool = False,
+                profile: Path | None = None) -> dict[str, Any]:
     n, users = sc["limits"]
     topic = env.topic("limits", n, users)
+    # A window that holds the whole backlog, so the backfill reads ahead to the end before it
+    # sends (README, Running), and deep folding of the generated nested traits (Knock's documented
+    # merge). --limits-args adds to these; later flags win.
+    flags = ["--nested-merge", "deep", "--max-pending", str(n + n // 10), *sc.get("limits_args", [])]
     api = env.api["knock"]
     api.reset()
     # 429s after the first second: a baseline taken one second after the first write request.
@@ -242,9 +247,9 @@ def case_limits(env: Env, sc: dict[str, Any], fold_later: bool = False) -> dict[
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        r = _run_child("sink", ["--fold-later"] if fold_later else [], env.tmp, env.child_env,
-                       _sink_args(env, topic, f"limits-{uuid.uuid4().hex[:6]}", "knock")
-                       + sc.get("limits_args", []))
+        extra = (["--fold-later"] if fold_later else []) + (["--profile", str(profile)] if profile else [])
+        r = _run_child("sink", extra, env.tmp, env.child_env,
+                       _sink_args(env, topic, f"limits-{uuid.uuid4().hex[:6]}", "knock") + flags)
     finally:
         stop.set()
         watcher.join()
@@ -259,7 +264,7 @@ def case_limits(env: Env, sc: dict[str, Any], fold_later: bool = False) -> dict[
     row["lower_bound_s"] = round(stats["users"] / (BULK + SINGLES), 2)
     row["time_over_bound"] = round(r["seconds"] / row["lower_bound_s"], 2)
     row["sends_per_user"] = round(row["users_sent"] / max(stats["users"], 1), 2)
-    row["sink_flags"] = " ".join(sc.get("limits_args", []))
+    row["sink_flags"] = " ".join(flags)
     return row
 
 
@@ -377,7 +382,8 @@ def render(report: dict[str, Any]) -> None:
     for lim in (r for r in report["rows"] if r["case"].startswith("limits")):
         console.print(f"  {lim['case']}: {lim['distinct_users']:,} users, lower bound {lim['lower_bound_s']} s, "
                       f"took {lim['seconds']} s; {lim['sends_per_user']} sends per user; "
-                      f"429s: {lim['knock_429']} in all, {lim['knock_429_after_1s']} after the first second")
+                      f"429s: {lim['knock_429']} in all, {lim['knock_429_after_1s']} after the first second; "
+                      f"sink flags: {lim['sink_flags']}")
 
 
 def machine() -> dict[str, Any]:
@@ -402,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
     p.add_argument("--cases", nargs="+", choices=ALL_CASES + EXTRA_CASES, default=ALL_CASES)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench.json"))
-    p.add_argument("--profile", help="also write a pyinstrument profile of the sink case here")
+    p.add_argument("--profile", help="also write pyinstrument profiles of the sink case here (and of case 4 "
+                   "beside it, with '-limits' appended)")
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
     p.add_argument("--main-events", type=int, help="override the main topic's size (users = events / 10)")
     p.add_argument("--limits-events", type=int,
@@ -457,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif case == "naive":
                     rows.append(case_naive(env, sc))
                 elif case == "limits":
-                    rows.append(case_limits(env, sc))
+                    rows.append(case_limits(env, sc, profile=Path(f"{args.profile}-limits")
+                                            if args.profile else None))
                 elif case == "limits-fold":
                     rows.append(case_limits(env, sc, fold_later=True))
                 elif case == "backlog":

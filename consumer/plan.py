@@ -48,6 +48,8 @@ class Pending:
     attempts: int = 0
 
 
+_NOT_OPEN: tuple[None, bool] = (None, False)
+
 #: The props of an identify folded into an earlier one on add (a *rider*): its data travels in
 #: that earlier pending's props, and it stays in the queue only to be resolved with it.
 RIDER = cast(dict[str, Any], MappingProxyType({}))
@@ -188,7 +190,7 @@ class Planner:
         else:
             raise ValueError(f"unknown nested merge mode {nested!r}")
         # user -> (its last queued op, if a fresh identify with a lane; whether its props are
-        # ours to change). Rebuilt after every cut and drop: taken ops must leave it.
+        # ours to change). An op that leaves the queue (cut, dropped) must leave it too.
         self._open: dict[str, tuple[Pending, bool]] = {}
 
     def add(self, p: Pending) -> None:
@@ -219,11 +221,13 @@ class Planner:
         host = self._open.get(uid)
         if host is not None:
             h, owned = host
-            if h.lane == p.lane and self._can_fold(h.op.props, op.props):  # type: ignore[union-attr]
+            into = h.op.props  # type: ignore[union-attr]
+            if h.lane == p.lane and self._can_fold(into, op.props):  # type: ignore[union-attr]
                 if not owned:
-                    h.op = Identify(uid, dict(h.op.props))  # type: ignore[union-attr]
+                    into = dict(into)
+                    h.op = Identify(uid, into)
                     self._open[uid] = (h, True)
-                self._fold(h.op.props, op.props)  # type: ignore[union-attr]
+                self._fold(into, op.props)  # type: ignore[union-attr]
                 p.op = Identify(uid, RIDER)
                 return
         self._open[uid] = (p, False)
@@ -315,16 +319,23 @@ class Planner:
         queue = self._queue
         budget = max_users if max_users is not None else -1
         plan_identify, plan_merge = self._plan_identify, self._plan_merge
+        open_ = self._open  # a planned op leaves it; kept ops stay as they were
         closed = False  # the budget was reached without fold: only riders of planned users go on
         for p in queue:
             op = p.op
             if closed:
-                if (op.__class__ is Identify and op.props is RIDER  # type: ignore[union-attr]
-                        and op.user_id in last and op.user_id not in held):  # type: ignore[union-attr]
-                    plan_identify(p, op, levels, last, top)  # type: ignore[arg-type]
+                # Only users already in the plan matter from here on (a backlog read ahead makes
+                # this the long part of the walk: keep it to lookups).
+                if isinstance(op, Identify):
+                    uid = op.user_id
+                    if uid in last:
+                        if op.props is RIDER and uid not in held:
+                            plan_identify(p, op, levels, last, top)
+                            continue
+                        held.add(uid)
                 else:
                     held.update(_users(op))
-                    kept.append(p)
+                kept.append(p)
                 continue
             if op.__class__ is Identify:
                 # The common case without tuples, sets or generators.
@@ -339,7 +350,10 @@ class Planner:
                     held.add(uid)
                     kept.append(p)
                     continue
-                if not plan_identify(p, op, levels, last, top):  # type: ignore[arg-type]
+                if plan_identify(p, op, levels, last, top):  # type: ignore[arg-type]
+                    if open_.get(uid, _NOT_OPEN)[0] is p:
+                        del open_[uid]
+                else:
                     held.add(uid)
                     kept.append(p)
                 continue
@@ -365,7 +379,6 @@ class Planner:
                 held.update(users)
                 kept.append(p)
         self._queue = kept
-        self._reopen()
         return Plan(levels=[lv for lv in levels if lv.identifies or lv.merges])
 
     def _plan_identify(

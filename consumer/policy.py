@@ -33,6 +33,11 @@ TIERS: Final[Mapping[int, int]] = {1: 1, 2: 5, 3: 60, 4: 200, 5: 1000}
 #: about one call in five inside Knock's previous second (a 429 and at least a second lost,
 #: measured by the benchmark). 3 % of the budget is cheaper than that.
 KNOCK_WINDOW: Final = 1.03
+#: Each 429 widens a limiter's window by this much, up to :data:`MAX_WINDOW`: the jitter between
+#: our send times and Knock's arrival times is a property of the network in between, so a 429
+#: says the margin was too thin there (1 % of budget per call is cheaper than a lost second).
+WINDOW_STEP: Final = 0.01
+MAX_WINDOW: Final = 1.10
 #: The tier of each endpoint the client calls (``x-ratelimit-tier`` in Knock's OpenAPI spec).
 ENDPOINT_TIER: Final[Mapping[str, int]] = {
     "bulk_identify": 1,
@@ -193,11 +198,13 @@ class RateLimiter:
             self._sleep(ready - now, stop)
 
     def penalize(self, seconds: float) -> None:
-        """Nobody sends on this endpoint for ``seconds`` from now (after a 429)."""
+        """Nobody sends on this endpoint for ``seconds`` from now (after a 429), and the window
+        widens by :data:`WINDOW_STEP` (up to :data:`MAX_WINDOW`, never narrower than it was)."""
         if self.per_second is None or seconds <= 0:
             return
         with self._lock:
             self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+            self.window = max(self.window, min(MAX_WINDOW, self.window + WINDOW_STEP))
 
     def _ready_at(self) -> float:
         ready = self._blocked_until

@@ -219,6 +219,18 @@ def test_penalize_makes_the_next_caller_wait() -> None:
     assert sum(t.sleeps) == pytest.approx(2.0)
 
 
+def test_each_429_widens_the_window_up_to_a_cap() -> None:
+    t = FakeTime()
+    limiter = RateLimiter(1, window=1.03, clock=t.clock, sleep=t.sleep)
+    limiter.penalize(1.0)
+    assert limiter.window == pytest.approx(1.04)
+    assert limiter.acquire() and limiter.acquire()
+    assert t.now == pytest.approx(1000.0 + 1.0 + 1.04)  # the penalty, then the wider window
+    for _ in range(20):
+        limiter.penalize(1.0)
+    assert limiter.window == pytest.approx(1.10)
+
+
 def test_penalize_only_ever_extends() -> None:
     t = FakeTime()
     limiter = RateLimiter(60, clock=t.clock, sleep=t.sleep)
