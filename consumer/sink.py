@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .apply import Applier, Outcome
 from .config import Settings
-from .deadletter import DeadLetters
+from .deadletter import DeadLetters, Originals
 from .decode import Decoder, JsonDecoder
 from .errors import ConfigError, FatalKnockError, InvalidEvent, RetryableError
 from .events import parse_event
@@ -48,12 +48,14 @@ PLANS_IN_FLIGHT = 2
 
 
 class Origin:
-    """One consumed message and what is still owed on it before its offset may be resolved."""
+    """Where one consumed message came from and what is still owed on it before its offset may
+    be resolved. Not the message itself: a backfill reading ahead holds many of these, and the
+    few that Knock rejects are read back from Kafka for the dead-letter topic (see
+    :class:`~consumer.deadletter.Originals`)."""
 
-    __slots__ = ("msg", "tp", "offset", "owed", "dead", "gen")
+    __slots__ = ("tp", "offset", "owed", "dead", "gen")
 
     def __init__(self, msg: Message) -> None:
-        self.msg = msg
         self.tp: TP = (msg.topic(), msg.partition())
         self.offset: int = msg.offset()
         self.owed = 1  # released by the ingest itself, so zero-op events resolve at once
@@ -134,6 +136,10 @@ class Sink:
         self._last_commit = clock()
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
+        self._originals: Originals | None = None
+        #: Events Knock rejected, waiting to be read back and dead-lettered: (origin, kind, reason).
+        self._unfetched: list[tuple[Origin, str, str]] = []
+        self._refetch_at = 0.0
         self._looping = False
 
     def stop(self) -> None:
@@ -154,6 +160,7 @@ class Sink:
         topics = self.settings.kafka.topics
         # Kafka settings first: a bad client option is a bad setting, reported before any I/O.
         self._dlq = DeadLetters(self.settings.kafka)
+        self._originals = Originals(self.settings.kafka)
         self._source = Source(
             self.settings.kafka,
             on_assign=self._tracker.add,
@@ -212,6 +219,7 @@ class Sink:
         self._ingest_all(self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2))
         self._dlq.poll()
         self._collect()
+        self._send_unfetched()
         self._flush()
         self._commit()
 
@@ -247,7 +255,7 @@ class Sink:
                 )
             mapped = self._mapper.map(parse_event(self._decoder.decode(value)))
         except InvalidEvent as exc:
-            self._dead_letter(origin, exc.kind, exc.reason)
+            self._dead_letter(origin, exc.kind, exc.reason, msg)
         else:
             for note in mapped.notes:
                 self.summary.notes[note] += 1
@@ -264,9 +272,10 @@ class Sink:
             # Ignored when the partition was revoked, lost or rewound since it was tracked.
             self._tracker.resolve(origin.tp, origin.offset, origin.gen)
 
-    def _dead_letter(self, origin: Origin, kind: str, reason: str) -> None:
-        """Write ``origin`` to the dead-letter topic; its offset stays owed until the broker
-        confirms. The caller still releases its own hold on ``origin``."""
+    def _dead_letter(self, origin: Origin, kind: str, reason: str, msg: Message | None = None) -> None:
+        """Write ``origin``'s message (``msg``, or read back from Kafka when not given) to the
+        dead-letter topic; its offset stays owed until the broker confirms. The caller still
+        releases its own hold on ``origin``."""
         assert self._dlq is not None
         if origin.dead or not self._tracker.current(origin.tp, origin.gen):
             # One record per event, and none for an event that will be read again (by another
@@ -279,7 +288,41 @@ class Sink:
         log.warning(
             "dead-lettering %s[%d]@%d: %s: %s", origin.tp[0], origin.tp[1], origin.offset, kind, reason
         )
-        self._dlq.send(origin.msg, kind, reason, lambda: self._release(origin))
+        if msg is None:
+            self._unfetched.append((origin, kind, reason))  # sent by _send_unfetched
+        else:
+            self._dlq.send(msg, kind, reason, lambda: self._release(origin))
+
+    def _send_unfetched(self, timeout: float = 5.0) -> None:
+        """Read back the events waiting in ``_unfetched`` and dead-letter them. What cannot be
+        read now (the broker is away) stays owed and waits for the next call, at most one every
+        few seconds; what was revoked meanwhile is left to the partition's new owner."""
+        assert self._dlq is not None and self._originals is not None
+        if not self._unfetched:
+            return
+        now = self._clock()
+        if now < self._refetch_at:
+            return
+        self._refetch_at = now + 5.0
+        waiting = [w for w in self._unfetched if self._tracker.current(w[0].tp, w[0].gen)]
+        self._unfetched = []
+        if not waiting:
+            return
+        got = self._originals.fetch(((o.tp[0], o.tp[1], o.offset) for o, _, _ in waiting), timeout)
+        for origin, kind, reason in waiting:
+            key = (origin.tp[0], origin.tp[1], origin.offset)
+            if key not in got:
+                self._unfetched.append((origin, kind, reason))
+                continue
+            msg = got[key]
+            done = lambda o=origin: self._release(o)  # noqa: E731
+            if msg is None:
+                self._dlq.send_gone(*key, kind, reason, done)
+            else:
+                self._dlq.send(msg, kind, reason, done)
+        if self._unfetched:
+            log.warning("%d rejected events could not be read back for the dead-letter topic yet; "
+                        "their offsets stay uncommitted", len(self._unfetched))
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -342,6 +385,9 @@ class Sink:
         for p, kind, reason in out.dead:
             self._dead_letter(p.source, kind, reason)
             self._release(p.source)
+        if out.dead:
+            self._refetch_at = 0.0  # new ones: read them back now, all in one go
+            self._send_unfetched()
         self._retry(out)
         for op, n in out.calls.items():
             self.summary.knock_calls[op] += n
@@ -383,6 +429,8 @@ class Sink:
         if not self._collect(timeout=max(0.0, deadline - self._clock())):
             log.warning("revoke: plans still in flight after the drain budget; their results "
                         "for %s will be ignored", tps)
+        self._refetch_at = 0.0
+        self._send_unfetched(max(0.5, deadline - self._clock()))
         self._dlq.flush(max(0.0, deadline - self._clock()))
         self._commit(force=True)
         gone = set(tps)
@@ -408,10 +456,13 @@ class Sink:
             # pause is taken in rather than dropped.
             self._ingest_all(self._source.consume(self.settings.kafka.consume_batch, 0.01))
             self._dlq.poll()
+            self._send_unfetched()
         if self._inflight or len(self._planner):
             log.warning("drain budget spent: %d events will be replayed by the next run",
                         self._tracker.pending())
         self._knock_stop.set()
+        self._refetch_at = 0.0
+        self._send_unfetched(max(1.0, deadline - self._clock()))
         self._dlq.flush(max(1.0, deadline - self._clock()))
         self._commit(force=True)
 
@@ -431,6 +482,8 @@ class Sink:
         self._knock.close()
         if self._source is not None:
             self._source.close()
+        if self._originals is not None:
+            self._originals.close()
         if self._dlq is not None:
             self._dlq.flush(5.0)
 

@@ -263,14 +263,17 @@ def test_a_user_knock_rejects_with_422_is_dead_lettered_with_knocks_body(kafka, 
     # Knock refuses the whole bulk call for one bad user: the sink finds it by sending each
     # user alone, dead-letters it with Knock's error body, and applies the others.
     topic = kafka.topic(1)
-    kafka.produce(topic, [
+    events = [
         {"type": "identify", "userId": "good", "traits": {"email": "good@example.com"}},
         {"type": "identify", "userId": "bad", "traits": {"email": 12345}},
         {"type": "identify", "userId": "also-good", "traits": {"plan": "pro"}},
-    ])  # fmt: skip
+    ]  # fmt: skip
+    kafka.produce(topic, events)
     summary = backfill(settings_for(topic))
     assert actual_state(api.users()) == {"good": {"email": "good@example.com"}, "also-good": {"plan": "pro"}}
     [dead] = kafka.read_all(f"{topic}.dlq", 1)
+    # The sink let go of the message after mapping it: this is the original, read back.
+    assert (dead.key(), dead.value()) == (b"bad", orjson.dumps(events[1]))
     headers = dict(dead.headers())
     assert headers["knock-sink.error.kind"] == b"knock_rejected"
     assert headers["knock-sink.source.offset"] == b"1"
