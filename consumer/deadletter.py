@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -146,7 +147,9 @@ class Originals:
         self._settings = settings
         self._consumer: Consumer | None = None
 
-    def fetch(self, wanted: Iterable[tuple[str, int, int]], timeout: float = 10.0) -> dict[tuple[str, int, int], Message | None]:
+    def fetch(
+        self, wanted: Iterable[tuple[str, int, int]], timeout: float = 10.0
+    ) -> dict[tuple[str, int, int], Message | None]:
         """Read back ``(topic, partition, offset)`` positions. The answer maps each position
         read to its message, or to ``None`` when the topic no longer holds it (retention,
         compaction); positions missing from the answer could not be read within ``timeout``
@@ -160,7 +163,7 @@ class Originals:
         consumer = self._open()
         deadline = time.monotonic() + timeout
         for (topic, partition), offsets in by_tp.items():
-            todo = sorted(set(offsets))
+            todo = deque(sorted(set(offsets)))
             position = -1  # the next offset the assignment will deliver
             while todo and time.monotonic() < deadline:
                 if position < 0 or todo[0] > position + self.READ_ON:
@@ -171,9 +174,9 @@ class Originals:
                     continue
                 position = msg.offset() + 1
                 while todo and todo[0] < msg.offset():
-                    out[(topic, partition, todo.pop(0))] = None  # gone from the topic
+                    out[(topic, partition, todo.popleft())] = None  # gone from the topic
                 if todo and todo[0] == msg.offset():
-                    out[(topic, partition, todo.pop(0))] = msg
+                    out[(topic, partition, todo.popleft())] = msg
         return out
 
     def _open(self) -> Consumer:

@@ -291,7 +291,7 @@ class Planner:
             and keep taking the later ops of users already in the plan. Each user's ops still go
             in order, and the plan still has at most ``max_users`` users, but it carries more of
             their updates, so a backlog where each user has many events spread over the topic
-            needs fewer sends per user. Costs a walk of the whole queue per cut. Defaults to the
+            needs fewer sends per user. Defaults to the
             planner's ``fold_later``. Off by default: measured under Knock's limits (bench case
             4b) it was slower, because a later identify that repeats a nested key cannot fold
             (see :func:`_can_fold`) and becomes one more level, i.e. one more paced bulk call.

@@ -1057,7 +1057,7 @@ def test_nothing_folds_into_an_op_that_was_cut_or_given_back() -> None:
 
 
 def test_a_dropped_host_takes_its_riders_and_the_next_op_starts_afresh() -> None:
-    pl = planner(laned(1, "u", lane=0, a=1), laned(2, "u", lane=0, a=2))
+    pl = planner(laned(1, "u", a=1), laned(2, "u", a=2))
     assert len(pl.drop(lambda p: p.lane == 0)) == 2
-    pl.add(laned(3, "u", lane=1, a=3))
+    pl.add(laned(3, "u", a=3))  # same lane: it must not ride on the dropped host
     assert pl._queue[0].op.props == {"a": 3}  # type: ignore[union-attr]

@@ -47,6 +47,9 @@ TIMEOUT = 900 if FULL else 240
 #: ``--nested-merge either`` (the default) keeps every update carrying an object under a key
 #: it shares with the previous one apart: the base of "duplicates sent" (see report.DUPLICATES).
 PINNED = ["--nested-merge", "either"]
+#: The single-process backfill cases (faults, poison): ten bulk calls per 10k events.
+BACKFILL = ["backfill", "--from-beginning", *PINNED, "--rate-limits", "off", "--bulk-size", "1000",
+            "--flush-interval", "0.1"]
 RUN = ["run", *PINNED, *(["--log-level", "DEBUG"] if os.environ.get("KNOCK_SINK_CHAOS_DEBUG") else []), "--rate-limits", "off", "--flush-interval", "0.05",
        "--bulk-size", str(SIZE.events // 100), "--max-pending", str(SIZE.events // 50)]  # fmt: skip
 #: Knock's latency in the process cases, so that a run lasts long enough to be hit mid-way.
@@ -201,8 +204,7 @@ def test_knock_errors_rate_limits_outage_and_rejected_users(kafka, api, seed, si
     progress = start_progress(kafka, topic, ends, api)
     t0 = time.monotonic()
     try:
-        proc = sinks(env_for(kafka, api, topic), "backfill", "--from-beginning", *PINNED, "--rate-limits", "off",
-                     "--bulk-size", "1000", "--flush-interval", "0.1", "--config", str(config))  # fmt: skip
+        proc = sinks(env_for(kafka, api, topic), *BACKFILL, "--config", str(config))
         at = int(rng.uniform(0.2, 0.5) * SIZE.events)
         wait_entries(api, at, "the outage's moment")
         api.set_faults(outage_seconds=outage)
@@ -442,8 +444,7 @@ def test_poison_goes_to_the_dead_letter_topic_and_nothing_else_is_lost(kafka, ap
     progress = start_progress(kafka, topic, ends, api)
     t0 = time.monotonic()
     try:
-        proc = sinks(env_for(kafka, api, topic), "backfill", "--from-beginning", *PINNED, "--rate-limits", "off",
-                     "--bulk-size", "1000", "--flush-interval", "0.1", "--config", str(config))  # fmt: skip
+        proc = sinks(env_for(kafka, api, topic), *BACKFILL, "--config", str(config))
         assert proc.wait(TIMEOUT) == 0, proc.stderr_tail()
         progress.wait_caught_up(30)
         finish(case="poison", title="5. poison: invalid JSON, wrong types, forbidden ids, oversize",
