@@ -20,6 +20,7 @@ from .models import (
     not_found,
     render_user,
 )
+from .recipients import reject_failing_users
 from .state import Emulator
 from .web import json_response, path_id, read_object
 
@@ -28,6 +29,7 @@ async def identify(request: Request, em: Emulator) -> Response:
     user_id = path_id(request, "user_id")
     body = await read_object(request, empty_ok=True)
     check_identify_fields(body)
+    reject_failing_users(em, [("user_id", user_id)])
     data, updated_at = em.store.identify(user_id, body, deep=em.deep)
     em.stats.count_identify((user_id,))
     return json_response(render_user(user_id, data, updated_at))
@@ -79,6 +81,8 @@ async def merge(request: Request, em: Emulator) -> Response:
     user_id = path_id(request, "user_id")
     body = await read_object(request)
     from_user_id = check_id(body.get("from_user_id"), "from_user_id")
+    # A merge upserts the primary with the secondary's data: refused if either is refused.
+    reject_failing_users(em, [("user_id", user_id), ("from_user_id", from_user_id)])
     merged = em.store.merge(user_id, from_user_id)
     if merged is None:
         raise not_found()

@@ -14,42 +14,16 @@ from .models import (
     MAX_BULK_ITEMS,
     KnockHTTPError,
     check_id,
-    check_identify_fields,
     invalid,
     render_object,
     render_tenant,
 )
+from .recipients import check_recipient, identify_inline, inline_users, reject_failing_users
 from .state import Emulator
 from .web import json_response, path_id, read_object
 
 TENANTS = "$tenants"
 MAX_IDEMPOTENCY_KEY = 255
-
-
-def _check_recipient(value: Any, field: str) -> None:
-    """A ``RecipientRequest``: a user id, an inline user, or an inline object (one with a
-    ``collection``)."""
-    if isinstance(value, str):
-        check_id(value, field)
-    elif isinstance(value, dict):
-        check_id(value.get("id"), f"{field}.id")
-        if "collection" in value:
-            check_id(value["collection"], f"{field}.collection")
-        else:
-            check_identify_fields(value, f"{field}.")
-    else:
-        raise invalid(field, "must be a user id or an object with an id")
-
-
-def _identify_inline(em: Emulator, recipient: Any) -> None:
-    if not isinstance(recipient, dict):
-        return
-    if "collection" in recipient:
-        props = {k: v for k, v in recipient.items() if k not in ("id", "collection")}
-        em.store.set_object(recipient["collection"], recipient["id"], props, deep=em.deep)
-    else:
-        props = {k: v for k, v in recipient.items() if k != "$trigger_data"}
-        em.store.identify(recipient["id"], props, deep=em.deep)
 
 
 async def trigger(request: Request, em: Emulator) -> Response:
@@ -86,10 +60,10 @@ async def trigger(request: Request, em: Emulator) -> Response:
     if len(recipients) > MAX_BULK_ITEMS:
         raise invalid("recipients", f"must contain at most {MAX_BULK_ITEMS} items", "length")
     for i, recipient in enumerate(recipients):
-        _check_recipient(recipient, f"recipients[{i}]")
+        check_recipient(recipient, f"recipients[{i}]")
     actor, tenant, data = body.get("actor"), body.get("tenant"), body.get("data")
     if actor is not None:
-        _check_recipient(actor, "actor")
+        check_recipient(actor, "actor")
     if tenant is not None and not isinstance(tenant, str):
         if not isinstance(tenant, dict):
             raise invalid("tenant", "must be a tenant id or an object with an id")
@@ -99,8 +73,10 @@ async def trigger(request: Request, em: Emulator) -> Response:
     if data is not None and not isinstance(data, dict):
         raise invalid("data", "must be an object or null")
 
+    named = [(f"recipients[{i}]", r) for i, r in enumerate(recipients)]
+    reject_failing_users(em, inline_users([*named, ("actor", actor)]))
     for recipient in [*recipients, actor]:
-        _identify_inline(em, recipient)
+        identify_inline(em, recipient)
     if isinstance(tenant, dict):
         props = {k: v for k, v in tenant.items() if k != "id"}
         em.store.set_object(TENANTS, tenant["id"], props, deep=em.deep)

@@ -223,3 +223,53 @@ def test_unrouted_paths_answer_knocks_404(http: httpx.Client) -> None:
     assert response.status_code == 404
     assert response.json() == {"errors": {"detail": "404 Not Found"}}
     assert http.patch("/v1/users/u1", json={}).status_code == 404
+
+
+def test_a_failing_user_is_refused_by_identify_and_not_stored(
+    knock: Knock, emulator: EmulatorServer
+) -> None:
+    emulator.set_faults(failing_users=["bad"])
+    with pytest.raises(knockapi.UnprocessableEntityError) as err:
+        knock.users.update("bad", name="Bad")
+    assert err.value.body == {
+        "code": "invalid_params",
+        "message": "One or more parameters are invalid.",
+        "status": 422,
+        "type": "invalid_request_error",
+        "errors": [
+            {"field": "user_id", "message": "the user data was rejected", "type": "invalid"}
+        ],
+    }
+    assert emulator.users() == []
+    assert emulator.stats()["identify_entries"] == 0
+    emulator.clear_faults()
+    assert knock.users.update("bad", name="Fine").name == "Fine"
+
+
+def test_a_failing_user_already_stored_is_not_changed(
+    knock: Knock, emulator: EmulatorServer
+) -> None:
+    knock.users.update("bad", name="Before")
+    emulator.set_faults(failing_users=["bad"])
+    with pytest.raises(knockapi.UnprocessableEntityError):
+        knock.users.update("bad", name="After")
+    assert [(u["id"], u["name"]) for u in emulator.users()] == [("bad", "Before")]
+
+
+@pytest.mark.parametrize("failing", ["primary", "secondary"])
+def test_merge_with_a_failing_user_is_422_and_changes_nothing(
+    knock: Knock, emulator: EmulatorServer, failing: str
+) -> None:
+    knock.users.update("primary", name="P")
+    knock.users.update("secondary", name="S", extra_body={"only_s": 1})
+    emulator.set_faults(failing_users=[failing])
+    with pytest.raises(knockapi.UnprocessableEntityError) as err:
+        knock.users.merge("primary", from_user_id="secondary")
+    field = "user_id" if failing == "primary" else "from_user_id"
+    assert err.value.body["errors"] == [  # type: ignore[index]
+        {"field": field, "message": "the user data was rejected", "type": "invalid"}
+    ]
+    assert [(u["id"], u["name"]) for u in emulator.users()] == [
+        ("primary", "P"),
+        ("secondary", "S"),
+    ]

@@ -91,3 +91,33 @@ def test_set_tenant_and_object(knock: Knock) -> None:
     )
     obj = knock.objects.set("projects", "p1", extra_body={"cfg": {"b": 2}})
     assert obj.properties == {"name": "P1", "cfg": {"a": 1, "b": 2}}
+
+
+@pytest.mark.parametrize(
+    ("recipients", "actor", "field"),
+    [
+        (["ok", {"id": "bad", "name": "B"}], None, "recipients[1].id"),
+        (["ok"], {"id": "bad"}, "actor.id"),
+    ],
+)
+def test_trigger_with_a_failing_inline_user_is_422_and_identifies_nobody(
+    knock: Knock, emulator: EmulatorServer, recipients: list, actor: object, field: str
+) -> None:
+    emulator.set_faults(failing_users=["bad"])
+    with pytest.raises(knockapi.UnprocessableEntityError) as err:
+        knock.workflows.trigger(
+            "wf", recipients=[*recipients, {"id": "fine", "name": "F"}], actor=actor
+        )
+    assert err.value.body["errors"] == [  # type: ignore[index]
+        {"field": field, "message": "the user data was rejected", "type": "invalid"}
+    ]
+    assert emulator.users() == []
+    assert emulator.triggers() == []
+
+
+def test_a_failing_user_named_by_id_only_is_not_upserted_so_not_refused(
+    knock: Knock, emulator: EmulatorServer
+) -> None:
+    emulator.set_faults(failing_users=["bad"])
+    knock.workflows.trigger("wf", recipients=["bad"], actor="bad")
+    assert len(emulator.triggers()) == 1
