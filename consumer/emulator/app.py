@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -22,8 +23,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import control, users, workflows
-from .limits import FaultSettings
+from . import audiences, control, objects, subscriptions, tenants, users, workflows
+from .limits import Clock, FaultSettings
 from .models import KnockHTTPError, rate_limited, server_error, unauthorized
 from .state import Emulator, MergeMode, RateLimitMode
 from .web import json_response
@@ -32,7 +33,12 @@ logger = logging.getLogger("consumer.emulator")
 
 Handler = Callable[[Request, Emulator], Awaitable[Response]]
 
-#: ``(method, path template, Knock rate-limit tier, handler)``
+#: ``(method, path template, Knock rate-limit tier, handler)``.
+#:
+#: The tiers are the ``x-ratelimit-tier`` of each operation in Knock's OpenAPI description.
+#: This is the emulator's own copy, on purpose independent of the sink's pacing table: it is
+#: the other side of the contract, so a wrong tier in the sink shows up here as 429s.
+#: Paths and body fields follow the spec where it and the issue text disagree.
 V1_ROUTES: list[tuple[str, str, int, Handler]] = [
     ("GET", "/v1/users", 4, users.list_users),
     ("POST", "/v1/users/bulk/identify", 1, users.bulk_identify),
@@ -43,8 +49,20 @@ V1_ROUTES: list[tuple[str, str, int, Handler]] = [
     ("POST", "/v1/users/{user_id}/merge", 2, users.merge),
     ("GET", "/v1/bulk_operations/{id}", 4, users.get_bulk_operation),
     ("POST", "/v1/workflows/{key}/trigger", 5, workflows.trigger),
-    ("PUT", "/v1/tenants/{id}", 3, workflows.set_tenant),
-    ("PUT", "/v1/objects/{collection}/{id}", 3, workflows.set_object),
+    ("POST", "/v1/tenants/bulk/set", 1, tenants.bulk_set),
+    ("PUT", "/v1/tenants/{id}", 3, tenants.set_tenant),
+    ("GET", "/v1/tenants/{id}", 4, tenants.get_tenant),
+    ("DELETE", "/v1/tenants/{id}", 2, tenants.delete_tenant),
+    ("POST", "/v1/objects/{collection}/bulk/set", 1, objects.bulk_set),
+    ("PUT", "/v1/objects/{collection}/{id}", 3, objects.set_object),
+    ("GET", "/v1/objects/{collection}/{id}", 4, objects.get_object),
+    ("DELETE", "/v1/objects/{collection}/{id}", 3, objects.delete_object),
+    ("POST", "/v1/objects/{collection}/{object_id}/subscriptions", 3, subscriptions.add),
+    ("DELETE", "/v1/objects/{collection}/{object_id}/subscriptions", 3, subscriptions.delete),
+    ("GET", "/v1/objects/{collection}/{object_id}/subscriptions", 4, subscriptions.list_for_object),
+    ("POST", "/v1/audiences/{key}/members", 3, audiences.add_members),
+    ("DELETE", "/v1/audiences/{key}/members", 3, audiences.remove_members),
+    ("GET", "/v1/audiences/{key}/members", 4, audiences.list_members),
 ]
 CONTROL_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/_emulator/faults", control.get_faults),
@@ -54,6 +72,11 @@ CONTROL_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/_emulator/users", control.users),
     ("GET", "/_emulator/stats", control.stats),
     ("GET", "/_emulator/triggers", control.triggers),
+    ("GET", "/_emulator/tenants", control.tenants),
+    ("GET", "/_emulator/objects", control.objects),
+    ("GET", "/_emulator/subscriptions", control.subscriptions),
+    ("GET", "/_emulator/audiences", control.audiences),
+    ("GET", "/_emulator/deleted", control.deleted),
 ]
 
 
@@ -154,14 +177,18 @@ def create_app(
     merge: MergeMode = "deep",
     db: str | None = None,
     faults: FaultSettings | None = None,
+    clock: Clock = time.monotonic,
 ) -> Starlette:
     """Build the emulator app. The SQLite store opens now; the bulk worker starts with the
     app's lifespan and, on shutdown, applies what is still queued before the store closes.
 
     :param db: SQLite file (kept across restarts); ``None`` keeps state in memory.
     :param faults: faults in force from the start (and after ``POST /_emulator/reset``).
+    :param clock: monotonic seconds for every time-based rule; tests pass a fake one.
     """
-    em = Emulator(api_key=api_key, rate_limits=rate_limits, merge=merge, db=db, faults=faults)
+    em = Emulator(
+        api_key=api_key, rate_limits=rate_limits, merge=merge, db=db, faults=faults, clock=clock
+    )
     routes = [_route(em, m, t, tier, h) for m, t, tier, h in V1_ROUTES]
     routes += [_route(em, m, t, None, h) for m, t, h in CONTROL_ROUTES]
     routes.append(_unrouted(em))

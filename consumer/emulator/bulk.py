@@ -13,13 +13,20 @@ import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
-from .models import BulkOperation, now_iso
+from .models import BulkKind, BulkOperation, now_iso
 from .store import Store
 from .web import gc_paused
 
-_NAMES = {"identify": "users.identify", "delete": "users.delete"}
+_NAMES: dict[BulkKind, str] = {
+    "identify": "users.identify",
+    "delete": "users.delete",
+    "tenants": "tenants.set",
+    "objects": "objects.set",
+}
+#: Knock keeps tenants as objects of this system collection.
+_TENANTS = "$tenants"
 
 
 class BulkOperations:
@@ -60,7 +67,12 @@ class BulkOperations:
     # -- requests --------------------------------------------------------------------------
 
     def submit(
-        self, kind: Literal["identify", "delete"], payload: list[Any], *, doomed: bool
+        self,
+        kind: BulkKind,
+        payload: list[Any],
+        *,
+        doomed: bool,
+        collection: str | None = None,
     ) -> BulkOperation:
         assert self._queue is not None, "BulkOperations.start() was not called"
         now = now_iso()
@@ -73,6 +85,7 @@ class BulkOperations:
             doomed=doomed,
             inserted_at=now,
             updated_at=now,
+            collection=collection,
         )
         self._ops[op.id] = op
         self._queue.put_nowait(op.id)
@@ -114,6 +127,15 @@ class BulkOperations:
             op.updated_at = op.failed_at
             op.payload = []
             return
+        if op.kind in ("tenants", "objects"):
+            # The failing_users fault is about users; objects and tenants always apply.
+            collection = op.collection if op.kind == "objects" else _TENANTS
+            assert collection is not None
+            self._store.set_objects_many(
+                [(collection, o["id"], _props(o)) for o in op.payload], deep=self._deep
+            )
+            self._complete(op, len(op.payload), [])
+            return
         failing = self._failing_users()
         if op.kind == "identify":
             ids = [user["id"] for user in op.payload]
@@ -125,10 +147,17 @@ class BulkOperations:
             keep = [uid for uid in ids if uid not in failing]
             if keep:
                 self._store.delete_users(keep)
-        failed = [uid for uid in ids if uid in failing]
-        op.error_items = [{"id": uid, "collection": None} for uid in failed]
-        op.processed_rows = len(ids)
-        op.success_count = len(ids) - len(failed)
+        self._complete(op, len(ids), [uid for uid in ids if uid in failing])
+
+    @staticmethod
+    def _complete(op: BulkOperation, rows: int, failed: list[str]) -> None:
+        op.error_items = [{"id": uid, "collection": op.collection} for uid in failed]
+        op.processed_rows = rows
+        op.success_count = rows - len(failed)
         op.status, op.completed_at = "completed", now_iso()
         op.updated_at = op.completed_at
         op.payload = []
+
+
+def _props(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k != "id"}

@@ -46,7 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="USER_ID",
-        help="a user that fails inside bulk operations (repeatable)",
+        help="a user Knock refuses wherever it is upserted (repeatable)",
+    )
+    parser.add_argument(
+        "--workflows",
+        default=None,
+        metavar="KEY,KEY",
+        help="the workflow keys that exist; triggering another is a 404 (default: any key)",
     )
 
 
@@ -65,6 +71,7 @@ def main(args: argparse.Namespace) -> int:
         rate_limit_rate=args.rate_limit_rate,
         latency_ms=max(0, args.latency_ms),
         failing_users=frozenset(args.failing_user),
+        workflows=_workflow_keys(args.workflows),
     )
     app = create_app(
         api_key=api_key, rate_limits=args.rate_limits, merge=args.merge, db=args.db, faults=faults
@@ -82,6 +89,12 @@ def main(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _workflow_keys(raw: str | None) -> frozenset[str] | None:
+    if raw is None:
+        return None
+    return frozenset(key.strip() for key in raw.split(",") if key.strip())
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:

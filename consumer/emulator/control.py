@@ -9,8 +9,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .limits import FaultUpdate
-from .models import KnockHTTPError, render_user
+from .models import KnockHTTPError, render_object, render_tenant, render_user
 from .state import Emulator
+from .tenants import TENANTS
 from .web import json_response
 
 
@@ -69,6 +70,11 @@ async def stats(request: Request, em: Emulator) -> Response:
         "users": em.store.count_users(),
         "bulk_operations": em.bulk.counts(),
         "triggers": len(em.triggers),
+        "tenants": sum(1 for o in em.store.all_objects() if o[0] == TENANTS),
+        "objects": sum(1 for o in em.store.all_objects() if o[0] != TENANTS),
+        "subscriptions": len(em.store.memberships.subscriptions()),
+        "audience_members": len(em.store.memberships.members()),
+        "deleted_users": len(em.store.deleted_users()),
     }
     if request.query_params.get("by_user") in ("1", "true"):
         body["identify_entries_by_user"] = dict(em.stats.identify_by_user)
@@ -77,3 +83,45 @@ async def stats(request: Request, em: Emulator) -> Response:
 
 async def triggers(request: Request, em: Emulator) -> Response:
     return json_response(em.triggers)
+
+
+async def tenants(request: Request, em: Emulator) -> Response:
+    return json_response(
+        [render_tenant(i, data) for c, i, data, _, _ in em.store.all_objects() if c == TENANTS]
+    )
+
+
+async def objects(request: Request, em: Emulator) -> Response:
+    """Every object outside ``$tenants``, by collection then creation."""
+    return json_response(
+        [render_object(c, i, *rest) for c, i, *rest in em.store.all_objects() if c != TENANTS]
+    )
+
+
+async def subscriptions(request: Request, em: Emulator) -> Response:
+    """Every subscription as ``{collection, object_id, recipient, properties}``; a user
+    recipient is its id, an object recipient ``{collection, id}``."""
+    out = []
+    for collection, object_id, (rc, rid), props, _, _ in em.store.memberships.subscriptions():
+        out.append(
+            {
+                "collection": collection,
+                "object_id": object_id,
+                "recipient": {"collection": rc, "id": rid} if rc else rid,
+                "properties": props,
+            }
+        )
+    return json_response(out)
+
+
+async def audiences(request: Request, em: Emulator) -> Response:
+    """``{audience key: [{user_id, tenant}, ...]}`` in the order members were added."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key, user_id, tenant, _ in em.store.memberships.members():
+        out.setdefault(key, []).append({"user_id": user_id, "tenant": tenant})
+    return json_response(out)
+
+
+async def deleted(request: Request, em: Emulator) -> Response:
+    """Ids of every applied user delete (single or bulk), in order."""
+    return json_response(em.store.deleted_users())

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Clock = Callable[[], float]
 
-#: Requests per second of Knock's documented tiers 1–5.
+#: Requests per second of Knock's documented tiers 1–5. The emulator's own copy, kept apart
+#: from the sink's pacing table on purpose: this is the other side of the contract, so a
+#: wrong number in the sink shows up as 429s here rather than being agreed with.
 TIER_RATES: Final = {1: 1.0, 2: 5.0, 3: 60.0, 4: 200.0, 5: 1000.0}
 #: Knock's "one update per second per entity" window of bulk endpoints.
 ENTITY_WINDOW: Final = 1.0
@@ -95,6 +97,8 @@ class FaultUpdate(BaseModel):
     failing_users: list[str] | None = None
     fail_bulk_operations: int | None = Field(default=None, ge=0)
     seed: int | None = None
+    #: The workflow keys that exist; ``null`` = any key is accepted.
+    workflows: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,8 @@ class FaultSettings:
     failing_users: frozenset[str] = field(default_factory=frozenset)
     fail_bulk_operations: int = 0
     seed: int | None = None
+    #: Workflow keys that exist (others are Knock's 404); ``None`` accepts any key.
+    workflows: frozenset[str] | None = None
 
 
 class Faults:
@@ -137,6 +143,8 @@ class Faults:
                 updates["outage_until"] = self._clock() + value if value else 0.0
             elif key == "failing_users":
                 updates[key] = frozenset(value or ())
+            elif key == "workflows":
+                updates[key] = None if value is None else frozenset(value)
             elif key == "error_statuses":
                 updates[key] = tuple(value or (500, 503))
             elif value is not None or key == "seed":
@@ -152,6 +160,7 @@ class Faults:
         out["outage_seconds"] = max(0.0, s.outage_until - self._clock())
         out["error_statuses"] = list(s.error_statuses)
         out["failing_users"] = sorted(s.failing_users)
+        out["workflows"] = None if s.workflows is None else sorted(s.workflows)
         return out
 
     def in_outage(self) -> bool:

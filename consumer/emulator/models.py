@@ -31,8 +31,11 @@ _TYPED_FIELDS: Final = frozenset(RESERVED_FIELDS) | SPECIAL_FIELDS
 MAX_ID_LENGTH: Final = 256
 MAX_BULK_ITEMS: Final = 1000
 MAX_PAGE_SIZE: Final = 50
+#: ``PageInfo`` of a list the emulator answers in one page (subscriptions, audience members).
+ONE_PAGE: Final = {"__typename": "PageInfo", "after": None, "before": None, "page_size": 50}
 
 BulkStatus = Literal["queued", "processing", "completed", "failed"]
+BulkKind = Literal["identify", "delete", "tenants", "objects"]
 
 
 class KnockHTTPError(Exception):
@@ -222,7 +225,7 @@ class BulkOperation:
 
     id: str
     name: str
-    kind: Literal["identify", "delete"]
+    kind: BulkKind
     payload: list[Any]
     total_rows: int
     #: Set at submission by the ``fail_bulk_operations`` fault: the op ends ``failed``.
@@ -236,6 +239,8 @@ class BulkOperation:
     started_at: str | None = None
     completed_at: str | None = None
     failed_at: str | None = None
+    #: The collection of an ``objects`` op (every item of one call shares it).
+    collection: str | None = None
 
     def render(self, base_url: str) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ import httpx
 import uvicorn
 
 from .app import create_app
-from .limits import FaultSettings
+from .limits import Clock, FaultSettings
 from .state import MergeMode, RateLimitMode
 
 _START_TIMEOUT = 10.0
@@ -60,6 +60,7 @@ class EmulatorServer:
         host: str = "127.0.0.1",
         port: int = 0,
         faults: FaultSettings | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.api_key = api_key
         self.host = host
@@ -71,6 +72,10 @@ class EmulatorServer:
             "db": db,
             "faults": faults,
         }
+        if clock is not None:
+            # Read from the server thread while the test thread advances it: a plain float
+            # read, so no lock is needed.
+            self._options["clock"] = clock
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._client: httpx.Client | None = None
@@ -156,4 +161,24 @@ class EmulatorServer:
 
     def triggers(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._call("GET", "/_emulator/triggers").json()
+        return result
+
+    def tenants(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/_emulator/tenants").json()
+        return result
+
+    def objects(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/_emulator/objects").json()
+        return result
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/_emulator/subscriptions").json()
+        return result
+
+    def audiences(self) -> dict[str, list[dict[str, Any]]]:
+        result: dict[str, list[dict[str, Any]]] = self._call("GET", "/_emulator/audiences").json()
+        return result
+
+    def deleted(self) -> list[str]:
+        result: list[str] = self._call("GET", "/_emulator/deleted").json()
         return result

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .bulk import BulkOperations
-from .limits import EntityLimiter, Faults, FaultSettings, RateLimiter
+from .limits import Clock, EntityLimiter, Faults, FaultSettings, RateLimiter
 from .store import Store
 
 RateLimitMode = Literal["knock", "off"]
@@ -59,7 +59,10 @@ class Emulator:
         merge: MergeMode = "deep",
         db: str | None = None,
         faults: FaultSettings | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
+        """``clock`` drives every time-based rule (tiers, the per-entity limit, outages,
+        the 24 h idempotency window), so tests advance it instead of sleeping."""
         if rate_limits not in ("knock", "off"):
             raise ValueError(f"rate_limits must be 'knock' or 'off', not {rate_limits!r}")
         if merge not in ("deep", "shallow"):
@@ -67,10 +70,11 @@ class Emulator:
         self.api_key = api_key
         self.limits_on = rate_limits == "knock"
         self.deep = merge == "deep"
+        self.clock = clock
         self.store = Store(db)
-        self.faults = Faults(faults)
-        self.limiter = RateLimiter()
-        self.entities = EntityLimiter()
+        self.faults = Faults(faults, clock)
+        self.limiter = RateLimiter(clock)
+        self.entities = EntityLimiter(clock)
         self.bulk = BulkOperations(
             self.store, deep=self.deep, failing_users=lambda: self.faults.settings.failing_users
         )
@@ -90,7 +94,7 @@ class Emulator:
         self.replays.clear()
 
     def replay(self, key: str) -> Replay | None:
-        now = time.monotonic()
+        now = self.clock()
         if len(self.replays) > 10_000:
             self.replays = {k: r for k, r in self.replays.items() if r.expires_at > now}
         found = self.replays.get(key)
@@ -98,5 +102,5 @@ class Emulator:
 
     def remember(self, key: str, fingerprint: bytes, body: dict[str, Any], request_id: str) -> None:
         self.replays[key] = Replay(
-            time.monotonic() + IDEMPOTENCY_TTL, fingerprint, body, request_id
+            self.clock() + IDEMPOTENCY_TTL, fingerprint, body, request_id
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from .memberships import Memberships
 from .models import SERVER_FIELDS, SPECIAL_FIELDS, now_iso
 
 Row = tuple[str, dict[str, Any], str]
@@ -34,6 +35,32 @@ CREATE TABLE IF NOT EXISTS objects (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     PRIMARY KEY (collection, id)
+);
+-- A user recipient has rcollection '' (ids cannot be empty, so no clash with an object).
+CREATE TABLE IF NOT EXISTS subscriptions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    object_id TEXT NOT NULL,
+    rcollection TEXT NOT NULL,
+    rid TEXT NOT NULL,
+    properties BLOB NOT NULL,
+    inserted_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (collection, object_id, rcollection, rid)
+);
+-- A member without a tenant has tenant ''.
+CREATE TABLE IF NOT EXISTS audience_members (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    audience TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    added_at TEXT NOT NULL,
+    UNIQUE (audience, user_id, tenant)
+);
+-- Every user delete that was applied, in order (the control API's read-back).
+CREATE TABLE IF NOT EXISTS deleted_users (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL
 );
 """
 _UPSERT_USER = (
@@ -127,12 +154,16 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self.memberships = Memberships(self._db)
 
     def close(self) -> None:
         self._db.close()
 
     def reset(self) -> None:
-        self._db.executescript("DELETE FROM users; DELETE FROM objects;")
+        self._db.executescript(
+            "DELETE FROM users; DELETE FROM objects; DELETE FROM subscriptions; "
+            "DELETE FROM audience_members; DELETE FROM deleted_users;"
+        )
 
     # -- users -------------------------------------------------------------------------------
 
@@ -177,11 +208,25 @@ class Store:
             raise
 
     def delete_users(self, user_ids: list[str]) -> int:
-        """Delete the users; return how many existed."""
+        """Delete the users with their subscriptions and audience memberships (Knock's delete
+        is a hard delete), log every id, and return how many existed."""
+        rows = [(u,) for u in user_ids]
         self._db.execute("BEGIN")
-        cur = self._db.executemany("DELETE FROM users WHERE id = ?", [(u,) for u in user_ids])
+        cur = self._db.executemany("DELETE FROM users WHERE id = ?", rows)
+        existed = cur.rowcount
+        self._forget_user(rows)
+        self._db.executemany("INSERT INTO deleted_users (id) VALUES (?)", rows)
         self._db.execute("COMMIT")
-        return cur.rowcount
+        return existed
+
+    def _forget_user(self, rows: list[tuple[str]]) -> None:
+        self._db.executemany(
+            "DELETE FROM subscriptions WHERE rcollection = '' AND rid = ?", rows
+        )
+        self._db.executemany("DELETE FROM audience_members WHERE user_id = ?", rows)
+
+    def deleted_users(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT id FROM deleted_users ORDER BY seq")]
 
     def merge(self, user_id: str, from_user_id: str) -> tuple[dict[str, Any], str] | None:
         """Merge ``from_user_id`` into ``user_id`` and delete it; ``None`` if either is missing."""
@@ -194,6 +239,7 @@ class Store:
         self._db.execute(_UPSERT_USER, (user_id, orjson.dumps(data), updated_at))
         if from_user_id != user_id:
             self._db.execute("DELETE FROM users WHERE id = ?", (from_user_id,))
+            self._forget_user([(from_user_id,)])
         self._db.execute("COMMIT")
         return data, updated_at
 
@@ -256,6 +302,51 @@ class Store:
             (collection, object_id, orjson.dumps(data), created_at, now),
         )
         return data, created_at, now
+
+    def set_objects_many(
+        self, items: list[tuple[str, str, dict[str, Any]]], *, deep: bool
+    ) -> None:
+        """Upsert ``(collection, id, patch)`` items in one transaction, in order."""
+        self._db.execute("BEGIN")
+        try:
+            for collection, object_id, patch in items:
+                self.set_object(collection, object_id, patch, deep=deep)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def get_object(self, collection: str, object_id: str) -> tuple[dict[str, Any], str, str] | None:
+        """``(data, created_at, updated_at)`` of an object, ``None`` if it does not exist."""
+        row = self._db.execute(
+            "SELECT data, created_at, updated_at FROM objects WHERE collection = ? AND id = ?",
+            (collection, object_id),
+        ).fetchone()
+        return None if row is None else (orjson.loads(row[0]), row[1], row[2])
+
+    def delete_object(self, collection: str, object_id: str) -> bool:
+        """Delete an object and every subscription to or by it; ``False`` if it did not exist."""
+        key = (collection, object_id)
+        self._db.execute("BEGIN")
+        cur = self._db.execute("DELETE FROM objects WHERE collection = ? AND id = ?", key)
+        existed = cur.rowcount > 0
+        self._db.execute(
+            "DELETE FROM subscriptions WHERE (collection = ? AND object_id = ?) "
+            "OR (rcollection = ? AND rid = ?)",
+            key + key,
+        )
+        self._db.execute("COMMIT")
+        return existed
+
+    def all_objects(self) -> list[tuple[str, str, dict[str, Any], str, str]]:
+        """Every object (tenants included) as ``(collection, id, data, created, updated)``."""
+        return [
+            (c, i, orjson.loads(d), ca, ua)
+            for c, i, d, ca, ua in self._db.execute(
+                "SELECT collection, id, data, created_at, updated_at FROM objects "
+                "ORDER BY collection, created_at, id"
+            )
+        ]
 
     def ensure_object(self, collection: str, object_id: str) -> None:
         """Create an empty object if it does not exist (Knock's stub tenant on trigger)."""

@@ -8,8 +8,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .batches import base_url, bulk_list, entity_limit
 from .models import (
-    MAX_BULK_ITEMS,
     MAX_PAGE_SIZE,
     check_bulk_user,
     check_id,
@@ -89,56 +89,31 @@ async def merge(request: Request, em: Emulator) -> Response:
     return json_response(render_user(user_id, *merged))
 
 
-def _bulk_list(body: dict[str, Any], field: str) -> list[Any]:
-    items = body.get(field)
-    if not isinstance(items, list) or not items:
-        raise invalid(field, "must be a non-empty list", "required")
-    if len(items) > MAX_BULK_ITEMS:
-        raise invalid(field, f"must contain at most {MAX_BULK_ITEMS} items", "length")
-    return items
-
-
-def _entity_limit(em: Emulator, ids: list[str], header: str) -> tuple[set[str], dict[str, str]]:
-    """Knock's per-entity limit: ids updated by a bulk call < 1 s ago are skipped and named
-    in an ``x-ratelimited-<param>`` header, while the answer stays 2xx."""
-    if not em.limits_on:
-        return set(), {}
-    limited = em.entities.admit(ids)
-    if not limited:
-        return limited, {}
-    named = list(dict.fromkeys(uid for uid in ids if uid in limited))
-    return limited, {header: ",".join(named)}
-
-
 async def bulk_identify(request: Request, em: Emulator) -> Response:
-    users = _bulk_list(await read_object(request), "users")
+    users = bulk_list(await read_object(request), "users")
     for i, user in enumerate(users):
         check_bulk_user(user, i)
-    limited, headers = _entity_limit(em, [u["id"] for u in users], "x-ratelimited-users")
+    limited, headers = entity_limit(em, [u["id"] for u in users], "x-ratelimited-users")
     if limited:
         users = [u for u in users if u["id"] not in limited]
     op = em.bulk.submit("identify", users, doomed=em.faults.take_doomed_bulk())
     em.stats.count_identify(u["id"] for u in users)
-    return json_response(op.render(_base_url(request)), headers=headers)
+    return json_response(op.render(base_url(request)), headers=headers)
 
 
 async def bulk_delete(request: Request, em: Emulator) -> Response:
-    user_ids = _bulk_list(await read_object(request), "user_ids")
+    user_ids = bulk_list(await read_object(request), "user_ids")
     for i, uid in enumerate(user_ids):
         check_id(uid, f"user_ids[{i}]")
-    limited, headers = _entity_limit(em, user_ids, "x-ratelimited-user_ids")
+    limited, headers = entity_limit(em, user_ids, "x-ratelimited-user_ids")
     if limited:
         user_ids = [uid for uid in user_ids if uid not in limited]
     op = em.bulk.submit("delete", user_ids, doomed=em.faults.take_doomed_bulk())
-    return json_response(op.render(_base_url(request)), headers=headers)
+    return json_response(op.render(base_url(request)), headers=headers)
 
 
 async def get_bulk_operation(request: Request, em: Emulator) -> Response:
     op = em.bulk.get(request.path_params["id"])
     if op is None:
         raise not_found()
-    return json_response(op.render(_base_url(request)))
-
-
-def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    return json_response(op.render(base_url(request)))

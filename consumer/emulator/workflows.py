@@ -1,5 +1,5 @@
-"""Workflow triggers (inline identification, ``Idempotency-Key`` replays) and the tenant
-and object upserts."""
+"""``POST /v1/workflows/{key}/trigger``: inline identification, unknown workflows and
+``Idempotency-Key`` replays."""
 
 from __future__ import annotations
 
@@ -10,27 +10,40 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .models import (
-    MAX_BULK_ITEMS,
-    KnockHTTPError,
-    check_id,
-    invalid,
-    render_object,
-    render_tenant,
-)
+from .models import MAX_BULK_ITEMS, KnockHTTPError, check_id, invalid
 from .recipients import check_recipient, identify_inline, inline_users, reject_failing_users
 from .state import Emulator
+from .tenants import TENANTS
 from .web import json_response, path_id, read_object
 
-TENANTS = "$tenants"
 MAX_IDEMPOTENCY_KEY = 255
 
 
-async def trigger(request: Request, em: Emulator) -> Response:
-    """Identify inline recipients, actor and tenant first, then record the trigger.
+def workflow_missing() -> KnockHTTPError:
+    # Knock documents the ``workflow_missing`` code; a 404 as for any missing resource.
+    return KnockHTTPError(
+        404, "workflow_missing", "The workflow you tried to invoke does not exist"
+    )
 
-    With an ``Idempotency-Key`` seen in the last 24 h the first answer is replayed (nothing
-    is recorded again); the same key with a different request is a 422.
+
+def _check_tenant(tenant: Any) -> None:
+    if isinstance(tenant, str):
+        check_id(tenant, "tenant")
+    elif isinstance(tenant, dict):
+        check_id(tenant.get("id"), "tenant.id")
+    elif tenant is not None:
+        raise invalid("tenant", "must be a tenant id or an object with an id")
+
+
+async def trigger(request: Request, em: Emulator) -> Response:
+    """Check everything, then identify inline recipients, actor and tenant, then record.
+
+    Knock's idempotency (``Idempotency-Key``, 24 h of the emulator clock): the same key
+    with the same request replays the first 2xx answer and runs nothing; the same key with
+    a different request is refused. Knock documents only "an error" for that case; we
+    answer 422 (the request's parameters are what is wrong, as for any invalid parameter)
+    rather than 409, which the SDK would retry. Only 2xx answers are remembered, so a
+    refused request can be retried with the same key.
     """
     key = path_id(request, "key")
     body = await read_object(request)
@@ -54,6 +67,9 @@ async def trigger(request: Request, em: Emulator) -> Response:
                     "original-x-request-id": replay.request_id,
                 },
             )
+    known = em.faults.settings.workflows
+    if known is not None and key not in known:
+        raise workflow_missing()
     recipients = body.get("recipients")
     if not isinstance(recipients, list) or not recipients:
         raise invalid("recipients", "must be a non-empty list", "required")
@@ -64,23 +80,19 @@ async def trigger(request: Request, em: Emulator) -> Response:
     actor, tenant, data = body.get("actor"), body.get("tenant"), body.get("data")
     if actor is not None:
         check_recipient(actor, "actor")
-    if tenant is not None and not isinstance(tenant, str):
-        if not isinstance(tenant, dict):
-            raise invalid("tenant", "must be a tenant id or an object with an id")
-        check_id(tenant.get("id"), "tenant.id")
-    elif isinstance(tenant, str):
-        check_id(tenant, "tenant")
+    _check_tenant(tenant)
     if data is not None and not isinstance(data, dict):
         raise invalid("data", "must be an object or null")
-
     named = [(f"recipients[{i}]", r) for i, r in enumerate(recipients)]
     reject_failing_users(em, inline_users([*named, ("actor", actor)]))
+
     for recipient in [*recipients, actor]:
         identify_inline(em, recipient)
     if isinstance(tenant, dict):
         props = {k: v for k, v in tenant.items() if k != "id"}
         em.store.set_object(TENANTS, tenant["id"], props, deep=em.deep)
     elif isinstance(tenant, str):
+        # Knock creates a stub tenant for an id it has not seen.
         em.store.ensure_object(TENANTS, tenant)
 
     answer = {"workflow_run_id": str(uuid.uuid4())}
@@ -100,22 +112,3 @@ async def trigger(request: Request, em: Emulator) -> Response:
     if idem is not None:
         em.remember(idem, fingerprint, answer, request.state.request_id)
     return json_response(answer)
-
-
-async def set_tenant(request: Request, em: Emulator) -> Response:
-    tenant_id = path_id(request, "id")
-    body = await read_object(request, empty_ok=True)
-    if body.get("name") is not None and not isinstance(body["name"], str):
-        raise invalid("name", "must be a string or null")
-    if body.get("settings") is not None and not isinstance(body["settings"], dict):
-        raise invalid("settings", "must be an object or null")
-    data, _, _ = em.store.set_object(TENANTS, tenant_id, body, deep=em.deep)
-    return json_response(render_tenant(tenant_id, data))
-
-
-async def set_object(request: Request, em: Emulator) -> Response:
-    collection = path_id(request, "collection")
-    object_id = path_id(request, "id")
-    body = await read_object(request, empty_ok=True)
-    data, created_at, updated_at = em.store.set_object(collection, object_id, body, deep=em.deep)
-    return json_response(render_object(collection, object_id, data, created_at, updated_at))

@@ -1,0 +1,44 @@
+"""The request side shared by every bulk route: the item list, Knock's per-entity limit,
+and the URL the answer's ``progress_path`` points at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from .models import MAX_BULK_ITEMS, invalid
+from .state import Emulator
+
+
+def bulk_list(body: dict[str, Any], field: str) -> list[Any]:
+    items = body.get(field)
+    if not isinstance(items, list) or not items:
+        raise invalid(field, "must be a non-empty list", "required")
+    if len(items) > MAX_BULK_ITEMS:
+        raise invalid(field, f"must contain at most {MAX_BULK_ITEMS} items", "length")
+    return items
+
+
+def entity_limit(
+    em: Emulator, ids: list[str], header: str, *, namespace: str = ""
+) -> tuple[set[str], dict[str, str]]:
+    """Knock's per-entity limit: ids updated by a bulk call < 1 s ago are skipped and named
+    in an ``x-ratelimited-<param>`` header, while the answer stays 2xx.
+
+    ``namespace`` keeps entities of different kinds apart in the one limiter (a tenant
+    ``a`` is not the user ``a``); ids cannot contain ``/``, so ``ns/`` cannot clash.
+    """
+    if not em.limits_on:
+        return set(), {}
+    keyed = [namespace + i for i in ids] if namespace else ids
+    limited_keys = em.entities.admit(keyed)
+    if not limited_keys:
+        return set(), {}
+    limited = {i for i, k in zip(ids, keyed) if k in limited_keys}
+    named = list(dict.fromkeys(i for i in ids if i in limited))
+    return limited, {header: ",".join(named)}
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
