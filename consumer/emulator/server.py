@@ -104,7 +104,10 @@ class EmulatorServer:
         port = sock.getsockname()[1]
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{host}:{port}"
-        self._server = uvicorn.Server(uvicorn_config(create_app(**self._options)))
+        #: The ASGI app being served (its ``state.emulator`` is the live state, for tests
+        #: that must reach past the HTTP surface).
+        self.app = create_app(**self._options)
+        self._server = uvicorn.Server(uvicorn_config(self.app))
         server = self._server
         self._thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="knock-emulator", daemon=True

@@ -31,3 +31,16 @@ def wait_bulk(knock: Knock, op_id: str, status: str = "completed") -> Any:
     )
     assert op.status == status
     return op
+
+
+class FakeClock:
+    """The emulator's clock, advanced by the test (read from the server thread)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -120,3 +120,12 @@ def test_fail_bulk_operations_fails_the_next_n(knock: Knock, emulator: EmulatorS
         "failed": 2,
     }
     assert emulator.set_faults()["fail_bulk_operations"] == 0
+
+
+def test_applied_deletes_are_logged_in_order(knock: Knock, emulator: EmulatorServer) -> None:
+    emulator.set_faults(failing_users=["bad"])
+    wait_bulk(knock, knock.users.bulk.identify(users=[{"id": "a"}, {"id": "b"}]).id)
+    knock.users.delete("b")
+    wait_bulk(knock, knock.users.bulk.delete(user_ids=["a", "bad", "never"]).id)
+    assert emulator.deleted() == ["b", "a", "never"]
+    assert emulator.stats()["deleted_users"] == 3

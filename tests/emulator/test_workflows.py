@@ -121,3 +121,37 @@ def test_a_failing_user_named_by_id_only_is_not_upserted_so_not_refused(
     emulator.set_faults(failing_users=["bad"])
     knock.workflows.trigger("wf", recipients=["bad"], actor="bad")
     assert len(emulator.triggers()) == 1
+
+
+def test_unknown_workflow_is_404_once_workflows_are_declared(
+    knock: Knock, emulator: EmulatorServer
+) -> None:
+    assert emulator.set_faults()["workflows"] is None
+    knock.workflows.trigger("anything", recipients=["u1"])
+    assert emulator.set_faults(workflows=["welcome"])["workflows"] == ["welcome"]
+    with pytest.raises(knockapi.NotFoundError) as err:
+        knock.workflows.trigger("anything", recipients=[{"id": "u1"}])
+    assert err.value.body == {
+        "code": "workflow_missing",
+        "message": "The workflow you tried to invoke does not exist",
+        "status": 404,
+        "type": "invalid_request_error",
+    }
+    knock.workflows.trigger("welcome", recipients=["u1"])
+    assert [t["workflow"] for t in emulator.triggers()] == ["anything", "welcome"]
+    assert emulator.users() == []
+    emulator.set_faults(workflows=None)
+    knock.workflows.trigger("anything", recipients=["u1"])
+
+
+def test_same_idempotency_key_same_body_is_one_run_through_the_sdk(
+    knock: Knock, emulator: EmulatorServer
+) -> None:
+    first = knock.workflows.trigger("wf", recipients=["u1"], data={"n": 1}, idempotency_key="i")
+    second = knock.workflows.trigger("wf", recipients=["u1"], data={"n": 1}, idempotency_key="i")
+    assert second.workflow_run_id == first.workflow_run_id
+    with pytest.raises(knockapi.UnprocessableEntityError) as err:
+        knock.workflows.trigger("wf", recipients=["u1"], data={"n": 2}, idempotency_key="i")
+    assert err.value.body["code"] == "idempotency_key_reused"  # type: ignore[index]
+    assert len(emulator.triggers()) == 1
+    assert emulator.stats()["triggers"] == 1
