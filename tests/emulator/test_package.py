@@ -61,3 +61,16 @@ def test_cli_prints_its_url_serves_and_exits_0_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_cli_workflows_flag_declares_the_keys_that_exist() -> None:
+    import argparse
+
+    from consumer.emulator import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert parser.parse_args([]).workflows is None
+    raw = parser.parse_args(["--workflows", "welcome, digest,"]).workflows
+    assert cli._workflow_keys(raw) == frozenset({"welcome", "digest"})
+    assert cli._workflow_keys(None) is None
