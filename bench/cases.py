@@ -111,13 +111,6 @@ def naive(args: argparse.Namespace) -> dict[str, Any]:
 def sink(args: argparse.Namespace) -> dict[str, Any]:
     from consumer import cli
 
-    if args.fold_later:
-        # The planner option prototyped in consumer/plan.py, switched on without touching the
-        # sink: every Planner the sink creates folds later ops of users already in a cut.
-        from consumer import plan
-
-        init = plan.Planner.__init__
-        plan.Planner.__init__ = lambda self, **kw: init(self, fold_later=True)  # type: ignore[method-assign]
     profiler = None
     if args.profile:
         from pyinstrument import Profiler
@@ -152,7 +145,6 @@ def main() -> int:
     p.add_argument("--base-url")
     p.add_argument("--profile")
     p.add_argument("--min-seconds", type=float, default=0.0)
-    p.add_argument("--fold-later", action="store_true")
     argv = sys.argv[1:]
     rest: list[str] = []
     if "--" in argv:

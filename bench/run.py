@@ -56,9 +56,6 @@ SCALES: dict[str, dict[str, Any]] = {
              "backlog": (2_000_000, 200_000), "procs": [1, 2, 4], "ceiling_s": 20},
 }
 ALL_CASES = ["ceiling", "sink", "naive", "limits", "backlog", "scale"]
-#: Not in the default run (another ~10 minutes at full scale): case 4 with the planner's
-#: ``fold_later`` prototype switched on in the sink process.
-EXTRA_CASES = ["limits-fold"]
 WRITES = ("POST /v1/users/bulk/identify", "PUT /v1/users/{user_id}", "POST /v1/users/{user_id}/merge")
 
 
@@ -225,8 +222,7 @@ def case_naive(env: Env, sc: dict[str, Any]) -> dict[str, Any]:
     return _row("naive", "3. naive (SDK PUT + commit per event)", r, api.stats())
 
 
-def case_limits(env: Env, sc: dict[str, Any], fold_later: bool = False,
-                profile: Path | None = None) -> dict[str, Any]:
+def case_limits(env: Env, sc: dict[str, Any], profile: Path | None = None) -> dict[str, Any]:
     n, users = sc["limits"]
     topic = env.topic("limits", n, users)
     # A window that holds the whole backlog, so the backfill reads ahead to the end before it
@@ -247,16 +243,14 @@ def case_limits(env: Env, sc: dict[str, Any], fold_later: bool = False,
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        extra = (["--fold-later"] if fold_later else []) + (["--profile", str(profile)] if profile else [])
+        extra = ["--profile", str(profile)] if profile else []
         r = _run_child("sink", extra, env.tmp, env.child_env,
                        _sink_args(env, topic, f"limits-{uuid.uuid4().hex[:6]}", "knock") + flags)
     finally:
         stop.set()
         watcher.join()
     stats = api.stats()
-    row = _row("limits-fold" if fold_later else "limits",
-               "4b. same, planner fold_later (prototype)" if fold_later else "4. sink, Knock limits (backfill)",
-               r, stats)
+    row = _row("limits", "4. sink, Knock limits (backfill)", r, stats)
     first = next((t for t, calls, _ in timeline if calls), None)
     base = next((lim for t, _, lim in timeline if first is not None and t >= first + 1.0), 0)
     row["knock_429_after_1s"] = row["knock_429"] - base
@@ -343,11 +337,9 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out["sink_over_ceiling"] = round(rows["sink"]["events_per_s"] / rows["ceiling"]["events_per_s"], 3)
     if "sink" in rows and "naive" in rows:
         out["sink_over_naive"] = round(rows["sink"]["events_per_s"] / rows["naive"]["events_per_s"], 1)
-    for case in ("limits", "limits-fold"):
-        if case in rows:
-            suffix = "" if case == "limits" else "_fold_later"
-            out["backfill_over_bound" + suffix] = rows[case]["time_over_bound"]
-            out["backfill_429_after_1s" + suffix] = rows[case]["knock_429_after_1s"]
+    if "limits" in rows:
+        out["backfill_over_bound"] = rows["limits"]["time_over_bound"]
+        out["backfill_429_after_1s"] = rows["limits"]["knock_429_after_1s"]
     if "backlog" in rows:
         out["backlog_peak_rss_mb"] = rows["backlog"]["peak_rss_mb"]
     return out
@@ -355,8 +347,7 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 TARGETS = {"sink_over_ceiling": (">=", 0.5), "sink_over_naive": (">=", 50),
            "backfill_over_bound": ("<=", 1.1), "backfill_429_after_1s": ("<=", 0),
-           "backlog_peak_rss_mb": ("<=", 300), "backfill_over_bound_fold_later": ("<=", 1.1),
-           "backfill_429_after_1s_fold_later": ("<=", 0)}
+           "backlog_peak_rss_mb": ("<=", 300)}
 
 
 def render(report: dict[str, Any]) -> None:
@@ -406,7 +397,7 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
-    p.add_argument("--cases", nargs="+", choices=ALL_CASES + EXTRA_CASES, default=ALL_CASES)
+    p.add_argument("--cases", nargs="+", choices=ALL_CASES, default=ALL_CASES)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench.json"))
     p.add_argument("--profile", help="also write pyinstrument profiles of the sink case here (and of case 4 "
                    "beside it, with '-limits' appended)")
@@ -453,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             env = Env(bootstrap, {"off": api_off, "knock": api_knock}, Path(tmpdir))
             rows: list[dict[str, Any]] = []
-            for case in ALL_CASES + EXTRA_CASES:
+            for case in ALL_CASES:
                 if case not in args.cases:
                     continue
                 log(f"case {case}")
@@ -466,8 +457,6 @@ def main(argv: list[str] | None = None) -> int:
                 elif case == "limits":
                     rows.append(case_limits(env, sc, profile=Path(f"{args.profile}-limits")
                                             if args.profile else None))
-                elif case == "limits-fold":
-                    rows.append(case_limits(env, sc, fold_later=True))
                 elif case == "backlog":
                     rows.append(case_backlog(env, sc))
                 elif case == "scale":

@@ -1,8 +1,11 @@
 """Apply step: carry out a :class:`~consumer.plan.Plan` against Knock and report what became of
 every pending op.
 
-Levels run one after another; the steps inside a level touch disjoint users and run
-concurrently. An op counts as *done* only when Knock applied it: for bulk identify that means
+:class:`Flight` runs up to :data:`PLANS_IN_FLIGHT` plans side by side on worker threads, so
+fetching (and the consumer's group membership) goes on while Knock is slow, retried or
+rate-limited; their users are disjoint (see ``busy`` in :meth:`consumer.plan.Planner.cut`), so
+per-user order holds. Within a plan, :class:`Applier` runs the levels one after another; the
+steps inside a level touch disjoint users and run concurrently. An op counts as *done* only when Knock applied it: for bulk identify that means
 the bulk operation finished and the user is in neither its ``error_items`` nor the
 ``x-ratelimited-*`` header. When an op of a user does not apply, every later op of that user
 (and any merge involving it) in the same plan is handed back untouched, so per-user order holds
@@ -15,20 +18,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import orjson
 
 from .errors import ItemError, RetryableError
 from .knock import KnockClient
+from .limits import ENTITY_GAP
 from .ops import Merge
 from .plan import Entry, Level, MergeStep, Pending, Plan
 
 log = logging.getLogger("knock_sink.apply")
 
-#: Knock skips a user updated by a bulk call less than this many seconds earlier.
-ENTITY_GAP = 1.0
+#: Plans applied side by side. Two hide the gap between one plan's end and the next one's
+#: first request (bulk operation polling, waiting for the limiter).
+PLANS_IN_FLIGHT = 2
 #: Users remembered for the entity gap before the old ones are forgotten.
 PRUNE_AT = 200_000
 
@@ -64,11 +69,12 @@ def _chunks(items: list[Entry], size: int) -> Iterator[list[Entry]]:
 
 
 class Applier:
-    """Runs plans; one plan at a time (the caller serialises calls to :meth:`apply`).
+    """Runs plans. :meth:`apply` may run for two plans at once on disjoint users (see
+    :class:`Flight`): what they share (the entity-gap memory) is locked.
 
     :param singles: at most this many entries of a level go through single identify instead of
         bulk (Knock paces the two endpoints separately, so both budgets add up), and entries
-        whose user was in a bulk call less than :data:`ENTITY_GAP` ago always do.
+        whose user was in a bulk call less than ``entity_gap`` ago always do.
     """
 
     def __init__(
@@ -238,3 +244,56 @@ class Applier:
         for e in entries:
             blocked.add(e.user_id)
             out.retry.extend((p, 0.0) for p in e.items)
+
+
+class Flight:
+    """The plans being applied, each on a worker thread, with the users each touches.
+
+    Only the loop's thread calls it; outcomes come back through :meth:`collect`, on that
+    thread, which alone resolves offsets.
+    """
+
+    def __init__(self, applier: Applier, size: int = PLANS_IN_FLIGHT) -> None:
+        self._applier = applier
+        self._size = size
+        self._pool = ThreadPoolExecutor(size, thread_name_prefix="apply")
+        self._plans: dict[Future[Outcome], set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    @property
+    def full(self) -> bool:
+        return len(self._plans) >= self._size
+
+    def busy(self) -> set[str]:
+        """Users of the plans in flight: the next cut must leave them alone."""
+        return set().union(*self._plans.values())
+
+    def start(self, plan: Plan) -> None:
+        self._plans[self._pool.submit(self._applier.apply, plan)] = plan.users()
+
+    def collect(self, take: Callable[[Outcome], None], timeout: float = 0) -> bool:
+        """Hand the outcome of each plan finished within ``timeout`` (waiting for all of them)
+        to ``take``. Returns True when none is left in flight.
+
+        :raises FatalKnockError: when a plan met one, after the others were taken in.
+        """
+        if self._plans:
+            done, _ = wait(list(self._plans), timeout, return_when=ALL_COMPLETED)
+            error: BaseException | None = None
+            for future in [f for f in self._plans if f in done]:
+                del self._plans[future]
+                try:
+                    out = future.result()
+                except BaseException as exc:  # noqa: BLE001 - re-raised once the rest is taken
+                    error = error or exc
+                else:
+                    take(out)
+            if error is not None:
+                raise error
+        return not self._plans
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._applier.close()

@@ -109,7 +109,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
-    from .sink import Sink, describe
+    from .sink import Sink
 
     settings = _settings(args)
     logging.basicConfig(
@@ -127,7 +127,7 @@ def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
     except FatalKnockError as exc:
         print(f"knock-sink: stopped: {exc}", file=sys.stderr)
         return EXIT_FATAL
-    print(json.dumps(describe(summary), sort_keys=True))
+    print(json.dumps(summary.describe(), sort_keys=True))
     return 0
 
 

@@ -15,11 +15,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
+from .limits import MAX_BULK, RateLimitMode
+from .plan import NestedMerge
 
 DEFAULT_BASE_URL = "https://api.knock.app"
 DEFAULT_GROUP_ID = "knock-sink"
-#: Knock's current bulk identify limit; accounts on the older documented limit use 100.
-MAX_BULK_USERS = 1000
 
 #: Knock reserved field -> trait keys tried in order (the first one present wins).
 DEFAULT_FIELDS: dict[str, list[str]] = {
@@ -72,14 +72,18 @@ class KafkaSettings(_Section):
     def dlq_for(self, topic: str) -> str:
         return self.dlq_topic or f"{topic}.dlq"
 
+    def librdkafka(self) -> dict[str, Any]:
+        """The librdkafka settings shared by every client: bootstrap plus the pass-through."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.client}
+
 
 class KnockSettings(_Section):
     api_key: SecretStr | None = None
     base_url: str = DEFAULT_BASE_URL
     #: Users per bulk identify call.
-    bulk_size: int = Field(MAX_BULK_USERS, ge=1, le=MAX_BULK_USERS)
+    bulk_size: int = Field(MAX_BULK, ge=1, le=MAX_BULK)
     #: ``knock`` paces every endpoint to Knock's documented tiers; ``off`` for local benchmarks.
-    rate_limits: Literal["knock", "off"] = "knock"
+    rate_limits: RateLimitMode = "knock"
     #: Seconds for one HTTP request.
     timeout: float = Field(30.0, gt=0)
     #: Cap of the exponential backoff between retries of a transient failure, in seconds.
@@ -90,7 +94,7 @@ class KnockSettings(_Section):
     #: keeps two updates that both carry an object under one key apart, exact whether Knock
     #: deep-merges or replaces them; ``deep`` (Knock's documented behaviour today) folds them
     #: into one deep-merged entry: fewer calls, exact only where Knock deep-merges.
-    nested_merge: Literal["either", "deep"] = "either"
+    nested_merge: NestedMerge = "either"
 
     @field_validator("base_url")
     @classmethod
@@ -98,6 +102,12 @@ class KnockSettings(_Section):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/")
+
+    def secret_key(self) -> str:
+        """The API key; :class:`ConfigError` when it is not set (the one place that checks)."""
+        if self.api_key is None or not self.api_key.get_secret_value():
+            raise ConfigError("knock.api_key", "not set (KNOCK_API_KEY)")
+        return self.api_key.get_secret_value()
 
 
 class MappingSettings(_Section):
@@ -163,8 +173,7 @@ class Settings(_Section):
         """Check what ``run`` and ``backfill`` need beyond the types."""
         if not self.kafka.topics:
             raise ConfigError("kafka.topics", "no topic to read (KNOCK_SINK_TOPICS or --topic)")
-        if self.knock.api_key is None or not self.knock.api_key.get_secret_value():
-            raise ConfigError("knock.api_key", "not set (KNOCK_API_KEY)")
+        self.knock.secret_key()
 
 
 def _deep_set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

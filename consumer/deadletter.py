@@ -1,10 +1,14 @@
-"""Dead-letter step: park an event Knock can never take, with the reason, in a Kafka topic.
+"""Dead-letter step: park an event that can never be applied, with its reason, in a Kafka topic.
 
-The record keeps the original key, value and headers, and adds headers naming the error and
-where the event came from. The caller moves the offset past the event only from the delivery
-callback, i.e. once the broker has confirmed the write; a write that fails is sent again.
-:class:`Originals` reads an event back from its topic when Knock rejects it after the sink has
-let go of the message.
+:class:`DeadLetters` is the whole rule, with no Kafka inside: :meth:`~DeadLetters.park` takes
+the event's :class:`~consumer.tracker.Handle` and holds it until the broker has confirmed the
+record, so the offset moves past the event only then. The record keeps the original key, value
+and headers and adds headers naming the error and where the event came from. An event rejected
+by Knock is parked without its record (the sink let go of the bytes once it mapped them); it is
+read back from its topic by position (:class:`Originals`) by :meth:`~DeadLetters.pump`.
+
+:class:`KafkaWriter` and :class:`Originals` are the Kafka side: the idempotent producer and the
+read-back consumer.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from .config import KafkaSettings
 from .errors import ConfigError
-from .source import client_config
+from .metrics import Metrics
+from .records import DeadLetterWriter, Headers, Position, Record, RecordReader
+from .tracker import Handle
 
 log = logging.getLogger("knock_sink.deadletter")
+KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
 
 #: Header names; values are UTF-8 strings.
 H_KIND = "knock-sink.error.kind"
@@ -32,32 +39,128 @@ H_OFFSET = "knock-sink.source.offset"
 
 #: Reasons longer than this are cut: a header is not the place for a whole response body.
 MAX_REASON = 2000
+#: Seconds between attempts to read back events while the broker cannot serve them.
+READ_BACK_EVERY = 5.0
+
+
+def headers_for(record: Record, kind: str, reason: str) -> Headers:
+    """The original headers plus the sink's: what failed, why, and where the event was."""
+    return [
+        *(record.headers or []),
+        (H_KIND, kind.encode()),
+        (H_REASON, reason[:MAX_REASON].encode()),
+        (H_TOPIC, record.topic.encode()),
+        (H_PARTITION, str(record.partition).encode()),
+        (H_OFFSET, str(record.offset).encode()),
+    ]
 
 
 class DeadLetters:
+    """Parks events in their dead-letter topic and releases each one's handle once the broker
+    has the record.
+
+    Not thread-safe: the loop calls every method, and the writer's delivery callbacks run inside
+    :meth:`pump` and :meth:`flush`, on the same thread.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        writer: DeadLetterWriter,
+        reader: RecordReader,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._writer = writer
+        self._reader = reader
+        self._metrics = metrics
+        self._clock = clock
+        #: Parked without their record, waiting to be read back: (handle, kind, reason).
+        self._unread: list[tuple[Handle, str, str]] = []
+        self._read_back_at = 0.0
+
+    def park(self, handle: Handle, kind: str, reason: str, record: Record | None = None) -> None:
+        """Dead-letter the event of ``handle``, from ``record`` or, when not given, read back
+        from its topic. The handle is held until the broker confirms the write; the caller
+        keeps (and releases) its own hold. One record per event: a second park of the same
+        event, or a park for a retired generation (the event will be read again), does nothing.
+        """
+        if not handle.claim_dead_letter():
+            return
+        handle.hold()
+        self._metrics.dead_lettered.labels(kind).inc()
+        topic, partition = handle.partition
+        log.warning("dead-lettering %s[%d]@%d: %s: %s", topic, partition, handle.offset, kind, reason)
+        if record is None:
+            self._unread.append((handle, kind, reason))
+            self._read_back_at = 0.0  # read the new ones back on the next pump, all in one go
+        else:
+            self._write(record, kind, reason, handle)
+
+    def pump(self, timeout: float = 5.0) -> None:
+        """Serve delivery confirmations and read back what is parked without its record: at
+        most once every :data:`READ_BACK_EVERY` seconds while the broker cannot serve it. What
+        was revoked meanwhile is left to the partition's new owner."""
+        self._writer.poll()
+        if not self._unread or self._clock() < self._read_back_at:
+            return
+        self._read_back_at = self._clock() + READ_BACK_EVERY
+        waiting = [w for w in self._unread if w[0].current]
+        self._unread = []
+        got = self._reader.fetch(((*h.partition, h.offset) for h, _, _ in waiting), timeout)
+        for handle, kind, reason in waiting:
+            pos: Position = (*handle.partition, handle.offset)
+            if pos not in got:
+                self._unread.append((handle, kind, reason))
+                continue
+            record = got[pos]
+            if record is None:
+                record = Record(*pos)
+                reason = f"{reason} (the original is no longer in {pos[0]})"
+            self._write(record, kind, reason, handle)
+        if self._unread:
+            log.warning("%d rejected events could not be read back for the dead-letter topic "
+                        "yet; their offsets stay uncommitted", len(self._unread))  # fmt: skip
+
+    def flush(self, timeout: float) -> None:
+        """Read back what is parked and confirm every write, within ``timeout`` seconds."""
+        deadline = self._clock() + timeout
+        self._read_back_at = 0.0
+        self.pump(max(0.5, deadline - self._clock()))
+        self._writer.flush(max(0.0, deadline - self._clock()))
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+    def _write(self, record: Record, kind: str, reason: str, handle: Handle) -> None:
+        dlq = self._settings.dlq_for(record.topic)
+        self._writer.write(record, dlq, headers_for(record, kind, reason), handle.release)
+
+
+class KafkaWriter:
+    """The dead-letter producer: idempotent, so a retried produce never writes a record twice;
+    a write that fails after librdkafka's own retries is written again rather than skipped."""
+
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
-        conf = {
-            **client_config(settings),
-            # Idempotence: a retried produce never writes the record twice.
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-        }
+        conf = {**settings.librdkafka(), "enable.idempotence": True, "acks": "all", "linger.ms": 5}
         try:
-            self._producer = Producer(conf)
+            self._producer = Producer(conf, logger=KAFKA_LOG)
         except KafkaException as exc:
             raise ConfigError("kafka.client", exc.args[0].str()) from None
-        self._outstanding = 0
 
-    def ensure_topics(self, source_topics: Iterable[str], timeout: float = 15.0) -> None:
+    def ensure_topics(self, source_topics: Iterable[str], dlq_for: Callable[[str], str],
+                      timeout: float = 15.0) -> None:  # fmt: skip
         """Create missing dead-letter topics with the partition count of their source topic.
         Where the broker does not let us, the first write will say so."""
-        admin = AdminClient(client_config(self._settings))
+        admin = AdminClient({**self._settings.librdkafka(), "logger": KAFKA_LOG})
         meta = admin.list_topics(timeout=timeout)
         wanted = {}
         for topic in source_topics:
-            dlq = self._settings.dlq_for(topic)
+            dlq = dlq_for(topic)
             if dlq not in meta.topics:
                 src = meta.topics.get(topic)
                 parts = len(src.partitions) if src is not None and src.error is None else 1
@@ -71,64 +174,35 @@ class DeadLetters:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     log.warning("could not create dead-letter topic %s: %s", name, exc.args[0])
 
-    def send(self, msg: Message, kind: str, reason: str, on_delivered: Callable[[], None]) -> None:
-        """Write ``msg`` to its dead-letter topic; call ``on_delivered`` once the broker has it."""
-        self._send(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                   list(msg.headers() or []), kind, reason, on_delivered)
-
-    def send_gone(self, topic: str, partition: int, offset: int, kind: str, reason: str,
-                  on_delivered: Callable[[], None]) -> None:
-        """Write a record without key or value for an event its topic no longer holds
-        (see :meth:`Originals.fetch`): the headers still say where it was and why it failed."""
-        self._send(topic, partition, offset, None, None, [], kind,
-                   f"{reason} (the original is no longer in {topic})", on_delivered)
-
-    def _send(self, topic: str, partition: int, offset: int, key: bytes | None,
-              value: bytes | None, headers: list, kind: str, reason: str,  # type: ignore[type-arg]
-              on_delivered: Callable[[], None]) -> None:
-        headers += [
-            (H_KIND, kind.encode()),
-            (H_REASON, reason[:MAX_REASON].encode()),
-            (H_TOPIC, topic.encode()),
-            (H_PARTITION, str(partition).encode()),
-            (H_OFFSET, str(offset).encode()),
-        ]
-        dlq = self._settings.dlq_for(topic)
-
+    def write(self, record: Record, topic: str, headers: Headers,
+              on_delivered: Callable[[], object]) -> None:  # fmt: skip
         def delivered(err: KafkaError | None, _m: Message) -> None:
             if err is None:
-                self._outstanding -= 1
                 on_delivered()
                 return
-            # librdkafka already retried for message.timeout.ms; keep the event rather than
-            # move past it.
-            log.error("dead-letter write to %s failed (%s); writing again", dlq, err)
-            self._produce(dlq, key, value, headers, delivered)
+            log.error("dead-letter write to %s failed (%s); writing again", topic, err)
+            self._produce(topic, record, headers, delivered)
 
-        self._outstanding += 1
-        self._produce(dlq, key, value, headers, delivered)
+        self._produce(topic, record, headers, delivered)
 
-    def _produce(self, dlq: str, key: bytes | None, value: bytes | None, headers: list,  # type: ignore[type-arg]
-                 cb: Callable) -> None:  # type: ignore[type-arg]
+    def _produce(self, topic: str, record: Record, headers: Headers,
+                 cb: Callable[[KafkaError | None, Message], None]) -> None:  # fmt: skip
         while True:
             try:
-                self._producer.produce(dlq, value, key, headers=headers, on_delivery=cb)
+                self._producer.produce(topic, record.value, record.key, headers=headers,
+                                       on_delivery=cb)  # fmt: skip
                 return
             except BufferError:
                 self._producer.poll(0.1)
 
     def poll(self) -> None:
-        """Serve delivery callbacks (on the caller's thread)."""
         self._producer.poll(0)
 
     def flush(self, timeout: float) -> int:
-        """Wait up to ``timeout`` for confirmations; returns how many writes are still unconfirmed."""
-        self._producer.flush(timeout)
-        return self._outstanding
+        return int(self._producer.flush(timeout))
 
-    @property
-    def outstanding(self) -> int:
-        return self._outstanding
+    def close(self) -> None:
+        self._producer.flush(5.0)
 
 
 class Originals:
@@ -147,17 +221,15 @@ class Originals:
         self._settings = settings
         self._consumer: Consumer | None = None
 
-    def fetch(
-        self, wanted: Iterable[tuple[str, int, int]], timeout: float = 10.0
-    ) -> dict[tuple[str, int, int], Message | None]:
+    def fetch(self, wanted: Iterable[Position], timeout: float = 10.0) -> dict[Position, Record | None]:
         """Read back ``(topic, partition, offset)`` positions. The answer maps each position
-        read to its message, or to ``None`` when the topic no longer holds it (retention,
+        read to its record, or to ``None`` when the topic no longer holds it (retention,
         compaction); positions missing from the answer could not be read within ``timeout``
         (the broker is away) and are for a later call."""
         by_tp: dict[tuple[str, int], list[int]] = {}
         for topic, partition, offset in wanted:
             by_tp.setdefault((topic, partition), []).append(offset)
-        out: dict[tuple[str, int, int], Message | None] = {}
+        out: dict[Position, Record | None] = {}
         if not by_tp:
             return out
         consumer = self._open()
@@ -176,18 +248,19 @@ class Originals:
                 while todo and todo[0] < msg.offset():
                     out[(topic, partition, todo.popleft())] = None  # gone from the topic
                 if todo and todo[0] == msg.offset():
-                    out[(topic, partition, todo.popleft())] = msg
+                    out[(topic, partition, todo.popleft())] = Record(
+                        topic, partition, msg.offset(), msg.key(), msg.value(), msg.headers())
         return out
 
     def _open(self) -> Consumer:
         if self._consumer is None:
             self._consumer = Consumer({
-                **client_config(self._settings),
+                **self._settings.librdkafka(),
                 "group.id": self._settings.group_id,  # required; assign() never joins it
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
-            })
+            }, logger=KAFKA_LOG)  # fmt: skip
         return self._consumer
 
     def close(self) -> None:

@@ -1,8 +1,10 @@
 """Decode step: the bytes of a Kafka value into a JSON-shaped Python value.
 
 A decoder is any object with ``decode(value: bytes | None) -> object`` that raises
-:class:`~consumer.errors.InvalidEvent` for a value it cannot read. The sink holds one decoder and
-never looks inside it, so Avro (or anything else) swaps in without touching the rest.
+:class:`~consumer.errors.InvalidEvent` for a value it cannot read. The sink holds one decoder
+and never looks inside it, so Avro (or anything else) swaps in without touching the rest.
+:class:`SizeLimit` puts the rule every format shares in front of it: a value above
+``kafka.max_message_bytes`` is not decoded at all.
 """
 
 from __future__ import annotations
@@ -32,3 +34,17 @@ class JsonDecoder:
             return orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             raise InvalidEvent("undecodable", f"invalid JSON: {exc}") from None
+
+
+class SizeLimit:
+    """``decoder`` behind a size check: a value above ``max_bytes`` is ``oversize`` unread (a
+    huge value is more likely a producer's bug than an event, and parsing it costs the loop)."""
+
+    def __init__(self, decoder: Decoder, max_bytes: int) -> None:
+        self._decoder = decoder
+        self._max = max_bytes
+
+    def decode(self, value: bytes | None) -> object:
+        if value is not None and len(value) > self._max:
+            raise InvalidEvent("oversize", f"{len(value)} bytes > {self._max}")
+        return self._decoder.decode(value)

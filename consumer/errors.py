@@ -2,12 +2,14 @@
 
     SinkError
     ├── ConfigError          bad setting: one line naming it, exit code 2
-    ├── FatalKnockError      Knock says the configuration is wrong (401/403, 404 on the API
-    │                        root): stop fetching, commit nothing past it, exit non-zero
     ├── InvalidEvent         this one event can never be applied: dead-letter it with `reason`
     └── KnockError           an HTTP answer from Knock, parsed from its {code, message, status, type}
         ├── RetryableError   connection error, timeout, 408, 429, 5xx: retry with backoff
-        └── ItemError        a per-item 4xx (422 on one user): dead-letter that item
+        ├── ItemError        a per-item 4xx (422 on one user): dead-letter that item
+        └── FatalKnockError  Knock says the configuration is wrong (401/403, 404 on an upsert
+                             route): stop fetching, commit nothing past it, exit 3
+
+``tests/test_errors.py`` holds this drawing against the classes.
 
 Nothing in here ever carries the API key: messages are built from status lines and Knock's
 error bodies only.
@@ -33,7 +35,7 @@ class ConfigError(SinkError):
 
 class InvalidEvent(SinkError):
     """An event that can never be applied. ``kind`` is a short stable tag for metrics and the
-    dead-letter ``error.type`` header; ``reason`` the human-readable detail."""
+    dead-letter header ``knock-sink.error.kind``; ``reason`` the human-readable detail."""
 
     def __init__(self, kind: str, reason: str) -> None:
         self.kind = kind
@@ -68,7 +70,8 @@ class RetryableError(KnockError):
 
 
 class ItemError(KnockError):
-    """A permanent rejection of one request's content (4xx other than 401/403/404-on-root/408/429)."""
+    """A permanent rejection of one request's content (4xx other than 401/403/408/429, and other
+    than a 404 on an upsert route)."""
 
 
 class FatalKnockError(KnockError):

@@ -2,8 +2,9 @@
 
 :func:`parse_event` takes the already-decoded JSON value of one Kafka message and returns an
 :class:`Event`, or raises :class:`~consumer.errors.InvalidEvent` (``kind="invalid_event"``) when
-the value is not a usable Segment message. The rules, from what libraries actually send
-(``/work/shared/notes/segment-spec.md`` §1):
+the value is not a usable Segment message. The rules follow Segment's spec of the common fields
+and of each call, loosened to what analytics-python, analytics-node and RudderStack's SDKs
+really send:
 
 * ``type`` must be one of :data:`EVENT_TYPES` (case-insensitive).
 * Ids (``userId``, ``anonymousId``, ``previousId``, ``groupId``, ``messageId``) and the track

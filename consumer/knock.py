@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
@@ -24,7 +24,8 @@ import httpx
 import orjson
 
 from .config import KnockSettings
-from .errors import ConfigError, FatalKnockError, ItemError, KnockError, RetryableError
+from .errors import FatalKnockError, ItemError, KnockError, RetryableError
+from .limits import MAX_BULK
 from .policy import Backoff, RateLimits, Sleeper, classify, parse_retry_after, wait
 
 log = logging.getLogger("knock_sink.knock")
@@ -34,8 +35,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     _VERSION = "0+unknown"
 
-#: Knock's bulk endpoints take at most this many ids per call.
-MAX_BULK: Final = 1000
 _POLL_FIRST: Final = 0.005  # local bulk operations finish in milliseconds; Knock's in more
 _POLL_MAX: Final = 1.0
 _DONE: Final = frozenset({"completed", "failed"})
@@ -68,7 +67,7 @@ class BulkResult:
 
 
 #: Endpoints for which 404 means a wrong route, never a missing user.
-_NEVER_MISSING = frozenset({"identify", "bulk_identify", "bulk_delete", "list_users"})
+_NEVER_MISSING = frozenset({"identify", "bulk_identify", "list_users"})
 
 
 def _path_id(value: str) -> str:
@@ -147,11 +146,12 @@ class KnockClient:
         stop: threading.Event | None = None,
         http: httpx.Client | None = None,
     ) -> KnockClient:
-        """Build a client, with its own :class:`RateLimits`, from the ``[knock]`` settings."""
-        if settings.api_key is None or not settings.api_key.get_secret_value():
-            raise ConfigError("knock.api_key", "not set (KNOCK_API_KEY)")
+        """Build a client, with its own :class:`RateLimits`, from the ``[knock]`` settings.
+
+        :raises ConfigError: when the API key is not set.
+        """
         return cls(
-            api_key=settings.api_key.get_secret_value(),
+            api_key=settings.secret_key(),
             base_url=settings.base_url,
             timeout=settings.timeout,
             limits=RateLimits(settings.rate_limits),
@@ -197,28 +197,6 @@ class KnockClient:
                 return None
             raise
 
-    def delete_user(self, user_id: str) -> None:
-        """Delete one user; a user that does not exist counts as deleted."""
-        try:
-            self._send("delete", "DELETE", f"/v1/users/{_path_id(user_id)}")
-        except ItemError as exc:
-            if exc.status != 404:
-                raise
-
-    def list_users(self, page_size: int = 50) -> Iterator[JSON]:
-        """Every user of the environment, following ``page_info.after`` page by page."""
-        if not 1 <= page_size <= 50:
-            raise ValueError("page_size must be between 1 and 50")
-        params: dict[str, str | int] = {"page_size": page_size}
-        while True:
-            page = self._json(self._send("list_users", "GET", "/v1/users", params=params))
-            entries = page.get("entries") or []
-            yield from entries
-            after = (page.get("page_info") or {}).get("after")
-            if not after or not entries:
-                return
-            params = {"page_size": page_size, "after": after}
-
     def merge(self, user_id: str, from_user_id: str) -> MergeResult:
         """Merge ``from_user_id`` into ``user_id``, creating ``user_id`` first if needed.
 
@@ -254,11 +232,6 @@ class KnockClient:
         if not all(isinstance(i, str) and i for i in ids):
             raise ValueError("every user needs a non-empty string 'id'")
         return self._bulk("bulk_identify", "/v1/users/bulk/identify", {"users": users}, ids)
-
-    def bulk_delete(self, user_ids: list[str]) -> BulkResult:
-        """Delete up to ``bulk_size`` users and wait for the bulk operation, like
-        :meth:`bulk_identify`."""
-        return self._bulk("bulk_delete", "/v1/users/bulk/delete", {"user_ids": user_ids}, user_ids)
 
     def _bulk(self, endpoint: str, path: str, body: JSON, ids: list[Any]) -> BulkResult:
         if not 1 <= len(ids) <= self.bulk_size:

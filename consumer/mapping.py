@@ -43,10 +43,9 @@ import phonenumbers
 from .config import MappingSettings
 from .errors import InvalidEvent
 from .events import Event, parse_timestamp
+from .limits import MAX_USER_ID_LENGTH
 from .ops import Identify, Merge, Op
 
-#: Knock's user id limit, in characters.
-MAX_USER_ID_LENGTH = 256
 _NAME_PARTS = (("firstName", "lastName"), ("first_name", "last_name"))
 _ALWAYS_CUSTOM = frozenset(k for pair in _NAME_PARTS for k in pair)
 _CONTEXT_FALLBACK = frozenset({"locale", "timezone"})

@@ -1,13 +1,19 @@
-"""Prometheus metrics of one sink. Each :class:`Metrics` has its own registry, so several sinks
-(tests, benchmarks) can live in one process; ``serve`` exposes it over HTTP.
+"""What happened, recorded once: the Prometheus metrics of one sink, and the run's
+:class:`Summary` read back from them.
 
-Labels never carry user ids or anything from the Knock settings: cardinality stays bounded
-and the API key has no way in.
+Each :class:`Metrics` has its own registry, so several sinks (tests, benchmarks) can live in one
+process; ``serve`` exposes it over HTTP. Labels never carry user ids or anything from the Knock
+settings: cardinality stays bounded and the API key has no way in.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from .records import Partition
 
 
 class Metrics:
@@ -35,6 +41,10 @@ class Metrics:
             "knock_sink_retries", "Knock requests or items retried", ["reason"], registry=r
         )
         self.commits = Counter("knock_sink_commits", "Offset commits", registry=r)
+        self.committed = Gauge(
+            "knock_sink_committed_offset", "Last committed position (next offset to read)",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
         self.pending = Gauge(
             "knock_sink_pending_events", "Events read but not yet committable", registry=r
         )
@@ -43,7 +53,58 @@ class Metrics:
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)
 
+    def committed_positions(self) -> dict[Partition, int]:
+        """The last position committed for each partition this process ever committed."""
+        return {(labels["topic"], int(labels["partition"])): int(v)
+                for labels, v in _samples(self.committed, "_offset")}  # fmt: skip
+
+
+def _samples(metric: Counter | Gauge, suffix: str) -> list[tuple[dict[str, str], float]]:
+    return [(s.labels, s.value) for m in metric.collect() for s in m.samples if s.name.endswith(suffix)]
+
 
 def total(counter: Counter) -> int:
-    """Sum of a counter over all its label values (for summaries and tests)."""
-    return int(sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total")))
+    """Sum of a counter over all its label values."""
+    return int(sum(v for _, v in _samples(counter, "_total")))
+
+
+def by_label(counter: Counter) -> dict[str, int]:
+    """A one-label counter as ``{label value: count}``, zeros left out."""
+    return {next(iter(labels.values())): int(v) for labels, v in _samples(counter, "_total") if v}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What one run did, read from its :class:`Metrics`; printed by the command line."""
+
+    consumed: int
+    applied: int
+    dead_lettered: dict[str, int]
+    notes: dict[str, int]
+    knock_calls: dict[str, int]
+    users_sent: int
+    committed: dict[Partition, int]
+
+    @classmethod
+    def of(cls, metrics: Metrics) -> Summary:
+        return cls(
+            consumed=total(metrics.consumed),
+            applied=total(metrics.applied),
+            dead_lettered=by_label(metrics.dead_lettered),
+            notes=by_label(metrics.notes),
+            knock_calls=by_label(metrics.knock_calls),
+            users_sent=total(metrics.users_sent),
+            committed=metrics.committed_positions(),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly view."""
+        return {
+            "consumed": self.consumed,
+            "applied": self.applied,
+            "dead_lettered": self.dead_lettered,
+            "skipped_or_noted": self.notes,
+            "knock_calls": self.knock_calls,
+            "users_sent": self.users_sent,
+            "committed": {f"{t}[{p}]": o for (t, p), o in sorted(self.committed.items())},
+        }

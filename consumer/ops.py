@@ -1,8 +1,8 @@
 """What one event asks of Knock: the vocabulary shared by mapping, plan and the Knock client.
 
 The mapping step turns a Segment event into zero or more of these; the plan step coalesces and
-orders them; the Knock client carries them out. They hold no Kafka offsets: the sink wraps each
-one with the message it came from (see :mod:`consumer.plan`).
+orders them; the applier carries them out through the Knock client. They hold no Kafka offsets:
+the sink wraps each one with the handle of the position it came from (see :mod:`consumer.plan`).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ No I/O and no clock: time is the ``now`` argument.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from types import MappingProxyType
@@ -89,29 +89,6 @@ class Plan:
 
     levels: list[Level]
 
-    @property
-    def entry_count(self) -> int:
-        return sum(len(level.identifies) for level in self.levels)
-
-    @property
-    def merge_count(self) -> int:
-        return sum(len(level.merges) for level in self.levels)
-
-    @property
-    def item_count(self) -> int:
-        """Pendings in the plan (coalesced identifies count one each)."""
-        return sum(
-            sum(len(e.items) for e in level.identifies) + len(level.merges) for level in self.levels
-        )
-
-    def pendings(self) -> Iterator[Pending]:
-        """Every pending in the plan, level by level."""
-        for level in self.levels:
-            for entry in level.identifies:
-                yield from entry.items
-            for step in level.merges:
-                yield step.pending
-
     def users(self) -> set[str]:
         """Every user a step of this plan touches."""
         out: set[str] = set()
@@ -168,21 +145,19 @@ def _fold_deep(into: dict[str, Any], props: dict[str, Any]) -> None:
 class Planner:
     """Pending ops in seq order, cut into :class:`Plan` s as they become sendable.
 
-    ``add`` is O(1); ``cut``, ``drop`` and ``next_ready`` are O(pending); ``retry`` sorts.
+    ``add`` is O(1); ``cut`` and ``drop`` are O(pending); ``retry`` sorts.
     """
 
-    __slots__ = ("_queue", "_last_seq", "_fold_later", "_can_fold", "_fold", "_open")
+    __slots__ = ("_queue", "_last_seq", "_can_fold", "_fold", "_open")
 
-    def __init__(self, *, fold_later: bool = False, nested: NestedMerge = "either") -> None:
-        """:param fold_later: the default of :meth:`cut`'s ``fold_later``.
-        :param nested: what Knock does with nested objects. ``either`` (default) folds only
+    def __init__(self, *, nested: NestedMerge = "either") -> None:
+        """:param nested: what Knock does with nested objects. ``either`` (default) folds only
             what is exact whether Knock deep-merges them or replaces them (two updates that both
             carry an object under one key stay apart); ``deep`` relies on Knock's documented
             deep merge and folds such objects into one deep-merged entry.
         """
         self._queue: list[Pending] = []
         self._last_seq: int | None = None
-        self._fold_later = fold_later
         if nested == "deep":
             self._can_fold, self._fold = _can_fold_deep, _fold_deep
         elif nested == "either":
@@ -271,7 +246,6 @@ class Planner:
         now: float,
         max_users: int | None = None,
         *,
-        fold_later: bool | None = None,
         busy: Iterable[str] = (),
         max_levels: int | None = None,
     ) -> Plan:
@@ -286,15 +260,6 @@ class Planner:
             users into the plan; it and every later op stay pending, except riders of ops
             already planned (see :meth:`add`), which always go with them. An op is always taken when
             the plan is still empty, so a merge cannot stall with ``max_users=1``.
-        :param fold_later: with ``max_users``, do not stop there: walk the whole queue, hold
-            (as above: with all its users) each op that would bring a user beyond the budget,
-            and keep taking the later ops of users already in the plan. Each user's ops still go
-            in order, and the plan still has at most ``max_users`` users, but it carries more of
-            their updates, so a backlog where each user has many events spread over the topic
-            needs fewer sends per user. Defaults to the
-            planner's ``fold_later``. Off by default: measured under Knock's limits (bench case
-            4b) it was slower, because a later identify that repeats a nested key cannot fold
-            (see :func:`_can_fold`) and becomes one more level, i.e. one more paced bulk call.
         :param max_levels: an op that would open a level beyond this many is held (with its
             users) for a later cut. Under Knock's limits every level costs a paced bulk call of
             its own, so a second level carrying a handful of users wastes a second of budget;
@@ -310,7 +275,6 @@ class Planner:
         if max_levels is not None and max_levels < 1:
             raise ValueError(f"max_levels must be at least 1, got {max_levels}")
         top = max_levels if max_levels is not None else 1 << 30
-        fold = self._fold_later if fold_later is None else fold_later
         levels: list[Level] = []
         # user -> (level of its last planned op, that op's entry if it was an identify)
         last: dict[str, tuple[int, Entry | None]] = {}
@@ -320,7 +284,7 @@ class Planner:
         budget = max_users if max_users is not None else -1
         plan_identify, plan_merge = self._plan_identify, self._plan_merge
         open_ = self._open  # a planned op leaves it; kept ops stay as they were
-        closed = False  # the budget was reached without fold: only riders of planned users go on
+        closed = False  # the budget was reached: only riders of planned users go on
         for p in queue:
             op = p.op
             if closed:
@@ -345,8 +309,7 @@ class Planner:
                     kept.append(p)
                     continue
                 if budget > 0 and uid not in last and len(last) >= budget:
-                    if not fold:
-                        closed = True
+                    closed = True
                     held.add(uid)
                     kept.append(p)
                     continue
@@ -365,8 +328,7 @@ class Planner:
             if budget > 0 and last:
                 new = sum(1 for u in set(users) if u not in last)
                 if new and len(last) + new > budget:
-                    if not fold:
-                        closed = True
+                    closed = True
                     held.update(users)
                     kept.append(p)
                     continue
@@ -444,26 +406,6 @@ class Planner:
         self._queue = kept
         self._reopen()
         return dropped
-
-    def next_ready(self, now: float) -> float | None:
-        """When a :meth:`cut` would next take something: ``now`` if it would now, the earliest
-        future time otherwise, ``None`` if nothing is pending. Ignores ``max_users``."""
-        # An op is sendable once it and every earlier op of its users are: a held op's own
-        # not_before may have passed while a barrier still holds it.
-        ready_at: dict[str, float] = {}
-        earliest: float | None = None
-        for p in self._queue:
-            users = _users(p.op)
-            t = max(p.not_before, *(ready_at.get(u, p.not_before) for u in users))
-            for u in users:
-                ready_at[u] = t
-            if earliest is None or t < earliest:
-                earliest = t
-        return None if earliest is None else max(earliest, now)
-
-    def pending(self) -> int:
-        """How many ops wait (held, or not cut yet)."""
-        return len(self._queue)
 
     def __len__(self) -> int:
         return len(self._queue)

@@ -19,15 +19,14 @@ from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Final, Literal
 
+from .limits import ENDPOINT_TIER, TIERS, RateLimitMode
+
 Verdict = Literal["ok", "retry", "item", "fatal"]
-RateLimitMode = Literal["knock", "off"]
 #: Monotonic seconds.
 Clock = Callable[[], float]
 #: ``sleep(seconds, stop)``: wait up to ``seconds``, returning early once ``stop`` is set.
 Sleeper = Callable[[float, threading.Event | None], None]
 
-#: Knock's documented rate-limit tiers, requests per second per endpoint per environment.
-TIERS: Final[Mapping[int, int]] = {1: 1, 2: 5, 3: 60, 4: 200, 5: 1000}
 #: The window the client paces to, a little over Knock's second. We time a request when it
 #: leaves, Knock when it arrives: with exactly 1.0 s between bulk calls, network jitter put
 #: about one call in five inside Knock's previous second (a 429 and at least a second lost,
@@ -38,17 +37,6 @@ KNOCK_WINDOW: Final = 1.03
 #: says the margin was too thin there (1 % of budget per call is cheaper than a lost second).
 WINDOW_STEP: Final = 0.01
 MAX_WINDOW: Final = 1.10
-#: The tier of each endpoint the client calls (``x-ratelimit-tier`` in Knock's OpenAPI spec).
-ENDPOINT_TIER: Final[Mapping[str, int]] = {
-    "bulk_identify": 1,
-    "bulk_delete": 1,
-    "merge": 2,
-    "delete": 2,
-    "identify": 3,
-    "get_user": 4,
-    "list_users": 4,
-    "get_bulk_operation": 4,
-}
 
 
 def wait(seconds: float, stop: threading.Event | None = None) -> None:
@@ -214,7 +202,7 @@ class RateLimiter:
 
 
 class RateLimits:
-    """One :class:`RateLimiter` per endpoint of :data:`ENDPOINT_TIER`.
+    """One :class:`RateLimiter` per endpoint of :data:`~consumer.limits.ENDPOINT_TIER`.
 
     :param mode: ``knock`` paces to Knock's tiers; ``off`` never waits (local benchmarks).
     """

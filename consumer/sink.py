@@ -1,9 +1,9 @@
 """The sink loop: source → decode → events → mapping → plan → apply → dead letters → commit.
 
-One thread runs the loop and owns the consumer, the planner and the tracker; plans (at most
-:data:`PLANS_IN_FLIGHT`, on disjoint users) are applied on worker threads, so fetching (and the
-consumer's group membership) goes on while Knock is slow, retried or rate-limited. Everything the worker reports comes back to the loop
-thread, which alone resolves offsets and commits.
+One thread runs the loop and owns the source, the planner and the tracker; plans are applied
+on worker threads (:class:`~consumer.apply.Flight`), and their outcomes come back to the loop
+thread, which alone resolves offsets and commits. Every stage keeps its own state; the loop
+only wires them.
 
 The guarantee, in one line: a position is committed only when every event before it in its
 partition has been applied in Knock or confirmed in the dead-letter topic.
@@ -17,74 +17,40 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from .apply import Applier, Outcome
+from .apply import Applier, Flight, Outcome
 from .config import Settings
-from .deadletter import DeadLetters, Originals
-from .decode import Decoder, JsonDecoder
+from .deadletter import DeadLetters
+from .decode import Decoder, JsonDecoder, SizeLimit
 from .errors import ConfigError, FatalKnockError, InvalidEvent, RetryableError
 from .events import parse_event
+from .flow import Backpressure, ReadAhead, Sizing
 from .knock import KnockClient
 from .mapping import Mapper
-from .metrics import Metrics
+from .metrics import Metrics, Summary
 from .plan import Pending, Planner
-from .source import TP, Source
-from .tracker import OffsetTracker, PartitionTracker
-
-if TYPE_CHECKING:
-    from confluent_kafka import Message
+from .records import Edge, Partition, Record, Source
+from .source import KafkaEdge
+from .tracker import OffsetTracker
 
 log = logging.getLogger("knock_sink")
 
-#: Knock's single-identify budget per second (tier 3), spent on bulk overflow.
-SINGLE_IDENTIFY_PER_S = 60
-#: Plans applied side by side. Two hide the gap between one plan's end and the next one's
-#: first request (bulk operation polling, waiting for the limiter); their users are disjoint,
-#: so per-user order holds (see :meth:`consumer.plan.Planner.cut`, ``busy``).
-PLANS_IN_FLIGHT = 2
-
-
-class Origin:
-    """Where one consumed message came from and what is still owed on it before its offset may
-    be resolved. Not the message itself: a backfill reading ahead holds many of these, and the
-    few that Knock rejects are read back from Kafka for the dead-letter topic (see
-    :class:`~consumer.deadletter.Originals`)."""
-
-    __slots__ = ("tp", "offset", "owed", "dead", "gen")
-
-    def __init__(self, msg: Message) -> None:
-        self.tp: TP = (msg.topic(), msg.partition())
-        self.offset: int = msg.offset()
-        self.owed = 1  # released by the ingest itself, so zero-op events resolve at once
-        self.dead = False
-        #: The partition's tracker generation this message was tracked in (see OffsetTracker).
-        self.gen: PartitionTracker | None = None
-
-
-@dataclass
-class Summary:
-    """What one run did; printed by the command line, read by tests."""
-
-    consumed: int = 0
-    applied: int = 0
-    dead_lettered: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    notes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    knock_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    users_sent: int = 0
-    committed: dict[TP, int] = field(default_factory=dict)
-    fatal: str | None = None
+#: Seconds between commits while running (a revoke or shutdown commits at once).
+COMMIT_EVERY = 0.5
 
 
 class Sink:
-    """Run with :meth:`run`; stop from any thread (or a signal handler) with :meth:`stop`."""
+    """Run with :meth:`run`; stop from any thread (or a signal handler) with :meth:`stop`.
+
+    :param edge: the Kafka clients (default: the real ones, :class:`~consumer.source.KafkaEdge`;
+        the tests' in-memory edge stands in for a broker).
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
+        edge: Edge | None = None,
         decoder: Decoder | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -92,54 +58,27 @@ class Sink:
         settings.require_runnable()
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.summary = Summary()
         self._clock = clock
-        self._decoder = decoder or JsonDecoder()
+        self._edge = edge or KafkaEdge(settings.kafka)
+        self._decoder = SizeLimit(decoder or JsonDecoder(), settings.kafka.max_message_bytes)
         self._mapper = Mapper(settings.mapping)
         self._planner = Planner(nested=settings.knock.nested_merge)
         self._tracker = OffsetTracker()
+        self._sizing = sizing = Sizing.of(settings.knock)
         self._stop = threading.Event()
         self._knock_stop = threading.Event()
         self._knock = KnockClient.from_settings(settings.knock, stop=self._knock_stop)
-        knock_limits = settings.knock.rate_limits == "knock"
-        self._applier = Applier(
-            self._knock,
-            bulk_size=settings.knock.bulk_size,
-            concurrency=settings.knock.concurrency,
-            item_attempts=settings.sink.item_attempts,
-            singles=SINGLE_IDENTIFY_PER_S if knock_limits else 0,
-            entity_gap=1.0 if knock_limits else 0.0,
-            clock=clock,
-        )
-        # Users per plan: under Knock's limits one bulk call's worth (a second of tier-1 budget)
-        # plus the single-identify overflow; without limits, one bulk call per worker, sent
-        # side by side.
-        self._flush_users = (
-            settings.knock.bulk_size + SINGLE_IDENTIFY_PER_S
-            if knock_limits
-            else settings.knock.bulk_size * settings.knock.concurrency
-        )
-        # Under Knock's limits each level of a plan is a paced bulk call: keep plans to one, so
-        # a user's next non-foldable update waits for the next (full) call, not a near-empty one.
-        self._max_levels = 1 if knock_limits else None
-        self._knock_limits = knock_limits
-        #: A backfill under Knock's limits reads ahead before it sends (see :meth:`_holding`):
-        #: the partitions' end targets, and how far each has been fetched.
-        self._ends: dict[TP, int] | None = None
-        self._fetched: dict[TP, int] = {}
-        self._last_fetch = clock()
-        self._worker = ThreadPoolExecutor(PLANS_IN_FLIGHT, thread_name_prefix="apply")
-        #: Plans being applied, with the users each touches.
-        self._inflight: dict[Future[Outcome], set[str]] = {}
-        self._seq = 0
-        self._last_flush = clock()
-        self._last_commit = clock()
+        self._flight = Flight(Applier(
+            self._knock, bulk_size=settings.knock.bulk_size, concurrency=settings.knock.concurrency,
+            item_attempts=settings.sink.item_attempts, singles=sizing.singles,
+            entity_gap=sizing.entity_gap, clock=clock,
+        ))  # fmt: skip
+        self._backpressure = Backpressure(settings.sink.max_pending)
+        self._read_ahead: ReadAhead | None = None
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
-        self._originals: Originals | None = None
-        #: Events Knock rejected, waiting to be read back and dead-lettered: (origin, kind, reason).
-        self._unfetched: list[tuple[Origin, str, str]] = []
-        self._refetch_at = 0.0
+        self._seq = 0
+        self._last_plan = self._last_commit = clock()
         self._looping = False
 
     def stop(self) -> None:
@@ -157,31 +96,28 @@ class Sink:
         offsets seen at start is applied and committed). Raises :class:`FatalKnockError` after
         committing what is safe when Knock rejects the configuration at run time, and
         :class:`ConfigError` when it rejects it at start."""
-        topics = self.settings.kafka.topics
+        kafka = self.settings.kafka
         # Kafka settings first: a bad client option is a bad setting, reported before any I/O.
-        self._dlq = DeadLetters(self.settings.kafka)
-        self._originals = Originals(self.settings.kafka)
-        self._source = Source(
-            self.settings.kafka,
-            on_assign=self._tracker.add,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
+        writer = self._edge.writer()
+        self._dlq = DeadLetters(kafka, writer, self._edge.reader(), self.metrics, clock=self._clock)
+        self._source = self._edge.source(
+            on_assign=self._tracker.add, on_revoke=self._on_revoke, on_lost=self._forget,
             from_beginning=from_beginning,
-        )
+        )  # fmt: skip
         try:
             self._knock.check()
         except FatalKnockError as exc:
             self._close()
-            raise ConfigError("knock.api_key" if exc.status in (401, 403) else "knock.base_url",
-                              str(exc)) from None
+            setting = "knock.api_key" if exc.status in (401, 403) else "knock.base_url"
+            raise ConfigError(setting, str(exc)) from None
         except RetryableError:  # stopped while Knock was unreachable
             self._close()
-            return self.summary
+            return Summary.of(self.metrics)
         self._looping = True
-        self._dlq.ensure_topics(topics)
+        writer.ensure_topics(kafka.topics, kafka.dlq_for)
         ends = self._end_targets(from_beginning) if until_end else None
-        if ends is not None and self._knock_limits:
-            self._ends = ends
+        if ends is not None and self.settings.knock.rate_limits == "knock":
+            self._read_ahead = ReadAhead(ends, idle=self.settings.sink.flush_interval, now=self._clock())
         if self.settings.sink.metrics_port:
             self.metrics.serve(self.settings.sink.metrics_port)
         # The loop allocates a few small objects per event and keeps them until Knock applied
@@ -190,313 +126,190 @@ class Sink:
         thresholds = gc.get_threshold()
         gc.set_threshold(50_000, 20, 100)
         try:
-            while not self._stop.is_set():
-                if ends is not None and self._reached(ends):
-                    break
+            while not self._stop.is_set() and not (ends is not None and self._reached(ends)):
                 self._step()
             self._drain()
         except FatalKnockError as exc:
-            self.summary.fatal = str(exc)
             log.critical("Knock rejected the configuration, stopping: %s", exc)
             self._commit(force=True)
             raise
         finally:
             gc.set_threshold(*thresholds)
             self._close()
-        return self.summary
+        return Summary.of(self.metrics)
 
     def _step(self) -> None:
-        """One turn of the loop: fetch, collect a finished plan, start the next, commit."""
+        """One turn of the loop: fetch, take in finished plans, dead letters, next plan, commit."""
         assert self._source is not None and self._dlq is not None
         pending = self._tracker.pending()
+        self._backpressure.update(pending, self._source)
         self.metrics.pending.set(pending)
-        if pending >= self.settings.sink.max_pending:
-            self._source.pause()
-        elif pending <= self.settings.sink.max_pending // 2:
-            self._source.resume()
         self.metrics.paused.set(1 if self._source.paused else 0)
-        busy = bool(self._inflight) or len(self._planner) > 0
-        self._ingest_all(self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2))
-        self._dlq.poll()
-        self._collect()
-        self._send_unfetched()
-        self._flush()
+        busy = len(self._flight) > 0 or len(self._planner) > 0
+        self._ingest(self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2))
+        self._flight.collect(self._take)
+        self._dlq.pump()
+        self._start_plan()
         self._commit()
 
-    def _ingest_all(self, msgs: list[Message]) -> None:
-        for msg in msgs:
-            self._ingest(msg)
-        if msgs and self._ends is not None:
-            self._last_fetch = self._clock()
-            for msg in msgs:
-                self._fetched[(msg.topic(), msg.partition())] = msg.offset() + 1
-        # Counted per batch: a prometheus counter takes a lock on every inc().
-        self.metrics.consumed.inc(len(msgs))
-
-    def _ingest(self, msg: Message) -> None:
-        origin = Origin(msg)
-        tp = origin.tp
-        if not self._tracker.owns(tp):
-            return  # fetched just before its partition was revoked: the new owner reads it
-        if not self._tracker.accepts(tp, origin.offset):
-            # The consumer went back (a partition revoked and given back within one fetch, a
-            # reset): the events from here on come again, so start the partition afresh. Work
-            # of the old generation still in flight can no longer resolve anything.
-            log.info("%s[%d] rewound to %d: reading it again", tp[0], tp[1], origin.offset)
-            self._planner.drop(lambda p: p.source.tp == tp)
-            self._tracker.restart(tp)
-        origin.gen = self._tracker.track(tp, origin.offset)
-        self.summary.consumed += 1
-        value = msg.value()
-        try:
-            if value is not None and len(value) > self.settings.kafka.max_message_bytes:
-                raise InvalidEvent(
-                    "oversize", f"{len(value)} bytes > {self.settings.kafka.max_message_bytes}"
-                )
-            mapped = self._mapper.map(parse_event(self._decoder.decode(value)))
-        except InvalidEvent as exc:
-            self._dead_letter(origin, exc.kind, exc.reason, msg)
-        else:
-            for note in mapped.notes:
-                self.summary.notes[note] += 1
-                self.metrics.notes.labels(note).inc()
-            for op in mapped.ops:
-                origin.owed += 1
-                self._seq += 1
-                self._planner.add(Pending(self._seq, op, origin, tp))
-        self._release(origin)
-
-    def _release(self, origin: Origin) -> None:
-        origin.owed -= 1
-        if origin.owed == 0:
-            # Ignored when the partition was revoked, lost or rewound since it was tracked.
-            self._tracker.resolve(origin.tp, origin.offset, origin.gen)
-
-    def _dead_letter(self, origin: Origin, kind: str, reason: str, msg: Message | None = None) -> None:
-        """Write ``origin``'s message (``msg``, or read back from Kafka when not given) to the
-        dead-letter topic; its offset stays owed until the broker confirms. The caller still
-        releases its own hold on ``origin``."""
+    def _ingest(self, records: list[Record]) -> None:
+        """Track, decode, parse and map each record; queue its ops with the planner."""
         assert self._dlq is not None
-        if origin.dead or not self._tracker.current(origin.tp, origin.gen):
-            # One record per event, and none for an event that will be read again (by another
-            # consumer, or by this one after a rewind).
-            return
-        origin.dead = True
-        origin.owed += 1
-        self.summary.dead_lettered[kind] += 1
-        self.metrics.dead_lettered.labels(kind).inc()
-        log.warning(
-            "dead-lettering %s[%d]@%d: %s: %s", origin.tp[0], origin.tp[1], origin.offset, kind, reason
-        )
-        if msg is None:
-            self._unfetched.append((origin, kind, reason))  # sent by _send_unfetched
-        else:
-            self._dlq.send(msg, kind, reason, lambda: self._release(origin))
-
-    def _send_unfetched(self, timeout: float = 5.0) -> None:
-        """Read back the events waiting in ``_unfetched`` and dead-letter them. What cannot be
-        read now (the broker is away) stays owed and waits for the next call, at most one every
-        few seconds; what was revoked meanwhile is left to the partition's new owner."""
-        assert self._dlq is not None and self._originals is not None
-        if not self._unfetched:
-            return
-        now = self._clock()
-        if now < self._refetch_at:
-            return
-        self._refetch_at = now + 5.0
-        waiting = [w for w in self._unfetched if self._tracker.current(w[0].tp, w[0].gen)]
-        self._unfetched = []
-        if not waiting:
-            return
-        got = self._originals.fetch(((o.tp[0], o.tp[1], o.offset) for o, _, _ in waiting), timeout)
-        for origin, kind, reason in waiting:
-            key = (origin.tp[0], origin.tp[1], origin.offset)
-            if key not in got:
-                self._unfetched.append((origin, kind, reason))
-                continue
-            msg = got[key]
-            done = lambda o=origin: self._release(o)  # noqa: E731
-            if msg is None:
-                self._dlq.send_gone(*key, kind, reason, done)
+        tracker, planner = self._tracker, self._planner
+        for rec in records:
+            tp = (rec.topic, rec.partition)
+            if not tracker.owns(tp):
+                continue  # fetched just before its partition was revoked: the new owner reads it
+            if not tracker.accepts(tp, rec.offset):
+                # The consumer went back (a partition revoked and given back within one fetch, a
+                # reset): the events from here on come again, so start the partition afresh.
+                log.info("%s[%d] rewound to %d: reading it again", tp[0], tp[1], rec.offset)
+                self._forget([tp])
+                tracker.add([tp])
+            handle = tracker.track(tp, rec.offset)
+            try:
+                mapped = self._mapper.map(parse_event(self._decoder.decode(rec.value)))
+            except InvalidEvent as exc:
+                self._dlq.park(handle, exc.kind, exc.reason, rec)
             else:
-                self._dlq.send(msg, kind, reason, done)
-        if self._unfetched:
-            log.warning("%d rejected events could not be read back for the dead-letter topic yet; "
-                        "their offsets stay uncommitted", len(self._unfetched))
+                for note in mapped.notes:
+                    self.metrics.notes.labels(note).inc()
+                for op in mapped.ops:
+                    handle.hold()
+                    self._seq += 1
+                    planner.add(Pending(self._seq, op, handle, tp))
+            handle.release()  # zero-op events resolve here
+        if records:
+            if self._read_ahead is not None:
+                self._read_ahead.fetched(records, self._clock())
+            # Counted per batch: a prometheus counter takes a lock on every inc().
+            self.metrics.consumed.inc(len(records))
 
     # -- plans -----------------------------------------------------------------------------
 
-    def _flush(self) -> None:
-        """Start the next plan when there is room in flight and a batch is due (full, or old
-        enough). Its users are disjoint from those of the plans still in flight."""
-        if len(self._inflight) >= PLANS_IN_FLIGHT or len(self._planner) == 0:
+    def _start_plan(self) -> None:
+        """Cut the next plan and start it, when there is room in flight and a batch is due
+        (full, or old enough). Its users are disjoint from those of the plans in flight."""
+        if self._flight.full or len(self._planner) == 0:
             return
         now = self._clock()
-        due = len(self._planner) >= self._flush_users or (
-            now - self._last_flush >= self.settings.sink.flush_interval
-        )
+        size = self._sizing.users_per_plan
+        due = len(self._planner) >= size or now - self._last_plan >= self.settings.sink.flush_interval
         if (not due or self._holding(now)) and not self._stop.is_set():
             return
-        busy: set[str] = set().union(*self._inflight.values())
-        plan = self._planner.cut(
-            now, max_users=self._flush_users, busy=busy, max_levels=self._max_levels
-        )
-        if not plan:
-            return
-        self._last_flush = now
-        self._inflight[self._worker.submit(self._applier.apply, plan)] = plan.users()
+        plan = self._planner.cut(now, max_users=size, busy=self._flight.busy(),
+                                 max_levels=self._sizing.max_levels)  # fmt: skip
+        if plan:
+            self._last_plan = now
+            self._flight.start(plan)
 
     def _holding(self, now: float) -> bool:
-        """Whether a backfill under Knock's limits is still reading ahead instead of sending.
-
-        There the bulk budget, not the reading, bounds the run, and every send of a user
-        before its last event is read is a send spent twice: so the backlog is read (and folded
-        per user, see :meth:`consumer.plan.Planner.add`) up to the end targets before the first
-        send, as far as ``sink.max_pending`` allows. It stops holding once the window is full,
-        every partition is read to its target, or nothing came for a flush interval (an end
-        that is never delivered, such as a transaction marker)."""
+        if self._read_ahead is None:
+            return False
         assert self._source is not None
-        if self._ends is None:
-            return False
-        if self._source.paused or self._tracker.pending() >= self.settings.sink.max_pending:
-            return False
-        if now - self._last_fetch >= self.settings.sink.flush_interval:
-            return False
-        if all(self._fetched.get(tp, 0) >= hi for tp, hi in self._ends.items()):
-            self._ends = None  # read to the end: from here on, send as usual
-            return False
-        return True
-
-    def _collect(self, timeout: float = 0) -> bool:
-        """Take in the outcomes of finished plans, waiting up to ``timeout`` for all of them.
-        Returns True when none is left in flight."""
-        if self._inflight:
-            done, _ = wait(list(self._inflight), timeout, return_when=ALL_COMPLETED)
-            for future in [f for f in self._inflight if f in done]:
-                del self._inflight[future]
-                self._take(future.result())  # FatalKnockError surfaces here
-        return not self._inflight
+        full = self._source.paused or self._tracker.pending() >= self.settings.sink.max_pending
+        return self._read_ahead.holding(now, full=full)
 
     def _take(self, out: Outcome) -> None:
+        """Resolve what Knock applied, park what it rejected, give back what must be retried."""
+        assert self._dlq is not None
         for p in out.done:
-            self._release(p.source)
-        self.summary.applied += len(out.done)
+            p.source.release()  # type: ignore[attr-defined]
         self.metrics.applied.inc(len(out.done))
         for p, kind, reason in out.dead:
-            self._dead_letter(p.source, kind, reason)
-            self._release(p.source)
-        if out.dead:
-            self._refetch_at = 0.0  # new ones: read them back now, all in one go
-            self._send_unfetched()
-        self._retry(out)
-        for op, n in out.calls.items():
-            self.summary.knock_calls[op] += n
-            self.metrics.knock_calls.labels(op).inc(n)
-        self.summary.users_sent += out.users_sent
-        self.metrics.users_sent.inc(out.users_sent)
-
-    def _retry(self, out: Outcome) -> None:
+            self._dlq.park(p.source, kind, reason)  # type: ignore[arg-type]
+            p.source.release()  # type: ignore[attr-defined]
         now = self._clock()
         by_delay: dict[float, list[Pending]] = defaultdict(list)
         for p, delay in out.retry:
-            if self._tracker.current(p.source.tp, p.source.gen):
+            if p.source.current:  # type: ignore[attr-defined]
                 by_delay[delay].append(p)
         for delay, items in by_delay.items():
             self.metrics.retries.labels("item" if delay else "blocked").inc(len(items))
             self._planner.retry(items, now + delay)
+        for op, n in out.calls.items():
+            self.metrics.knock_calls.labels(op).inc(n)
+        self.metrics.users_sent.inc(out.users_sent)
 
     # -- commits, rebalances, shutdown -----------------------------------------------------
 
     def _commit(self, force: bool = False) -> None:
-        """Commit what the tracker vouches for: at most twice a second unless forced."""
+        """Commit what the tracker vouches for: at most every :data:`COMMIT_EVERY` seconds
+        unless forced."""
         assert self._source is not None
         now = self._clock()
-        if not force and now - self._last_commit < 0.5:
+        if not force and now - self._last_commit < COMMIT_EVERY:
             return
         self._last_commit = now
         positions = self._tracker.committable()
         if positions and self._source.commit(positions):
             self._tracker.mark_committed(positions)
-            self.summary.committed.update(positions)
+            for (topic, partition), offset in positions.items():
+                self.metrics.committed.labels(topic, str(partition)).set(offset)
             self.metrics.commits.inc()
 
-    def _on_revoke(self, tps: list[TP]) -> None:
-        """Partitions are leaving: (1) finish the plans in flight within the drain budget,
-        (2) confirm dead-letter writes, (3) commit while they are still ours, (4) forget them,
-        so that no late result can commit for them."""
+    def _settle(self, deadline: float) -> bool:
+        """Flush, then commit, by ``deadline`` (a clock reading): the one procedure behind a
+        revoke and a shutdown. Returns False when plans were still in flight at the deadline
+        (their results will not count)."""
         assert self._dlq is not None
-        deadline = self._clock() + self.settings.sink.drain_timeout
-        if not self._collect(timeout=max(0.0, deadline - self._clock())):
-            log.warning("revoke: plans still in flight after the drain budget; their results "
-                        "for %s will be ignored", tps)
-        self._refetch_at = 0.0
-        self._send_unfetched(max(0.5, deadline - self._clock()))
-        self._dlq.flush(max(0.0, deadline - self._clock()))
+        # Step 1. Finish the plans in flight and take in their outcomes.
+        drained = self._flight.collect(self._take, timeout=max(0.0, deadline - self._clock()))
+        # Step 2. Read back what Knock rejected and confirm every dead-letter write.
+        self._dlq.flush(max(0.5, deadline - self._clock()))
+        # Step 3. Commit what the tracker vouches for.
         self._commit(force=True)
-        gone = set(tps)
-        self._planner.drop(lambda p: p.source.tp in gone)
-        self._tracker.drop(tps)
+        return drained
 
-    def _on_lost(self, tps: list[TP]) -> None:
-        # Lost partitions may already belong to someone else: no commit, just forget them.
+    def _on_revoke(self, tps: list[Partition]) -> None:
+        """Partitions are leaving: settle while they are still ours, then forget them, so that
+        no late result can commit for them."""
+        if not self._settle(self._clock() + self.settings.sink.drain_timeout):
+            log.warning("revoke: plans still in flight after the drain budget; their results "
+                        "for %s will be ignored", tps)  # fmt: skip
+        self._forget(tps)
+
+    def _forget(self, tps: list[Partition]) -> None:
+        """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
+        here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
-        self._planner.drop(lambda p: p.source.tp in gone)
+        self._planner.drop(lambda p: p.source.partition in gone)  # type: ignore[attr-defined]
         self._tracker.drop(tps)
 
     def _drain(self) -> None:
-        """Stop fetching, apply what is buffered (within the drain budget), commit."""
+        """Stop fetching, apply what is buffered (within the drain budget), then settle."""
         assert self._source is not None and self._dlq is not None
         self._source.pause()
         deadline = self._clock() + self.settings.sink.drain_timeout
         while self._clock() < deadline:
-            if self._collect(timeout=0.05) and len(self._planner) == 0:
+            if self._flight.collect(self._take, timeout=0.05) and len(self._planner) == 0:
                 break
-            self._flush()
+            self._start_plan()
             # Keeps group membership and callbacks served; whatever was fetched before the
             # pause is taken in rather than dropped.
-            self._ingest_all(self._source.consume(self.settings.kafka.consume_batch, 0.01))
-            self._dlq.poll()
-            self._send_unfetched()
-        if self._inflight or len(self._planner):
+            self._ingest(self._source.consume(self.settings.kafka.consume_batch, 0.01))
+            self._dlq.pump()
+        if len(self._flight) or len(self._planner):
             log.warning("drain budget spent: %d events will be replayed by the next run",
-                        self._tracker.pending())
+                        self._tracker.pending())  # fmt: skip
         self._knock_stop.set()
-        self._refetch_at = 0.0
-        self._send_unfetched(max(1.0, deadline - self._clock()))
-        self._dlq.flush(max(1.0, deadline - self._clock()))
-        self._commit(force=True)
+        self._settle(max(deadline, self._clock() + 1.0))
 
-    def _end_targets(self, from_beginning: bool) -> dict[TP, int]:
+    def _end_targets(self, from_beginning: bool) -> dict[Partition, int]:
         assert self._source is not None
         marks = self._source.end_offsets(self.settings.kafka.topics)
         start = {} if from_beginning else self._source.committed(marks)
         return {tp: hi for tp, (lo, hi) in marks.items() if hi > max(lo, start.get(tp, 0))}
 
-    def _reached(self, ends: dict[TP, int]) -> bool:
-        return all(self.summary.committed.get(tp, -1) >= hi for tp, hi in ends.items())
+    def _reached(self, ends: dict[Partition, int]) -> bool:
+        committed = self.metrics.committed_positions()
+        return all(committed.get(tp, -1) >= hi for tp, hi in ends.items())
 
     def _close(self) -> None:
         self._knock_stop.set()
-        self._worker.shutdown(wait=True, cancel_futures=True)
-        self._applier.close()
+        self._flight.close()
         self._knock.close()
         if self._source is not None:
             self._source.close()
-        if self._originals is not None:
-            self._originals.close()
         if self._dlq is not None:
-            self._dlq.flush(5.0)
-
-
-def describe(summary: Summary) -> dict[str, Any]:
-    """A JSON-friendly view of :class:`Summary`."""
-    return {
-        "consumed": summary.consumed,
-        "applied": summary.applied,
-        "dead_lettered": dict(summary.dead_lettered),
-        "skipped_or_noted": dict(summary.notes),
-        "knock_calls": dict(summary.knock_calls),
-        "users_sent": summary.users_sent,
-        "committed": {f"{t}[{p}]": o for (t, p), o in sorted(summary.committed.items())},
-        **({"fatal": summary.fatal} if summary.fatal else {}),
-    }
+            self._dlq.close()

@@ -1,33 +1,32 @@
-"""Source step: the Kafka consumer. Batches from ``consume(n, timeout)`` in a consumer group,
-pause and resume, and synchronous commits of positions the caller vouches for.
+"""Source step: the Kafka consumer. Batches of :class:`~consumer.records.Record` from
+``consume(n, timeout)`` in a consumer group, pause and resume, and synchronous commits of
+positions the caller vouches for.
 
 Offsets are never committed automatically (``enable.auto.commit=false``): the sink commits a
 position only when the tracker says every event before it has been applied or dead-lettered.
+The ``confluent_kafka.Message`` ends here: what leaves this module is the project's own record.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from .config import KafkaSettings
+from .deadletter import KafkaWriter, Originals
 from .errors import ConfigError
+from .records import Partition, RebalanceCallback, Record
 
 log = logging.getLogger("knock_sink.source")
-
-TP = tuple[str, int]
-Callback = Callable[[list[TP]], None]
-
-
-def client_config(settings: KafkaSettings) -> dict[str, Any]:
-    """The librdkafka settings shared by consumer and producer: bootstrap plus pass-through."""
-    return {"bootstrap.servers": settings.bootstrap_servers, **settings.client}
+#: librdkafka's own log lines, through Python logging (its ``logger`` setting) rather than
+#: straight to stderr, so they take the sink's format and level.
+KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
 
 
-class Source:
+class KafkaSource:
     """A subscribed consumer. ``on_assign`` / ``on_revoke`` / ``on_lost`` are called from inside
     :meth:`consume`, on the caller's thread, with ``(topic, partition)`` lists; ``on_revoke`` runs
     while the partitions are still ours, so it may commit for them."""
@@ -36,13 +35,13 @@ class Source:
         self,
         settings: KafkaSettings,
         *,
-        on_assign: Callback,
-        on_revoke: Callback,
-        on_lost: Callback,
+        on_assign: RebalanceCallback,
+        on_revoke: RebalanceCallback,
+        on_lost: RebalanceCallback,
         from_beginning: bool = False,
     ) -> None:
-        conf = {
-            **client_config(settings),
+        conf: dict[str, Any] = {
+            **settings.librdkafka(),
             "group.id": settings.group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": settings.auto_offset_reset,
@@ -56,12 +55,12 @@ class Source:
         # The pass-through wins over our defaults except where the delivery guarantee rests on them.
         conf.update({k: v for k, v in settings.client.items() if k != "enable.auto.commit"})
         try:
-            self._consumer = Consumer(conf)
+            self._consumer = Consumer(conf, logger=KAFKA_LOG)
         except KafkaException as exc:
             raise ConfigError("kafka.client", exc.args[0].str()) from None
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         self._rewind = from_beginning
-        self._rewound: set[TP] = set()
+        self._rewound: set[Partition] = set()
         self._paused = False
         self._consumer.subscribe(
             list(settings.topics),
@@ -95,22 +94,21 @@ class Source:
 
     # -- the loop's verbs --
 
-    def consume(self, n: int, timeout: float) -> list[Message]:
-        """Up to ``n`` messages; per-partition errors are logged and left out, fatal client
+    def consume(self, n: int, timeout: float) -> list[Record]:
+        """Up to ``n`` records; per-partition errors are logged and left out, fatal client
         errors raised."""
         out = []
         for msg in self._consumer.consume(n, timeout):
             err = msg.error()
             if err is None:
-                out.append(msg)
+                ts_type, ts = msg.timestamp()
+                out.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(),
+                                  msg.value(), msg.headers(), ts if ts_type else None))  # fmt: skip
             elif err.fatal():
                 raise KafkaException(err)
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("kafka: %s", err)
         return out
-
-    def assignment(self) -> list[TP]:
-        return [(p.topic, p.partition) for p in self._consumer.assignment()]
 
     def pause(self) -> None:
         if not self._paused:
@@ -126,7 +124,7 @@ class Source:
     def paused(self) -> bool:
         return self._paused
 
-    def commit(self, positions: dict[TP, int]) -> bool:
+    def commit(self, positions: dict[Partition, int]) -> bool:
         """Commit ``positions`` (next offset to read, per partition) synchronously. Returns False
         when the broker refused (a rebalance in progress, a partition no longer ours): the caller
         keeps the positions and tries again later."""
@@ -143,15 +141,15 @@ class Source:
             log.warning("commit of %s[%d] failed: %s", tp.topic, tp.partition, tp.error)
         return not bad
 
-    def committed(self, tps: Iterable[TP], timeout: float = 10.0) -> dict[TP, int]:
+    def committed(self, tps: Iterable[Partition], timeout: float = 10.0) -> dict[Partition, int]:
         """The group's committed positions (partitions without a commit are left out)."""
         res = self._consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout)
         return {(tp.topic, tp.partition): tp.offset for tp in res if tp.offset >= 0}
 
-    def end_offsets(self, topics: Iterable[str], timeout: float = 10.0) -> dict[TP, tuple[int, int]]:
+    def end_offsets(self, topics: Iterable[str], timeout: float = 10.0) -> dict[Partition, tuple[int, int]]:
         """``(low, high)`` watermarks of every partition of ``topics``, read now."""
         meta = self._consumer.list_topics(timeout=timeout)
-        out: dict[TP, tuple[int, int]] = {}
+        out: dict[Partition, tuple[int, int]] = {}
         for topic in topics:
             tmeta = meta.topics.get(topic)
             if tmeta is None or tmeta.error is not None:
@@ -163,3 +161,22 @@ class Source:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+class KafkaEdge:
+    """The Kafka clients of one sink run (see :class:`consumer.records.Edge`): the subscribed
+    consumer, the dead-letter producer, and the consumer that reads rejected events back."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+
+    def source(self, *, on_assign: RebalanceCallback, on_revoke: RebalanceCallback,
+               on_lost: RebalanceCallback, from_beginning: bool) -> KafkaSource:  # fmt: skip
+        return KafkaSource(self._settings, on_assign=on_assign, on_revoke=on_revoke,
+                           on_lost=on_lost, from_beginning=from_beginning)  # fmt: skip
+
+    def writer(self) -> KafkaWriter:
+        return KafkaWriter(self._settings)
+
+    def reader(self) -> Originals:
+        return Originals(self._settings)

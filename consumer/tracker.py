@@ -5,7 +5,9 @@ the highest tracked offset that is resolved together with every tracked offset b
 restart re-reads everything not yet known to be applied and nothing else.
 
 Only tracked offsets matter: gaps between them (compacted topics, transaction markers) are never
-waited for. The module knows nothing about Kafka, HTTP or time, and is not thread-safe: the
+waited for. Each tracked position comes with a :class:`Handle` (as Jeffail/checkpoint's ``Track`` returns a
+resolve function): whoever still owes work on the event holds it, and the last release resolves
+the offset. The module knows nothing about Kafka, HTTP or time, and is not thread-safe: the
 caller serialises access.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 
-TopicPartition = tuple[str, int]
+from .records import Partition
 
 
 class PartitionTracker:
@@ -24,9 +26,12 @@ class PartitionTracker:
     popped while it is resolved.
     """
 
-    __slots__ = ("_window", "_unresolved", "_last_tracked", "_position")
+    __slots__ = ("key", "retired", "_window", "_unresolved", "_last_tracked", "_position")
 
-    def __init__(self) -> None:
+    def __init__(self, key: Partition = ("", -1)) -> None:
+        self.key = key
+        #: Set once the partition is dropped or restarted: this generation resolves nothing more.
+        self.retired = False
         # Tracked offsets not yet folded into the position; some may be resolved already, waiting
         # for an earlier one. Membership in ``_unresolved`` tells which.
         self._window: deque[int] = deque()
@@ -73,6 +78,62 @@ class PartitionTracker:
         return self._last_tracked is None or offset > self._last_tracked
 
 
+class Handle:
+    """One tracked position and the work still owed on it.
+
+    Each stage that takes on work for the event :meth:`hold` s the handle and :meth:`release` s
+    it when done (applied in Knock, or confirmed in the dead-letter topic); the last release
+    resolves the offset. A handle of a retired generation (its partition was revoked, lost or
+    rewound since) resolves nothing: the event will be read again.
+    """
+
+    __slots__ = ("_partition", "offset", "_owed", "_dead")
+
+    def __init__(self, partition: PartitionTracker, offset: int) -> None:
+        self._partition = partition
+        self.offset = offset
+        self._owed = 1  # the tracker's caller's own hold, released once it has handed the work on
+        self._dead = False
+
+    @property
+    def partition(self) -> Partition:
+        return self._partition.key
+
+    @property
+    def current(self) -> bool:
+        """Whether this handle's generation still owns the partition."""
+        return not self._partition.retired
+
+    def hold(self) -> None:
+        self._owed += 1
+
+    def release(self) -> bool:
+        """Drop one hold; returns True when that resolved the offset.
+
+        :raises ValueError: when nothing is held (a stage released twice).
+        """
+        if self._owed <= 0:
+            raise ValueError(f"{self!r} released more often than held")
+        self._owed -= 1
+        if self._owed == 0 and not self._partition.retired:
+            self._partition.resolve(self.offset)
+            return True
+        return False
+
+    def claim_dead_letter(self) -> bool:
+        """True the first time it is asked for a current handle: one dead-letter record per
+        event, and none for an event that will be read again (by another consumer, or by this
+        one after a rewind)."""
+        if self._dead or self._partition.retired:
+            return False
+        self._dead = True
+        return True
+
+    def __repr__(self) -> str:
+        topic, partition = self._partition.key
+        return f"Handle({topic}[{partition}]@{self.offset}, owed={self._owed})"
+
+
 class OffsetTracker:
     """A :class:`PartitionTracker` per owned ``(topic, partition)``, plus what was committed.
 
@@ -80,36 +141,37 @@ class OffsetTracker:
     loss. Results that arrive for a partition no longer owned are ignored, because the new owner
     re-reads from the last commit and a position computed here could skip its work.
 
-    Each ownership is a *generation*: :meth:`track` returns it, and :meth:`resolve` given a
-    generation that is no longer current changes nothing. So a result from before a partition
-    was dropped and owned again (or :meth:`restart` ed) can never resolve the same offset number
-    tracked again since.
+    Each ownership is a *generation*: a :class:`Handle` from :meth:`track` resolves only while
+    its generation is current, so a result from before a partition was dropped and owned again
+    (or :meth:`restart` ed) can never resolve the same offset number tracked again since.
     """
 
     __slots__ = ("_partitions", "_committed")
 
     def __init__(self) -> None:
-        self._partitions: dict[TopicPartition, PartitionTracker] = {}
-        self._committed: dict[TopicPartition, int] = {}
+        self._partitions: dict[Partition, PartitionTracker] = {}
+        self._committed: dict[Partition, int] = {}
 
-    def add(self, tps: Iterable[TopicPartition]) -> None:
+    def add(self, tps: Iterable[Partition]) -> None:
         """Own these partitions. A partition already owned keeps its state."""
         for tp in tps:
             if tp not in self._partitions:
-                self._partitions[tp] = PartitionTracker()
+                self._partitions[tp] = PartitionTracker(tp)
 
-    def drop(self, tps: Iterable[TopicPartition]) -> None:
+    def drop(self, tps: Iterable[Partition]) -> None:
         """Forget these partitions and everything tracked on them; unknown ones are skipped."""
         for tp in tps:
-            self._partitions.pop(tp, None)
+            partition = self._partitions.pop(tp, None)
+            if partition is not None:
+                partition.retired = True
             self._committed.pop(tp, None)
 
-    def owns(self, tp: TopicPartition) -> bool:
+    def owns(self, tp: Partition) -> bool:
         """Whether ``tp`` is currently owned (added and not dropped since)."""
         return tp in self._partitions
 
-    def track(self, tp: TopicPartition, offset: int) -> PartitionTracker:
-        """Track a consumed offset; returns the partition's current generation.
+    def track(self, tp: Partition, offset: int) -> Handle:
+        """Track a consumed offset; returns its handle, held once by the caller.
 
         :raises KeyError: if ``tp`` is not owned. Tracking is done at consume time, when the
             partition must be owned; silently re-creating a dropped one would hide a bug.
@@ -120,46 +182,28 @@ class OffsetTracker:
         except KeyError:
             raise KeyError(f"partition {tp} is not owned; add() it first") from None
         partition.track(offset)
-        return partition
+        return Handle(partition, offset)
 
-    def accepts(self, tp: TopicPartition, offset: int) -> bool:
+    def accepts(self, tp: Partition, offset: int) -> bool:
         """Whether ``offset`` may be tracked on owned ``tp`` (False: the consumer rewound)."""
         return self._partitions[tp].accepts(offset)
 
-    def restart(self, tp: TopicPartition) -> None:
+    def restart(self, tp: Partition) -> None:
         """Start a new generation of owned ``tp``: what was tracked is forgotten, as on
         :meth:`drop` then :meth:`add`. For a consumer that rewound: the events will come again."""
-        self._partitions[tp] = PartitionTracker()
-        self._committed.pop(tp, None)
+        self.drop([tp])
+        self.add([tp])
 
-    def resolve(
-        self, tp: TopicPartition, offset: int, generation: PartitionTracker | None = None
-    ) -> bool:
-        """Mark an offset done. Returns ``False``, changing nothing, if ``tp`` is not owned or
-        ``generation`` (from :meth:`track`) is not its current one.
-
-        :raises ValueError: as :meth:`PartitionTracker.resolve`, for owned partitions only.
-        """
-        partition = self._partitions.get(tp)
-        if partition is None or (generation is not None and partition is not generation):
-            return False
-        partition.resolve(offset)
-        return True
-
-    def current(self, tp: TopicPartition, generation: PartitionTracker) -> bool:
-        """Whether ``generation`` is ``tp``'s current one (owned, not dropped or restarted)."""
-        return self._partitions.get(tp) is generation
-
-    def committable(self) -> dict[TopicPartition, int]:
+    def committable(self) -> dict[Partition, int]:
         """Commit positions of the owned partitions that advanced since :meth:`mark_committed`."""
-        out: dict[TopicPartition, int] = {}
+        out: dict[Partition, int] = {}
         for tp, partition in self._partitions.items():
             position = partition.committable()
             if position is not None and position != self._committed.get(tp):
                 out[tp] = position
         return out
 
-    def mark_committed(self, positions: Mapping[TopicPartition, int]) -> None:
+    def mark_committed(self, positions: Mapping[Partition, int]) -> None:
         """Record that Kafka accepted these positions. Partitions no longer owned are skipped,
         since the commit may have raced with a revoke."""
         for tp, position in positions.items():
@@ -169,8 +213,3 @@ class OffsetTracker:
     def pending(self) -> int:
         """Unresolved offsets over all owned partitions (for backpressure)."""
         return sum(p.pending() for p in self._partitions.values())
-
-    def pending_of(self, tp: TopicPartition) -> int:
-        """Unresolved offsets of one partition; 0 if it is not owned."""
-        partition = self._partitions.get(tp)
-        return 0 if partition is None else partition.pending()

@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 import consumer.apply as apply_mod
 from consumer.apply import Applier

@@ -166,29 +166,6 @@ def test_get_user_found_and_missing() -> None:
     assert knock.lines == ["GET /v1/users/u1", "GET /v1/users/nobody"]
 
 
-def test_delete_user_204_and_404_are_done() -> None:
-    knock = Knock(httpx.Response(204), json(404, MISSING), json(422, {"message": "no"}))
-    c = client(knock)
-    c.delete_user("u1")
-    c.delete_user("u1")  # already gone: done, no error
-    with pytest.raises(ItemError):
-        c.delete_user("u1")
-    assert knock.lines == ["DELETE /v1/users/u1"] * 3
-
-
-def test_list_users_follows_page_info_after() -> None:
-    page1 = {"entries": [{"id": "a"}, {"id": "b"}], "page_info": {"after": "cur1"}}
-    page2 = {"entries": [{"id": "c"}], "page_info": {"after": None}}
-    knock = Knock(json(200, page1), json(200, page2))
-    assert [u["id"] for u in client(knock).list_users(page_size=2)] == ["a", "b", "c"]
-    assert knock.lines == ["GET /v1/users?page_size=2", "GET /v1/users?page_size=2&after=cur1"]
-
-
-def test_list_users_rejects_page_sizes_knock_rejects() -> None:
-    with pytest.raises(ValueError):
-        list(client(Knock()).list_users(page_size=51))
-
-
 # -- retries ---------------------------------------------------------------------------------
 
 
@@ -451,14 +428,6 @@ def test_bulk_operation_that_failed_fails_every_id() -> None:
     assert result == BulkResult("op-1", "failed", applied=[], failed=everything, rate_limited=[])
 
 
-def test_bulk_delete_sends_user_ids() -> None:
-    knock = Knock(json(200, op("completed"), **{"x-ratelimited-user_ids": "b"}))
-    result = client(knock).bulk_delete(["a", "b"])
-    assert result == BulkResult("op-1", "completed", ["a"], {}, ["b"])
-    assert knock.lines == ["POST /v1/users/bulk/delete"]
-    assert knock.requests[0].content == b'{"user_ids":["a","b"]}'
-
-
 def test_bulk_post_is_retried_like_any_request() -> None:
     knock = Knock(json(429, None, **{"retry-after": "1"}), json(200, op("completed")))
     assert client(knock).bulk_identify([{"id": "a"}]).applied == ["a"]
@@ -479,8 +448,6 @@ def test_bulk_size_and_ids_are_checked_before_sending() -> None:
     for bad in ([], [{"id": "a"}, {"id": "b"}, {"id": "c"}], [{"email": "x@y.z"}], [{"id": ""}]):
         with pytest.raises(ValueError):
             c.bulk_identify(bad)
-    with pytest.raises(ValueError):
-        c.bulk_delete(["a", "b", "c"])
     assert knock.requests == []
 
 

@@ -54,6 +54,40 @@ def queued(pl: Planner) -> list[int]:
     return [p.seq for p in pl._queue]
 
 
+def pendings(plan: Plan) -> list[Pending]:
+    """Every pending in the plan, level by level."""
+    out: list[Pending] = []
+    for level in plan.levels:
+        for entry in level.identifies:
+            out += entry.items
+        out += [step.pending for step in level.merges]
+    return out
+
+
+def counts(plan: Plan) -> tuple[int, int, int]:
+    """(coalesced identify entries, merges, pendings) of a plan."""
+    entries = sum(len(level.identifies) for level in plan.levels)
+    merges = sum(len(level.merges) for level in plan.levels)
+    return entries, merges, len(pendings(plan))
+
+
+def next_ready(pl: Planner, now: float) -> float | None:
+    """When a cut would next take something: ``now`` if it would now, the earliest future time
+    otherwise, ``None`` if nothing is pending (the caller's timer in the randomised runs). An op
+    is sendable once it and every earlier op of its users are: a held op's own not_before may
+    have passed while a barrier still holds it."""
+    ready_at: dict[str, float] = {}
+    earliest: float | None = None
+    for p in pl._queue:
+        users = (p.op.user_id,) if isinstance(p.op, Identify) else (p.op.user_id, p.op.from_user_id)
+        t = max(p.not_before, *(ready_at.get(u, p.not_before) for u in users))
+        for u in users:
+            ready_at[u] = t
+        if earliest is None or t < earliest:
+            earliest = t
+    return None if earliest is None else max(earliest, now)
+
+
 # --- basics ---------------------------------------------------------------------------------------
 
 
@@ -61,7 +95,7 @@ def test_empty_cut() -> None:
     plan = Planner().cut(0.0)
     assert plan.levels == []
     assert not plan
-    assert (plan.entry_count, plan.merge_count, plan.item_count) == (0, 0, 0)
+    assert counts(plan) == (0, 0, 0)
 
 
 def test_single_identify_shares_the_ops_props() -> None:
@@ -76,7 +110,7 @@ def test_single_identify_shares_the_ops_props() -> None:
 
 def test_cut_takes_ops_out_of_the_queue() -> None:
     pl = planner(ident(1, "u", a=1), ident(2, "v", a=1))
-    assert len(pl) == 2 and pl.pending() == 2
+    assert len(pl) == 2
     pl.cut(0.0)
     assert len(pl) == 0
     assert not pl.cut(0.0)
@@ -103,7 +137,7 @@ def test_many_updates_of_one_user_coalesce_into_one_entry() -> None:
     expected_props = {"n": 50, **{f"k{i}": i for i in range(1, 51)}}
     assert view(plan) == [[("I", "u", expected_props, list(range(1, 51)))]]
     assert plan.levels[0].identifies[0].items == ps  # the same objects, in order
-    assert (plan.entry_count, plan.merge_count, plan.item_count) == (1, 0, 50)
+    assert counts(plan) == (1, 0, 50)
 
 
 def test_interleaved_users_coalesce_per_user_in_one_level() -> None:
@@ -328,7 +362,7 @@ def test_future_op_holds_its_users_later_ops_and_merges() -> None:
         [("I", "u", {"a": 1}, [1]), ("I", "w", {"a": 4, "b": 8}, [4, 8]), ("I", "x", {"a": 7}, [7])]
     ]
     assert queued(pl) == [2, 3, 5, 6]
-    assert pl.next_ready(5.0) == 10.0
+    assert next_ready(pl, 5.0) == 10.0
     assert not pl.cut(9.99)
     plan = pl.cut(10.0)
     assert view(plan) == [
@@ -367,7 +401,7 @@ def test_held_user_is_not_released_by_a_later_ready_op() -> None:
 def test_retry_reinserts_at_seq_position_and_sets_not_before() -> None:
     pl = planner(*(ident(i, "u" if i % 2 else "v", n=i) for i in range(1, 7)))
     plan = pl.cut(0.0)
-    items = list(plan.pendings())
+    items = pendings(plan)
     u_items = [p for p in items if isinstance(p.op, Identify) and p.op.user_id == "u"]
     assert [p.seq for p in u_items] == [1, 3, 5]
     pl.add(ident(7, "u", n=7))
@@ -383,7 +417,7 @@ def test_retry_reinserts_at_seq_position_and_sets_not_before() -> None:
 def test_retry_items_may_interleave_and_arrive_unsorted() -> None:
     pl = planner(*(ident(i, f"u{i % 3}", n=i) for i in range(10)))
     plan = pl.cut(0.0)
-    items = list(plan.pendings())
+    items = pendings(plan)
     pl.add(ident(10, "z"))
     back = [p for p in items if p.seq in (7, 2, 5, 0)]
     pl.retry(back, 0.0)
@@ -412,7 +446,7 @@ def test_retry_same_item_twice_raises() -> None:
 
 def test_retry_keeps_later_add_check() -> None:
     pl = planner(ident(5, "u"))
-    items = list(pl.cut(0).pendings())
+    items = pendings(pl.cut(0))
     pl.retry(items, 0.0)
     with pytest.raises(ValueError):
         pl.add(ident(5, "u"))
@@ -420,7 +454,7 @@ def test_retry_keeps_later_add_check() -> None:
 
 def test_retried_op_re_coalesces_with_the_same_users_later_ops() -> None:
     pl = planner(ident(1, "u", a=1), ident(2, "u", b=2))
-    items = list(pl.cut(0).pendings())
+    items = pendings(pl.cut(0))
     pl.add(ident(3, "u", a=3))
     pl.retry(items, 1.0)
     plan = pl.cut(1.0)
@@ -472,7 +506,7 @@ def test_max_users_counts_both_users_of_a_merge() -> None:
 
 def test_max_users_merge_with_one_new_user_fits() -> None:
     pl = planner(ident(1, "a"), merge(2, "a", "b"))
-    assert pl.cut(0, max_users=2).merge_count == 1
+    assert counts(pl.cut(0, max_users=2))[1] == 1
 
 
 def test_max_users_one_still_takes_a_leading_merge() -> None:
@@ -498,33 +532,7 @@ def test_max_users_must_be_positive() -> None:
 
 def test_max_users_none_is_unbounded() -> None:
     pl = planner(*(ident(i, f"u{i}") for i in range(500)))
-    assert pl.cut(0).entry_count == 500
-
-
-# --- next_ready ---------------------------------------------------------------------------------
-
-
-def test_next_ready_empty_is_none() -> None:
-    assert Planner().next_ready(0.0) is None
-
-
-def test_next_ready_is_now_when_something_can_go() -> None:
-    late = ident(1, "u")
-    late.not_before = 50.0
-    assert planner(late, ident(2, "v")).next_ready(3.0) == 3.0
-
-
-def test_next_ready_is_earliest_future_time() -> None:
-    a, b = ident(1, "u"), ident(2, "v")
-    a.not_before, b.not_before = 20.0, 7.0
-    assert planner(a, b).next_ready(1.0) == 7.0
-
-
-def test_next_ready_sees_through_barriers() -> None:
-    # b is past its own time but waits for a (same user); c waits for b through a merge.
-    a, b, c = ident(1, "u"), merge(2, "v", "u"), ident(3, "v")
-    a.not_before = 30.0
-    assert planner(a, b, c).next_ready(1.0) == 30.0
+    assert counts(pl.cut(0))[0] == 500
 
 
 # --- Plan helpers -------------------------------------------------------------------------------
@@ -533,8 +541,8 @@ def test_next_ready_sees_through_barriers() -> None:
 def test_plan_counts_and_pendings_order() -> None:
     ps = [ident(1, "u", a=1), ident(2, "u", b=1), merge(3, "u", "v"), ident(4, "v")]
     plan = planner(*ps).cut(0)
-    assert (plan.entry_count, plan.merge_count, plan.item_count) == (2, 1, 4)
-    assert list(plan.pendings()) == ps
+    assert counts(plan) == (2, 1, 4)
+    assert pendings(plan) == ps
     assert bool(plan)
 
 
@@ -723,7 +731,7 @@ def run_planned(
         if back:
             Stats.retried += len(back)
             pl.retry(back, now + rng.choice([0.0, 0.5, 2.0]))
-        ready = pl.next_ready(now)
+        ready = next_ready(pl, now)
         now += rng.choice([0.0, 0.5])
         if ready is not None and rng.random() < 0.5:
             now = max(now, ready)  # the caller's timer fired
@@ -778,7 +786,7 @@ def test_single_cut_equals_sequential(upsert: Apply) -> None:
             pl.add(Pending(i, op, None))
         plan = pl.cut(0.0)
         assert len(pl) == 0
-        assert sorted(p.seq for p in plan.pendings()) == list(range(len(ops)))
+        assert sorted(p.seq for p in pendings(plan)) == list(range(len(ops)))
         store = copy.deepcopy(start)
         for level in plan.levels:
             check_level_is_disjoint(level)
@@ -803,39 +811,7 @@ def test_cut_is_linear_enough() -> None:
     t0 = time.perf_counter()
     plan = pl.cut(0.0)
     assert time.perf_counter() - t0 < 5.0
-    assert plan.item_count == 100_000
-
-
-# --- fold_later (prototype, off by default) -----------------------------------------------------
-
-
-def test_fold_later_takes_later_ops_of_users_already_in_the_cut() -> None:
-    pl = planner(
-        ident(1, "a", n=1),
-        ident(2, "b", n=2),
-        ident(3, "c", n=3),  # third user: held, with every later op of c
-        ident(4, "a", k=4),  # a is in the plan: folded
-        ident(5, "c", m=5),
-    )
-    plan = pl.cut(0, max_users=2, fold_later=True)
-    assert view(plan) == [[("I", "a", {"n": 1, "k": 4}, [1, 4]), ("I", "b", {"n": 2}, [2])]]
-    assert queued(pl) == [3, 5]
-
-
-def test_fold_later_merge_with_a_new_user_holds_both_users() -> None:
-    pl = planner(ident(1, "a"), merge(2, "a", "z"), ident(3, "a", x=1))
-    plan = pl.cut(0, max_users=1, fold_later=True)
-    assert view(plan) == [[("I", "a", {}, [1])]]
-    assert queued(pl) == [2, 3]  # a's later identify waits behind the held merge
-
-
-def test_fold_later_is_the_planner_default_when_set() -> None:
-    pl = Planner(fold_later=True)
-    for p in (ident(1, "a"), ident(2, "b"), ident(3, "a", y=1)):
-        pl.add(p)
-    assert queued(pl) == [1, 2, 3]
-    assert pl.cut(0, max_users=1).item_count == 2
-    assert queued(pl) == [2]
+    assert counts(plan)[2] == 100_000
 
 
 # --- nested="deep": folding objects under Knock's documented deep merge ----------------------
@@ -1049,7 +1025,7 @@ def test_nothing_folds_into_an_op_that_was_cut_or_given_back() -> None:
     pl.add(laned(2, "u", a=2))  # the first is in flight: its dict must not change
     assert view(plan) == [[("I", "u", {"a": 1}, [1])]]
     second = pl.cut(0)
-    pl.retry(list(second.pendings()), not_before=1.0)
+    pl.retry(pendings(second), not_before=1.0)
     pl.add(laned(3, "u", a=3))  # the given-back op may be retried alone: no rider on it
     assert [p.op.props for p in pl._queue] == [{"a": 2}, {"a": 3}]  # type: ignore[union-attr]
     assert view(pl.cut(0)) == []

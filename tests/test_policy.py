@@ -10,9 +10,8 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
+from consumer.limits import ENDPOINT_TIER, TIERS
 from consumer.policy import (
-    ENDPOINT_TIER,
-    TIERS,
     Backoff,
     RateLimiter,
     RateLimits,
@@ -275,9 +274,7 @@ def test_rate_limits_follow_knocks_tiers() -> None:
     limits = RateLimits("knock")
     assert {name: limits.for_endpoint(name).per_second for name in ENDPOINT_TIER} == {
         "bulk_identify": 1,
-        "bulk_delete": 1,
         "merge": 5,
-        "delete": 5,
         "identify": 60,
         "get_user": 200,
         "list_users": 200,

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from consumer.tracker import OffsetTracker, PartitionTracker, TopicPartition
+from consumer.records import Partition
+from consumer.tracker import Handle, OffsetTracker, PartitionTracker
 
 TP = ("events", 0)
 TP1 = ("events", 1)
@@ -201,13 +202,32 @@ def test_failed_resolve_changes_nothing() -> None:
     t.pending(2).resolve(0, 2).resolve(2, 3)
 
 
-# --- OffsetTracker ------------------------------------------------------------------------------
+# --- OffsetTracker and its handles -------------------------------------------------------------
 
 
-def owned(*tps: TopicPartition) -> OffsetTracker:
-    t = OffsetTracker()
-    t.add(tps)
-    return t
+class Owned:
+    """An :class:`OffsetTracker` whose handles the test keeps by position, so that scenarios
+    read ``track(TP, 0)`` / ``resolve(TP, 0)``."""
+
+    def __init__(self, *tps: Partition) -> None:
+        self.t = OffsetTracker()
+        self.t.add(tps)
+        self.handles: dict[tuple[Partition, int], Handle] = {}
+
+    def track(self, tp: Partition, offset: int) -> Handle:
+        handle = self.t.track(tp, offset)
+        self.handles[(tp, offset)] = handle
+        return handle
+
+    def resolve(self, tp: Partition, offset: int) -> bool:
+        return self.handles[(tp, offset)].release()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.t, name)
+
+
+def owned(*tps: Partition) -> Owned:
+    return Owned(*tps)
 
 
 def test_partitions_are_independent() -> None:
@@ -223,7 +243,6 @@ def test_partitions_are_independent() -> None:
     t.resolve(OTHER, 7)
     assert t.committable() == {TP: 2, TP1: 51, OTHER: 8}
     assert t.pending() == 3
-    assert (t.pending_of(TP), t.pending_of(TP1), t.pending_of(OTHER)) == (1, 2, 0)
 
 
 def test_committable_empty_when_nothing_resolved() -> None:
@@ -294,17 +313,26 @@ def test_track_errors_propagate() -> None:
         t.track(TP, 5)
 
 
-def test_resolve_errors_propagate_for_owned() -> None:
+def test_a_handle_released_more_often_than_held_raises() -> None:
     t = owned(TP)
-    t.track(TP, 0)
-    with pytest.raises(ValueError):
-        t.resolve(TP, 1)
-    assert t.resolve(TP, 0) is True
-    with pytest.raises(ValueError):
-        t.resolve(TP, 0)
+    handle = t.track(TP, 0)
+    assert handle.release() is True
+    with pytest.raises(ValueError, match="more often than held"):
+        handle.release()
 
 
-def test_drop_then_late_resolve_is_ignored() -> None:
+def test_each_hold_needs_its_release_before_the_offset_resolves() -> None:
+    t = owned(TP)
+    handle = t.track(TP, 0)
+    handle.hold()
+    handle.hold()
+    assert handle.release() is False and handle.release() is False
+    assert t.committable() == {}
+    assert handle.release() is True
+    assert t.committable() == {TP: 1}
+
+
+def test_drop_then_late_release_is_ignored() -> None:
     t = owned(TP, TP1)
     for o in range(3):
         t.track(TP, o)
@@ -313,10 +341,9 @@ def test_drop_then_late_resolve_is_ignored() -> None:
     t.drop([TP])
     assert t.resolve(TP, 1) is False
     assert t.resolve(TP, 2) is False
-    assert t.resolve(TP, 99) is False  # not even validated: the state is gone
+    assert not t.handles[(TP, 1)].current
     assert t.committable() == {}
     assert t.pending() == 3
-    assert t.pending_of(TP) == 0
     assert not t.owns(TP)
 
 
@@ -334,7 +361,7 @@ def test_reassigned_partition_starts_fresh() -> None:
     t.mark_committed(t.committable())
     t.drop([TP])
     t.add([TP])
-    assert t.pending_of(TP) == 0
+    assert t.pending() == 0
     assert t.committable() == {}
     # The new owner may be handed lower offsets again (re-read from the last commit).
     t.track(TP, 1)
@@ -360,12 +387,11 @@ def test_add_is_idempotent_for_owned_partition() -> None:
     t = owned(TP)
     t.track(TP, 0)
     t.add([TP, TP1])
-    assert t.pending_of(TP) == 1
+    assert t.pending() == 1
     assert t.owns(TP1)
 
 
-def test_pending_of_unowned_is_zero() -> None:
-    assert OffsetTracker().pending_of(TP) == 0
+def test_pending_of_nothing_owned_is_zero() -> None:
     assert OffsetTracker().pending() == 0
 
 
@@ -373,6 +399,20 @@ def test_drop_accepts_any_iterable() -> None:
     t = owned(TP, TP1)
     t.drop(tp for tp in (TP, TP1))
     assert not t.owns(TP) and not t.owns(TP1)
+
+
+def test_a_handle_names_its_partition_and_offset() -> None:
+    handle = owned(TP).track(TP, 7)
+    assert (handle.partition, handle.offset, handle.current) == (TP, 7, True)
+
+
+def test_a_dead_letter_is_claimed_once_and_never_for_a_retired_generation() -> None:
+    t = owned(TP)
+    first, second = t.track(TP, 0), t.track(TP, 1)
+    assert first.claim_dead_letter() is True
+    assert first.claim_dead_letter() is False
+    t.restart(TP)
+    assert second.claim_dead_letter() is False
 
 
 # --- randomised -------------------------------------------------------------------------------
@@ -423,11 +463,11 @@ def test_random_interleaving_of_track_resolve_and_commit(seed: int) -> None:
     rng = random.Random(seed)
     tps = [("t", p) for p in range(3)]
     t = owned(*tps)
-    tracked: dict[TopicPartition, list[int]] = {tp: [] for tp in tps}
-    resolved: dict[TopicPartition, set[int]] = {tp: set() for tp in tps}
-    unresolved: list[tuple[TopicPartition, int]] = []
+    tracked: dict[Partition, list[int]] = {tp: [] for tp in tps}
+    resolved: dict[Partition, set[int]] = {tp: set() for tp in tps}
+    unresolved: list[tuple[Partition, int]] = []
     next_offset = dict.fromkeys(tps, 0)
-    committed: dict[TopicPartition, int] = {}
+    committed: dict[Partition, int] = {}
     for _ in range(5000):
         action = rng.random()
         if action < 0.5:
@@ -450,8 +490,6 @@ def test_random_interleaving_of_track_resolve_and_commit(seed: int) -> None:
             t.mark_committed(positions)
             committed.update(positions)
         assert t.pending() == len(unresolved)
-        for tp in tps:
-            assert t.pending_of(tp) == sum(1 for u in unresolved if u[0] == tp)
 
 
 def test_random_small_full_brute_force_every_step() -> None:
@@ -470,15 +508,6 @@ def test_random_small_full_brute_force_every_step() -> None:
 # --- generations: results from before a drop/add or a restart never count -------------------
 
 
-def test_track_returns_the_generation_and_resolve_checks_it() -> None:
-    t = OffsetTracker()
-    t.add([TP])
-    gen = t.track(TP, 5)
-    assert t.current(TP, gen)
-    assert t.resolve(TP, 5, gen) is True
-    assert t.committable() == {TP: 6}
-
-
 def test_a_result_from_before_a_revoke_and_reassign_is_ignored() -> None:
     t = OffsetTracker()
     t.add([TP])
@@ -486,10 +515,10 @@ def test_a_result_from_before_a_revoke_and_reassign_is_ignored() -> None:
     t.drop([TP])
     t.add([TP])
     new = t.track(TP, 0)  # the same offset number, read again after the reassignment
-    assert not t.current(TP, old)
-    assert t.resolve(TP, 0, old) is False  # the late result must not resolve the new read
+    assert not old.current and new.current
+    assert old.release() is False  # the late result must not resolve the new read
     assert t.committable() == {}
-    assert t.resolve(TP, 0, new) is True
+    assert new.release() is True
     assert t.committable() == {TP: 1}
 
 
@@ -501,7 +530,7 @@ def test_restart_after_a_rewind_starts_a_new_generation() -> None:
     t.restart(TP)
     assert t.accepts(TP, 0)
     new = t.track(TP, 0)
-    assert t.resolve(TP, 339, old) is False
+    assert old.release() is False
     assert t.pending() == 1
-    assert t.resolve(TP, 0, new) is True
+    assert new.release() is True
     assert t.committable() == {TP: 1}

@@ -1,0 +1,98 @@
+"""Flow control: how big a plan is, when fetching pauses, and when a backfill starts sending.
+
+The loop asks these three small policies and does what they say; none of them does I/O or
+reads a clock of its own.
+
+* :class:`Sizing`: users per plan, levels per plan and single-identify overflow, derived from
+  Knock's tiers (:mod:`consumer.limits`) in one place.
+* :class:`Backpressure`: pause fetching at ``sink.max_pending`` unresolved events, resume at
+  half, so memory stays bounded while polling (and group membership) goes on.
+* :class:`ReadAhead`: under Knock's limits a backfill is bounded by the bulk budget, not by
+  reading, and every send of a user before its last event is read is a send spent twice; so it
+  reads (folding each user's events, see :meth:`consumer.plan.Planner.add`) up to the end
+  targets before its first send, as far as ``sink.max_pending`` allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .config import KnockSettings
+from .limits import ENTITY_GAP, per_second
+from .records import Partition, Record, Source
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """How plans are cut and sent, for one ``[knock]`` configuration.
+
+    :ivar users_per_plan: under Knock's limits, one bulk call's worth (a second of tier-1
+        budget) plus the single-identify overflow; without limits, one bulk call per worker,
+        sent side by side.
+    :ivar max_levels: under Knock's limits each level is a paced bulk call of its own, so a plan
+        is one level: a user's next non-foldable update waits for the next (full) call, not a
+        near-empty one. ``None``: no limit.
+    :ivar singles: entries per level sent through single identify, whose budget adds to the
+        bulk one (Knock paces routes separately).
+    :ivar entity_gap: Knock skips a user updated by a bulk call less than this long ago, so
+        such a user goes through single identify instead (0: not enforced).
+    """
+
+    users_per_plan: int
+    max_levels: int | None
+    singles: int
+    entity_gap: float
+
+    @classmethod
+    def of(cls, knock: KnockSettings) -> Sizing:
+        if knock.rate_limits == "knock":
+            singles = per_second("identify")
+            return cls(knock.bulk_size + singles, 1, singles, ENTITY_GAP)
+        return cls(knock.bulk_size * knock.concurrency, None, 0, 0.0)
+
+
+class Backpressure:
+    """Pauses ``source`` at ``max_pending`` unresolved events and resumes it at half: the gap
+    keeps it from flapping on every batch."""
+
+    def __init__(self, max_pending: int) -> None:
+        self.max_pending = max_pending
+
+    def update(self, pending: int, source: Source) -> None:
+        if pending >= self.max_pending:
+            source.pause()
+        elif pending <= self.max_pending // 2:
+            source.resume()
+
+
+class ReadAhead:
+    """Whether a backfill is still reading ahead instead of sending.
+
+    :param ends: each partition's end target (the high watermark seen at start).
+    :param idle: seconds without a record after which it stops holding (an end that is never
+        delivered, such as a transaction marker, must not hold the backfill forever).
+    """
+
+    def __init__(self, ends: dict[Partition, int], *, idle: float, now: float) -> None:
+        self._ends = dict(ends)
+        self._fetched: dict[Partition, int] = {}
+        self._idle = idle
+        self._last_fetch = now
+        self.done = not ends
+
+    def fetched(self, records: Iterable[Record], now: float) -> None:
+        """Note how far each partition has been read."""
+        for rec in records:
+            self._fetched[(rec.topic, rec.partition)] = rec.offset + 1
+            self._last_fetch = now
+
+    def holding(self, now: float, *, full: bool) -> bool:
+        """True while the loop should keep reading before it sends. ``full``: the read-ahead
+        window (``sink.max_pending``) is used up, so sending must start."""
+        if self.done or full or now - self._last_fetch >= self._idle:
+            return False
+        if all(self._fetched.get(tp, 0) >= hi for tp, hi in self._ends.items()):
+            self.done = True  # read to the end: from here on, send as usual
+            return False
+        return True

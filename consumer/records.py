@@ -1,0 +1,122 @@
+"""What the Kafka edge hands the loop, and the contract of that edge.
+
+The loop never sees a ``confluent_kafka.Message``: :mod:`consumer.source` turns each one into a
+:class:`Record` as it is consumed, and :mod:`consumer.deadletter` writes records back out. Only
+those two modules import confluent-kafka (``tests/test_layout.py`` holds that), so the loop runs
+unchanged on the in-memory edge of the tests (``tests/memory.py``), as Arroyo's local backend
+stands in for Kafka.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+#: A topic's partition: ``(topic, partition)``.
+Partition = tuple[str, int]
+#: A consumed position: ``(topic, partition, offset)``.
+Position = tuple[str, int, int]
+Headers = list[tuple[str, bytes]]
+#: Called with the partitions assigned, revoked or lost, on the loop's thread.
+RebalanceCallback = Callable[[list[Partition]], None]
+
+
+class Record:
+    """One consumed Kafka message: where it sits, its key, value, headers and timestamp (ms
+    since the epoch, or ``None`` when the broker gave none)."""
+
+    __slots__ = ("topic", "partition", "offset", "key", "value", "headers", "timestamp")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        headers: Headers | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+        self.headers = headers
+        self.timestamp = timestamp
+
+    def __repr__(self) -> str:
+        return f"Record({self.topic}[{self.partition}]@{self.offset})"
+
+
+class Source(Protocol):
+    """A consumer in a group (:class:`consumer.source.KafkaSource`; in tests an in-memory one).
+
+    The rebalance callbacks given at construction run inside :meth:`consume`, on the caller's
+    thread; ``on_revoke`` runs while the partitions are still owned, so it may commit for them.
+    """
+
+    @property
+    def paused(self) -> bool: ...
+
+    def consume(self, n: int, timeout: float) -> list[Record]:
+        """Up to ``n`` records, waiting at most ``timeout`` seconds for the first."""
+        ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def commit(self, positions: dict[Partition, int]) -> bool:
+        """Commit next-offset positions synchronously; ``False`` when refused (try later)."""
+        ...
+
+    def committed(self, partitions: Iterable[Partition]) -> dict[Partition, int]: ...
+
+    def end_offsets(self, topics: Iterable[str]) -> dict[Partition, tuple[int, int]]:
+        """``(low, high)`` watermarks of every partition of ``topics``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DeadLetterWriter(Protocol):
+    """Writes dead-letter records; ``on_delivered`` runs (inside :meth:`poll` or :meth:`flush`)
+    once the broker has confirmed the write."""
+
+    def write(self, record: Record, topic: str, headers: Headers,
+              on_delivered: Callable[[], object]) -> None: ...  # fmt: skip
+
+    def ensure_topics(self, source_topics: Iterable[str], dlq_for: Callable[[str], str]) -> None:
+        """Create missing dead-letter topics with their source's partition count."""
+        ...
+
+    def poll(self) -> None: ...
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for confirmations; returns how many are still unconfirmed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RecordReader(Protocol):
+    """Reads consumed records back by position (see :class:`consumer.deadletter.Originals`)."""
+
+    def fetch(self, wanted: Iterable[Position], timeout: float) -> dict[Position, Record | None]:
+        """Each position read maps to its record, or to ``None`` when the topic no longer holds
+        it; positions left out could not be read within ``timeout``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Edge(Protocol):
+    """Builds the three Kafka clients of one sink run."""
+
+    def source(self, *, on_assign: RebalanceCallback, on_revoke: RebalanceCallback,
+               on_lost: RebalanceCallback, from_beginning: bool) -> Source: ...  # fmt: skip
+
+    def writer(self) -> DeadLetterWriter: ...
+
+    def reader(self) -> RecordReader: ...
