@@ -44,3 +44,8 @@ emulator: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+## deploy-check: lint and validate deploy/ (Dockerfile, compose, Helm chart) without a container engine
+.PHONY: deploy-check
+deploy-check:
+	deploy/check
