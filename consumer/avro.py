@@ -13,7 +13,7 @@ Three readers, all :class:`~consumer.decode.Decoder`\\ s:
 
 The output is schema-agnostic JSON, as ``orjson.loads`` of the same event would give:
 
-* ``traits``, ``properties``, ``context`` and ``context.traits`` may be a record, a map or a
+* ``traits``, ``properties``, ``context``, ``context.traits`` (and ``integrations``) may be a record, a map or a
   JSON-encoded string (producers use all three, ``/work/shared/notes/producers.md`` §4); a
   string is parsed as JSON, and a ``null`` inside it is kept (it overwrites, as in JSON). An
   empty string there means absent: non-nullable string fields are how some producers say none.
@@ -62,8 +62,9 @@ from .errors import (
 #: Confluent framing: magic byte 0, then the schema id as a big-endian int32.
 MAGIC = 0
 HEADER_BYTES = 5
-#: Free-form Segment fields a producer may have written as a JSON string.
-FREE_FORM = ("traits", "properties", "context")
+#: Free-form Segment fields a producer may have written as a JSON string (``integrations``
+#: too: the sink ignores it, but the value should still be the event a JSON producer sent).
+FREE_FORM = ("traits", "properties", "context", "integrations")
 #: Seconds for one registry request; the caller retries (see ``RegistryUnavailable``).
 REGISTRY_TIMEOUT = 10.0
 #: 404 codes meaning "no such schema" (id, subject, version of a reference), not "wrong URL".
@@ -190,8 +191,8 @@ def _iso(moment: datetime) -> str:
 
 
 def unpack_free_form(obj: object) -> object:
-    """Parse ``traits``, ``properties``, ``context`` and ``context.traits`` given as JSON
-    strings (in place); other values are left as they are."""
+    """Parse the :data:`FREE_FORM` fields and ``context.traits`` given as JSON strings (in
+    place); other values are left as they are."""
     if type(obj) is not dict:
         return obj
     for key in FREE_FORM:
