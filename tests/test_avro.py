@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import fastavro
 import orjson
@@ -381,9 +381,9 @@ def test_a_registry_that_stops_answering_is_unavailable_not_undecodable(client):
 class _Answers(BaseHTTPRequestHandler):
     status = 401
     code = 40101
-    seen: list[str | None] = []
+    seen: ClassVar[list[str | None]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         type(self).seen.append(self.headers.get("Authorization"))
         body = b"not json" if self.code is None else orjson.dumps({"error_code": self.code, "message": "no"})
         self.send_response(self.status)
@@ -417,7 +417,7 @@ def fake_registry() -> Iterator[tuple[ThreadingHTTPServer, str]]:
     (500, None, RegistryUnavailable),
 ])  # fmt: skip
 def test_registry_answers_and_what_they_become(fake_registry, status, code, error):
-    server, url = fake_registry
+    _server, url = fake_registry
     _Answers.status, _Answers.code, _Answers.seen = status, code, []
     secret = "s3cret-" + uuid.uuid4().hex
     env = {"SCHEMA_REGISTRY_URL": url, "SCHEMA_REGISTRY_BASIC_AUTH": f"knock-sink:{secret}"}

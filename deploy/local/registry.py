@@ -85,8 +85,8 @@ def choose_java() -> tuple[str, str]:
 
 
 def ensure_app(version: str) -> Path:
-    """Return the unpacked Apicurio application directory (holding ``quarkus-run.jar``),
-    fetching it with Maven once."""
+    """Return the unpacked Apicurio application directory (see :func:`runner_jar`), fetching
+    it with Maven once."""
     app = CACHE / f"apicurio-registry-{version}"
     if (app / ".complete").exists():
         return app
@@ -108,11 +108,7 @@ def ensure_app(version: str) -> Path:
         unpacked = tmp / "app"
         with tarfile.open(tarball) as tar:
             tar.extractall(unpacked, filter="data")
-        # 2.x archives wrap the app in one top directory; 3.x archives do not.
-        runners = list(unpacked.glob("quarkus-run.jar")) or list(unpacked.glob("*/quarkus-run.jar"))
-        if not runners:
-            raise RuntimeError(f"no quarkus-run.jar in {tarball.name}")
-        root = runners[0].parent
+        root = runner_jar(unpacked).parent
         (root / ".complete").touch()
         try:
             root.rename(app)
@@ -121,6 +117,16 @@ def ensure_app(version: str) -> Path:
         return app
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def runner_jar(app: Path) -> Path:
+    """The jar to run: ``quarkus-run.jar`` (3.x, Quarkus fast-jar) or ``*-runner.jar`` (2.x,
+    legacy jar with ``lib/`` beside it), at the top of ``app`` or one directory down."""
+    for pattern in ("quarkus-run.jar", "*-runner.jar", "*/quarkus-run.jar", "*/*-runner.jar"):
+        found = sorted(app.glob(pattern))
+        if found:
+            return found[0]
+    raise RuntimeError(f"no quarkus-run.jar or *-runner.jar in {app}")
 
 
 class Registry:
@@ -172,7 +178,7 @@ class Registry:
             # C1 only: start-up is most of this registry's life in a test run.
             "-XX:TieredStopAtLevel=1",
             *(f"-D{k}={v}" for k, v in props.items()),
-            "-jar", str(app / "quarkus-run.jar"),
+            "-jar", str(runner_jar(app)),
         ]  # fmt: skip
 
     def start(self, timeout: float = 120.0) -> Registry:
