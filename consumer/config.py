@@ -12,7 +12,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .limits import MAX_BULK, RateLimitMode
@@ -41,7 +49,15 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "KNOCK_SINK_DLQ_TOPIC": ("kafka", "dlq_topic"),
     "KNOCK_API_KEY": ("knock", "api_key"),
     "KNOCK_BASE_URL": ("knock", "base_url"),
+    "SCHEMA_REGISTRY_URL": ("kafka", "schema_registry_url"),
+    "SCHEMA_REGISTRY_BASIC_AUTH": ("kafka", "schema_registry_basic_auth"),
 }
+
+#: How a topic's values are read: ``json``; ``avro``, Confluent's framing (byte 0, a 4-byte
+#: schema id, Avro binary) with the writer schema from the registry; ``avro-plain``, bare Avro
+#: binary with the writer schema in ``kafka.avro_schema_file``; ``auto``, per value: Confluent
+#: Avro when the first byte is 0 (no JSON text starts with it), JSON otherwise.
+Format = Literal["auto", "json", "avro", "avro-plain"]
 
 
 class _Section(BaseModel):
@@ -61,6 +77,65 @@ class KafkaSettings(_Section):
     #: Values larger than this go to the dead-letter topic unread.
     max_message_bytes: int = Field(1_048_576, ge=1)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    #: Confluent-compatible Schema Registry base URL (Apicurio: ``.../apis/ccompat/v7``).
+    schema_registry_url: str | None = None
+    #: ``user:password`` for the registry's basic auth; environment or file only, never a flag.
+    schema_registry_basic_auth: SecretStr | None = None
+    #: TLS to the registry: CA bundle, and a client certificate with its key (PEM paths).
+    schema_registry_ca: str | None = None
+    schema_registry_cert: str | None = None
+    schema_registry_key: str | None = None
+    #: How values are read (see :data:`Format`), for every topic not named in ``formats``.
+    format: Format = "auto"
+    #: Topic -> format, overriding ``format`` for that topic.
+    formats: dict[str, Format] = Field(default_factory=dict)
+    #: Writer schema (``.avsc``) of the topics read as ``avro-plain``.
+    avro_schema_file: str | None = None
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        if "@" in v.split("://", 1)[1].split("/", 1)[0]:
+            # Credentials in a URL end up in logs and error messages; the secret has its own
+            # setting, kept out of both.
+            raise ValueError("no user:password in the URL: use SCHEMA_REGISTRY_BASIC_AUTH")
+        return v.rstrip("/")
+
+    @field_validator("schema_registry_basic_auth")
+    @classmethod
+    def _user_password(cls, v: SecretStr | None) -> SecretStr | None:
+        # The message never quotes the value: it is a password.
+        if v is not None and ":" not in v.get_secret_value():
+            raise ValueError("expected user:password")
+        return v
+
+    @model_validator(mode="after")
+    def _formats_have_what_they_need(self) -> KafkaSettings:
+        # ConfigError, not ValueError: pydantic lets it through, so the message names the
+        # missing setting instead of "kafka".
+        used = {self.format, *self.formats.values()}
+        if "avro" in used and not self.schema_registry_url:
+            raise ConfigError(
+                "kafka.schema_registry_url",
+                "format avro (Confluent framing) needs a schema registry (SCHEMA_REGISTRY_URL)",
+            )
+        if "avro-plain" in used and not self.avro_schema_file:
+            raise ConfigError("kafka.avro_schema_file", "format avro-plain needs a writer schema file")
+        if (self.schema_registry_cert is None) != (self.schema_registry_key is None):
+            raise ConfigError(
+                "kafka.schema_registry_cert", "a client certificate and its key go together"
+            )
+        return self
+
+    def format_for(self, topic: str | None) -> Format:
+        """The format of ``topic``'s values (``format`` when the topic is not in ``formats``)."""
+        if topic is None:
+            return self.format
+        return self.formats.get(topic, self.format)
 
     @field_validator("topics", mode="before")
     @classmethod

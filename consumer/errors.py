@@ -3,16 +3,24 @@
     SinkError
     ├── ConfigError          bad setting: one line naming it, exit code 2
     ├── InvalidEvent         this one event can never be applied: dead-letter it with `reason`
-    └── KnockError           an HTTP answer from Knock, parsed from its {code, message, status, type}
-        ├── RetryableError   connection error, timeout, 408, 429, 5xx: retry with backoff
-        ├── ItemError        a per-item 4xx (422 on one user): dead-letter that item
-        └── FatalKnockError  Knock says the configuration is wrong (401/403, 404 on an upsert
-                             route): stop fetching, commit nothing past it, exit 3
+    ├── KnockError           an HTTP answer from Knock, parsed from its {code, message, status, type}
+    │   ├── RetryableError   connection error, timeout, 408, 429, 5xx: retry with backoff
+    │   ├── ItemError        a per-item 4xx (422 on one user): dead-letter that item
+    │   └── FatalKnockError  Knock says the configuration is wrong (401/403, 404 on an upsert
+    │                        route): stop fetching, commit nothing past it, exit 3
+    └── RegistryError        the Schema Registry could not give a writer schema
+        ├── RegistryUnavailable  unreachable, timeout, 408, 429, 5xx: retry with backoff,
+        │                        pause the partition meanwhile (the event is not bad)
+        └── FatalRegistryError   401/403, or a 404 that is not "schema not found" (wrong
+                                 URL): stop fetching, commit nothing past it, exit 3
 
 ``tests/test_errors.py`` holds this drawing against the classes.
 
-Nothing in here ever carries the API key: messages are built from status lines and Knock's
-error bodies only.
+An unknown schema id (404, code 40403) is no RegistryError: that one event can never be read,
+so the Avro decoder raises :class:`InvalidEvent` (``undecodable``) for it.
+
+Nothing in here ever carries the API key or the registry's credentials: messages are built
+from status lines, Knock's and the registry's error bodies, and URLs without their userinfo.
 """
 
 from __future__ import annotations
@@ -76,3 +84,22 @@ class ItemError(KnockError):
 
 class FatalKnockError(KnockError):
     """Knock rejects our credentials or base URL: every further request would fail the same way."""
+
+
+class RegistryError(SinkError):
+    """The Schema Registry did not hand over a writer schema. ``status`` is its HTTP status
+    (``None`` when it did not answer); the message never holds its credentials."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class RegistryUnavailable(RegistryError):
+    """Transient: the registry is unreachable, timed out or answered 408/429/5xx. The same
+    lookup may succeed later, so the event must be retried, never dead-lettered."""
+
+
+class FatalRegistryError(RegistryError):
+    """The registry rejects our credentials (401/403) or is not a registry at that URL: every
+    further lookup would fail the same way."""

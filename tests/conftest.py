@@ -177,3 +177,16 @@ def sink_env(kafka: Kafka, api: Any, topic: str, **extra: str) -> dict[str, str]
         **extra,
     })  # fmt: skip
     return env
+
+
+@pytest.fixture(scope="session")
+def schema_registry() -> Iterator[str]:
+    """The Confluent-compatible URL of a real Schema Registry: ``SCHEMA_REGISTRY_URL`` if set,
+    else Apicurio Registry started by the project's launcher (``deploy/local/registry``)."""
+    if os.environ.get("SCHEMA_REGISTRY_URL"):
+        yield os.environ["SCHEMA_REGISTRY_URL"]
+    else:
+        from registry import Registry
+
+        with Registry() as registry:
+            yield registry.url
