@@ -14,14 +14,16 @@ def drawn_tree() -> dict[str, str | None]:
     parents: dict[str, str | None] = {}
     stack: list[tuple[int, str]] = []
     for line in (errors.__doc__ or "").splitlines():
-        m = re.match(r"^(\s*(?:[│ ]\s*)*(?:[├└]── )?)([A-Z]\w+)(\s|$)", line)
-        if not m or not m.group(2).endswith(("Error", "Event")):
-            continue
-        depth = len(m.group(1))
+        # The class name is the first word after the tree's drawing characters.
+        m = re.match(r"[ │├└─]*", line)
+        depth = m.end() if m else 0
+        name = line[depth:].split(" ", 1)[0]
+        if depth < 4 or not re.fullmatch(r"[A-Z]\w+", name):
+            continue  # prose, or the drawing's continuation lines
         while stack and stack[-1][0] >= depth:
             stack.pop()
-        parents[m.group(2)] = stack[-1][1] if stack else None
-        stack.append((depth, m.group(2)))
+        parents[name] = stack[-1][1] if stack else None
+        stack.append((depth, name))
     return parents
 
 
