@@ -94,9 +94,16 @@ def test_bulk_delete_names_limited_ids(limited: Knock, _limited_server: Emulator
     assert raw.headers["x-ratelimited-user_ids"] == "e"
 
 
-def test_limits_off_lets_everything_through(knock: Knock) -> None:
+def test_limits_off_lets_everything_through(knock: Knock, emulator: EmulatorServer) -> None:
+    # Five bulk calls in well under a second, each updating "same" again: with limits off none
+    # is answered 429 and no entity is skipped.
     for n in range(5):
-        knock.users.bulk.identify(users=[{"id": "same"}, {"id": f"u{n}"}])
+        raw = knock.users.bulk.with_raw_response.identify(users=[{"id": "same"}, {"id": f"u{n}"}])
+        assert raw.status_code == 200
+        assert not [h for h in raw.headers if h.lower().startswith("x-ratelimited-")]
+        wait_bulk(knock, raw.parse().id)
+    assert emulator.stats(by_user=True)["identify_entries_by_user"] == {
+        "same": 5, **{f"u{n}": 1 for n in range(5)}}
 
 
 def test_error_rate_one_answers_500_or_503(knock: Knock, emulator: EmulatorServer) -> None:
