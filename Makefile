@@ -1,6 +1,6 @@
-# Everything installs itself: a virtualenv in .venv from PyPI, the Kafka broker jars from Maven
-# Central (cached in ~/.cache/knock-sink). Nothing needs to be installed by hand beyond
-# Python 3.11+, Java 17+ and Maven.
+# Everything installs itself: a virtualenv in .venv from PyPI, the Kafka broker jars and the
+# Schema Registry (Apicurio) from Maven Central, cached in ~/.cache/knock-sink. Nothing needs to
+# be installed by hand beyond Python 3.11+, Java 17+ (21+ for the registry 3.x) and Maven.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 	deploy/local/kafka fetch >/dev/null
+	deploy/local/registry fetch >/dev/null
 
 ## demo: local broker + local Knock API + sample events + the sink; prints the users
 demo: setup
@@ -28,7 +29,8 @@ test: setup
 ## test-fast: pure-logic unit tests only (no broker, no server)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/test_events.py tests/test_mapping.py tests/test_plan.py \
-	    tests/test_tracker.py tests/test_policy.py tests/test_knock.py
+	    tests/test_tracker.py tests/test_policy.py tests/test_knock.py tests/test_apply.py \
+	    tests/test_errors.py tests/test_layout.py
 
 ## chaos: the full-length fault-injection runs (long)
 chaos: setup
