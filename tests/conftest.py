@@ -142,27 +142,29 @@ def api(knock_api: Any) -> Any:
     return knock_api
 
 
-@pytest.fixture
-def settings_for(kafka: Kafka, api: Any) -> Callable[..., Any]:
-    """Build sink settings for a topic against the test broker and API; keyword overrides use
+def sink_settings(bootstrap: str, api: Any, topic: str, **over: Any) -> Any:
+    """Sink settings for ``topic`` against a broker and the local API; keyword overrides use
     dotted names with ``__`` (``sink__flush_interval=0.1``)."""
     from consumer.config import load_settings
 
-    def make(topic: str, **over: Any) -> Any:
-        base = {
-            "kafka.bootstrap_servers": kafka.bootstrap,
-            "kafka.topics": [topic],
-            "kafka.group_id": f"g-{topic}",
-            "knock.api_key": api.api_key,
-            "knock.base_url": api.url,
-            "knock.rate_limits": "off",
-            "sink.flush_interval": 0.1,
-            "sink.drain_timeout": 20.0,
-        }
-        base.update({k.replace("__", "."): v for k, v in over.items()})
-        return load_settings(environ={}, overrides=base)
+    base = {
+        "kafka.bootstrap_servers": bootstrap,
+        "kafka.topics": [topic],
+        "kafka.group_id": f"g-{topic}",
+        "knock.api_key": api.api_key,
+        "knock.base_url": api.url,
+        "knock.rate_limits": "off",
+        "sink.flush_interval": 0.1,
+        "sink.drain_timeout": 20.0,
+    }
+    base.update({k.replace("__", "."): v for k, v in over.items()})
+    return load_settings(environ={}, overrides=base)
 
-    return make
+
+@pytest.fixture
+def settings_for(kafka: Kafka, api: Any) -> Callable[..., Any]:
+    """``sink_settings`` against the test broker and API."""
+    return lambda topic, **over: sink_settings(kafka.bootstrap, api, topic, **over)
 
 
 def sink_env(kafka: Kafka, api: Any, topic: str, **extra: str) -> dict[str, str]:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from consumer.config import load_settings
 from consumer.flow import Backpressure
 from consumer.metrics import Summary
 from consumer.sink import Sink
+from tests.conftest import sink_settings
 from tests.memory import Broker, MemoryEdge
 from tests.model import actual_state, expected_state
 
@@ -21,17 +21,8 @@ PARTITIONS = 3
 
 
 def settings(api: Any, **over: Any) -> Any:
-    base = {
-        "kafka.bootstrap_servers": "in-memory:9092",
-        "kafka.topics": [TOPIC],
-        "knock.api_key": api.api_key,
-        "knock.base_url": api.url,
-        "knock.rate_limits": "off",
-        "sink.flush_interval": 0.05,
-        "sink.drain_timeout": 20.0,
-    }
-    base.update({k.replace("__", "."): v for k, v in over.items()})
-    return load_settings(environ={}, overrides=base)
+    # The loop sees no broker: the bootstrap address is never dialled.
+    return sink_settings("in-memory:9092", api, TOPIC, **{"sink__flush_interval": 0.05, **over})
 
 
 def stream(users: int = 12, per_user: int = 15) -> tuple[Broker, list[dict[str, Any]]]:

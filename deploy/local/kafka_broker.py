@@ -22,14 +22,14 @@ import base64
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from launcher import LocalService, free_port, serve_until_signal, stop_dir
 
 HERE = Path(__file__).resolve().parent
 KAFKA_VERSION = "3.9.1"
@@ -45,12 +45,6 @@ log4j.logger.kafka.controller=WARN
 log4j.logger.kafka.server.KafkaRaftServer=INFO
 log4j.logger.org.apache.kafka.controller=ERROR
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ensure_jars() -> Path:
@@ -80,16 +74,16 @@ def ensure_jars() -> Path:
     return libs
 
 
-class Broker:
+class Broker(LocalService):
     """One KRaft broker+controller process. ``data_dir`` survives ``stop()``; it is removed by
     ``close()`` only when the broker created it."""
 
+    STATE = "broker.json"
+
     def __init__(self, port: int = 0, data_dir: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(data_dir, "knock-sink-kafka-")
         self.port = port or free_port()
         self.controller_port = free_port()
-        self._owns_dir = data_dir is None
-        self.dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="knock-sink-kafka-"))
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -146,9 +140,7 @@ class Broker:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         log.close()
-        (self.dir / "broker.json").write_text(
-            json.dumps({"pid": self.proc.pid, "bootstrap": self.bootstrap})
-        )
+        self._record(bootstrap=self.bootstrap)
         self._wait_ready(timeout)
         return self
 
@@ -170,46 +162,6 @@ class Broker:
         self.stop()
         raise TimeoutError(f"Kafka did not start within {timeout}s:\n{log.read_text()[-4000:]}")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the broker cleanly (SIGTERM, then SIGKILL after ``timeout``)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Broker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _stop_dir(directory: Path) -> int:
-    info = json.loads((directory / "broker.json").read_text())
-    try:
-        os.kill(info["pid"], signal.SIGTERM)
-    except ProcessLookupError:
-        return 0
-    for _ in range(300):
-        try:
-            os.kill(info["pid"], 0)
-        except ProcessLookupError:
-            return 0
-        time.sleep(0.1)
-    os.kill(info["pid"], signal.SIGKILL)
-    return 0
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deploy/local/kafka", description=__doc__.split("\n\n")[0])
@@ -226,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(ensure_jars())
         return 0
     if args.cmd == "stop":
-        return _stop_dir(Path(args.dir))
+        return stop_dir(Path(args.dir), Broker.STATE)
     directory = Path(args.dir) if args.dir else None
     if directory:
         directory.mkdir(parents=True, exist_ok=True)
@@ -236,10 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"bootstrap": broker.bootstrap, "dir": str(broker.dir), "pid": broker.proc.pid}))
         return 0
     print(f"Kafka {KAFKA_VERSION} serving on {broker.bootstrap} (Ctrl-C to stop)", flush=True)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    broker.close()
-    return 0
+    return serve_until_signal(broker)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -38,7 +37,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from kafka_broker import CACHE, free_port
+from kafka_broker import CACHE
+from launcher import LocalService, free_port, serve_until_signal, stop_dir
 
 #: Apicurio 3 (Java 21+) and the last 2.x line (Java 11+), used when no Java 21 is around.
 VERSION = "3.3.3"
@@ -129,9 +129,11 @@ def runner_jar(app: Path) -> Path:
     raise RuntimeError(f"no quarkus-run.jar or *-runner.jar in {app}")
 
 
-class Registry:
+class Registry(LocalService):
     """One Apicurio Registry process with in-memory storage. ``url`` is the Confluent-compatible
     base URL. ``dir`` (log, pid file) is removed by ``close()`` only when the registry made it."""
+
+    STATE = "registry.json"
 
     def __init__(
         self,
@@ -141,19 +143,17 @@ class Registry:
         java: str | None = None,
         version: str | None = None,
     ) -> None:
+        super().__init__(data_dir, "knock-sink-registry-")
         self.port = port or free_port()
         # Apicurio 3's management interface (health, metrics) is fixed on at build time, on
         # 0.0.0.0:9000 by default: move it to loopback on a port of its own, so two registries
         # (the tests start a second one) do not collide and nothing listens beyond loopback.
         self.management_port = free_port()
-        self._owns_dir = data_dir is None
-        self.dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="knock-sink-registry-"))
         if java is None:
             java, chosen = choose_java()
             version = version or chosen
         self.java = java
         self.version = version or VERSION
-        self.proc: subprocess.Popen[bytes] | None = None
         #: Seconds the last ``start()`` took from launch to the first answer (after any fetch).
         self.start_seconds: float | None = None
 
@@ -190,9 +190,7 @@ class Registry:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         log.close()
-        (self.dir / "registry.json").write_text(
-            json.dumps({"pid": self.proc.pid, "url": self.url, "version": self.version})
-        )
+        self._record(url=self.url, version=self.version)
         self._wait_ready(timeout)
         self.start_seconds = time.monotonic() - began
         return self
@@ -219,47 +217,6 @@ class Registry:
         self.stop()
         raise TimeoutError(f"Apicurio did not answer within {timeout}s:\n{log.read_text()[-4000:]}")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the registry (SIGTERM, then SIGKILL after ``timeout``). Its schemas are gone."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Registry:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _stop_dir(directory: Path) -> int:
-    info = json.loads((directory / "registry.json").read_text())
-    try:
-        os.kill(info["pid"], signal.SIGTERM)
-    except ProcessLookupError:
-        return 0
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(info["pid"], 0)
-        except ProcessLookupError:
-            return 0
-        time.sleep(0.1)
-    os.kill(info["pid"], signal.SIGKILL)
-    return 0
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deploy/local/registry", description=__doc__.split("\n\n")[0])
@@ -279,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"app": str(path), "java": java, "seconds": round(time.monotonic() - began, 1)}))
         return 0
     if args.cmd == "stop":
-        return _stop_dir(Path(args.dir))
+        return stop_dir(Path(args.dir), Registry.STATE)
     directory = Path(args.dir) if args.dir else None
     if directory:
         directory.mkdir(parents=True, exist_ok=True)
@@ -293,10 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         }))  # fmt: skip
         return 0
     print(f"Apicurio Registry {registry.version} serving {registry.url} (Ctrl-C to stop)", flush=True)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    registry.close()
-    return 0
+    return serve_until_signal(registry)
 
 
 if __name__ == "__main__":
