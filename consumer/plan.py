@@ -36,12 +36,12 @@ from consumer.ops import Identify, Merge, Op
 
 @dataclass(slots=True)
 class Pending:
-    """One consumed op waiting to be applied. ``source`` is the caller's handle (e.g.
-    ``(topic, partition, offset)``) used to resolve offsets once the op is applied."""
+    """One consumed op waiting to be applied. ``source`` is the caller's, opaque to the planner:
+    the sink's :class:`~consumer.tracker.Handle` of the position the op came from."""
 
     seq: int
     op: Op
-    source: object
+    source: Any
     #: Pendings of one lane may fold into each other on :meth:`Planner.add`; ``None`` never does.
     lane: object = None
     not_before: float = 0.0

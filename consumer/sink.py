@@ -214,15 +214,15 @@ class Sink:
         """Resolve what Knock applied, park what it rejected, give back what must be retried."""
         assert self._dlq is not None
         for p in out.done:
-            p.source.release()  # type: ignore[attr-defined]
+            p.source.release()
         self.metrics.applied.inc(len(out.done))
         for p, kind, reason in out.dead:
-            self._dlq.park(p.source, kind, reason)  # type: ignore[arg-type]
-            p.source.release()  # type: ignore[attr-defined]
+            self._dlq.park(p.source, kind, reason)
+            p.source.release()
         now = self._clock()
         by_delay: dict[float, list[Pending]] = defaultdict(list)
         for p, delay in out.retry:
-            if p.source.current:  # type: ignore[attr-defined]
+            if p.source.current:
                 by_delay[delay].append(p)
         for delay, items in by_delay.items():
             self.metrics.retries.labels("item" if delay else "blocked").inc(len(items))
@@ -273,7 +273,7 @@ class Sink:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
         here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
-        self._planner.drop(lambda p: p.source.partition in gone)  # type: ignore[attr-defined]
+        self._planner.drop(lambda p: p.source.partition in gone)
         self._tracker.drop(tps)
 
     def _drain(self) -> None:
