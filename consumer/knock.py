@@ -184,6 +184,10 @@ class KnockClient:
             if self._owns_http:
                 self._http.close()
 
+    def ready_in(self, endpoint: str) -> float:
+        """Seconds until a request on ``endpoint`` would leave without waiting for its limiter."""
+        return self._limits.for_endpoint(endpoint).ready_in()
+
     def identify(self, user_id: str, props: JSON) -> JSON:
         """Upsert one user (``PUT /v1/users/{id}``); returns the User Knock now holds."""
         return self._json(self._send("identify", "PUT", f"/v1/users/{_path_id(user_id)}", props))

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from .apply import Applier, Flight, Outcome
+from .cadence import Cadence
 from .config import Settings
 from .deadletter import DeadLetters
 from .decode import Decoder, JsonDecoder, SizeLimit
@@ -74,6 +75,7 @@ class Sink:
             entity_gap=sizing.entity_gap, clock=clock,
         ))  # fmt: skip
         self._backpressure = Backpressure(settings.sink.max_pending)
+        self._cadence = Cadence(settings.sink.flush_interval, settings.knock.rate_limits == "knock")
         self._read_ahead: ReadAhead | None = None
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
@@ -194,7 +196,8 @@ class Sink:
             return
         now = self._clock()
         size = self._sizing.users_per_plan
-        due = len(self._planner) >= size or now - self._last_plan >= self.settings.sink.flush_interval
+        due = self._cadence.due(now, pending=len(self._planner), full_at=size, last_cut=self._last_plan,
+                                bulk_ready_in=self._knock.ready_in("bulk_identify"))
         if (not due or self._holding(now)) and not self._stop.is_set():
             return
         plan = self._planner.cut(now, max_users=size, busy=self._flight.busy(),
