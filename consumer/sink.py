@@ -26,6 +26,7 @@ from .decode import Decoder, JsonDecoder, SizeLimit
 from .errors import ConfigError, FatalKnockError, InvalidEvent, RetryableError
 from .events import parse_event
 from .flow import Backpressure, ReadAhead, Sizing
+from .freshness import Freshness
 from .knock import KnockClient
 from .mapping import Mapper
 from .metrics import Metrics, Summary
@@ -59,6 +60,7 @@ class Sink:
         settings.require_runnable()
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self._freshness = Freshness(self.metrics.registry)
         self._clock = clock
         self._edge = edge or KafkaEdge(settings.kafka)
         self._decoder = SizeLimit(decoder or JsonDecoder(), settings.kafka.max_message_bytes)
@@ -158,6 +160,7 @@ class Sink:
         """Track, decode, parse and map each record; queue its ops with the planner."""
         assert self._dlq is not None
         tracker, planner = self._tracker, self._planner
+        seen = time.time()  # wall time, once a batch: the freshness metrics compare it to stamps
         for rec in records:
             tp = (rec.topic, rec.partition)
             if not tracker.owns(tp):
@@ -170,10 +173,13 @@ class Sink:
                 tracker.add([tp])
             handle = tracker.track(tp, rec.offset)
             try:
-                mapped = self._mapper.map(parse_event(self._decoder.decode(rec.value)))
+                event = parse_event(self._decoder.decode(rec.value))
+                mapped = self._mapper.map(event)
             except InvalidEvent as exc:
                 self._dlq.park(handle, exc.kind, exc.reason, rec)
             else:
+                if mapped.ops:
+                    handle.seen, handle.kafka_ms, handle.event_ts = seen, rec.timestamp, event.raw_timestamp
                 for note in mapped.notes:
                     self.metrics.notes.labels(note).inc()
                 for op in mapped.ops:
@@ -219,6 +225,7 @@ class Sink:
         for p in out.done:
             p.source.release()  # type: ignore[attr-defined]
         self.metrics.applied.inc(len(out.done))
+        self._freshness.applied(out.done, time.time())
         for p, kind, reason in out.dead:
             self._dlq.park(p.source, kind, reason)  # type: ignore[arg-type]
             p.source.release()  # type: ignore[attr-defined]
