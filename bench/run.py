@@ -370,7 +370,8 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
         # Every default: only where to read and where Knock is.
         sink = subprocess.Popen([sys.executable, "-m", "consumer.cli", "run", "--topic", topic,
                                  "--bootstrap-servers", env.bootstrap, "--group-id", group,
-                                 "--knock-base-url", api.url, "--log-level", "WARNING"],
+                                 "--knock-base-url", api.url, "--log-level", "WARNING",
+                                 *sc.get("live_args", [])],
                                 cwd=ROOT, env={**os.environ, **env.child_env},
                                 stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         rss_probe = _PeakRss([sink])
@@ -417,6 +418,7 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
         # The event's timestamp is its production time (wall clock, the same machine's).
         lat = sorted(_iso(u["updated_at"]) - _iso(u["produced_at"]) for u in users)
         row = {"case": f"live-{rate:g}", "title": f"7. sink run, live {rate:g} users/s",
+               "sink_flags": " ".join(sc.get("live_args", [])),
                "events": r["events"], "seconds": round(r["seconds"], 2),
                "events_per_s": round(r["events"] / r["seconds"], 1),
                "cpu_s": round(cpu, 2), "cpu_s_per_m_events": round(cpu / max(1, r["events"]) * 1e6, 1),
@@ -521,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-rates", type=float, nargs="+",
                    help="override case 7's producer rates (new users a second)")
     p.add_argument("--live-seconds", type=float, help="override case 7's producing time")
+    p.add_argument("--live-args", default="",
+                   help="extra knock-sink flags for case 7, e.g. '--flush-interval 2 --log-level DEBUG'")
     p.add_argument("--limits-args", default="",
                    help="extra knock-sink flags for case 4, e.g. '--max-pending 200000'")
     args = p.parse_args(argv)
@@ -528,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.main_events:
         sc["main"] = (args.main_events, max(1, args.main_events // 10))
     sc["limits_args"] = args.limits_args.split()
+    sc["live_args"] = args.live_args.split()
     if args.live_rates or args.live_seconds:
         rates, secs = sc["live"]
         sc["live"] = (args.live_rates or rates, args.live_seconds or secs)

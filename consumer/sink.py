@@ -209,6 +209,9 @@ class Sink:
         plan = self._planner.cut(now, max_users=size, busy=self._flight.busy(),
                                  max_levels=self._sizing.max_levels)  # fmt: skip
         if plan:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("plan cut: %d users, %.3f s after the last, %d ops left pending",
+                          len(plan.users()), now - self._last_plan, len(self._planner))  # fmt: skip
             self._last_plan = now
             self._flight.start(plan)
 
