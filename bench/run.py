@@ -364,6 +364,8 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for rate in rates:
         api.reset()
+        if sc.get("live_bulk_ms"):
+            api.set_faults(bulk_ms=sc["live_bulk_ms"])  # Knock's bulk operations take seconds
         run = uuid.uuid4().hex[:6]
         topic, group, prefix = f"bench-live-{run}", f"live-{run}", f"live-{run}-"
         ensure_topic(env.bootstrap, topic, LIVE_PARTITIONS)
@@ -418,7 +420,7 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
         # The event's timestamp is its production time (wall clock, the same machine's).
         lat = sorted(_iso(u["updated_at"]) - _iso(u["produced_at"]) for u in users)
         row = {"case": f"live-{rate:g}", "title": f"7. sink run, live {rate:g} users/s",
-               "sink_flags": " ".join(sc.get("live_args", [])),
+               "sink_flags": " ".join(sc.get("live_args", [])), "bulk_ms": sc.get("live_bulk_ms", 0),
                "events": r["events"], "seconds": round(r["seconds"], 2),
                "events_per_s": round(r["events"] / r["seconds"], 1),
                "cpu_s": round(cpu, 2), "cpu_s_per_m_events": round(cpu / max(1, r["events"]) * 1e6, 1),
@@ -523,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-rates", type=float, nargs="+",
                    help="override case 7's producer rates (new users a second)")
     p.add_argument("--live-seconds", type=float, help="override case 7's producing time")
+    p.add_argument("--live-bulk-ms", type=int, default=0,
+                   help="case 7: keep each bulk operation queued this long in the emulator")
     p.add_argument("--live-args", default="",
                    help="extra knock-sink flags for case 7, e.g. '--flush-interval 2 --log-level DEBUG'")
     p.add_argument("--limits-args", default="",
@@ -533,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         sc["main"] = (args.main_events, max(1, args.main_events // 10))
     sc["limits_args"] = args.limits_args.split()
     sc["live_args"] = args.live_args.split()
+    sc["live_bulk_ms"] = args.live_bulk_ms
     if args.live_rates or args.live_seconds:
         rates, secs = sc["live"]
         sc["live"] = (args.live_rates or rates, args.live_seconds or secs)
