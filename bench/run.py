@@ -347,7 +347,7 @@ def _lag(bootstrap: str, group: str, topic: str) -> int:
 
 
 def _iso(text: str) -> float:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return dt.datetime.fromisoformat(text).timestamp()
 
 
 def _pct(sorted_values: list[float], q: float) -> float:
@@ -392,11 +392,11 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
             lags: list[int] = []
             stop = threading.Event()
 
-            def watch() -> None:
+            def watch(stop: threading.Event, lags: list[int], group: str, topic: str) -> None:
                 while not stop.wait(1.0):
                     lags.append(_lag(env.bootstrap, group, topic))
 
-            watcher = threading.Thread(target=watch, daemon=True)
+            watcher = threading.Thread(target=watch, args=(stop, lags, group, topic), daemon=True)
             watcher.start()
             r = _run_child("live", ["--bootstrap", env.bootstrap, "--topic", topic, "--rate",
                                     str(rate), "--seconds", str(seconds), "--prefix", prefix], env.tmp)
