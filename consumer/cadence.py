@@ -31,7 +31,9 @@ class Cadence:
     flush_interval: float
     paced: bool
 
-    def due(self, now: float, *, pending: int, full_at: int, last_cut: float, bulk_ready_in: float) -> bool:
+    def due(
+        self, now: float, *, pending: int, full_at: int, last_cut: float, bulk_ready_in: float
+    ) -> bool:
         """Whether to cut a plan now. ``pending``: ops queued with the planner; ``full_at``: ops
         that fill a plan; ``bulk_ready_in``: seconds before the bulk limiter grants a call."""
         if pending >= full_at:

@@ -179,7 +179,8 @@ class Sink:
                 self._dlq.park(handle, exc.kind, exc.reason, rec)
             else:
                 if mapped.ops:
-                    handle.seen, handle.kafka_ms, handle.event_ts = seen, rec.timestamp, event.raw_timestamp
+                    handle.seen, handle.kafka_ms = seen, rec.timestamp
+                    handle.event_ts = event.raw_timestamp
                 for note in mapped.notes:
                     self.metrics.notes.labels(note).inc()
                 for op in mapped.ops:
@@ -202,7 +203,8 @@ class Sink:
             return
         now = self._clock()
         size = self._sizing.users_per_plan
-        due = self._cadence.due(now, pending=len(self._planner), full_at=size, last_cut=self._last_plan,
+        due = self._cadence.due(now, pending=len(self._planner), full_at=size,
+                                last_cut=self._last_plan,
                                 bulk_ready_in=self._knock.ready_in("bulk_identify"))
         if (not due or self._holding(now)) and not self._stop.is_set():
             return

@@ -62,10 +62,12 @@ def test_event_age_and_consume_to_apply_are_exposed_and_move(kafka, api, setting
     assert m[("knock_sink_event_age_seconds_count", event)] == len(events) - 1
     # Two hours old by their own clock: none is in the one-hour bucket, all in the six-hour one.
     assert m[("knock_sink_event_age_seconds_bucket", (*event, ("le", "3600.0")))] == 0
-    assert m[("knock_sink_event_age_seconds_bucket", (*event, ("le", "21600.0")))] == len(events) - 1
+    six_hours = (*event, ("le", "21600.0"))
+    assert m[("knock_sink_event_age_seconds_bucket", six_hours)] == len(events) - 1
     assert m[("knock_sink_event_age_seconds_sum", event)] >= 2 * 3600 * (len(events) - 1)
     # The Kafka records were stamped when the test produced them, well inside five minutes.
-    assert m[("knock_sink_event_age_seconds_bucket", (*kafka_clock, ("le", "300.0")))] == len(events)
+    five_minutes = (*kafka_clock, ("le", "300.0"))
+    assert m[("knock_sink_event_age_seconds_bucket", five_minutes)] == len(events)
     assert m[("knock_sink_consume_to_apply_seconds_bucket", (("le", "300.0"),))] == len(events)
 
 
