@@ -5,7 +5,7 @@ time and peak RSS are its own: ``python -m bench.cases KIND --result FILE [optio
 * ``naive``: consume, one ``PUT /v1/users/{id}`` per event with the official ``knockapi`` SDK,
   commit after each (synchronously), for ``--events`` events;
 * ``live``: a steady producer of ``--rate`` identify events a second, each for a new user
-  (``--prefix`` + a number) and stamped with its production time, for ``--seconds`` seconds
+  (``--prefix`` + a number; with ``--users K``, the same K users over and over) and stamped with its production time, for ``--seconds`` seconds
   (the ``live`` case of :mod:`bench.run`);
 * ``sink``: ``knock-sink`` itself (``consumer.cli.main`` with the arguments after ``--``), with
   ``--profile FILE`` to record it with pyinstrument.
@@ -125,7 +125,7 @@ def live(args: argparse.Namespace) -> dict[str, Any]:
     while (elapsed := time.monotonic() - started) < args.seconds:
         due = int(elapsed * args.rate) + 1
         while n < due:
-            uid = f"{args.prefix}{n:07d}"
+            uid = f"{args.prefix}{n % args.users if args.users else n:07d}"
             now = dt.datetime.now(dt.UTC)
             stamp = now.isoformat(timespec="microseconds").replace("+00:00", "Z")
             # The stamp twice: as the event's timestamp, and as a trait that Knock stores, so
@@ -182,6 +182,7 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--prefix", default="live-")
+    p.add_argument("--users", type=int, default=0, help="live: cycle over this many users (0: new ones)")
     argv = sys.argv[1:]
     rest: list[str] = []
     if "--" in argv:

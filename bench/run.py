@@ -356,6 +356,15 @@ def _pct(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def _caught_up(names: dict[str, str], prefix: str, events: int, pool: int) -> bool:
+    """Whether each user of a ``pool`` holds its last event (event n is named "Live n")."""
+    if not pool:
+        return True
+    final = {f"{prefix}{k:07d}": (events - 1) - ((events - 1 - k) % pool)
+             for k in range(min(pool, events))}  # fmt: skip
+    return all(names.get(uid) == f"Live {n}" for uid, n in final.items())
+
+
 def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
     from bench.generate import ensure_topic
 
@@ -399,7 +408,9 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
             watcher = threading.Thread(target=watch, args=(stop, lags, group, topic), daemon=True)
             watcher.start()
             r = _run_child("live", ["--bootstrap", env.bootstrap, "--topic", topic, "--rate",
-                                    str(rate), "--seconds", str(seconds), "--prefix", prefix], env.tmp)
+                                    str(rate), "--seconds", str(seconds), "--prefix", prefix,
+                                    "--users", str(sc.get("live_users", 0))], env.tmp)
+            expected = min(r["events"], sc.get("live_users") or r["events"])
             stop.set()
             watcher.join()
             lag_end = _lag(env.bootstrap, group, topic)
@@ -409,7 +420,10 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
             deadline = time.monotonic() + 60
             while True:
                 users = [u for u in api.users() if u["id"].startswith(prefix)]
-                if len(users) >= r["events"] or time.monotonic() > deadline or sink.poll() is not None:
+                names = {u["id"]: u["name"] for u in users}
+                if (len(users) >= expected and _caught_up(names, prefix, r["events"],
+                                                          sc.get("live_users") or 0)) \
+                        or time.monotonic() > deadline or sink.poll() is not None:
                     break
                 time.sleep(0.5)
         finally:
@@ -421,6 +435,8 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
         lat = sorted(_iso(u["updated_at"]) - _iso(u["produced_at"]) for u in users)
         row = {"case": f"live-{rate:g}", "title": f"7. sink run, live {rate:g} users/s",
                "sink_flags": " ".join(sc.get("live_args", [])), "bulk_ms": sc.get("live_bulk_ms", 0),
+               "pool": sc.get("live_users", 0), "caught_up": _caught_up(
+                   {u["id"]: u["name"] for u in users}, prefix, r["events"], sc.get("live_users") or 0),
                "events": r["events"], "seconds": round(r["seconds"], 2),
                "events_per_s": round(r["events"] / r["seconds"], 1),
                "cpu_s": round(cpu, 2), "cpu_s_per_m_events": round(cpu / max(1, r["events"]) * 1e6, 1),
@@ -525,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-rates", type=float, nargs="+",
                    help="override case 7's producer rates (new users a second)")
     p.add_argument("--live-seconds", type=float, help="override case 7's producing time")
+    p.add_argument("--live-users", type=int, default=0,
+                   help="case 7: update this many users over and over instead of new ones")
     p.add_argument("--live-bulk-ms", type=int, default=0,
                    help="case 7: keep each bulk operation queued this long in the emulator")
     p.add_argument("--live-args", default="",
@@ -538,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     sc["limits_args"] = args.limits_args.split()
     sc["live_args"] = args.live_args.split()
     sc["live_bulk_ms"] = args.live_bulk_ms
+    sc["live_users"] = args.live_users
     if args.live_rates or args.live_seconds:
         rates, secs = sc["live"]
         sc["live"] = (args.live_rates or rates, args.live_seconds or secs)
