@@ -4,6 +4,9 @@ time and peak RSS are its own: ``python -m bench.cases KIND --result FILE [optio
 * ``ceiling``: a bare confluent-kafka loop that consumes ``--events`` messages and discards them;
 * ``naive``: consume, one ``PUT /v1/users/{id}`` per event with the official ``knockapi`` SDK,
   commit after each (synchronously), for ``--events`` events;
+* ``live``: a steady producer of ``--rate`` identify events a second, each for a new user
+  (``--prefix`` + a number; with ``--users K``, the same K users over and over) and stamped with its production time, for ``--seconds`` seconds
+  (the ``live`` case of :mod:`bench.run`);
 * ``sink``: ``knock-sink`` itself (``consumer.cli.main`` with the arguments after ``--``), with
   ``--profile FILE`` to record it with pyinstrument.
 
@@ -108,6 +111,37 @@ def naive(args: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": time.monotonic() - started, "events": n, "calls": calls}
 
 
+def live(args: argparse.Namespace) -> dict[str, Any]:
+    import datetime as dt
+
+    from confluent_kafka import Producer
+
+    # Small linger: the benchmark measures produce -> applied, so the producer must not be
+    # where the time goes.
+    producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 2, "acks": 1})
+    tick = 0.01
+    started = time.monotonic()
+    n = 0
+    while (elapsed := time.monotonic() - started) < args.seconds:
+        due = int(elapsed * args.rate) + 1
+        while n < due:
+            uid = f"{args.prefix}{n % args.users if args.users else n:07d}"
+            now = dt.datetime.now(dt.UTC)
+            stamp = now.isoformat(timespec="microseconds").replace("+00:00", "Z")
+            # The stamp twice: as the event's timestamp, and as a trait that Knock stores, so
+            # the benchmark reads each user's production time back beside its updated_at.
+            event = {"type": "identify", "userId": uid, "messageId": f"m-{uid}", "timestamp": stamp,
+                     "traits": {"email": f"{uid}@example.com", "name": f"Live {n}", "plan": "pro",
+                                "produced_at": stamp}}
+            producer.produce(args.topic, orjson.dumps(event), uid.encode())
+            n += 1
+        producer.poll(0)
+        time.sleep(max(0.0, started + (n / args.rate) - time.monotonic(), tick / 2))
+    if producer.flush(30) != 0:
+        raise RuntimeError("messages left unsent")
+    return {"seconds": time.monotonic() - started, "events": n}
+
+
 def sink(args: argparse.Namespace) -> dict[str, Any]:
     from consumer import cli
 
@@ -136,7 +170,7 @@ def sink(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["ceiling", "naive", "sink"])
+    p.add_argument("kind", choices=["ceiling", "naive", "live", "sink"])
     p.add_argument("--result", required=True)
     p.add_argument("--bootstrap")
     p.add_argument("--topic")
@@ -145,6 +179,10 @@ def main() -> int:
     p.add_argument("--base-url")
     p.add_argument("--profile")
     p.add_argument("--min-seconds", type=float, default=0.0)
+    p.add_argument("--rate", type=float, default=100.0)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--prefix", default="live-")
+    p.add_argument("--users", type=int, default=0, help="live: cycle over this many users (0: new ones)")
     argv = sys.argv[1:]
     rest: list[str] = []
     if "--" in argv:
@@ -152,7 +190,7 @@ def main() -> int:
         argv, rest = argv[:cut], argv[cut + 1 :]
     args = p.parse_args(argv)
     args.rest = rest
-    result = {"ceiling": ceiling, "naive": naive, "sink": sink}[args.kind](args)
+    result = {"ceiling": ceiling, "naive": naive, "live": live, "sink": sink}[args.kind](args)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_s"] = usage.ru_utime + usage.ru_stime
     result["rss_mb"] = peak_rss_mb(os.getpid())

@@ -11,7 +11,12 @@ child process (:mod:`bench.cases`) and prints a table, also saved as JSON:
    against the lower bound users ÷ (1,000 + 60) per second;
 5. ``backlog``: peak RSS working through a large backlog (limits off);
 6. ``scale``: ``knock-sink run`` with 1, 2, 4 processes in one consumer group on the main
-   topic, timed until the group's commits reach the end offsets.
+   topic, timed until the group's commits reach the end offsets;
+7. ``live``: ``knock-sink run`` with every default against an emulator with Knock's limits,
+   while a producer writes a steady N new users a second (identify events stamped with their
+   production time) to a 3-partition topic for D seconds: produce -> applied latency (the
+   event's ``timestamp`` to the user's ``updated_at`` in the emulator) at p50/p99/max, Knock
+   calls per second, users per bulk call, 429s and the group's lag when producing stops.
 
 CPU seconds and peak RSS are the child's own (``wait4`` rusage: user + system time of all its
 threads; ``VmHWM``, peak RSS since exec, of the largest process); the broker and the emulator run
@@ -50,12 +55,15 @@ BULK, SINGLES = 1000, 60  # Knock's bulk size and single-identify budget per sec
 SCALES: dict[str, dict[str, Any]] = {
     # Seconds: the smoke test. Every case, tiny.
     "small": {"main": (20_000, 2_000), "naive": 200, "limits": (1_000, 200),
-              "backlog": (30_000, 3_000), "procs": [1, 2], "ceiling_s": 0},
+              "backlog": (30_000, 3_000), "procs": [1, 2], "ceiling_s": 0,
+              "live": ([100], 4.0)},
     # The issue's sizes (see README, Performance, for the run times on the reference machine).
     "full": {"main": (500_000, 50_000), "naive": 5_000, "limits": (1_000_000, 100_000),
-             "backlog": (2_000_000, 200_000), "procs": [1, 2, 4], "ceiling_s": 20},
+             "backlog": (2_000_000, 200_000), "procs": [1, 2, 4], "ceiling_s": 20,
+             "live": ([300, 900], 60.0)},
 }
-ALL_CASES = ["ceiling", "sink", "naive", "limits", "backlog", "scale"]
+ALL_CASES = ["ceiling", "sink", "naive", "limits", "backlog", "scale", "live"]
+LIVE_PARTITIONS = 3
 WRITES = ("POST /v1/users/bulk/identify", "PUT /v1/users/{user_id}", "POST /v1/users/{user_id}/merge")
 
 
@@ -328,6 +336,125 @@ def case_scale(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _lag(bootstrap: str, group: str, topic: str) -> int:
+    ends = _ends(bootstrap, topic)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        res = c.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+    finally:
+        c.close()
+    return sum(ends[tp.partition] - max(tp.offset, 0) for tp in res)
+
+
+def _iso(text: str) -> float:
+    return dt.datetime.fromisoformat(text).timestamp()
+
+
+def _pct(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def _caught_up(names: dict[str, str], prefix: str, events: int, pool: int) -> bool:
+    """Whether each user of a ``pool`` holds its last event (event n is named "Live n")."""
+    if not pool:
+        return True
+    final = {f"{prefix}{k:07d}": (events - 1) - ((events - 1 - k) % pool)
+             for k in range(min(pool, events))}  # fmt: skip
+    return all(names.get(uid) == f"Live {n}" for uid, n in final.items())
+
+
+def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
+    from bench.generate import ensure_topic
+
+    rates, seconds = sc["live"]
+    api = env.api["knock"]
+    rows = []
+    for rate in rates:
+        api.reset()
+        if sc.get("live_bulk_ms"):
+            api.set_faults(bulk_ms=sc["live_bulk_ms"])  # Knock's bulk operations take seconds
+        run = uuid.uuid4().hex[:6]
+        topic, group, prefix = f"bench-live-{run}", f"live-{run}", f"live-{run}-"
+        ensure_topic(env.bootstrap, topic, LIVE_PARTITIONS)
+        # Every default: only where to read and where Knock is.
+        sink = subprocess.Popen([sys.executable, "-m", "consumer.cli", "run", "--topic", topic,
+                                 "--bootstrap-servers", env.bootstrap, "--group-id", group,
+                                 "--knock-base-url", api.url, "--log-level", "WARNING",
+                                 *sc.get("live_args", [])],
+                                cwd=ROOT, env={**os.environ, **env.child_env},
+                                stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        rss_probe = _PeakRss([sink])
+        try:
+            # Warm up: one user, applied, says the sink has joined its group and sends.
+            _run_child("live", ["--bootstrap", env.bootstrap, "--topic", topic, "--rate", "1",
+                                "--seconds", "0.5", "--prefix", f"warm-{run}-"], env.tmp)
+            deadline = time.monotonic() + 60
+            while not api.users():
+                if sink.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the live sink did not apply the warm-up event")
+                time.sleep(0.2)
+            stats = api.stats()
+            before = _knock(stats)
+            bulk_before = sum(stats["requests"].get("POST /v1/users/bulk/identify", {}).values())
+            lags: list[int] = []
+            stop = threading.Event()
+
+            def watch(stop: threading.Event, lags: list[int], group: str, topic: str) -> None:
+                while not stop.wait(1.0):
+                    lags.append(_lag(env.bootstrap, group, topic))
+
+            watcher = threading.Thread(target=watch, args=(stop, lags, group, topic), daemon=True)
+            watcher.start()
+            r = _run_child("live", ["--bootstrap", env.bootstrap, "--topic", topic, "--rate",
+                                    str(rate), "--seconds", str(seconds), "--prefix", prefix,
+                                    "--users", str(sc.get("live_users", 0))], env.tmp)
+            expected = min(r["events"], sc.get("live_users") or r["events"])
+            stop.set()
+            watcher.join()
+            lag_end = _lag(env.bootstrap, group, topic)
+            stats = api.stats()
+            calls, limited, entries = (a - b for a, b in zip(_knock(stats), before, strict=True))
+            bulk = sum(stats["requests"].get("POST /v1/users/bulk/identify", {}).values()) - bulk_before
+            deadline = time.monotonic() + 60
+            while True:
+                users = [u for u in api.users() if u["id"].startswith(prefix)]
+                names = {u["id"]: u["name"] for u in users}
+                if (len(users) >= expected and _caught_up(names, prefix, r["events"],
+                                                          sc.get("live_users") or 0)) \
+                        or time.monotonic() > deadline or sink.poll() is not None:
+                    break
+                time.sleep(0.5)
+        finally:
+            if sink.returncode is None:
+                sink.send_signal(signal.SIGTERM)
+        cpu = _reap(sink)[1]
+        rss = rss_probe.stop()
+        # The event's timestamp is its production time (wall clock, the same machine's).
+        lat = sorted(_iso(u["updated_at"]) - _iso(u["produced_at"]) for u in users)
+        row = {"case": f"live-{rate:g}", "title": f"7. sink run, live {rate:g} users/s",
+               "sink_flags": " ".join(sc.get("live_args", [])), "bulk_ms": sc.get("live_bulk_ms", 0),
+               "pool": sc.get("live_users", 0), "caught_up": _caught_up(
+                   {u["id"]: u["name"] for u in users}, prefix, r["events"], sc.get("live_users") or 0),
+               "events": r["events"], "seconds": round(r["seconds"], 2),
+               "events_per_s": round(r["events"] / r["seconds"], 1),
+               "cpu_s": round(cpu, 2), "cpu_s_per_m_events": round(cpu / max(1, r["events"]) * 1e6, 1),
+               "peak_rss_mb": round(rss, 1), "users_per_s": round(entries / r["seconds"], 1),
+               "applied": len(lat), "p50_s": round(_pct(lat, 0.50), 3),
+               "p99_s": round(_pct(lat, 0.99), 3), "max_s": round(lat[-1] if lat else 0.0, 3),
+               "knock_calls": calls, "knock_calls_per_s": round(calls / r["seconds"], 2),
+               "knock_429": limited, "users_sent": entries,
+               "bulk_calls": bulk, "users_per_bulk": round(entries / max(1, bulk), 1),
+               "lag_at_end": lag_end, "lag_max": max(lags, default=lag_end),
+               "lag_samples": lags}
+        rows.append(row)
+        log(f"  live {rate:g}/s: p50 {row['p50_s']} s, p99 {row['p99_s']} s, max {row['max_s']} s, "
+            f"{row['knock_calls_per_s']} calls/s, {row['users_per_bulk']} users/bulk, "
+            f"{limited} 429s, lag at end {lag_end}")
+    return rows
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
@@ -375,6 +502,12 @@ def render(report: dict[str, Any]) -> None:
                       f"took {lim['seconds']} s; {lim['sends_per_user']} sends per user; "
                       f"429s: {lim['knock_429']} in all, {lim['knock_429_after_1s']} after the first second; "
                       f"sink flags: {lim['sink_flags']}")
+    for live in (r for r in report["rows"] if r["case"].startswith("live")):
+        console.print(f"  {live['case']}: {live['applied']:,} of {live['events']:,} users applied; produce -> "
+                      f"applied p50 {live['p50_s']} s, p99 {live['p99_s']} s, max {live['max_s']} s; "
+                      f"{live['knock_calls_per_s']} Knock calls/s, {live['users_per_bulk']} users per bulk "
+                      f"call, {live['knock_429']} 429s; lag at end {live['lag_at_end']}, "
+                      f"max {live['lag_max']}")
 
 
 def machine() -> dict[str, Any]:
@@ -405,6 +538,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--main-events", type=int, help="override the main topic's size (users = events / 10)")
     p.add_argument("--limits-events", type=int,
                    help="override case 4's topic size (users = events / 10)")
+    p.add_argument("--live-rates", type=float, nargs="+",
+                   help="override case 7's producer rates (new users a second)")
+    p.add_argument("--live-seconds", type=float, help="override case 7's producing time")
+    p.add_argument("--live-users", type=int, default=0,
+                   help="case 7: update this many users over and over instead of new ones")
+    p.add_argument("--live-bulk-ms", type=int, default=0,
+                   help="case 7: keep each bulk operation queued this long in the emulator")
+    p.add_argument("--live-args", default="",
+                   help="extra knock-sink flags for case 7, e.g. '--flush-interval 2 --log-level DEBUG'")
     p.add_argument("--limits-args", default="",
                    help="extra knock-sink flags for case 4, e.g. '--max-pending 200000'")
     args = p.parse_args(argv)
@@ -412,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.main_events:
         sc["main"] = (args.main_events, max(1, args.main_events // 10))
     sc["limits_args"] = args.limits_args.split()
+    sc["live_args"] = args.live_args.split()
+    sc["live_bulk_ms"] = args.live_bulk_ms
+    sc["live_users"] = args.live_users
+    if args.live_rates or args.live_seconds:
+        rates, secs = sc["live"]
+        sc["live"] = (args.live_rates or rates, args.live_seconds or secs)
     if args.limits_events:
         sc["limits"] = (args.limits_events, max(1, args.limits_events // 10))
 
@@ -461,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(case_backlog(env, sc))
                 elif case == "scale":
                     rows.extend(case_scale(env, sc))
+                elif case == "live":
+                    rows.extend(case_live(env, sc))
                 r = rows[-1]
                 log(f"  {r['events']:,} events in {r['seconds']:.1f} s: {r['events_per_s']:,.0f}/s, "
                     f"peak RSS {r['peak_rss_mb']:.0f} MB")

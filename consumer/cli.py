@@ -61,7 +61,9 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nested-merge", choices=["either", "deep"],
                    help="fold updates carrying objects under one key: only if Knock deep-merges them "
                    "(deep), or keep them apart, exact either way (either, the default)")
-    p.add_argument("--flush-interval", type=float, help="seconds before a partial batch is sent (default 0.5)")
+    p.add_argument("--flush-interval", type=float,
+                   help="least seconds between two batches sent; longer: fewer, fuller Knock "
+                   "calls, staler data in Knock (default 0.5)")
     p.add_argument("--max-pending", type=int, help="events buffered before fetching pauses")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")

@@ -224,7 +224,10 @@ class MappingSettings(_Section):
 
 
 class SinkSettings(_Section):
-    #: Seconds to wait for more events before sending what is buffered.
+    #: Least seconds between two plans: how long to gather events before sending what is
+    #: buffered. Under Knock's limits a plan is also cut only when its bulk call could leave
+    #: (about once a second); longer intervals send fewer, fuller calls and add up to that long
+    #: to each event's latency (README, Freshness).
     flush_interval: float = Field(0.5, gt=0)
     #: Events buffered or in flight before fetching pauses; also how far a backfill under
     #: Knock's limits reads ahead before it sends.

@@ -106,6 +106,13 @@ class Event:
         self._stamps[i] = value
 
     timestamp = property(lambda self: self._stamp(0), lambda self, v: self._set_stamp(0, v))
+
+    @property
+    def raw_timestamp(self) -> object:
+        """``timestamp`` as the message gave it, unparsed (parsing is left to whoever samples
+        it: the sink's event-age metric reads a few per plan)."""
+        raw = self._raw_stamps
+        return raw[0] if raw is not None else self._stamps[0]
     original_timestamp = property(lambda self: self._stamp(1), lambda self, v: self._set_stamp(1, v))
     sent_at = property(lambda self: self._stamp(2), lambda self, v: self._set_stamp(2, v))
     received_at = property(lambda self: self._stamp(3), lambda self, v: self._set_stamp(3, v))

@@ -185,6 +185,14 @@ class RateLimiter:
                 return False
             self._sleep(ready - now, stop)
 
+    def ready_in(self) -> float:
+        """Seconds until :meth:`acquire` would grant without waiting (0: now). Reserves
+        nothing: the loop asks it to decide when a plan's bulk call could leave."""
+        if self.per_second is None:
+            return 0.0
+        with self._lock:
+            return max(0.0, self._ready_at() - self._clock())
+
     def penalize(self, seconds: float) -> None:
         """Nobody sends on this endpoint for ``seconds`` from now (after a 429), and the window
         widens by :data:`WINDOW_STEP` (up to :data:`MAX_WINDOW`, never narrower than it was)."""

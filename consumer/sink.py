@@ -19,12 +19,14 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from .apply import Applier, Flight, Outcome
+from .cadence import Cadence
 from .config import Settings
 from .deadletter import DeadLetters
 from .decode import Decoder, JsonDecoder, SizeLimit
 from .errors import ConfigError, FatalKnockError, InvalidEvent, RetryableError
 from .events import parse_event
 from .flow import Backpressure, ReadAhead, Sizing
+from .freshness import Freshness
 from .knock import KnockClient
 from .mapping import Mapper
 from .metrics import Metrics, Summary
@@ -58,6 +60,7 @@ class Sink:
         settings.require_runnable()
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self._freshness = Freshness(self.metrics.registry)
         self._clock = clock
         self._edge = edge or KafkaEdge(settings.kafka)
         self._decoder = SizeLimit(decoder or JsonDecoder(), settings.kafka.max_message_bytes)
@@ -74,6 +77,7 @@ class Sink:
             entity_gap=sizing.entity_gap, clock=clock,
         ))  # fmt: skip
         self._backpressure = Backpressure(settings.sink.max_pending)
+        self._cadence = Cadence(settings.sink.flush_interval, settings.knock.rate_limits == "knock")
         self._read_ahead: ReadAhead | None = None
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
@@ -156,6 +160,7 @@ class Sink:
         """Track, decode, parse and map each record; queue its ops with the planner."""
         assert self._dlq is not None
         tracker, planner = self._tracker, self._planner
+        seen = time.time()  # wall time, once a batch: the freshness metrics compare it to stamps
         for rec in records:
             tp = (rec.topic, rec.partition)
             if not tracker.owns(tp):
@@ -168,10 +173,14 @@ class Sink:
                 tracker.add([tp])
             handle = tracker.track(tp, rec.offset)
             try:
-                mapped = self._mapper.map(parse_event(self._decoder.decode(rec.value)))
+                event = parse_event(self._decoder.decode(rec.value))
+                mapped = self._mapper.map(event)
             except InvalidEvent as exc:
                 self._dlq.park(handle, exc.kind, exc.reason, rec)
             else:
+                if mapped.ops:
+                    handle.seen, handle.kafka_ms = seen, rec.timestamp
+                    handle.event_ts = event.raw_timestamp
                 for note in mapped.notes:
                     self.metrics.notes.labels(note).inc()
                 for op in mapped.ops:
@@ -194,12 +203,17 @@ class Sink:
             return
         now = self._clock()
         size = self._sizing.users_per_plan
-        due = len(self._planner) >= size or now - self._last_plan >= self.settings.sink.flush_interval
+        due = self._cadence.due(now, pending=len(self._planner), full_at=size,
+                                last_cut=self._last_plan,
+                                bulk_ready_in=self._knock.ready_in("bulk_identify"))
         if (not due or self._holding(now)) and not self._stop.is_set():
             return
         plan = self._planner.cut(now, max_users=size, busy=self._flight.busy(),
                                  max_levels=self._sizing.max_levels)  # fmt: skip
         if plan:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("plan cut: %d users, %.3f s after the last, %d ops left pending",
+                          len(plan.users()), now - self._last_plan, len(self._planner))  # fmt: skip
             self._last_plan = now
             self._flight.start(plan)
 
@@ -216,6 +230,7 @@ class Sink:
         for p in out.done:
             p.source.release()
         self.metrics.applied.inc(len(out.done))
+        self._freshness.applied(out.done, time.time())
         for p, kind, reason in out.dead:
             self._dlq.park(p.source, kind, reason)
             p.source.release()

@@ -87,13 +87,18 @@ class Handle:
     rewound since) resolves nothing: the event will be read again.
     """
 
-    __slots__ = ("_partition", "offset", "_owed", "_dead")
+    __slots__ = ("_partition", "offset", "_owed", "_dead", "seen", "kafka_ms", "event_ts")
 
     def __init__(self, partition: PartitionTracker, offset: int) -> None:
         self._partition = partition
         self.offset = offset
         self._owed = 1  # the tracker's caller's own hold, released once it has handed the work on
         self._dead = False
+        #: For the freshness metrics (the caller sets them; see consumer.freshness): wall time
+        #: it was consumed, the Kafka record's timestamp (ms) and the event's raw timestamp.
+        self.seen = 0.0
+        self.kafka_ms: int | None = None
+        self.event_ts: object = None
 
     @property
     def partition(self) -> Partition:

@@ -25,7 +25,11 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {r["case"]: r for r in report["rows"]}
-    assert set(rows) >= {"ceiling", "sink", "naive", "limits", "backlog", "scale-1", "scale-2"}
+    assert set(rows) >= {"ceiling", "sink", "naive", "limits", "backlog", "scale-1", "scale-2",
+                         "live-100"}
+    live = rows["live-100"]
+    # Every user produced reached Knock, each with a latency read back from the emulator.
+    assert live["applied"] == live["events"] and live["max_s"] >= live["p99_s"] >= live["p50_s"] > 0
     for case, row in rows.items():
         assert row["events"] > 0, case
         for key in ("events_per_s", "cpu_s_per_m_events", "peak_rss_mb"):

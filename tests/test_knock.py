@@ -413,12 +413,12 @@ def test_bulk_identify_follows_the_operation_to_the_end() -> None:
     assert sleeps.waits == [0.005, 0.01]
 
 
-def test_bulk_polling_interval_grows_to_one_second() -> None:
+def test_bulk_polling_interval_grows_to_a_quarter_second() -> None:
     knock = Knock(json(200, op("queued")), *[json(200, op("processing"))] * 9,
                   json(200, op("completed")))  # fmt: skip
     sleeps = Sleeps()
     client(knock, sleeps=sleeps).bulk_identify([{"id": "u1"}])
-    assert sleeps.waits == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0]
+    assert sleeps.waits == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.25, 0.25, 0.25]
 
 
 def test_bulk_operation_that_failed_fails_every_id() -> None:

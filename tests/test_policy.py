@@ -208,6 +208,22 @@ def test_never_more_than_n_in_any_second_across_threads() -> None:
     assert_at_most_per_second(grants, 5)
 
 
+def test_ready_in_says_when_the_next_grant_comes_and_reserves_nothing() -> None:
+    t = FakeTime()
+    limiter = RateLimiter(1, window=1.03, clock=t.clock, sleep=t.sleep)
+    assert limiter.ready_in() == 0.0
+    assert limiter.acquire()
+    assert limiter.ready_in() == pytest.approx(1.03)
+    t.now += 0.5
+    assert limiter.ready_in() == pytest.approx(0.53)
+    limiter.penalize(2.0)
+    assert limiter.ready_in() == pytest.approx(2.0)
+    t.now += 2.0
+    assert limiter.ready_in() == 0.0
+    assert t.sleeps == []
+    assert RateLimiter(None).ready_in() == 0.0
+
+
 def test_penalize_makes_the_next_caller_wait() -> None:
     t = FakeTime()
     limiter = RateLimiter(60, clock=t.clock, sleep=t.sleep)

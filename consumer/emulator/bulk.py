@@ -34,11 +34,18 @@ class BulkOperations:
     switched on after submission still hits queued ops."""
 
     def __init__(
-        self, store: Store, *, deep: bool, failing_users: Callable[[], frozenset[str]]
+        self,
+        store: Store,
+        *,
+        deep: bool,
+        failing_users: Callable[[], frozenset[str]],
+        delay: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._store = store
         self._deep = deep
         self._failing_users = failing_users
+        self._delay = delay  # seconds an op stays queued (the bulk_ms fault)
+        self._due: dict[str, float] = {}
         self._ops: dict[str, BulkOperation] = {}
         self._queue: asyncio.Queue[str] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -63,6 +70,7 @@ class BulkOperations:
     def reset(self) -> None:
         # Ids left in the queue no longer resolve, so the worker skips them.
         self._ops.clear()
+        self._due.clear()
 
     # -- requests --------------------------------------------------------------------------
 
@@ -88,6 +96,9 @@ class BulkOperations:
             collection=collection,
         )
         self._ops[op.id] = op
+        delay = self._delay()
+        if delay > 0:
+            self._due[op.id] = asyncio.get_running_loop().time() + delay
         self._queue.put_nowait(op.id)
         return op
 
@@ -104,6 +115,10 @@ class BulkOperations:
         assert self._queue is not None
         while True:
             op_id = await self._queue.get()
+            due = self._due.pop(op_id, None)
+            if due is not None:
+                # Ops are queued in order with one delay, so waiting for each in turn is exact.
+                await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
             self._apply(op_id)
             # Let requests in between ops even when the queue is long.
             await asyncio.sleep(0)

@@ -96,6 +96,8 @@ class FaultUpdate(BaseModel):
     outage_seconds: float | None = Field(default=None, ge=0.0)
     failing_users: list[str] | None = None
     fail_bulk_operations: int | None = Field(default=None, ge=0)
+    #: Milliseconds a bulk operation stays queued after it was accepted (Knock's take seconds).
+    bulk_ms: int | None = Field(default=None, ge=0)
     seed: int | None = None
     #: The workflow keys that exist; ``null`` = any key is accepted.
     workflows: list[str] | None = None
@@ -112,6 +114,7 @@ class FaultSettings:
     outage_until: float = 0.0
     failing_users: frozenset[str] = field(default_factory=frozenset)
     fail_bulk_operations: int = 0
+    bulk_ms: int = 0
     seed: int | None = None
     #: Workflow keys that exist (others are Knock's 404); ``None`` accepts any key.
     workflows: frozenset[str] | None = None

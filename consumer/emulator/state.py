@@ -76,7 +76,8 @@ class Emulator:
         self.limiter = RateLimiter(clock)
         self.entities = EntityLimiter(clock)
         self.bulk = BulkOperations(
-            self.store, deep=self.deep, failing_users=lambda: self.faults.settings.failing_users
+            self.store, deep=self.deep, failing_users=lambda: self.faults.settings.failing_users,
+            delay=lambda: self.faults.settings.bulk_ms / 1000
         )
         self.stats = Stats()
         self.triggers: list[dict[str, Any]] = []

@@ -129,3 +129,15 @@ def test_applied_deletes_are_logged_in_order(knock: Knock, emulator: EmulatorSer
     wait_bulk(knock, knock.users.bulk.delete(user_ids=["a", "bad", "never"]).id)
     assert emulator.deleted() == ["b", "a", "never"]
     assert emulator.stats()["deleted_users"] == 3
+
+
+def test_bulk_ms_keeps_an_operation_queued_then_applies_it(knock: Knock, emulator: EmulatorServer) -> None:
+    emulator.set_faults(bulk_ms=1500)
+    op = knock.users.bulk.identify(users=[{"id": "slow", "name": "Slow"}])
+    # Queued until the delay has passed (1.5 s, far more than one request takes): nothing applied.
+    assert knock.bulk_operations.get(op.id).status == "queued"
+    assert emulator.users() == []
+    done = wait_bulk(knock, op.id)
+    assert done.success_count == 1
+    assert [u["id"] for u in emulator.users()] == ["slow"]
+    assert emulator.set_faults()["bulk_ms"] == 1500
