@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+from .actions import Actions
 from .apply import Applier, Flight, Outcome
 from .config import Settings
 from .deadletter import DeadLetters
@@ -62,6 +63,7 @@ class Sink:
         self._edge = edge or KafkaEdge(settings.kafka)
         self._decoder = SizeLimit(decoder or JsonDecoder(), settings.kafka.max_message_bytes)
         self._mapper = Mapper(settings.mapping)
+        self._actions = Actions(settings, self._mapper)
         self._planner = Planner(nested=settings.knock.nested_merge)
         self._tracker = OffsetTracker()
         self._sizing = sizing = Sizing.of(settings.knock)
@@ -96,6 +98,7 @@ class Sink:
         offsets seen at start is applied and committed). Raises :class:`FatalKnockError` after
         committing what is safe when Knock rejects the configuration at run time, and
         :class:`ConfigError` when it rejects it at start."""
+        self._actions.window(backfill=until_end)
         kafka = self.settings.kafka
         # Kafka settings first: a bad client option is a bad setting, reported before any I/O.
         writer = self._edge.writer()
@@ -168,7 +171,11 @@ class Sink:
                 tracker.add([tp])
             handle = tracker.track(tp, rec.offset)
             try:
-                mapped = self._mapper.map(parse_event(self._decoder.decode(rec.value)))
+                if rec.value is None and self._actions.tombstones:
+                    mapped = self._actions.tombstone(rec.key)
+                else:
+                    message = self._decoder.decode(rec.value)
+                    mapped = self._actions.map(parse_event(message), message, rec)  # type: ignore[arg-type]
             except InvalidEvent as exc:
                 self._dlq.park(handle, exc.kind, exc.reason, rec)
             else:
