@@ -191,3 +191,27 @@ def test_tombstones_delete_users_in_order_with_updates_around_them(kafka, api, s
     backfill(settings_for(topic, deletes__tombstones=True))
     assert actual_state(api.users()) == expected_users(events)
     assert kafka.committed(f"g-{topic}", topic) == {0: len(events)}
+
+
+def test_a_refused_user_is_dead_lettered_alone_and_the_others_apply(kafka, api, settings_for):
+    """Knock refuses a whole audience call for one failing user: the sink finds it by sending
+    the members one by one; the bulk delete reports it as an error item, retried then parked."""
+    api.set_faults(failing_users=["bad"])
+    topic = kafka.topic(1)
+    events = [
+        {"type": "track", "event": "Audience Entered", "userId": u, "properties": {"audience_key": "k"}}
+        for u in ("a", "bad", "b")
+    ]
+    kafka.produce(topic, events)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    producer.produce(topic, None, key=b"bad")
+    assert producer.flush(30) == 0
+    summary = backfill(settings_for(topic, audiences__track=True, deletes__tombstones=True,
+                                    sink__item_attempts=2))  # fmt: skip
+    got = {k: sorted(m["user_id"] for m in v) for k, v in api.audiences().items() if v}
+    assert got == expected_audiences([e for e in events if e["userId"] != "bad"], set())
+    dead = kafka.read_all(f"{topic}.dlq", 2)
+    assert sorted(dict(m.headers())["knock-sink.source.offset"] for m in dead) == [b"1", b"3"]
+    assert {dict(m.headers())["knock-sink.error.kind"] for m in dead} == {b"knock_rejected"}
+    assert summary.dead_lettered == {"knock_rejected": 2}
+    assert kafka.committed(f"g-{topic}", topic) == {0: 4}
