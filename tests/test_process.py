@@ -210,3 +210,18 @@ def test_sigkill_mid_run_then_restart_triggers_each_workflow_once(kafka, api, tm
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--trigger-workflows", "--trigger-since", "2020-01-01T00:00:00Z"], "workflows.since"),
+        (["--trigger-workflows", "--trigger-since", "yesterday"], "workflows.since"),
+    ],
+)
+def test_bad_trigger_window_is_one_line_and_exit_code_2(kafka, api, args, needle):
+    env = sink_env(kafka, api, "t-unused")
+    proc = subprocess.run([*CLI, "backfill", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
