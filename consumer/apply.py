@@ -208,6 +208,9 @@ class Applier:
                 self._single(e, blocked, out)
             return
         out.count("bulk_identify", len(chunk))
+        if self._gap:
+            # Knock's gap runs from when it took the call, after the limiter's wait: stamp again.
+            self._remember_bulk(chunk, self._clock())
         limited = set(result.rate_limited)
         for e in chunk:
             if e.user_id in result.failed:

@@ -148,6 +148,11 @@ class ActionRunner:
         if delay > 0:
             # Knock would skip these entities now: a short wait costs less than a retry round.
             time.sleep(min(delay, self._gap))
+        self._stamp(keys)
+
+    def _stamp(self, keys: list[str]) -> None:
+        if not self._gap:
+            return
         with self._lock:
             stamp = self._clock()
             for k in keys:
@@ -183,6 +188,7 @@ class ActionRunner:
                     self._bulk(kind, collection, [p], blocked, out)
             return
         out.count(name)
+        self._stamp(keys)  # Knock's gap runs from when it took the call, after the limiter's wait
         limited = set(result.rate_limited)
         for p, key in zip(chunk, keys, strict=True):
             op = p.op

@@ -215,3 +215,37 @@ def test_a_refused_user_is_dead_lettered_alone_and_the_others_apply(kafka, api, 
     assert {dict(m.headers())["knock-sink.error.kind"] for m in dead} == {b"knock_rejected"}
     assert summary.dead_lettered == {"knock_rejected": 2}
     assert kafka.committed(f"g-{topic}", topic) == {0: 4}
+
+
+def test_under_knocks_limits_bulk_actions_wait_out_the_entity_gap(kafka, settings_for):
+    """A delete right after its user's bulk identify, a tenant set twice: each entity waits for
+    Knock's one-update-a-second instead of being skipped, so every bulk call is made once."""
+    import uuid
+
+    from consumer.emulator import EmulatorServer
+
+    topic = kafka.topic(1)
+    events = [
+        {"type": "identify", "userId": "u1", "traits": {"a": 1}},
+        {"type": "identify", "userId": "u2", "traits": {"a": 2}},
+        {"type": "group", "groupId": "acme", "userId": "u2", "traits": {"name": "Acme"}},
+        {"type": "tombstone", "userId": "u1"},
+        {"type": "group", "groupId": "acme", "userId": "u2", "traits": {"plan": "pro"}},
+    ]
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    for e in events:
+        value = None if e["type"] == "tombstone" else __import__("orjson").dumps(e)
+        producer.produce(topic, value, key=e["userId"].encode())
+    assert producer.flush(30) == 0
+    with EmulatorServer(api_key="sk_test_" + uuid.uuid4().hex, rate_limits="knock") as limited:
+        settings = settings_for(topic, knock__api_key=limited.api_key, knock__base_url=limited.url,
+                                knock__rate_limits="knock", groups__mode="tenant",
+                                deletes__tombstones=True)  # fmt: skip
+        summary = backfill(settings)
+        assert actual_state(limited.users()) == expected_users(events)
+        got = {t["id"]: {k: v for k, v in t.items() if k not in ("id", "__typename", "settings")}
+               for t in limited.tenants()}  # fmt: skip
+        assert got == expected_groups(events)
+    assert summary.knock_calls["bulk_delete_users"] == 1
+    assert summary.knock_calls["bulk_set_tenants"] == 2
+    assert summary.applied == len(events)
