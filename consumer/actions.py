@@ -64,7 +64,9 @@ def idempotency_key(workflow: str, message_id: str | None, rec: Record | None) -
     elif rec is not None:
         seed = f"p\x1f{rec.topic}\x1f{rec.partition}\x1f{rec.offset}\x1f{workflow}"
     else:
-        raise InvalidEvent("invalid_event", "workflow trigger: no messageId to derive its idempotency key")
+        raise InvalidEvent(
+            "invalid_event", "workflow trigger: no messageId to derive its idempotency key"
+        )
     return "ks1-" + hashlib.sha256(seed.encode()).hexdigest()
 
 
@@ -75,7 +77,8 @@ def _matcher(rule: WorkflowRule) -> Callable[[str], bool]:
     if rule.pattern.startswith("re:"):
         rx = re.compile(rule.pattern[3:])
         return lambda name: rx.fullmatch(name) is not None
-    return lambda name: fnmatch.fnmatchcase(name, rule.pattern)  # type: ignore[arg-type]
+    glob = rule.pattern
+    return lambda name: fnmatch.fnmatchcase(name, glob)
 
 
 class Actions:
@@ -159,7 +162,11 @@ class Actions:
         elif kind == "track" or kind == "page" or kind == "screen":
             if self._rules:
                 self._triggers(event, message, rec, out)
-            if kind == "track" and self._aud.track and event.event in (self._aud.entered, self._aud.exited):
+            if (
+                kind == "track"
+                and self._aud.track
+                and event.event in (self._aud.entered, self._aud.exited)
+            ):
                 self._audience_track(event, message, out)
         return out
 
@@ -173,8 +180,8 @@ class Actions:
 
     def _user_props(self, out: Mapped, user_id: str) -> dict[str, Any]:
         for op in out.ops:
-            if op.__class__ is Identify and op.user_id == user_id:  # type: ignore[union-attr]
-                return dict(op.props)  # type: ignore[union-attr]
+            if isinstance(op, Identify) and op.user_id == user_id:
+                return dict(op.props)
         return {}
 
     def _group(self, event: Event, out: Mapped) -> None:
@@ -186,7 +193,11 @@ class Actions:
             return
         s = self._groups
         drop, rename = frozenset(s.drop), s.rename
-        props = {rename.get(k, k): v for k, v in event.group_traits.items() if k not in drop and k != "id"}
+        props = {
+            rename.get(k, k): v
+            for k, v in event.group_traits.items()
+            if k not in drop and k != "id"
+        }
         if s.mode == "tenant":
             out.ops.append(SetTenant(group_id, props))
             return
@@ -224,11 +235,11 @@ class Actions:
         out.ops.append(Audience(key, user_id, event.event == self._aud.entered, {}))
 
     def _event_time(self, event: Event, rec: Record | None) -> float | None:
-        stamp = event.timestamp or event.original_timestamp
+        stamp: datetime | None = event.timestamp or event.original_timestamp
         if stamp is not None:
             return stamp.timestamp()
         if rec is not None and rec.timestamp is not None:
-            return rec.timestamp / 1000
+            return float(rec.timestamp) / 1000
         return None
 
     def _in_window(self, when: float | None, out: Mapped) -> bool:
@@ -244,7 +255,9 @@ class Actions:
             return False
         return True
 
-    def _triggers(self, event: Event, message: dict[str, Any], rec: Record | None, out: Mapped) -> None:
+    def _triggers(
+        self, event: Event, message: dict[str, Any], rec: Record | None, out: Mapped
+    ) -> None:
         if event.type == "track":
             name = event.event
         else:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from .errors import ItemError, RetryableError
 from .apply_actions import ActionRunner
+from .errors import ItemError, RetryableError
 from .knock import KnockClient
 from .limits import ENTITY_GAP
 from .ops import Merge

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .errors import ItemError, RetryableError
@@ -49,6 +49,17 @@ def _reason(exc: ItemError) -> str:
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _bulk_id(p: Pending) -> str:
+    """The id a bulk answer names the entity of ``p`` by (error items, skipped ids)."""
+    op = p.op
+    if isinstance(op, SetTenant):
+        return op.tenant_id
+    if isinstance(op, SetObject):
+        return op.object_id
+    assert isinstance(op, Delete)
+    return op.user_id
 
 
 def _inline(user_id: str, props: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +108,9 @@ class ActionRunner:
             items = by_kind.get(kind)
             if not items:
                 continue
-            tasks = [self._pool.submit(fn, *args, blocked, out) for fn, *args in self._calls(kind, items)]
+            tasks = [
+                self._pool.submit(fn, *args, blocked, out) for fn, args in self._calls(kind, items)
+            ]
             error: BaseException | None = None
             for t in tasks:
                 try:
@@ -107,34 +120,36 @@ class ActionRunner:
             if error is not None:
                 raise error
 
-    def _calls(self, kind: type, items: list[Pending]) -> Iterator[tuple[Any, ...]]:
+    def _calls(
+        self, kind: type, items: list[Pending]
+    ) -> Iterator[tuple[Callable[..., None], tuple[Any, ...]]]:
         if kind is Delete or kind is SetTenant:
             for chunk in _chunks(items, self._bulk_size):
-                yield (self._bulk, kind, None, chunk)
+                yield self._bulk, (kind, None, chunk)
         elif kind is SetObject:
             groups: dict[str, list[Pending]] = defaultdict(list)
             for p in items:
                 groups[p.op.collection].append(p)  # type: ignore[union-attr]
             for collection, group in groups.items():
                 for chunk in _chunks(group, self._bulk_size):
-                    yield (self._bulk, kind, collection, chunk)
+                    yield self._bulk, (kind, collection, chunk)
         elif kind is Subscribe:
             objects: dict[tuple[str, str], list[Pending]] = defaultdict(list)
             for p in items:
                 objects[(p.op.collection, p.op.object_id)].append(p)  # type: ignore[union-attr]
-            for target, group in objects.items():
+            for obj, group in objects.items():
                 for chunk in _chunks(group, MAX_SUBSCRIPTION_RECIPIENTS):
-                    yield (self._subscribe, target, chunk)
+                    yield self._subscribe, (obj, chunk)
         elif kind is Audience:
             audiences: dict[tuple[str, bool], list[Pending]] = defaultdict(list)
             for p in items:
                 audiences[(p.op.key, p.op.add)].append(p)  # type: ignore[union-attr]
             for target, group in audiences.items():
                 for chunk in _chunks(group, self._bulk_size):
-                    yield (self._audience, target, chunk)
+                    yield self._audience, (target, chunk)
         else:
             for p in items:
-                yield (self._trigger, p)
+                yield self._trigger, (p,)
 
     # -- bulk routes ---------------------------------------------------------------------------
 
@@ -159,19 +174,30 @@ class ActionRunner:
                 self._last_bulk[k] = stamp
 
     def _send_bulk(self, kind: type, collection: str | None, chunk: list[Pending]) -> BulkResult:
-        knock = self._knock
+        ops = [p.op for p in chunk]
         if kind is Delete:
-            return knock.bulk_delete_users([p.op.user_id for p in chunk])  # type: ignore[union-attr]
+            return self._knock.bulk_delete_users([o.user_id for o in ops if isinstance(o, Delete)])
         if kind is SetTenant:
-            return knock.bulk_set_tenants([_inline(p.op.tenant_id, p.op.props) for p in chunk])  # type: ignore[union-attr]
+            tenants = [_inline(o.tenant_id, o.props) for o in ops if isinstance(o, SetTenant)]
+            return self._knock.bulk_set_tenants(tenants)
         assert collection is not None
-        return knock.bulk_set_objects(collection, [_inline(p.op.object_id, p.op.props) for p in chunk])  # type: ignore[union-attr]
+        objects = [_inline(o.object_id, o.props) for o in ops if isinstance(o, SetObject)]
+        return self._knock.bulk_set_objects(collection, objects)
 
-    def _bulk(self, kind: type, collection: str | None, chunk: list[Pending], blocked: set[str], out: Outcome) -> None:
+    def _bulk(
+        self,
+        kind: type,
+        collection: str | None,
+        chunk: list[Pending],
+        blocked: set[str],
+        out: Outcome,
+    ) -> None:
         chunk = self._one_per_entity(chunk, blocked, out)
         keys = [entities(p.op)[0] for p in chunk]
         self._wait_gap(keys)
-        name = {Delete: "bulk_delete_users", SetTenant: "bulk_set_tenants"}.get(kind, "bulk_set_objects")
+        name = {Delete: "bulk_delete_users", SetTenant: "bulk_set_tenants"}.get(
+            kind, "bulk_set_objects"
+        )
         try:
             result = self._send_bulk(kind, collection, chunk)
         except RetryableError:
@@ -191,8 +217,7 @@ class ActionRunner:
         self._stamp(keys)  # Knock's gap runs from when it took the call, after the limiter's wait
         limited = set(result.rate_limited)
         for p, key in zip(chunk, keys, strict=True):
-            op = p.op
-            ident = op.user_id if kind is Delete else op.tenant_id if kind is SetTenant else op.object_id  # type: ignore[union-attr]
+            ident = _bulk_id(p)
             if ident in result.failed:
                 self._failed([p], key, result.failed[ident], blocked, out)
             elif ident in limited:
@@ -219,12 +244,16 @@ class ActionRunner:
 
     # -- per-call routes -----------------------------------------------------------------------
 
-    def _subscribe(self, target: tuple[str, str], chunk: list[Pending], blocked: set[str], out: Outcome) -> None:
+    def _subscribe(
+        self, target: tuple[str, str], chunk: list[Pending], blocked: set[str], out: Outcome
+    ) -> None:
         recipients = [_inline(p.op.user_id, p.op.props) for p in chunk]  # type: ignore[union-attr]
         self._call(lambda: self._knock.add_subscriptions(*target, recipients), "add_subscriptions",
                    chunk, lambda p: self._subscribe(target, [p], blocked, out), blocked, out)  # fmt: skip
 
-    def _audience(self, target: tuple[str, bool], chunk: list[Pending], blocked: set[str], out: Outcome) -> None:
+    def _audience(
+        self, target: tuple[str, bool], chunk: list[Pending], blocked: set[str], out: Outcome
+    ) -> None:
         key, add = target
         users = [_inline(p.op.user_id, p.op.props) for p in chunk]  # type: ignore[union-attr]
         name = "add_audience_members" if add else "remove_audience_members"
@@ -234,7 +263,10 @@ class ActionRunner:
     def _trigger(self, p: Pending, blocked: set[str], out: Outcome) -> None:
         op = p.op
         assert isinstance(op, Trigger)
-        body: dict[str, Any] = {"recipients": [_inline(op.user_id, op.recipient_props)], "data": op.data}
+        body: dict[str, Any] = {
+            "recipients": [_inline(op.user_id, op.recipient_props)],
+            "data": op.data,
+        }
         if op.actor is not None:
             body["actor"] = op.actor
         if op.tenant is not None:

@@ -20,8 +20,9 @@ def _key(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def expected_triggers(events: list[dict[str, Any]], workflows: dict[str, str],
-                      since: float | None = None) -> list[tuple[str, str, str, Any]]:
+def expected_triggers(
+    events: list[dict[str, Any]], workflows: dict[str, str], since: float | None = None
+) -> list[tuple[str, str, str, Any]]:
     """(workflow, recipient, data as JSON, tenant) of each run, sorted. ``workflows`` maps a
     track event name to its workflow key; data is every property; events whose ``_t`` (epoch
     seconds, the test's own record of its timestamp) is before ``since`` do not run."""

@@ -45,7 +45,11 @@ def run_until_committed(settings: Any, kafka: Any, topic: str) -> None:
     thread.start()
     try:
         ends = kafka.end_offsets(topic)
-        wait_for(lambda: failure or kafka.committed(settings.kafka.group_id, topic) == ends, 60, "all committed")
+        wait_for(
+            lambda: failure or kafka.committed(settings.kafka.group_id, topic) == ends,
+            60,
+            "all committed",
+        )
     finally:
         sink.stop()
         thread.join(60)
@@ -87,7 +91,9 @@ def test_tracks_trigger_each_workflow_once_also_when_replayed(kafka, api, settin
     assert summary.applied == len(expected)
 
 
-def test_backfill_triggers_nothing_by_default_and_only_recent_events_when_asked(kafka, api, settings_for):
+def test_backfill_triggers_nothing_by_default_and_only_recent_events_when_asked(
+    kafka, api, settings_for
+):
     api.set_faults(workflows=list(WORKFLOWS.values()))
     topic = kafka.topic(1)
     old, recent = tracks(3, 2, seconds_ago=3 * 3600), tracks(3, 2, seconds_ago=60)
@@ -127,8 +133,18 @@ def test_unknown_workflow_is_dead_lettered_with_knocks_error(kafka, api, setting
 
 def group_events() -> list[dict[str, Any]]:
     return [
-        {"type": "group", "groupId": "acme", "userId": "u1", "traits": {"name": "Acme", "plan": "free"}},
-        {"type": "group", "groupId": "acme", "userId": "u2", "traits": {"plan": "pro", "size": {"n": 3}}},
+        {
+            "type": "group",
+            "groupId": "acme",
+            "userId": "u1",
+            "traits": {"name": "Acme", "plan": "free"},
+        },
+        {
+            "type": "group",
+            "groupId": "acme",
+            "userId": "u2",
+            "traits": {"plan": "pro", "size": {"n": 3}},
+        },
         {"type": "group", "groupId": "globex", "userId": "u1", "traits": {"name": "Globex"}},
     ]
 
@@ -146,12 +162,21 @@ def test_group_to_tenant(kafka, api, settings_for):
 def test_group_to_object_and_subscription(kafka, api, settings_for):
     topic = kafka.topic(3)
     events = group_events()
-    kafka.produce(topic, events)
-    backfill(settings_for(topic, groups__mode="object", groups__collection="accounts", groups__subscribe=True))
+    # Keyed by group: one object's updates are ordered only within a partition.
+    kafka.produce(topic, events, key=lambda e: e["groupId"])
+    backfill(
+        settings_for(
+            topic, groups__mode="object", groups__collection="accounts", groups__subscribe=True
+        )
+    )
     objects = {o["id"]: o for o in api.objects()}
     assert {i: o["properties"] for i, o in objects.items()} == expected_groups(events)
     assert {o["collection"] for o in objects.values()} == {"accounts"}
-    subs = {(s["object_id"], s["recipient"]) for s in api.subscriptions() if s["collection"] == "accounts"}
+    subs = {
+        (s["object_id"], s["recipient"])
+        for s in api.subscriptions()
+        if s["collection"] == "accounts"
+    }
     assert subs == expected_subscriptions(events)
 
 
@@ -160,10 +185,25 @@ def test_audiences_enter_and_exit_in_both_forms(kafka, api, settings_for):
     events = [
         {"type": "identify", "userId": "u1", "traits": {"vip": True, "plan": "x"}},
         {"type": "identify", "userId": "u2", "traits": {"vip": True}},
-        {"type": "track", "event": "Audience Entered", "userId": "u3", "properties": {"audience_key": "churn"}},
-        {"type": "track", "event": "Audience Entered", "userId": "u1", "properties": {"audience_key": "churn"}},
+        {
+            "type": "track",
+            "event": "Audience Entered",
+            "userId": "u3",
+            "properties": {"audience_key": "churn"},
+        },
+        {
+            "type": "track",
+            "event": "Audience Entered",
+            "userId": "u1",
+            "properties": {"audience_key": "churn"},
+        },
         {"type": "identify", "userId": "u2", "traits": {"vip": False}},
-        {"type": "track", "event": "Audience Exited", "userId": "u3", "properties": {"audience_key": "churn"}},
+        {
+            "type": "track",
+            "event": "Audience Exited",
+            "userId": "u3",
+            "properties": {"audience_key": "churn"},
+        },
     ]
     kafka.produce(topic, events)
     backfill(settings_for(topic, audiences__traits=["vip"], audiences__track=True))
@@ -199,7 +239,12 @@ def test_a_refused_user_is_dead_lettered_alone_and_the_others_apply(kafka, api, 
     api.set_faults(failing_users=["bad"])
     topic = kafka.topic(1)
     events = [
-        {"type": "track", "event": "Audience Entered", "userId": u, "properties": {"audience_key": "k"}}
+        {
+            "type": "track",
+            "event": "Audience Entered",
+            "userId": u,
+            "properties": {"audience_key": "k"},
+        }
         for u in ("a", "bad", "b")
     ]
     kafka.produce(topic, events)

@@ -45,8 +45,12 @@ def test_identifies_never_fold_across_an_action() -> None:
 
 def test_object_before_subscription_and_users_apart() -> None:
     plan = plan_of(
-        Identify("u", {}), SetObject("accounts", "acme", {}), Subscribe("accounts", "acme", "u", {}),
-        SetTenant("acme", {}), Audience("vip", "v", True, {}), trig("v"),
+        Identify("u", {}),
+        SetObject("accounts", "acme", {}),
+        Subscribe("accounts", "acme", "u", {}),
+        SetTenant("acme", {}),
+        Audience("vip", "v", True, {}),
+        trig("v"),
     )
     assert view(plan) == [
         [("I:u", [1]), ("SetObject", [2]), ("SetTenant", [4]), ("Audience", [5])],
