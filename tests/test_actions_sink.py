@@ -109,7 +109,8 @@ def test_backfill_triggers_nothing_by_default_and_only_recent_events_when_asked(
         workflows__since=datetime.fromtimestamp(since, UTC).isoformat(),
     ))  # fmt: skip
     assert actual_triggers(api.triggers()) == expected_triggers(old + recent, WORKFLOWS, since)
-    assert summary.notes["trigger_too_old"] == len(expected_triggers(old, WORKFLOWS))
+    assert summary.triggers_skipped == {"trigger_too_old": len(expected_triggers(old, WORKFLOWS))}
+    assert summary.describe()["triggers_skipped"] == summary.triggers_skipped
 
 
 def test_unknown_workflow_is_dead_lettered_with_knocks_error(kafka, api, settings_for):
