@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from .apply_actions import ActionRunner
 from .errors import ItemError, RetryableError
 from .knock import KnockClient
 from .limits import ENTITY_GAP
@@ -98,6 +99,10 @@ class Applier:
         # Shared by the plans applied side by side: read, written and pruned under the lock.
         self._last_bulk: dict[str, float] = {}
         self._last_bulk_lock = threading.Lock()
+        self._actions = ActionRunner(
+            knock, self._pool, bulk_size=bulk_size, entity_gap=entity_gap,
+            last_bulk=self._last_bulk, lock=self._last_bulk_lock, failed=self._failed, clock=clock,
+        )  # fmt: skip
         # Users whose last op Knock rejected until it was dead-lettered. Their later ops get one
         # attempt each until one applies: a fresh backoff series per op would hold the
         # partition's commits for (that user's ops) x (the whole series).
@@ -156,6 +161,8 @@ class Applier:
                 error = error or exc
         if error is not None:
             raise error
+        if level.actions:
+            self._actions.run(level.actions, blocked, out)
 
     def _remember_bulk(self, entries: list[Entry], now: float) -> None:
         with self._last_bulk_lock:
@@ -163,7 +170,9 @@ class Applier:
                 self._last_bulk[e.user_id] = now
             if len(self._last_bulk) > PRUNE_AT:
                 cutoff = now - self._gap
-                self._last_bulk = {u: t for u, t in self._last_bulk.items() if t >= cutoff}
+                kept = {u: t for u, t in self._last_bulk.items() if t >= cutoff}
+                self._last_bulk.clear()  # in place: the action runner holds this dict too
+                self._last_bulk.update(kept)
 
     # Tasks run on the pool; list.append and set.add are atomic under the GIL, which is all
     # the sharing they do.
@@ -199,6 +208,9 @@ class Applier:
                 self._single(e, blocked, out)
             return
         out.count("bulk_identify", len(chunk))
+        if self._gap:
+            # Knock's gap runs from when it took the call, after the limiter's wait: stamp again.
+            self._remember_bulk(chunk, self._clock())
         limited = set(result.rate_limited)
         for e in chunk:
             if e.user_id in result.failed:

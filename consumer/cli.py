@@ -36,6 +36,8 @@ FLAG_SETTINGS = {
     "log_level": "sink.log_level",
     "anonymous": "mapping.anonymous",
     "default_region": "mapping.default_region",
+    "trigger_workflows": "workflows.backfill",
+    "trigger_since": "workflows.since",
 }
 
 
@@ -92,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sink_arguments(back)
     back.add_argument("--from-beginning", action="store_true",
                       help="rewind every partition to its first offset (else start from the group's commit)")
+    back.add_argument("--trigger-workflows", action="store_true", default=None,
+                      help="trigger the mapped workflows too (default: a backfill triggers none)")
+    back.add_argument("--trigger-since", metavar="ISO-TIME",
+                      help="with --trigger-workflows, only events newer than this (default and "
+                      "earliest: 24 h before the backfill starts)")
     back.add_argument("--until-end", action="store_true", default=True,
                       help="stop at the end offsets seen at start (always on; accepted for clarity)")
     emu = sub.add_parser("emulator", help="serve a local Knock-compatible API")

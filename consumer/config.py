@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -223,6 +224,95 @@ class MappingSettings(_Section):
         return {**DEFAULT_FIELDS, **self.fields}
 
 
+#: Knock's actions besides user properties: each section maps one kind of Segment call (see the
+#: README's "Knock actions"). Field paths are dot paths into the Segment message as sent
+#: (``properties.order_id``, ``context.groupId``), as Knock's own Sources write them.
+
+
+class WorkflowRule(_Section):
+    """One workflow trigger: the calls it matches and what the trigger carries."""
+
+    #: Message type the rule matches: ``track`` (by ``event``) or ``page``/``screen`` (by ``name``).
+    type: Literal["track", "page", "screen"] = "track"
+    #: The event (or page/screen) name, exactly.
+    event: str | None = None
+    #: Or a glob over the name (``Order *``); ``re:`` in front makes it a regular expression
+    #: that must match the whole name.
+    pattern: str | None = None
+    #: The Knock workflow key.
+    key: str = Field(min_length=1)
+    #: Trigger ``data``: name -> dot path. ``None`` (default): every ``properties`` field.
+    data: dict[str, str] | None = None
+    #: Dot path of the actor's user id (optional).
+    actor: str | None = None
+    #: Dot path of the tenant id; the trigger has no tenant when it is absent.
+    tenant: str | None = "context.groupId"
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> WorkflowRule:
+        if (self.event is None) == (self.pattern is None):
+            raise ValueError("give exactly one of event or pattern")
+        if self.pattern is not None and self.pattern.startswith("re:"):
+            import re
+
+            try:
+                re.compile(self.pattern[3:])
+            except re.error as exc:
+                raise ValueError(f"pattern: {exc}") from None
+        return self
+
+
+class WorkflowSettings(_Section):
+    rules: list[WorkflowRule] = Field(default_factory=list)
+    #: ``run`` triggers only events at most this many seconds old (by their ``timestamp``).
+    #: Anything at most 24 h is replay-safe (Knock keeps an idempotency key 24 h, and an event
+    #: triggered once is older than ``max_age`` 24 h later); 1 h because an older event is
+    #: rarely still news to the person notified.
+    max_age: float = Field(3600.0, gt=0, le=86_400)
+    #: ``backfill`` triggers workflows only when this is set (``--trigger-workflows``)...
+    backfill: bool = False
+    #: ...and then only for events newer than this (``--trigger-since``; default 24 h before
+    #: the backfill starts, and never earlier: older triggers would be outside Knock's
+    #: idempotency window).
+    since: datetime | None = None
+
+    @field_validator("since")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            v = v.replace(tzinfo=UTC)
+        return v
+
+
+class GroupSettings(_Section):
+    #: What a ``group`` call becomes: nothing (``off``), a Knock tenant, or an object of
+    #: ``collection``.
+    mode: Literal["off", "tenant", "object"] = "off"
+    collection: str = Field("accounts", min_length=1)
+    #: Object mode: subscribe the user of the group call to the object.
+    subscribe: bool = False
+    #: Group traits never sent; group trait -> property name.
+    drop: list[str] = Field(default_factory=list)
+    rename: dict[str, str] = Field(default_factory=dict)
+
+
+class AudienceSettings(_Section):
+    #: Trait form: these identify traits are audience keys (``true`` adds, ``false`` removes)...
+    traits: list[str] = Field(default_factory=list)
+    #: ...and so is every trait starting with this prefix (the whole trait key is the audience).
+    trait_prefix: str | None = None
+    #: Track form: ``Audience Entered`` / ``Audience Exited`` with the key at ``key_path``.
+    track: bool = False
+    entered: str = "Audience Entered"
+    exited: str = "Audience Exited"
+    key_path: str = "properties.audience_key"
+
+
+class DeleteSettings(_Section):
+    #: A null value (tombstone) keyed by a user id deletes that user (compacted topics).
+    tombstones: bool = False
+
+
 class SinkSettings(_Section):
     #: Least seconds between two plans: how long to gather events before sending what is
     #: buffered. Under Knock's limits a plan is also cut only when its bulk call could leave
@@ -246,6 +336,10 @@ class Settings(_Section):
     knock: KnockSettings = Field(default_factory=KnockSettings)
     mapping: MappingSettings = Field(default_factory=MappingSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
+    workflows: WorkflowSettings = Field(default_factory=WorkflowSettings)
+    groups: GroupSettings = Field(default_factory=GroupSettings)
+    audiences: AudienceSettings = Field(default_factory=AudienceSettings)
+    deletes: DeleteSettings = Field(default_factory=DeleteSettings)
 
     def require_runnable(self) -> None:
         """Check what ``run`` and ``backfill`` need beyond the types."""

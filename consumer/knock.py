@@ -242,6 +242,42 @@ class KnockClient:
             raise ValueError("every user needs a non-empty string 'id'")
         return self._bulk("bulk_identify", "/v1/users/bulk/identify", {"users": users}, ids)
 
+    def bulk_delete_users(self, user_ids: list[str]) -> BulkResult:
+        """Delete up to ``bulk_size`` users and wait for the bulk operation to finish."""
+        return self._bulk("bulk_delete_users", "/v1/users/bulk/delete", {"user_ids": user_ids}, user_ids)
+
+    def bulk_set_tenants(self, tenants: list[JSON]) -> BulkResult:
+        """Set up to ``bulk_size`` tenants (each a dict with ``id``), waiting for the operation."""
+        ids = [t["id"] for t in tenants]
+        return self._bulk("bulk_set_tenants", "/v1/tenants/bulk/set", {"tenants": tenants}, ids)
+
+    def bulk_set_objects(self, collection: str, objects: list[JSON]) -> BulkResult:
+        """Set up to ``bulk_size`` objects of ``collection``, waiting for the operation."""
+        path = f"/v1/objects/{_path_id(collection)}/bulk/set"
+        return self._bulk("bulk_set_objects", path, {"objects": objects}, [o["id"] for o in objects])
+
+    def add_subscriptions(self, collection: str, object_id: str, recipients: list[JSON]) -> None:
+        """Subscribe recipients (inline-identified users) to an object."""
+        path = f"/v1/objects/{_path_id(collection)}/{_path_id(object_id)}/subscriptions"
+        self._send("add_subscriptions", "POST", path, {"recipients": recipients})
+
+    def audience_members(self, key: str, users: list[JSON], *, add: bool) -> None:
+        """Add (inline-identified) users to audience ``key``, or remove them."""
+        path = f"/v1/audiences/{_path_id(key)}/members"
+        body = {"members": [{"user": u} for u in users]}
+        if add:
+            self._send("add_audience_members", "POST", path, body)
+        else:
+            self._send("remove_audience_members", "DELETE", path, body)
+
+    def trigger(self, workflow: str, body: JSON, idempotency_key: str) -> JSON:
+        """Trigger ``workflow`` with ``Idempotency-Key``: a replay within Knock's 24 h window
+        answers the first run instead of running again."""
+        path = f"/v1/workflows/{_path_id(workflow)}/trigger"
+        response = self._send("trigger_workflow", "POST", path, body,
+                              headers={"Idempotency-Key": idempotency_key})  # fmt: skip
+        return self._json(response)
+
     def _bulk(self, endpoint: str, path: str, body: JSON, ids: list[Any]) -> BulkResult:
         if not 1 <= len(ids) <= self.bulk_size:
             raise ValueError(f"a bulk call takes 1 to {self.bulk_size} ids, got {len(ids)}")
@@ -299,6 +335,7 @@ class KnockClient:
         body: Any = None,
         *,
         params: dict[str, str | int] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         if self._closed:
             raise RuntimeError("KnockClient is closed")
@@ -313,7 +350,8 @@ class KnockClient:
             try:
                 response = self._http.request(
                     method, self.base_url + path, content=content, params=params,
-                    headers=self._headers, timeout=self._timeout,
+                    headers=self._headers if headers is None else {**self._headers, **headers},
+                    timeout=self._timeout,
                 )  # fmt: skip
             except httpx.TransportError as exc:
                 error = RetryableError(self._redact(f"{where}: {type(exc).__name__}: {exc}"))

@@ -25,9 +25,18 @@ ENDPOINT_TIER: Final[Mapping[str, int]] = {
     "get_user": 4,
     "list_users": 4,
     "get_bulk_operation": 4,
+    "bulk_delete_users": 1,
+    "bulk_set_tenants": 1,
+    "bulk_set_objects": 1,
+    "add_subscriptions": 3,
+    "add_audience_members": 3,
+    "remove_audience_members": 3,
+    "trigger_workflow": 5,
 }
 #: Ids a bulk call takes at most (accounts on Knock's older documented limit use 100).
 MAX_BULK: Final = 1000
+#: Recipients one subscription call takes at most (``UpsertSubscriptionsRequest``).
+MAX_SUBSCRIPTION_RECIPIENTS: Final = 100
 #: A bulk call skips an entity that a bulk call updated less than this many seconds earlier.
 ENTITY_GAP: Final = 1.0
 #: Knock's user id limit, in characters.

@@ -8,7 +8,8 @@ What each message type becomes:
   traits (note ``no_traits`` otherwise); the event itself is not sent anywhere.
 * ``alias`` -> :class:`~consumer.ops.Merge` of ``previousId`` into ``userId``; both required.
 * ``group`` -> an ``Identify`` from its ``context.traits`` if any. The group itself (``groupId``,
-  its own traits) is not mapped yet: every group gets the note ``ignored_type``.
+  its own traits) is not mapped here: every group gets the note ``ignored_type``, which
+  :mod:`consumer.actions` takes back when ``groups.mode`` maps it to a tenant or an object.
 
 Traits -> properties (:meth:`Mapper.props`): each Knock reserved field reads the first of its
 source traits that is *present* (a ``null`` is sent and overwrites); every other trait is a

@@ -97,6 +97,12 @@ class Summary:
             committed=metrics.committed_positions(),
         )
 
+    @property
+    def triggers_skipped(self) -> dict[str, int]:
+        """Workflow triggers not sent because the event was outside the trigger window, by
+        reason: the ``trigger_*`` mapping notes (see :mod:`consumer.actions`)."""
+        return {k: v for k, v in self.notes.items() if k.startswith("trigger_")}
+
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly view."""
         return {
@@ -104,6 +110,7 @@ class Summary:
             "applied": self.applied,
             "dead_lettered": self.dead_lettered,
             "skipped_or_noted": self.notes,
+            "triggers_skipped": self.triggers_skipped,
             "knock_calls": self.knock_calls,
             "users_sent": self.users_sent,
             "committed": {f"{t}[{p}]": o for (t, p), o in sorted(self.committed.items())},

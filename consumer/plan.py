@@ -31,7 +31,7 @@ from itertools import pairwise
 from types import MappingProxyType
 from typing import Any, Literal, cast
 
-from consumer.ops import Identify, Merge, Op
+from consumer.ops import Action, Identify, Merge, Op, entities
 
 
 @dataclass(slots=True)
@@ -75,12 +75,21 @@ class MergeStep:
     pending: Pending
 
 
+@dataclass(frozen=True, slots=True)
+class ActionStep:
+    """Any other op (:data:`~consumer.ops.Action`): like a merge, a barrier for what it touches
+    (its users, tenant, object: :func:`~consumer.ops.entities`)."""
+
+    pending: Pending
+
+
 @dataclass(slots=True)
 class Level:
     """Steps that touch disjoint users (at most one entry per user, no user in two steps)."""
 
     identifies: list[Entry] = field(default_factory=list)
     merges: list[MergeStep] = field(default_factory=list)
+    actions: list[ActionStep] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -96,6 +105,8 @@ class Plan:
             out.update(e.user_id for e in level.identifies)
             for m in level.merges:
                 out.update(_users(m.pending.op))
+            for a in level.actions:
+                out.update(_users(a.pending.op))
         return out
 
     def __bool__(self) -> bool:
@@ -103,7 +114,7 @@ class Plan:
 
 
 def _users(op: Op) -> tuple[str, ...]:
-    return (op.user_id,) if isinstance(op, Identify) else (op.user_id, op.from_user_id)
+    return entities(op)
 
 
 NestedMerge = Literal["either", "deep"]
@@ -341,7 +352,7 @@ class Planner:
                 held.update(users)
                 kept.append(p)
         self._queue = kept
-        return Plan(levels=[lv for lv in levels if lv.identifies or lv.merges])
+        return Plan(levels=[lv for lv in levels if lv.identifies or lv.merges or lv.actions])
 
     def _plan_identify(
         self,
@@ -385,16 +396,21 @@ class Planner:
     @staticmethod
     def _plan_merge(
         p: Pending,
-        op: Merge,
+        op: Merge | Action,
         levels: list[Level],
         last: dict[str, tuple[int, Entry | None]],
         top: int,
     ) -> bool:
-        level = 1 + max(last.get(u, (-1, None))[0] for u in (op.user_id, op.from_user_id))
+        users = _users(op)
+        level = 1 + max(last.get(u, (-1, None))[0] for u in users)
         if level >= top:
             return False
-        _level(levels, level).merges.append(MergeStep(p))
-        last[op.user_id] = last[op.from_user_id] = (level, None)
+        if op.__class__ is Merge:
+            _level(levels, level).merges.append(MergeStep(p))
+        else:
+            _level(levels, level).actions.append(ActionStep(p))
+        for u in users:
+            last[u] = (level, None)
         return True
 
     def drop(self, predicate: Callable[[Pending], bool]) -> list[Pending]:

@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+from .actions import Actions
 from .apply import Applier, Flight, Outcome
 from .cadence import Cadence
 from .config import Settings
@@ -64,7 +65,7 @@ class Sink:
         self._clock = clock
         self._edge = edge or KafkaEdge(settings.kafka)
         self._decoder = SizeLimit(decoder or JsonDecoder(), settings.kafka.max_message_bytes)
-        self._mapper = Mapper(settings.mapping)
+        self._actions = Actions(settings, Mapper(settings.mapping))
         self._planner = Planner(nested=settings.knock.nested_merge)
         self._tracker = OffsetTracker()
         self._sizing = sizing = Sizing.of(settings.knock)
@@ -100,6 +101,7 @@ class Sink:
         offsets seen at start is applied and committed). Raises :class:`FatalKnockError` after
         committing what is safe when Knock rejects the configuration at run time, and
         :class:`ConfigError` when it rejects it at start."""
+        self._actions.window(backfill=until_end)
         kafka = self.settings.kafka
         # Kafka settings first: a bad client option is a bad setting, reported before any I/O.
         writer = self._edge.writer()
@@ -172,15 +174,20 @@ class Sink:
                 self._forget([tp])
                 tracker.add([tp])
             handle = tracker.track(tp, rec.offset)
+            event = None  # a tombstone has none
             try:
-                event = parse_event(self._decoder.decode(rec.value))
-                mapped = self._mapper.map(event)
+                if rec.value is None and self._actions.tombstones:
+                    mapped = self._actions.tombstone(rec.key)
+                else:
+                    message = self._decoder.decode(rec.value)
+                    event = parse_event(message)
+                    mapped = self._actions.map(event, message, rec)  # type: ignore[arg-type]
             except InvalidEvent as exc:
                 self._dlq.park(handle, exc.kind, exc.reason, rec)
             else:
                 if mapped.ops:
                     handle.seen, handle.kafka_ms = seen, rec.timestamp
-                    handle.event_ts = event.raw_timestamp
+                    handle.event_ts = None if event is None else event.raw_timestamp
                 for note in mapped.notes:
                     self.metrics.notes.labels(note).inc()
                 for op in mapped.ops:

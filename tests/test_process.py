@@ -175,3 +175,53 @@ def test_sigterm_while_knock_is_unreachable_at_start_exits_zero(kafka, api):
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_sigkill_mid_run_then_restart_triggers_each_workflow_once(kafka, api, tmp_path):
+    from tests.model_actions import actual_triggers, expected_triggers
+    from tests.test_actions_sink import RULES, WORKFLOWS, tracks
+
+    topic = kafka.topic(PARTITIONS)
+    events = tracks(20, 6)
+    kafka.produce(topic, events)
+    config = tmp_path / "sink.toml"
+    config.write_text("".join(
+        f'[[workflows.rules]]\nevent = "{r["event"]}"\nkey = "{r["key"]}"\n' for r in RULES
+    ))  # fmt: skip
+    api.set_faults(workflows=list(WORKFLOWS.values()), latency_ms=60)
+    env = sink_env(kafka, api, topic)
+    proc = start(env, "--rate-limits", "off", "--config", str(config))
+    expected = expected_triggers(events, WORKFLOWS)
+    wait_for(lambda: len(api.triggers()) >= 10, 60, "some workflows triggered")
+    proc.kill()
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    ends = kafka.end_offsets(topic)
+    assert len(api.triggers()) < len(expected)  # the kill did interrupt the run
+
+    api.set_faults(latency_ms=0)
+    proc = start(env, "--rate-limits", "off", "--config", str(config))
+    try:
+        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == ends, 90, "everything committed")
+        runs = api.triggers()
+        assert actual_triggers(runs) == expected
+        assert len({r["idempotency_key"] for r in runs}) == len(runs)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--trigger-workflows", "--trigger-since", "2020-01-01T00:00:00Z"], "workflows.since"),
+        (["--trigger-workflows", "--trigger-since", "yesterday"], "workflows.since"),
+    ],
+)
+def test_bad_trigger_window_is_one_line_and_exit_code_2(kafka, api, args, needle):
+    env = sink_env(kafka, api, "t-unused")
+    proc = subprocess.run([*CLI, "backfill", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
