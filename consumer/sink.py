@@ -29,7 +29,6 @@ from .events import parse_event
 from .flow import Backpressure, ReadAhead, Sizing
 from .freshness import Freshness
 from .knock import KnockClient
-from .mapping import Mapper
 from .metrics import Metrics, Summary
 from .plan import Pending, Planner
 from .records import Edge, Partition, Record, Source
@@ -65,7 +64,7 @@ class Sink:
         self._clock = clock
         self._edge = edge or KafkaEdge(settings.kafka)
         self._decoder = SizeLimit(decoder or JsonDecoder(), settings.kafka.max_message_bytes)
-        self._actions = Actions(settings, Mapper(settings.mapping))
+        self._actions = Actions(settings)
         self._planner = Planner(nested=settings.knock.nested_merge)
         self._tracker = OffsetTracker()
         self._sizing = sizing = Sizing.of(settings.knock)
