@@ -1,8 +1,8 @@
 """``knock-sink``: the command line.
 
 Exit codes: 0 done (or stopped by SIGTERM/SIGINT after draining), 2 a bad setting (one line
-naming it), 3 Knock rejected the configuration at run time (API key, base URL), 1 anything
-unexpected.
+naming it), 3 Knock (API key, base URL) or the schema registry (credentials) rejected the
+configuration at run time, 1 anything unexpected.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ConfigError, FatalKnockError
+from .errors import ConfigError, FatalKnockError, FatalRegistryError
 
 EXIT_CONFIG = 2
 EXIT_FATAL = 3
@@ -36,7 +36,15 @@ FLAG_SETTINGS = {
     "log_level": "sink.log_level",
     "anonymous": "mapping.anonymous",
     "default_region": "mapping.default_region",
+    "schema_registry_url": "kafka.schema_registry_url",
+    "format": "kafka.format",
+    "avro_schema_file": "kafka.avro_schema_file",
+    "schema_registry_ca": "kafka.schema_registry_ca",
+    "schema_registry_cert": "kafka.schema_registry_cert",
+    "schema_registry_key": "kafka.schema_registry_key",
 }
+#: The value formats of ``--format`` and ``--topic-format`` (``consumer.config.Format``).
+FORMATS = ["auto", "json", "avro", "avro-plain"]
 
 
 def _kafka_option(text: str) -> tuple[str, str]:
@@ -44,6 +52,26 @@ def _kafka_option(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key.strip(), value.strip()
+
+
+def _topic_format(text: str) -> tuple[str, str]:
+    topic, value = _kafka_option(text)
+    if value not in FORMATS:
+        raise argparse.ArgumentTypeError(f"format must be one of {', '.join(FORMATS)}, got {value!r}")
+    return topic, value
+
+
+def _add_format_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--schema-registry-url", help="Confluent-compatible Schema Registry (env "
+                   "SCHEMA_REGISTRY_URL; its user:password only in env SCHEMA_REGISTRY_BASIC_AUTH)")
+    p.add_argument("--format", choices=FORMATS, help="how values are read (default auto: "
+                   "Confluent Avro when the first byte is 0, JSON otherwise)")
+    p.add_argument("--topic-format", action="append", type=_topic_format, default=[],
+                   metavar="TOPIC=FORMAT", help="the format of one topic (repeatable)")
+    p.add_argument("--avro-schema-file", metavar="FILE", help="writer schema (.avsc) of avro-plain values")
+    p.add_argument("--schema-registry-ca", metavar="FILE", help="CA bundle (PEM) for the registry's TLS")
+    p.add_argument("--schema-registry-cert", metavar="FILE", help="client certificate (PEM) for the registry")
+    p.add_argument("--schema-registry-key", metavar="FILE", help="the client certificate's key (PEM)")
 
 
 def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,6 +95,7 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")
     p.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _add_format_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +134,8 @@ def _settings(args: argparse.Namespace) -> Any:
     overrides = {dotted: getattr(args, dest, None) for dest, dotted in FLAG_SETTINGS.items()}
     if args.kafka_option:
         overrides["kafka.client"] = dict(args.kafka_option)
+    if getattr(args, "topic_format", None):
+        overrides["kafka.formats"] = dict(args.topic_format)
     return load_settings(args.config, overrides=overrides)
 
 
@@ -124,7 +155,7 @@ def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
         signal.signal(sig, lambda *_: sink.stop())
     try:
         summary = sink.run(from_beginning=backfill and args.from_beginning, until_end=backfill)
-    except FatalKnockError as exc:
+    except (FatalKnockError, FatalRegistryError) as exc:
         print(f"knock-sink: stopped: {exc}", file=sys.stderr)
         return EXIT_FATAL
     print(json.dumps(summary.describe(), sort_keys=True))

@@ -21,8 +21,15 @@ from collections.abc import Callable
 from .apply import Applier, Flight, Outcome
 from .config import Settings
 from .deadletter import DeadLetters
-from .decode import Decoder, JsonDecoder, SizeLimit
-from .errors import ConfigError, FatalKnockError, InvalidEvent, RetryableError
+from .avro import decoder_for
+from .decode import Decoder, SizeLimit
+from .errors import (
+    ConfigError,
+    FatalKnockError,
+    InvalidEvent,
+    RegistryError,
+    RetryableError,
+)
 from .events import parse_event
 from .flow import Backpressure, ReadAhead, Sizing
 from .knock import KnockClient
@@ -31,7 +38,8 @@ from .metrics import Metrics, Summary
 from .plan import Pending, Planner
 from .records import Edge, Partition, Record, Source
 from .source import KafkaEdge
-from .tracker import OffsetTracker
+from .stalls import REGISTRY_BACKOFF, Stalls
+from .tracker import Handle, OffsetTracker
 
 log = logging.getLogger("knock_sink")
 
@@ -60,7 +68,10 @@ class Sink:
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._edge = edge or KafkaEdge(settings.kafka)
-        self._decoder = SizeLimit(decoder or JsonDecoder(), settings.kafka.max_message_bytes)
+        self._format = decoder or decoder_for(settings.kafka)
+        self._decoder = SizeLimit(self._format, settings.kafka.max_message_bytes)
+        self._stalls = Stalls(REGISTRY_BACKOFF, clock=clock, pause=self._pause, resume=self._resume,
+                              on_wait=self.metrics.retries.labels("registry").inc)  # fmt: skip
         self._mapper = Mapper(settings.mapping)
         self._planner = Planner(nested=settings.knock.nested_merge)
         self._tracker = OffsetTracker()
@@ -94,8 +105,10 @@ class Sink:
     def run(self, *, from_beginning: bool = False, until_end: bool = False) -> Summary:
         """Consume until :meth:`stop` (or, with ``until_end``, until every event up to the end
         offsets seen at start is applied and committed). Raises :class:`FatalKnockError` after
-        committing what is safe when Knock rejects the configuration at run time, and
-        :class:`ConfigError` when it rejects it at start."""
+        committing what is safe when Knock rejects the configuration at run time,
+        :class:`~consumer.errors.FatalRegistryError` when the schema registry does (after
+        applying and committing what came before the record it refused), and
+        :class:`ConfigError` when either rejects it at start."""
         kafka = self.settings.kafka
         # Kafka settings first: a bad client option is a bad setting, reported before any I/O.
         writer = self._edge.writer()
@@ -113,6 +126,12 @@ class Sink:
         except RetryableError:  # stopped while Knock was unreachable
             self._close()
             return Summary.of(self.metrics)
+        try:
+            if not getattr(self._format, "check", lambda: True)():
+                log.warning("schema registry not answering at start: events that need it will wait")
+        except ConfigError:
+            self._close()
+            raise
         self._looping = True
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
         ends = self._end_targets(from_beginning) if until_end else None
@@ -129,6 +148,9 @@ class Sink:
             while not self._stop.is_set() and not (ends is not None and self._reached(ends)):
                 self._step()
             self._drain()
+            if self._stalls.fatal is not None:  # stopped fetching; what was mapped is applied
+                log.critical("the schema registry rejected the configuration, stopped: %s", self._stalls.fatal)
+                raise self._stalls.fatal
         except FatalKnockError as exc:
             log.critical("Knock rejected the configuration, stopping: %s", exc)
             self._commit(force=True)
@@ -146,6 +168,7 @@ class Sink:
         self.metrics.pending.set(pending)
         self.metrics.paused.set(1 if self._source.paused else 0)
         busy = len(self._flight) > 0 or len(self._planner) > 0
+        self._stalls.retry(self._process)
         self._ingest(self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2))
         self._flight.collect(self._take)
         self._dlq.pump()
@@ -155,7 +178,7 @@ class Sink:
     def _ingest(self, records: list[Record]) -> None:
         """Track, decode, parse and map each record; queue its ops with the planner."""
         assert self._dlq is not None
-        tracker, planner = self._tracker, self._planner
+        tracker = self._tracker
         for rec in records:
             tp = (rec.topic, rec.partition)
             if not tracker.owns(tp):
@@ -167,23 +190,46 @@ class Sink:
                 self._forget([tp])
                 tracker.add([tp])
             handle = tracker.track(tp, rec.offset)
+            if self._stalls.holds(tp):
+                self._stalls.keep(rec, handle)  # behind a record waiting for the registry
+                continue
             try:
-                mapped = self._mapper.map(parse_event(self._decoder.decode(rec.value)))
-            except InvalidEvent as exc:
-                self._dlq.park(handle, exc.kind, exc.reason, rec)
-            else:
-                for note in mapped.notes:
-                    self.metrics.notes.labels(note).inc()
-                for op in mapped.ops:
-                    handle.hold()
-                    self._seq += 1
-                    planner.add(Pending(self._seq, op, handle, tp))
-            handle.release()  # zero-op events resolve here
+                self._process(rec, handle)
+            except RegistryError as exc:
+                self._stalls.stall(rec, handle, exc)
+        if self._stalls.fatal is not None:
+            self._stop.set()
         if records:
             if self._read_ahead is not None:
                 self._read_ahead.fetched(records, self._clock())
             # Counted per batch: a prometheus counter takes a lock on every inc().
             self.metrics.consumed.inc(len(records))
+
+    def _process(self, rec: Record, handle: Handle) -> None:
+        """Decode, parse and map one tracked record; queue its ops or park it. Raises
+        :class:`RegistryError` with the handle still held (the record must wait)."""
+        assert self._dlq is not None
+        tp = (rec.topic, rec.partition)
+        try:
+            mapped = self._mapper.map(parse_event(self._decoder.decode(rec.value, rec.topic)))
+        except InvalidEvent as exc:
+            self._dlq.park(handle, exc.kind, exc.reason, rec)
+        else:
+            for note in mapped.notes:
+                self.metrics.notes.labels(note).inc()
+            for op in mapped.ops:
+                handle.hold()
+                self._seq += 1
+                self._planner.add(Pending(self._seq, op, handle, tp))
+        handle.release()  # zero-op events resolve here
+
+    def _pause(self, tps: list[Partition]) -> None:
+        if self._source is not None:
+            self._source.pause_partitions(tps)
+
+    def _resume(self, tps: list[Partition]) -> None:
+        if self._source is not None:
+            self._source.resume_partitions(tps)
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -273,6 +319,7 @@ class Sink:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
         here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
+        self._stalls.drop(tps)
         self._planner.drop(lambda p: p.source.partition in gone)  # type: ignore[attr-defined]
         self._tracker.drop(tps)
 

@@ -120,6 +120,13 @@ class KafkaSource:
             self._consumer.resume(self._consumer.assignment())
             self._paused = False
 
+    def pause_partitions(self, tps: list[Partition]) -> None:
+        self._consumer.pause([TopicPartition(t, p) for t, p in tps])
+
+    def resume_partitions(self, tps: list[Partition]) -> None:
+        if not self._paused:  # a whole pause (backpressure, drain) outranks this one
+            self._consumer.resume([TopicPartition(t, p) for t, p in tps])
+
     @property
     def paused(self) -> bool:
         return self._paused
