@@ -105,6 +105,11 @@ class WriterSchema:
         if left:
             # Bytes the schema does not account for: the value was written with another schema.
             raise InvalidEvent("undecodable", f"not Avro of {self.label}: {left} bytes left over")
+        return self.value_of(raw)
+
+    def value_of(self, raw: object) -> object:
+        """The JSON-equivalent value of one datum fastavro read with this schema (with
+        ``return_record_name=True``), e.g. from an Avro container file."""
         return unpack_free_form(self._json(raw, self.parsed))
 
     def _resolve(self, schema: Any) -> Any:

@@ -121,6 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
                       help="rewind every partition to its first offset (else start from the group's commit)")
     back.add_argument("--until-end", action="store_true", default=True,
                       help="stop at the end offsets seen at start (always on; accepted for clarity)")
+    back.add_argument("--dry-run", action="store_true",
+                      help="read, decode and map up to the end, print the Knock calls each event "
+                      "would make (or why it would be dead-lettered); call nothing in Knock, commit "
+                      "nothing, join no group. Exit 0 when every event maps, 1 otherwise")
+    val = sub.add_parser(
+        "validate", help="print the Knock calls each message of a file would make, calling nothing",
+        description="Print, for each message of FILE, the Knock calls the sink would make (method, "
+        "route, JSON body) or why it would dead-letter it, then a summary. No call to Knock (the "
+        "schema registry may be asked for schemas). Exit 0 when every message maps, 1 when some "
+        "would be dead-lettered (or could not be checked), 2 on bad usage.")
+    val.add_argument("file", metavar="FILE", help="the messages (see --input)")
+    val.add_argument("--input", choices=["auto", "ndjson", "avro-container", "base64"], default="auto",
+                     help="ndjson: one JSON event per line; avro-container: an Avro object container "
+                     "file; base64: one Kafka value per line, base64 (Confluent-framed Avro with "
+                     "--schema-registry-url). auto (default): a container file by its magic bytes, "
+                     "else ndjson")
+    val.add_argument("--config", metavar="FILE", help="TOML settings file (its [mapping] and [kafka] formats apply)")
+    val.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")
+    val.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
+    _add_format_arguments(val)
     emu = sub.add_parser("emulator", help="serve a local Knock-compatible API")
     emulator_cli.add_arguments(emu)
     demo = sub.add_parser("demo", help="local broker + local Knock API + sample events + the sink, then print the users")
@@ -132,16 +152,50 @@ def _settings(args: argparse.Namespace) -> Any:
     from .config import load_settings
 
     overrides = {dotted: getattr(args, dest, None) for dest, dotted in FLAG_SETTINGS.items()}
-    if args.kafka_option:
+    if getattr(args, "kafka_option", None):
         overrides["kafka.client"] = dict(args.kafka_option)
     if getattr(args, "topic_format", None):
         overrides["kafka.formats"] = dict(args.topic_format)
     return load_settings(args.config, overrides=overrides)
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import validate
+
+    settings = _settings(args)
+    checker = validate.Checker(settings)
+    try:
+        return validate.run(validate.read_file(Path(args.file), args.input), checker, sys.stdout)
+    except (OSError, ValueError) as exc:
+        print(f"knock-sink: {args.file}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except FatalRegistryError as exc:
+        print(f"knock-sink: stopped: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    from . import validate
+    from .source import read_to_end
+
+    settings = _settings(args)
+    if not settings.kafka.topics:
+        raise ConfigError("kafka.topics", "no topic to read (KNOCK_SINK_TOPICS or --topic)")
+    records = read_to_end(settings.kafka, from_beginning=args.from_beginning)
+    try:
+        return validate.run(validate.from_records(records), validate.Checker(settings), sys.stdout)
+    except FatalRegistryError as exc:
+        print(f"knock-sink: stopped: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+
+
 def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
     from .sink import Sink
 
+    if backfill and args.dry_run:
+        return _dry_run(args)
     settings = _settings(args)
     logging.basicConfig(
         level=settings.sink.log_level,
@@ -173,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(extra_events=args.events)
+        if args.command == "validate":
+            return _validate(args)
         return _run_sink(args, backfill=args.command == "backfill")
     except ConfigError as exc:
         print(f"knock-sink: {exc}", file=sys.stderr)
