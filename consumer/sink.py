@@ -32,6 +32,7 @@ from .errors import (
 )
 from .events import parse_event
 from .flow import Backpressure, ReadAhead, Sizing
+from .keying import KeyWatch
 from .knock import KnockClient
 from .mapping import Mapper
 from .metrics import Metrics, Summary
@@ -72,6 +73,7 @@ class Sink:
         self._decoder = SizeLimit(self._format, settings.kafka.max_message_bytes)
         self._stalls = Stalls(REGISTRY_BACKOFF, clock=clock, pause=self._pause, resume=self._resume,
                               on_wait=self.metrics.retries.labels("registry").inc)  # fmt: skip
+        self._keys = KeyWatch(clock=clock, on_split=self.metrics.users_on_several_partitions.inc)
         self._mapper = Mapper(settings.mapping)
         self._planner = Planner(nested=settings.knock.nested_merge)
         self._tracker = OffsetTracker()
@@ -220,6 +222,7 @@ class Sink:
             for op in mapped.ops:
                 handle.hold()
                 self._seq += 1
+                self._keys.seen(op.user_id, tp)
                 self._planner.add(Pending(self._seq, op, handle, tp))
         handle.release()  # zero-op events resolve here
 
