@@ -141,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")
     val.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
     _add_format_arguments(val)
+    rep = sub.add_parser(
+        "repartition", help="copy a topic into one keyed by user id, exactly once (transactions)",
+        description="Copy --from into --to keyed by user id (userId, else anonymousId), merging the "
+        "source partitions by event time, in Kafka transactions (a crash neither loses nor "
+        "duplicates; rerun to resume). --to is created with the source's partition count. Then "
+        "point the sink at --to. Stops at the end of --from unless --follow.")
+    rep.add_argument("--from", dest="source", required=True, metavar="RAW", help="the unkeyed topic")
+    rep.add_argument("--to", dest="target", required=True, metavar="KEYED", help="the keyed topic")
+    rep.add_argument("--follow", action="store_true", help="keep copying new events (stop with SIGTERM/SIGINT)")
+    rep.add_argument("--batch", type=int, default=1000, help="records per transaction at most (default 1000)")
+    rep.add_argument("--config", metavar="FILE", help="TOML settings file (its [kafka] section applies)")
+    rep.add_argument("--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS)")
+    rep.add_argument("--kafka-option", action="append", type=_kafka_option, default=[],
+                     metavar="KEY=VALUE", help="librdkafka setting passed through (TLS, SASL...); repeatable")
+    _add_format_arguments(rep)
     emu = sub.add_parser("emulator", help="serve a local Knock-compatible API")
     emulator_cli.add_arguments(emu)
     demo = sub.add_parser("demo", help="local broker + local Knock API + sample events + the sink, then print the users")
@@ -191,6 +206,25 @@ def _dry_run(args: argparse.Namespace) -> int:
         return EXIT_FATAL
 
 
+def _repartition(args: argparse.Namespace) -> int:
+    import threading
+
+    from .repartition import Repartitioner
+
+    settings = _settings(args)
+    logging.basicConfig(level=settings.sink.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    if args.batch < 1:
+        raise ConfigError("--batch", "must be at least 1")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    counts = Repartitioner(settings.kafka, args.source, args.target, batch=args.batch).run(
+        until_end=not args.follow, stop=stop)
+    print(json.dumps(counts.describe(), sort_keys=True))
+    return 0
+
+
 def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
     from .sink import Sink
 
@@ -229,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(extra_events=args.events)
         if args.command == "validate":
             return _validate(args)
+        if args.command == "repartition":
+            return _repartition(args)
         return _run_sink(args, backfill=args.command == "backfill")
     except ConfigError as exc:
         print(f"knock-sink: {exc}", file=sys.stderr)

@@ -73,6 +73,10 @@ class Source(Protocol):
 
     def resume_partitions(self, tps: list[Partition]) -> None: ...
 
+    def positions(self, tps: list[Partition]) -> dict[Partition, int]:
+        """The next offset this consumer will fetch in each of ``tps`` (unknown ones left out)."""
+        ...
+
     def commit(self, positions: dict[Partition, int]) -> bool:
         """Commit next-offset positions synchronously; ``False`` when refused (try later)."""
         ...

@@ -120,6 +120,10 @@ class KafkaSource:
             self._consumer.resume(self._consumer.assignment())
             self._paused = False
 
+    def positions(self, tps: list[Partition]) -> dict[Partition, int]:
+        got = self._consumer.position([TopicPartition(t, p) for t, p in tps])
+        return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
+
     def pause_partitions(self, tps: list[Partition]) -> None:
         self._consumer.pause([TopicPartition(t, p) for t, p in tps])
 
