@@ -21,6 +21,11 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/knock-sink demo
 
+## demo-avro: the demo with Avro events too, through a local Schema Registry (Java 21+)
+.PHONY: demo-avro
+demo-avro: setup
+	$(BIN)/knock-sink demo --avro
+
 ## test: the whole suite (unit, emulator, integration, shortened chaos) on a real broker
 test: setup
 	$(BIN)/python -m pytest

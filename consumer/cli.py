@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     emulator_cli.add_arguments(emu)
     demo = sub.add_parser("demo", help="local broker + local Knock API + sample events + the sink, then print the users")
     demo.add_argument("--events", type=int, default=0, help="extra generated identify events (default 0)")
+    demo.add_argument("--avro", action="store_true", help="also write Avro events through a Schema Registry "
+                      "(SCHEMA_REGISTRY_URL, else the local Apicurio of deploy/local/registry)")
     return parser
 
 
@@ -260,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
 
-            return run_demo(extra_events=args.events)
+            return run_demo(extra_events=args.events, avro=args.avro)
         if args.command == "validate":
             return _validate(args)
         if args.command == "repartition":
