@@ -2,7 +2,8 @@
 
 Exit codes: 0 done (or stopped by SIGTERM/SIGINT after draining), 2 a bad setting (one line
 naming it), 3 Knock (API key, base URL) or the schema registry (credentials) rejected the
-configuration at run time, 1 anything unexpected.
+configuration at run time, 1 anything unexpected. ``validate`` and ``backfill --dry-run``: 0
+every message maps, 1 some would be dead-lettered, 2 bad usage.
 """
 
 from __future__ import annotations
