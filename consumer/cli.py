@@ -222,8 +222,12 @@ def _repartition(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    counts = Repartitioner(settings.kafka, args.source, args.target, batch=args.batch).run(
-        until_end=not args.follow, stop=stop)
+    try:
+        counts = Repartitioner(settings.kafka, args.source, args.target, batch=args.batch).run(
+            until_end=not args.follow, stop=stop)
+    except FatalRegistryError as exc:
+        print(f"knock-sink: stopped: {exc}", file=sys.stderr)
+        return EXIT_FATAL
     print(json.dumps(counts.describe(), sort_keys=True))
     return 0
 

@@ -34,9 +34,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from .avro import decoder_for
 from .config import KafkaSettings
 from .decode import Decoder
-from .errors import ConfigError, InvalidEvent, RegistryError
+from .errors import ConfigError, InvalidEvent, RegistryUnavailable
 from .events import parse_timestamp
+from .policy import wait
 from .records import Partition
+from .stalls import REGISTRY_BACKOFF
 
 log = logging.getLogger("knock_sink.repartition")
 KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
@@ -110,6 +112,7 @@ class Repartitioner:
         self._buffers: dict[Partition, deque[tuple[float, Message, str | None]]] = {}
         self._at_end: dict[Partition, bool] = {}
         self.counts = Counts()
+        self._stop: threading.Event | None = None
 
     def _ensure_target(self) -> None:
         meta = self._admin.list_topics(timeout=10)
@@ -128,6 +131,7 @@ class Repartitioner:
     def run(self, *, until_end: bool = True, stop: threading.Event | None = None) -> Counts:
         """Copy until ``stop`` is set or, with ``until_end``, until every source partition is
         read to its end and written."""
+        self._stop = stop
         self._ensure_target()
         self._producer.init_transactions(30)
         self._consumer.subscribe([self.source], on_assign=self._assigned, on_revoke=self._revoked,
@@ -175,14 +179,28 @@ class Repartitioner:
                 continue
             self.counts.read += 1
             self._at_end[tp] = False
-            try:
-                obj: object = self._decoder.decode(msg.value(), msg.topic())
-            except InvalidEvent:
-                obj = None
-            except RegistryError:
-                raise  # no guess at a key: stop, nothing of this batch is committed
+            obj = self._decode(msg)
             _, ms = msg.timestamp()
             self._buffers[tp].append((event_time(obj, ms), msg, user_key(obj)))
+
+    def _decode(self, msg: Message) -> object:
+        """The event, or ``None`` when it cannot be decoded (written with its original key).
+        A registry that does not answer is waited for: guessing no key would misplace the
+        event. A refusal (:class:`~consumer.errors.FatalRegistryError`) goes up: nothing of
+        the open batch is committed, and a rerun starts from the last transaction."""
+        attempt = 0
+        while True:
+            try:
+                return self._decoder.decode(msg.value(), msg.topic())
+            except InvalidEvent:
+                return None
+            except RegistryUnavailable as exc:
+                if self._stop is not None and self._stop.is_set():
+                    raise
+                if attempt == 0:
+                    log.warning("schema registry unavailable, waiting: %s", exc)
+                wait(REGISTRY_BACKOFF.delay(attempt), self._stop)
+                attempt += 1
 
     def _merge(self) -> list[tuple[float, Message, str | None]]:
         """The records that can go now, earliest event first (see the module docstring)."""

@@ -15,12 +15,14 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 from consumer.config import KafkaSettings
 from consumer.repartition import Repartitioner, event_time, user_key
 from consumer.sink import Sink
 from tests.conftest import ROOT, wait_for
 from tests.model import actual_state, expected_state
+from tests.test_sink_avro import avro_value, event_schema, produce, serializer
 
 START = datetime(2024, 3, 1, tzinfo=UTC)
 
@@ -113,3 +115,19 @@ def test_a_sigkill_mid_way_then_a_rerun_writes_each_event_exactly_once(kafka):
     ids = [orjson.loads(m.value())["messageId"] for m in copied]
     assert len(ids) == 3000 and sorted(ids) == sorted(e["messageId"] for e in events)
     assert kafka.committed(group, raw) == {0: 1000, 1: 1000, 2: 1000}
+
+
+def test_avro_values_are_keyed_by_their_user_and_copied_unchanged(kafka, schema_registry):
+    raw, keyed = kafka.topic(3, "raw"), f"keyed-{uuid.uuid4().hex[:10]}"
+    events = [{"type": "identify", "userId": f"u{i % 5}", "traits": {"n": str(i)}} for i in range(30)]
+    ser = serializer(schema_registry, event_schema("map"))
+    values = [ser(avro_value(e, "map"), SerializationContext(raw, MessageField.VALUE)) for e in events]
+    values.append(b"\x00\x3a\xde\x68\xb1\x00")  # an unknown schema id: copied with its own key
+    produce(kafka.bootstrap, raw, values, [f"k{i}" for i in range(len(values))],
+            [i % 3 for i in range(len(values))])  # fmt: skip
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, schema_registry_url=schema_registry)
+    counts = Repartitioner(settings, raw, keyed).run()
+    assert (counts.written, counts.unkeyed) == (31, 1)
+    copied = read_committed(kafka.bootstrap, keyed, 31)
+    by_value = {m.value(): m.key() for m in copied}
+    assert by_value == {v: (f"u{i % 5}".encode() if i < 30 else b"k30") for i, v in enumerate(values)}
