@@ -204,7 +204,7 @@ class Repartitioner:
 
     def _merge(self) -> list[tuple[float, Message, str | None]]:
         """The records that can go now, earliest event first (see the module docstring)."""
-        out = []
+        out: list[tuple[float, Message, str | None]] = []
         while True:
             heads = [(q[0][0], tp) for tp, q in self._buffers.items() if q]
             if not heads or any(not q and not self._at_end[tp] for tp, q in self._buffers.items()):
@@ -221,10 +221,12 @@ class Repartitioner:
                 if user is None:
                     self.counts.unkeyed += 1
                 ts_type, ts = msg.timestamp()
-                kw = {"timestamp": ts} if ts_type else {}
-                self._producer.produce(self.target, msg.value(), key=key, headers=msg.headers(), **kw)
+                self._producer.produce(self.target, msg.value(), key=key, headers=msg.headers(),
+                                       timestamp=ts if ts_type else 0)  # 0: now  # fmt: skip
                 self._producer.poll(0)
-                positions[(msg.topic(), msg.partition())] = msg.offset() + 1
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                assert topic is not None and partition is not None and offset is not None
+                positions[(topic, partition)] = offset + 1
             offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
             self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
             self._producer.commit_transaction(30)
