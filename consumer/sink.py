@@ -23,13 +23,7 @@ from .config import Settings
 from .deadletter import DeadLetters
 from .avro import decoder_for
 from .decode import Decoder, SizeLimit
-from .errors import (
-    ConfigError,
-    FatalKnockError,
-    InvalidEvent,
-    RegistryError,
-    RetryableError,
-)
+from .errors import ConfigError, FatalKnockError, InvalidEvent, RegistryError, RetryableError
 from .events import parse_event
 from .flow import Backpressure, ReadAhead, Sizing
 from .keying import KeyWatch
