@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast chaos bench emulator clean
+.PHONY: setup demo test test-fast chaos bench emulator clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ setup: $(STAMP)
 ## demo: local broker + local Knock API + sample events + the sink; prints the users
 demo: setup
 	$(BIN)/knock-sink demo
+
+## demo-avro: the demo with Avro events too, through a local Schema Registry (Java 21+)
+.PHONY: demo-avro
+demo-avro: setup
+	$(BIN)/knock-sink demo --avro
 
 ## test: the whole suite (unit, emulator, integration, shortened chaos) on a real broker
 test: setup
@@ -39,6 +44,14 @@ chaos: setup
 ## bench: the performance comparison (see README, Performance)
 bench: setup
 	$(BIN)/python -m bench.run
+
+## fuzz: decode -> events -> mapping under atheris, $(FUZZ_RUNS) inputs (see README, Fuzzing)
+FUZZ_RUNS ?= 2000000
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[fuzz]'
+	mkdir -p .fuzz-artifacts
+	$(BIN)/python tests/fuzz.py -atheris_runs=$(FUZZ_RUNS) -max_len=2048 -print_final_stats=1 \
+	    -artifact_prefix=.fuzz-artifacts/
 
 ## emulator: serve the local Knock-compatible API on :8080
 emulator: $(STAMP)

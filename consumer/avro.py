@@ -105,6 +105,11 @@ class WriterSchema:
         if left:
             # Bytes the schema does not account for: the value was written with another schema.
             raise InvalidEvent("undecodable", f"not Avro of {self.label}: {left} bytes left over")
+        return self.value_of(raw)
+
+    def value_of(self, raw: object) -> object:
+        """The JSON-equivalent value of one datum fastavro read with this schema (with
+        ``return_record_name=True``), e.g. from an Avro container file."""
         return unpack_free_form(self._json(raw, self.parsed))
 
     def _resolve(self, schema: Any) -> Any:
@@ -309,6 +314,27 @@ class ConfluentAvroDecoder:
         except Exception as exc:  # noqa: BLE001 - translated once, here, or re-raised
             raise self._translate(exc, label) from None
 
+    def check(self) -> bool:
+        """One lookup at start: ``False`` when the registry does not answer (the sink starts
+        anyway and waits on the first schema it needs).
+
+        :raises ConfigError: the registry refuses the credentials, or is not a registry
+            (``kafka.schema_registry_basic_auth`` / ``kafka.schema_registry_url``).
+        """
+        try:
+            self._client.get_subjects()
+        except Exception as exc:  # noqa: BLE001 - translated like a schema lookup
+            err = self._translate(exc, "the subject list")
+            if isinstance(err, FatalRegistryError):
+                auth = err.status in (401, 403)
+                setting = "kafka.schema_registry_basic_auth" if auth else "kafka.schema_registry_url"
+                raise ConfigError(setting, str(err)) from None
+            if isinstance(err, RegistryUnavailable):
+                return False
+            if not isinstance(err, InvalidEvent):
+                raise err from None
+        return True
+
     def _load_references(self, refs: list[Any], named: Named, label: str) -> None:
         # Referenced schemas define named types the referring schema uses: parse them first,
         # depth first, into the same table.
@@ -382,12 +408,19 @@ class AutoDecoder:
 class TopicDecoder:
     """The decoder of each topic's format. ``decode(value)`` alone uses ``kafka.format``."""
 
-    def __init__(self, settings: KafkaSettings, by_format: dict[Format, Callable[[bytes | None], object]]) -> None:
+    def __init__(self, settings: KafkaSettings, by_format: dict[Format, Callable[[bytes | None], object]],
+                 confluent: ConfluentAvroDecoder | None = None) -> None:  # fmt: skip
         self._settings = settings
         self._by_format = by_format
+        self.confluent = confluent
 
     def decode(self, value: bytes | None, topic: str | None = None) -> object:
         return self._by_format[self._settings.format_for(topic)](value)
+
+    def check(self) -> bool:
+        """The registry's start-up check (see :meth:`ConfluentAvroDecoder.check`); ``True``
+        when no registry is set."""
+        return self.confluent.check() if self.confluent is not None else True
 
 
 def decoder_for(settings: KafkaSettings) -> TopicDecoder:
@@ -406,4 +439,4 @@ def decoder_for(settings: KafkaSettings) -> TopicDecoder:
         by_format["avro"] = confluent.decode
     if plain is not None:
         by_format["avro-plain"] = plain.decode
-    return TopicDecoder(settings, by_format)
+    return TopicDecoder(settings, by_format, confluent)

@@ -1,8 +1,9 @@
 """``knock-sink``: the command line.
 
 Exit codes: 0 done (or stopped by SIGTERM/SIGINT after draining), 2 a bad setting (one line
-naming it), 3 Knock rejected the configuration at run time (API key, base URL), 1 anything
-unexpected.
+naming it), 3 Knock (API key, base URL) or the schema registry (credentials) rejected the
+configuration at run time, 1 anything unexpected. ``validate`` and ``backfill --dry-run``: 0
+every message maps, 1 some would be dead-lettered, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ConfigError, FatalKnockError
+from .errors import ConfigError, FatalKnockError, FatalRegistryError
 
 EXIT_CONFIG = 2
 EXIT_FATAL = 3
@@ -38,7 +39,15 @@ FLAG_SETTINGS = {
     "default_region": "mapping.default_region",
     "trigger_workflows": "workflows.backfill",
     "trigger_since": "workflows.since",
+    "schema_registry_url": "kafka.schema_registry_url",
+    "format": "kafka.format",
+    "avro_schema_file": "kafka.avro_schema_file",
+    "schema_registry_ca": "kafka.schema_registry_ca",
+    "schema_registry_cert": "kafka.schema_registry_cert",
+    "schema_registry_key": "kafka.schema_registry_key",
 }
+#: The value formats of ``--format`` and ``--topic-format`` (``consumer.config.Format``).
+FORMATS = ["auto", "json", "avro", "avro-plain"]
 
 
 def _kafka_option(text: str) -> tuple[str, str]:
@@ -46,6 +55,26 @@ def _kafka_option(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key.strip(), value.strip()
+
+
+def _topic_format(text: str) -> tuple[str, str]:
+    topic, value = _kafka_option(text)
+    if value not in FORMATS:
+        raise argparse.ArgumentTypeError(f"format must be one of {', '.join(FORMATS)}, got {value!r}")
+    return topic, value
+
+
+def _add_format_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--schema-registry-url", help="Confluent-compatible Schema Registry (env "
+                   "SCHEMA_REGISTRY_URL; its user:password only in env SCHEMA_REGISTRY_BASIC_AUTH)")
+    p.add_argument("--format", choices=FORMATS, help="how values are read (default auto: "
+                   "Confluent Avro when the first byte is 0, JSON otherwise)")
+    p.add_argument("--topic-format", action="append", type=_topic_format, default=[],
+                   metavar="TOPIC=FORMAT", help="the format of one topic (repeatable)")
+    p.add_argument("--avro-schema-file", metavar="FILE", help="writer schema (.avsc) of avro-plain values")
+    p.add_argument("--schema-registry-ca", metavar="FILE", help="CA bundle (PEM) for the registry's TLS")
+    p.add_argument("--schema-registry-cert", metavar="FILE", help="client certificate (PEM) for the registry")
+    p.add_argument("--schema-registry-key", metavar="FILE", help="the client certificate's key (PEM)")
 
 
 def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,6 +100,7 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")
     p.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _add_format_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,10 +131,47 @@ def build_parser() -> argparse.ArgumentParser:
                       "earliest: 24 h before the backfill starts)")
     back.add_argument("--until-end", action="store_true", default=True,
                       help="stop at the end offsets seen at start (always on; accepted for clarity)")
+    back.add_argument("--dry-run", action="store_true",
+                      help="read, decode and map up to the end, print the Knock calls each event "
+                      "would make (or why it would be dead-lettered); call nothing in Knock, commit "
+                      "nothing, join no group. Exit 0 when every event maps, 1 otherwise")
+    val = sub.add_parser(
+        "validate", help="print the Knock calls each message of a file would make, calling nothing",
+        description="Print, for each message of FILE, the Knock calls the sink would make (method, "
+        "route, JSON body) or why it would dead-letter it, then a summary. No call to Knock (the "
+        "schema registry may be asked for schemas). Exit 0 when every message maps, 1 when some "
+        "would be dead-lettered (or could not be checked), 2 on bad usage.")
+    val.add_argument("file", metavar="FILE", help="the messages (see --input)")
+    val.add_argument("--input", choices=["auto", "ndjson", "avro-container", "base64"], default="auto",
+                     help="ndjson: one JSON event per line; avro-container: an Avro object container "
+                     "file; base64: one Kafka value per line, base64 (Confluent-framed Avro with "
+                     "--schema-registry-url). auto (default): a container file by its magic bytes, "
+                     "else ndjson")
+    val.add_argument("--config", metavar="FILE", help="TOML settings file (its [mapping] and [kafka] formats apply)")
+    val.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")
+    val.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
+    _add_format_arguments(val)
+    rep = sub.add_parser(
+        "repartition", help="copy a topic into one keyed by user id, exactly once (transactions)",
+        description="Copy --from into --to keyed by user id (userId, else anonymousId), merging the "
+        "source partitions by event time, in Kafka transactions (a crash neither loses nor "
+        "duplicates; rerun to resume). --to is created with the source's partition count. Then "
+        "point the sink at --to. Stops at the end of --from unless --follow.")
+    rep.add_argument("--from", dest="source", required=True, metavar="RAW", help="the unkeyed topic")
+    rep.add_argument("--to", dest="target", required=True, metavar="KEYED", help="the keyed topic")
+    rep.add_argument("--follow", action="store_true", help="keep copying new events (stop with SIGTERM/SIGINT)")
+    rep.add_argument("--batch", type=int, default=1000, help="records per transaction at most (default 1000)")
+    rep.add_argument("--config", metavar="FILE", help="TOML settings file (its [kafka] section applies)")
+    rep.add_argument("--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS)")
+    rep.add_argument("--kafka-option", action="append", type=_kafka_option, default=[],
+                     metavar="KEY=VALUE", help="librdkafka setting passed through (TLS, SASL...); repeatable")
+    _add_format_arguments(rep)
     emu = sub.add_parser("emulator", help="serve a local Knock-compatible API")
     emulator_cli.add_arguments(emu)
     demo = sub.add_parser("demo", help="local broker + local Knock API + sample events + the sink, then print the users")
     demo.add_argument("--events", type=int, default=0, help="extra generated identify events (default 0)")
+    demo.add_argument("--avro", action="store_true", help="also write Avro events through a Schema Registry "
+                      "(SCHEMA_REGISTRY_URL, else the local Apicurio of deploy/local/registry)")
     return parser
 
 
@@ -112,14 +179,73 @@ def _settings(args: argparse.Namespace) -> Any:
     from .config import load_settings
 
     overrides = {dotted: getattr(args, dest, None) for dest, dotted in FLAG_SETTINGS.items()}
-    if args.kafka_option:
+    if getattr(args, "kafka_option", None):
         overrides["kafka.client"] = dict(args.kafka_option)
+    if getattr(args, "topic_format", None):
+        overrides["kafka.formats"] = dict(args.topic_format)
     return load_settings(args.config, overrides=overrides)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import validate
+
+    settings = _settings(args)
+    checker = validate.Checker(settings)
+    try:
+        return validate.run(validate.read_file(Path(args.file), args.input), checker, sys.stdout)
+    except (OSError, ValueError) as exc:
+        print(f"knock-sink: {args.file}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except FatalRegistryError as exc:
+        print(f"knock-sink: stopped: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    from . import validate
+    from .source import read_to_end
+
+    settings = _settings(args)
+    if not settings.kafka.topics:
+        raise ConfigError("kafka.topics", "no topic to read (KNOCK_SINK_TOPICS or --topic)")
+    records = read_to_end(settings.kafka, from_beginning=args.from_beginning)
+    try:
+        return validate.run(validate.from_records(records), validate.Checker(settings), sys.stdout)
+    except FatalRegistryError as exc:
+        print(f"knock-sink: stopped: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+
+
+def _repartition(args: argparse.Namespace) -> int:
+    import threading
+
+    from .repartition import Repartitioner
+
+    settings = _settings(args)
+    logging.basicConfig(level=settings.sink.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    if args.batch < 1:
+        raise ConfigError("--batch", "must be at least 1")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        counts = Repartitioner(settings.kafka, args.source, args.target, batch=args.batch).run(
+            until_end=not args.follow, stop=stop)
+    except FatalRegistryError as exc:
+        print(f"knock-sink: stopped: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print(json.dumps(counts.describe(), sort_keys=True))
+    return 0
 
 
 def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
     from .sink import Sink
 
+    if backfill and args.dry_run:
+        return _dry_run(args)
     settings = _settings(args)
     logging.basicConfig(
         level=settings.sink.log_level,
@@ -133,7 +259,7 @@ def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
         signal.signal(sig, lambda *_: sink.stop())
     try:
         summary = sink.run(from_beginning=backfill and args.from_beginning, until_end=backfill)
-    except FatalKnockError as exc:
+    except (FatalKnockError, FatalRegistryError) as exc:
         print(f"knock-sink: stopped: {exc}", file=sys.stderr)
         return EXIT_FATAL
     print(json.dumps(summary.describe(), sort_keys=True))
@@ -150,7 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
 
-            return run_demo(extra_events=args.events)
+            return run_demo(extra_events=args.events, avro=args.avro)
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "repartition":
+            return _repartition(args)
         return _run_sink(args, backfill=args.command == "backfill")
     except ConfigError as exc:
         print(f"knock-sink: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Decode step: the bytes of a Kafka value into a JSON-shaped Python value.
 
-A decoder is any object with ``decode(value: bytes | None) -> object`` that raises
-:class:`~consumer.errors.InvalidEvent` for a value it cannot read. The sink holds one decoder
+A decoder is any object with ``decode(value: bytes | None, topic: str | None = None) -> object``
+that raises :class:`~consumer.errors.InvalidEvent` for a value it cannot read (``topic`` is the
+record's topic, for decoders whose format is set per topic: :func:`consumer.avro.decoder_for`). The sink holds one decoder
 and never looks inside it, so Avro (or anything else) swaps in without touching the rest.
 :class:`SizeLimit` puts the rule every format shares in front of it: a value above
 ``kafka.max_message_bytes`` is not decoded at all.
@@ -17,7 +18,7 @@ from .errors import InvalidEvent
 
 
 class Decoder(Protocol):
-    def decode(self, value: bytes | None) -> object:
+    def decode(self, value: bytes | None, topic: str | None = None) -> object:
         """Return the decoded value; raise :class:`InvalidEvent` with kind ``undecodable``."""
         ...
 
@@ -25,7 +26,7 @@ class Decoder(Protocol):
 class JsonDecoder:
     """UTF-8 JSON values (Segment's own Kafka destination writes nothing else)."""
 
-    def decode(self, value: bytes | None) -> object:
+    def decode(self, value: bytes | None, topic: str | None = None) -> object:
         if value is None:
             # A tombstone carries no event; dead-lettering it keeps the rule "nothing dropped
             # silently" without guessing what a null value meant to the producer.
@@ -44,7 +45,7 @@ class SizeLimit:
         self._decoder = decoder
         self._max = max_bytes
 
-    def decode(self, value: bytes | None) -> object:
+    def decode(self, value: bytes | None, topic: str | None = None) -> object:
         if value is not None and len(value) > self._max:
             raise InvalidEvent("oversize", f"{len(value)} bytes > {self._max}")
-        return self._decoder.decode(value)
+        return self._decoder.decode(value, topic)

@@ -49,6 +49,11 @@ class Metrics:
             "knock_sink_pending_events", "Events read but not yet committable", registry=r
         )
         self.paused = Gauge("knock_sink_paused", "1 while fetching is paused", registry=r)
+        self.users_on_several_partitions = Counter(
+            "knock_sink_users_on_several_partitions",
+            "Users whose events came on more than one partition of a topic (not keyed by user)",
+            registry=r,
+        )  # fmt: skip
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)

@@ -67,6 +67,16 @@ class Source(Protocol):
 
     def resume(self) -> None: ...
 
+    def pause_partitions(self, tps: list[Partition]) -> None:
+        """Stop fetching ``tps`` only (best effort: a whole :meth:`resume` may undo it)."""
+        ...
+
+    def resume_partitions(self, tps: list[Partition]) -> None: ...
+
+    def positions(self, tps: list[Partition]) -> dict[Partition, int]:
+        """The next offset this consumer will fetch in each of ``tps`` (unknown ones left out)."""
+        ...
+
     def commit(self, positions: dict[Partition, int]) -> bool:
         """Commit next-offset positions synchronously; ``False`` when refused (try later)."""
         ...

@@ -23,17 +23,20 @@ from .apply import Applier, Flight, Outcome
 from .cadence import Cadence
 from .config import Settings
 from .deadletter import DeadLetters
-from .decode import Decoder, JsonDecoder, SizeLimit
-from .errors import ConfigError, FatalKnockError, InvalidEvent, RetryableError
+from .avro import decoder_for
+from .decode import Decoder, SizeLimit
+from .errors import ConfigError, FatalKnockError, InvalidEvent, RegistryError, RetryableError
 from .events import parse_event
 from .flow import Backpressure, ReadAhead, Sizing
 from .freshness import Freshness
+from .keying import KeyWatch
 from .knock import KnockClient
 from .metrics import Metrics, Summary
 from .plan import Pending, Planner
 from .records import Edge, Partition, Record, Source
 from .source import KafkaEdge
-from .tracker import OffsetTracker
+from .stalls import REGISTRY_BACKOFF, Stalls
+from .tracker import Handle, OffsetTracker
 
 log = logging.getLogger("knock_sink")
 
@@ -63,7 +66,11 @@ class Sink:
         self._freshness = Freshness(self.metrics.registry)
         self._clock = clock
         self._edge = edge or KafkaEdge(settings.kafka)
-        self._decoder = SizeLimit(decoder or JsonDecoder(), settings.kafka.max_message_bytes)
+        self._format = decoder or decoder_for(settings.kafka)
+        self._decoder = SizeLimit(self._format, settings.kafka.max_message_bytes)
+        self._stalls = Stalls(REGISTRY_BACKOFF, clock=clock, pause=self._pause, resume=self._resume,
+                              on_wait=self.metrics.retries.labels("registry").inc)  # fmt: skip
+        self._keys = KeyWatch(clock=clock, on_split=self.metrics.users_on_several_partitions.inc)
         self._actions = Actions(settings)
         self._planner = Planner(nested=settings.knock.nested_merge)
         self._tracker = OffsetTracker()
@@ -98,8 +105,10 @@ class Sink:
     def run(self, *, from_beginning: bool = False, until_end: bool = False) -> Summary:
         """Consume until :meth:`stop` (or, with ``until_end``, until every event up to the end
         offsets seen at start is applied and committed). Raises :class:`FatalKnockError` after
-        committing what is safe when Knock rejects the configuration at run time, and
-        :class:`ConfigError` when it rejects it at start."""
+        committing what is safe when Knock rejects the configuration at run time,
+        :class:`~consumer.errors.FatalRegistryError` when the schema registry does (after
+        applying and committing what came before the record it refused), and
+        :class:`ConfigError` when either rejects it at start."""
         self._actions.window(backfill=until_end)
         kafka = self.settings.kafka
         # Kafka settings first: a bad client option is a bad setting, reported before any I/O.
@@ -118,6 +127,12 @@ class Sink:
         except RetryableError:  # stopped while Knock was unreachable
             self._close()
             return Summary.of(self.metrics)
+        try:
+            if not getattr(self._format, "check", lambda: True)():
+                log.warning("schema registry not answering at start: events that need it will wait")
+        except ConfigError:
+            self._close()
+            raise
         self._looping = True
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
         ends = self._end_targets(from_beginning) if until_end else None
@@ -134,6 +149,9 @@ class Sink:
             while not self._stop.is_set() and not (ends is not None and self._reached(ends)):
                 self._step()
             self._drain()
+            if self._stalls.fatal is not None:  # stopped fetching; what was mapped is applied
+                log.critical("the schema registry rejected the configuration, stopped: %s", self._stalls.fatal)
+                raise self._stalls.fatal
         except FatalKnockError as exc:
             log.critical("Knock rejected the configuration, stopping: %s", exc)
             self._commit(force=True)
@@ -151,6 +169,7 @@ class Sink:
         self.metrics.pending.set(pending)
         self.metrics.paused.set(1 if self._source.paused else 0)
         busy = len(self._flight) > 0 or len(self._planner) > 0
+        self._stalls.retry(self._process)
         self._ingest(self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2))
         self._flight.collect(self._take)
         self._dlq.pump()
@@ -160,7 +179,7 @@ class Sink:
     def _ingest(self, records: list[Record]) -> None:
         """Track, decode, parse and map each record; queue its ops with the planner."""
         assert self._dlq is not None
-        tracker, planner = self._tracker, self._planner
+        tracker = self._tracker
         seen = time.time()  # wall time, once a batch: the freshness metrics compare it to stamps
         for rec in records:
             tp = (rec.topic, rec.partition)
@@ -173,32 +192,59 @@ class Sink:
                 self._forget([tp])
                 tracker.add([tp])
             handle = tracker.track(tp, rec.offset)
-            event = None  # a tombstone has none
+            if self._stalls.holds(tp):
+                self._stalls.keep(rec, handle)  # behind a record waiting for the registry
+                continue
             try:
-                if rec.value is None and self._actions.tombstones:
-                    mapped = self._actions.tombstone(rec.key)
-                else:
-                    message = self._decoder.decode(rec.value)
-                    event = parse_event(message)
-                    mapped = self._actions.map(event, message, rec)  # type: ignore[arg-type]
-            except InvalidEvent as exc:
-                self._dlq.park(handle, exc.kind, exc.reason, rec)
-            else:
-                if mapped.ops:
-                    handle.seen, handle.kafka_ms = seen, rec.timestamp
-                    handle.event_ts = None if event is None else event.raw_timestamp
-                for note in mapped.notes:
-                    self.metrics.notes.labels(note).inc()
-                for op in mapped.ops:
-                    handle.hold()
-                    self._seq += 1
-                    planner.add(Pending(self._seq, op, handle, tp))
-            handle.release()  # zero-op events resolve here
+                self._process(rec, handle, seen)
+            except RegistryError as exc:
+                self._stalls.stall(rec, handle, exc)
+        if self._stalls.fatal is not None:
+            self._stop.set()
         if records:
             if self._read_ahead is not None:
                 self._read_ahead.fetched(records, self._clock())
             # Counted per batch: a prometheus counter takes a lock on every inc().
             self.metrics.consumed.inc(len(records))
+
+    def _process(self, rec: Record, handle: Handle, seen: float) -> None:
+        """Decode, parse and map one tracked record (read at wall time ``seen``); queue its ops
+        or park it. Raises :class:`RegistryError` with the handle still held (the record must
+        wait)."""
+        assert self._dlq is not None
+        tp = (rec.topic, rec.partition)
+        event = None  # a tombstone has none
+        try:
+            if rec.value is None and self._actions.tombstones:
+                mapped = self._actions.tombstone(rec.key)
+            else:
+                message = self._decoder.decode(rec.value, rec.topic)
+                event = parse_event(message)
+                mapped = self._actions.map(event, message, rec)  # type: ignore[arg-type]
+        except InvalidEvent as exc:
+            self._dlq.park(handle, exc.kind, exc.reason, rec)
+        else:
+            if mapped.ops:
+                handle.seen, handle.kafka_ms = seen, rec.timestamp
+                handle.event_ts = None if event is None else event.raw_timestamp
+            for note in mapped.notes:
+                self.metrics.notes.labels(note).inc()
+            for op in mapped.ops:
+                handle.hold()
+                self._seq += 1
+                user = getattr(op, "user_id", None)
+                if user is not None:
+                    self._keys.seen(user, tp)
+                self._planner.add(Pending(self._seq, op, handle, tp))
+        handle.release()  # zero-op events resolve here
+
+    def _pause(self, tps: list[Partition]) -> None:
+        if self._source is not None:
+            self._source.pause_partitions(tps)
+
+    def _resume(self, tps: list[Partition]) -> None:
+        if self._source is not None:
+            self._source.resume_partitions(tps)
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -294,6 +340,7 @@ class Sink:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
         here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
+        self._stalls.drop(tps)
         self._planner.drop(lambda p: p.source.partition in gone)
         self._tracker.drop(tps)
 
@@ -324,7 +371,16 @@ class Sink:
 
     def _reached(self, ends: dict[Partition, int]) -> bool:
         committed = self.metrics.committed_positions()
-        return all(committed.get(tp, -1) >= hi for tp, hi in ends.items())
+        short = [tp for tp, hi in ends.items() if committed.get(tp, -1) < hi]
+        if not short:
+            return True
+        # A transactional topic (repartition writes one) ends in a commit marker, never
+        # delivered nor tracked: read past it with nothing left to apply is the end too.
+        if self._tracker.pending() or len(self._planner) or len(self._flight):
+            return False
+        assert self._source is not None
+        positions = self._source.positions(short)
+        return all(positions.get(tp, -1) >= ends[tp] for tp in short)
 
     def _close(self) -> None:
         self._knock_stop.set()

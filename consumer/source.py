@@ -10,7 +10,7 @@ The ``confluent_kafka.Message`` ends here: what leaves this module is the projec
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -120,6 +120,17 @@ class KafkaSource:
             self._consumer.resume(self._consumer.assignment())
             self._paused = False
 
+    def positions(self, tps: list[Partition]) -> dict[Partition, int]:
+        got = self._consumer.position([TopicPartition(t, p) for t, p in tps])
+        return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
+
+    def pause_partitions(self, tps: list[Partition]) -> None:
+        self._consumer.pause([TopicPartition(t, p) for t, p in tps])
+
+    def resume_partitions(self, tps: list[Partition]) -> None:
+        if not self._paused:  # a whole pause (backpressure, drain) outranks this one
+            self._consumer.resume([TopicPartition(t, p) for t, p in tps])
+
     @property
     def paused(self) -> bool:
         return self._paused
@@ -180,3 +191,65 @@ class KafkaEdge:
 
     def reader(self) -> Originals:
         return Originals(self._settings)
+
+
+def read_to_end(settings: KafkaSettings, *, from_beginning: bool, timeout: float = 10.0) -> Iterator[Record]:
+    """Every record of ``settings.topics`` from the group's committed positions (or the first
+    offsets) up to the end offsets seen now, for ``backfill --dry-run``.
+
+    Partitions are assigned by hand, not subscribed: a dry run must not join the sink's group
+    (that would rebalance the running sinks) and never commits; it only reads the group's
+    positions.
+    """
+    conf: dict[str, Any] = {
+        **settings.librdkafka(),
+        "group.id": settings.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+        **{k: v for k, v in settings.client.items() if k != "enable.auto.commit"},
+    }
+    try:
+        consumer = Consumer(conf, logger=KAFKA_LOG)
+    except KafkaException as exc:
+        raise ConfigError("kafka.client", exc.args[0].str()) from None
+    try:
+        meta = consumer.list_topics(timeout=timeout)
+        parts = []
+        for topic in settings.topics:
+            tmeta = meta.topics.get(topic)
+            if tmeta is None or tmeta.error is not None:
+                raise ConfigError("kafka.topics", f"topic {topic!r} does not exist")
+            parts += [TopicPartition(topic, pid) for pid in sorted(tmeta.partitions)]
+        committed = {} if from_beginning else {
+            (tp.topic, tp.partition): tp.offset for tp in consumer.committed(parts, timeout=timeout)
+            if tp.offset >= 0
+        }  # fmt: skip
+        todo: dict[Partition, int] = {}
+        assign = []
+        for tp in parts:
+            key = (tp.topic, tp.partition)
+            lo, hi = consumer.get_watermark_offsets(tp, timeout)
+            start = committed.get(key, lo if settings.auto_offset_reset == "earliest" or from_beginning else hi)
+            if max(start, lo) < hi:
+                todo[key] = hi
+                assign.append(TopicPartition(tp.topic, tp.partition, max(start, lo)))
+        consumer.assign(assign)
+        while todo:
+            for msg in consumer.consume(500, 0.5):
+                if msg.error() is not None:
+                    if msg.error().fatal():
+                        raise KafkaException(msg.error())
+                    continue
+                key = (msg.topic(), msg.partition())
+                if key in todo and msg.offset() < todo[key]:
+                    ts_type, ts = msg.timestamp()
+                    yield Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                 msg.headers(), ts if ts_type else None)  # fmt: skip
+            # By position, not by the last record: an end that is a transaction marker is
+            # never delivered as a message.
+            for tp in consumer.position([TopicPartition(t, p) for t, p in todo]):
+                if tp.offset >= 0 and tp.offset >= todo[(tp.topic, tp.partition)]:
+                    del todo[(tp.topic, tp.partition)]
+    finally:
+        consumer.close()

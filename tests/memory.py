@@ -131,6 +131,15 @@ class MemorySource:
     def resume(self) -> None:
         self._paused = False
 
+    def positions(self, tps: list[Partition]) -> dict[Partition, int]:
+        return {tp: self._position[tp] for tp in tps if tp in self._position}
+
+    def pause_partitions(self, tps: list[Partition]) -> None:
+        pass  # the sink queues a stalled partition's records itself: pausing only saves memory
+
+    def resume_partitions(self, tps: list[Partition]) -> None:
+        pass
+
     def commit(self, positions: dict[Partition, int]) -> bool:
         for tp, offset in positions.items():
             assert offset >= self._broker.commits.get(tp, 0), f"commit of {tp} went back"

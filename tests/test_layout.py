@@ -12,7 +12,7 @@ PACKAGE = Path(consumer.__file__).parent
 
 #: Third-party I/O library -> the sink modules allowed to import it at run time.
 EDGES = {
-    "confluent_kafka": {"source.py", "deadletter.py", "demo.py", "avro.py"},
+    "confluent_kafka": {"source.py", "deadletter.py", "demo.py", "avro.py", "repartition.py"},
     "httpx": {"knock.py", "demo.py"},
 }
 

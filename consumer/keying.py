@@ -1,0 +1,69 @@
+"""Detecting topics not keyed by user: one user's events arriving on more than one partition.
+
+The sink keeps each user's updates in order only within a partition (Kafka's order). When a
+producer does not key by user (Segment's Kafka destination without a message key writes round
+robin), one user's events land on several partitions and their relative order is lost: a later
+trait change can be applied before an earlier one, and the earlier one wins. Nothing in an
+event says so, so this watch notices it: a counter, and a warning once, then at most every
+:data:`WARN_EVERY` seconds, saying what it costs and what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+from .records import Partition
+
+log = logging.getLogger("knock_sink.keying")
+
+#: Seconds between two warnings (the first one comes at once).
+WARN_EVERY = 300.0
+#: Users remembered (least recently seen forgotten first): bounded memory on any topic; a
+#: user seen on two partitions within this many users is what the watch catches.
+REMEMBERED = 100_000
+
+
+class KeyWatch:
+    """Remembers the partition each user was last seen on, per topic.
+
+    :param on_split: called once per user found on a second partition (the metrics count it).
+    """
+
+    def __init__(self, *, clock: Callable[[], float], on_split: Callable[[], object] = lambda: None,
+                 remembered: int = REMEMBERED) -> None:  # fmt: skip
+        self._clock = clock
+        self._on_split = on_split
+        self._max = remembered
+        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._split: set[tuple[str, str]] = set()
+        self._last_warning: float | None = None
+        #: Users found on more than one partition so far (bounded like the memory).
+        self.users_split = 0
+
+    def seen(self, user_id: str, tp: Partition) -> None:
+        topic, partition = tp
+        key = (topic, user_id)
+        before = self._seen.get(key)
+        self._seen[key] = partition
+        self._seen.move_to_end(key)
+        if len(self._seen) > self._max:
+            old, _ = self._seen.popitem(last=False)
+            self._split.discard(old)
+        if before is None or before == partition or key in self._split:
+            return
+        self._split.add(key)
+        self.users_split += 1
+        self._on_split()
+        now = self._clock()
+        if self._last_warning is None or now - self._last_warning >= WARN_EVERY:
+            self._last_warning = now
+            log.warning(
+                "topic %s is not keyed by user: %d user(s) seen on more than one partition so "
+                "far (e.g. on %s[%d] and %s[%d]). Their updates are then applied in no defined "
+                "order, so an older trait value can overwrite a newer one. Key the topic by "
+                "userId (Segment: set the Kafka destination's message key to userId), or re-key "
+                "it with `knock-sink repartition` and point the sink at the keyed topic.",
+                topic, self.users_split, topic, before, topic, partition,
+            )  # fmt: skip

@@ -1,0 +1,49 @@
+"""Topics not keyed by user: the sink notices one user's events on several partitions."""
+
+from __future__ import annotations
+
+import logging
+
+from consumer.keying import WARN_EVERY, KeyWatch
+from consumer.metrics import total
+from consumer.sink import Sink
+
+
+def test_the_watch_counts_each_split_user_once_and_warns_at_most_every_few_minutes(caplog):
+    now = [0.0]
+    splits: list[int] = []
+    watch = KeyWatch(clock=lambda: now[0], on_split=lambda: splits.append(1), remembered=3)
+    with caplog.at_level(logging.WARNING, "knock_sink.keying"):
+        watch.seen("a", ("t", 0))
+        watch.seen("a", ("t", 0))
+        watch.seen("a", ("other", 1))  # another topic: another key space
+        assert splits == []
+        watch.seen("a", ("t", 1))
+        watch.seen("a", ("t", 2))  # already counted
+        now[0] = WARN_EVERY / 2
+        watch.seen("b", ("t", 0))
+        watch.seen("b", ("t", 1))  # counted, not warned: too soon
+        now[0] = WARN_EVERY + 1
+        watch.seen("c", ("t", 0))
+        watch.seen("c", ("t", 2))
+    assert len(splits) == watch.users_split == 3
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "not keyed by user" in warnings[0] and "userId" in warnings[0] and "repartition" in warnings[0]
+    assert "3 user(s)" in warnings[1]
+
+
+def test_an_unkeyed_topic_is_detected_by_the_sink(kafka, api, settings_for, caplog):
+    topic = kafka.topic(3)
+    events = [{"type": "identify", "userId": f"u{i % 10}", "traits": {"n": i}} for i in range(40)]
+    for p in range(3):  # round robin, as Segment writes without a message key
+        kafka.produce(topic, [e for i, e in enumerate(events) if i % 3 == p], key=lambda v: None, partition=p)
+    parts: dict[str, set[int]] = {}
+    for i, e in enumerate(events):
+        parts.setdefault(e["userId"], set()).add(i % 3)
+    split = sum(1 for p in parts.values() if len(p) > 1)
+    sink = Sink(settings_for(topic))
+    with caplog.at_level(logging.WARNING, "knock_sink.keying"):
+        sink.run(from_beginning=True, until_end=True)
+    assert total(sink.metrics.users_on_several_partitions) == split == 10
+    assert [r.name for r in caplog.records if "not keyed by user" in r.getMessage()] == ["knock_sink.keying"]
