@@ -207,11 +207,12 @@ class Sink:
             # Counted per batch: a prometheus counter takes a lock on every inc().
             self.metrics.consumed.inc(len(records))
 
-    def _process(self, rec: Record, handle: Handle, seen: float) -> None:
-        """Decode, parse and map one tracked record (read at wall time ``seen``); queue its ops
-        or park it. Raises :class:`RegistryError` with the handle still held (the record must
-        wait)."""
+    def _process(self, rec: Record, handle: Handle, seen: float | None = None) -> None:
+        """Decode, parse and map one tracked record (read at wall time ``seen``, default now);
+        queue its ops or park it. Raises :class:`RegistryError` with the handle still held (the
+        record must wait)."""
         assert self._dlq is not None
+        seen = time.time() if seen is None else seen
         tp = (rec.topic, rec.partition)
         event = None  # a tombstone has none
         try:
