@@ -59,8 +59,8 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bulk-size", type=int, help="users per bulk identify call (default 1000)")
     p.add_argument("--rate-limits", choices=["knock", "off"], help="pace requests to Knock's tiers (default knock)")
     p.add_argument("--nested-merge", choices=["either", "deep"],
-                   help="fold updates carrying objects under one key: only if Knock deep-merges them "
-                   "(deep), or keep them apart, exact either way (either, the default)")
+                   help="fold updates carrying objects under one key, as Knock deep-merges them "
+                   "(deep, the default), or keep them apart, exact either way (either)")
     p.add_argument("--flush-interval", type=float, help="seconds before a partial batch is sent (default 0.5)")
     p.add_argument("--max-pending", type=int, help="events buffered before fetching pauses")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")

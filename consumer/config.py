@@ -165,11 +165,12 @@ class KnockSettings(_Section):
     max_backoff: float = Field(30.0, gt=0)
     #: Requests in flight at once (bulk chunks, merges, single identifies).
     concurrency: int = Field(8, ge=1, le=64)
-    #: What the Knock environment does with nested objects on upsert. ``either`` (default)
-    #: keeps two updates that both carry an object under one key apart, exact whether Knock
-    #: deep-merges or replaces them; ``deep`` (Knock's documented behaviour today) folds them
-    #: into one deep-merged entry: fewer calls, exact only where Knock deep-merges.
-    nested_merge: NestedMerge = "either"
+    #: What the Knock environment does with nested objects on upsert. ``deep`` (default:
+    #: Knock documents deep merge of nested properties since 2024-11-05) folds two updates that
+    #: both carry an object under one key into one deep-merged entry; ``either``, for
+    #: environments that do not deep-merge, keeps them apart, exact whether Knock deep-merges
+    #: or replaces them, at the cost of more calls.
+    nested_merge: NestedMerge = "deep"
 
     @field_validator("base_url")
     @classmethod
