@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from .apply import Applier, Flight, Outcome
+from .backlog import Backlog, Held, HeldHandle
 from .config import Settings
 from .deadletter import DeadLetters
 from .decode import Decoder, JsonDecoder, SizeLimit
@@ -28,6 +29,7 @@ from .flow import Backpressure, ReadAhead, Sizing
 from .knock import KnockClient
 from .mapping import Mapper
 from .metrics import Metrics, Summary
+from .ops import Identify
 from .plan import Pending, Planner
 from .records import Edge, Partition, Record, Source
 from .source import KafkaEdge
@@ -75,6 +77,7 @@ class Sink:
         ))  # fmt: skip
         self._backpressure = Backpressure(settings.sink.max_pending)
         self._read_ahead: ReadAhead | None = None
+        self._backlog: Backlog | None = None
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
         self._seq = 0
@@ -118,6 +121,7 @@ class Sink:
         ends = self._end_targets(from_beginning) if until_end else None
         if ends is not None and self.settings.knock.rate_limits == "knock":
             self._read_ahead = ReadAhead(ends, idle=self.settings.sink.flush_interval, now=self._clock())
+            self._backlog = Backlog(nested=self.settings.knock.nested_merge)
         if self.settings.sink.metrics_port:
             self.metrics.serve(self.settings.sink.metrics_port)
         # The loop allocates a few small objects per event and keeps them until Knock applied
@@ -149,17 +153,23 @@ class Sink:
         self._ingest(self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2))
         self._flight.collect(self._take)
         self._dlq.pump()
+        if self._backlog is not None and len(self._backlog) and not self._holding(self._clock()):
+            self._feed()
         self._start_plan()
         self._commit()
 
     def _ingest(self, records: list[Record]) -> None:
         """Track, decode, parse and map each record; queue its ops with the planner."""
         assert self._dlq is not None
-        tracker, planner = self._tracker, self._planner
+        tracker, planner, backlog = self._tracker, self._planner, self._backlog
         for rec in records:
             tp = (rec.topic, rec.partition)
             if not tracker.owns(tp):
                 continue  # fetched just before its partition was revoked: the new owner reads it
+            if backlog is not None:
+                if not self._ingest_held(rec, tp, backlog):
+                    break
+                continue
             if not tracker.accepts(tp, rec.offset):
                 # The consumer went back (a partition revoked and given back within one fetch, a
                 # reset): the events from here on come again, so start the partition afresh.
@@ -184,6 +194,49 @@ class Sink:
                 self._read_ahead.fetched(records, self._clock())
             # Counted per batch: a prometheus counter takes a lock on every inc().
             self.metrics.consumed.inc(len(records))
+
+    def _ingest_held(self, rec: Record, tp: Partition, backlog: Backlog) -> bool:
+        """A backfill's record: folded into its user's held state (see :mod:`consumer.backlog`),
+        or, when it does not fold, on the per-event path. False when the consumer rewound."""
+        assert self._dlq is not None
+        if backlog.frozen:
+            return False
+        if not backlog.read(tp, rec.offset):
+            log.warning("%s[%d] rewound to %d during a backfill: stopping (the next run resumes "
+                        "from the last commit)", tp[0], tp[1], rec.offset)  # fmt: skip
+            self._forget([tp])
+            return False
+        try:
+            mapped = self._mapper.map(parse_event(self._decoder.decode(rec.value)))
+        except InvalidEvent as exc:
+            handle = self._tracker.track(tp, rec.offset)
+            self._dlq.park(handle, exc.kind, exc.reason, rec)
+            handle.release()
+            return True
+        for note in mapped.notes:
+            self.metrics.notes.labels(note).inc()
+        rest = backlog.fold(tp, rec.offset, mapped.ops, self._add_held)
+        if rest:
+            handle = self._tracker.track(tp, rec.offset)
+            for op in rest:
+                handle.hold()
+                self._seq += 1
+                self._planner.add(Pending(self._seq, op, handle, tp))
+            handle.release()
+        return True
+
+    def _add_held(self, held: Held) -> None:
+        """Queue a held user's folded state as one update (fed, or ejected at a barrier)."""
+        assert self._backlog is not None
+        self._seq += 1
+        self._planner.add(Pending(self._seq, Identify(held.user_id, held.props), self._backlog.handle(held)))
+
+    def _feed(self) -> None:
+        """Top the planner up with held users: two plans' worth, so a cut is always full."""
+        assert self._backlog is not None
+        room = 2 * self._sizing.users_per_plan - len(self._planner)
+        for held in self._backlog.take(room):
+            self._add_held(held)
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -213,11 +266,15 @@ class Sink:
     def _take(self, out: Outcome) -> None:
         """Resolve what Knock applied, park what it rejected, give back what must be retried."""
         assert self._dlq is not None
+        applied = len(out.done)
         for p in out.done:
             p.source.release()  # type: ignore[attr-defined]
-        self.metrics.applied.inc(len(out.done))
+            if p.source.__class__ is HeldHandle:
+                applied += p.source.held.events - 1  # type: ignore[attr-defined]
+        self.metrics.applied.inc(applied)
         for p, kind, reason in out.dead:
-            self._dlq.park(p.source, kind, reason)  # type: ignore[arg-type]
+            held = p.source.held.record() if p.source.__class__ is HeldHandle else None  # type: ignore[attr-defined]
+            self._dlq.park(p.source, kind, reason, held)  # type: ignore[arg-type]
             p.source.release()  # type: ignore[attr-defined]
         now = self._clock()
         by_delay: dict[float, list[Pending]] = defaultdict(list)
@@ -241,9 +298,13 @@ class Sink:
         if not force and now - self._last_commit < COMMIT_EVERY:
             return
         self._last_commit = now
-        positions = self._tracker.committable()
+        backlog = self._backlog
+        positions = (self._tracker.committable() if backlog is None
+                     else backlog.committable(self._tracker.first_unresolved))  # fmt: skip
         if positions and self._source.commit(positions):
             self._tracker.mark_committed(positions)
+            if backlog is not None:
+                backlog.mark_committed(positions)
             for (topic, partition), offset in positions.items():
                 self.metrics.committed.labels(topic, str(partition)).set(offset)
             self.metrics.commits.inc()
@@ -273,6 +334,15 @@ class Sink:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
         here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
+        if self._backlog is not None and gone and not self._backlog.frozen:
+            # A held user may span partitions, and its folded state cannot be split back into
+            # events: a backfill that loses a partition stops, with what it committed so far.
+            if not self._stop.is_set():  # else the consumer closing, or a drain
+                log.warning("backfill: %s left this consumer; stopping (the next run resumes "
+                            "from the last commit)", sorted(gone))  # fmt: skip
+            self._backlog.freeze()
+            self._stop.set()
+            self._planner.drop(lambda p: True)
         self._planner.drop(lambda p: p.source.partition in gone)  # type: ignore[attr-defined]
         self._tracker.drop(tps)
 

@@ -1,0 +1,248 @@
+"""What a backfill holds: each user's folded state, and per partition the offsets it still owes.
+
+Under Knock's limits a backfill is bounded by the users it sends, not by reading, so it reads
+ahead and sends each user once (see :class:`consumer.flow.ReadAhead`). Held per event, that
+costs a ``Pending``, a tracker ``Handle`` and the event's own dict (about 1.1 KB an event).
+:class:`Backlog` holds per *user* instead: one dict of properties, folded as each identify is
+read (the planner's fold rules, under the configured nested-merge mode, so the result is the
+same as sending every event alone and in order), and the earliest offset of the user in each
+partition where it holds events. Memory grows with the users held, not with the events read.
+
+Commit rule: a partition's commit position is the smallest offset among its not-yet-applied
+events: the earliest held offset of its held users (:meth:`Backlog.floor`), the tracker's first
+unresolved offset (events on the per-event path: dead letters, barred users), or one past the
+last offset read. A crash resumes from there and re-sends only the users not yet applied
+(identify is idempotent).
+
+What does not fold keeps its order: an event with a merge (alias), or an identify that cannot
+fold exactly into its user's held state, *bars* every user it touches. A barred user's held
+state is handed to the planner first, as one update (:meth:`Backlog.fold`'s ``eject``), and the
+event and all later events of that user go the existing per-event path, where the planner
+orders them per user. So a user's history splits at most once, at its first barrier.
+
+No I/O, no clock, not thread-safe: the loop's thread owns it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import orjson
+
+from .ops import Identify, Op
+from .plan import NestedMerge, _can_fold, _can_fold_deep, _fold_deep
+from .records import Partition, Record
+
+#: Dead-letter header of a rejected held user: how many events its folded update stands for.
+H_FOLDED = "knock-sink.folded.events"
+
+
+class Held:
+    """One user's folded identify and where its events came from.
+
+    :ivar first: ``{partition: earliest offset}`` of the events folded in.
+    :ivar events: how many events were folded in (for the applied count).
+    """
+
+    __slots__ = ("user_id", "props", "first", "events", "done", "owned")
+
+    def __init__(self, user_id: str, props: dict[str, Any], tp: Partition, offset: int) -> None:
+        self.user_id = user_id
+        self.props = props
+        self.first: dict[Partition, int] = {tp: offset}
+        self.events = 1
+        self.done = False
+        #: Whether ``props`` is our own copy (the first event's dict is the mapper's until then).
+        self.owned = False
+
+    def record(self) -> Record:
+        """What to dead-letter when Knock rejects the folded update: one identify carrying it
+        (Knock's properties, as sent), at the user's earliest offset, with a header saying how
+        many events it folds (the originals are in the source topic, before the commit)."""
+        (topic, partition), offset = min(self.first.items(), key=lambda kv: kv[1])
+        value = orjson.dumps({"type": "identify", "userId": self.user_id, "traits": self.props})
+        return Record(topic, partition, offset, key=self.user_id.encode(), value=value,
+                      headers=[(H_FOLDED, str(self.events).encode())])  # fmt: skip
+
+
+class HeldHandle:
+    """The ``source`` of a held user's update in the planner: what :class:`~consumer.tracker.Handle`
+    is to one event, for all of a user's folded events. Released as often as held; the last
+    release marks the user applied, so its offsets stop holding back the commit."""
+
+    __slots__ = ("held", "_backlog", "_owed", "_dead")
+
+    def __init__(self, backlog: Backlog, held: Held) -> None:
+        self.held = held
+        self._backlog = backlog
+        self._owed = 1
+        self._dead = False
+
+    @property
+    def partition(self) -> Partition:
+        return min(self.held.first.items(), key=lambda kv: kv[1])[0]
+
+    @property
+    def offset(self) -> int:
+        return min(self.held.first.values())
+
+    @property
+    def current(self) -> bool:
+        return not self._backlog.frozen
+
+    def hold(self) -> None:
+        self._owed += 1
+
+    def release(self) -> bool:
+        if self._owed <= 0:
+            raise ValueError(f"{self!r} released more often than held")
+        self._owed -= 1
+        if self._owed == 0:
+            self.held.done = True
+            return True
+        return False
+
+    def claim_dead_letter(self) -> bool:
+        if self._dead or self._backlog.frozen:
+            return False
+        self._dead = True
+        return True
+
+    def __repr__(self) -> str:
+        return f"HeldHandle({self.held.user_id}, events={self.held.events}, owed={self._owed})"
+
+
+#: Called with a held user that leaves the backlog for the planner (fed, or ejected at a barrier).
+Eject = Callable[[Held], None]
+
+
+class Backlog:
+    """Per-user folded state plus per-partition offsets owed, for one backfill.
+
+    :param nested: the planner's nested-merge mode (``knock.nested_merge``); folding here
+        follows the same rule, so it is exact exactly when the planner's is.
+    """
+
+    def __init__(self, *, nested: NestedMerge = "deep") -> None:
+        if nested == "deep":
+            self._can_fold, self._fold = _can_fold_deep, _fold_deep
+        elif nested == "either":
+            self._can_fold, self._fold = _can_fold, dict.update
+        else:
+            raise ValueError(f"unknown nested merge mode {nested!r}")
+        self._users: dict[str, Held] = {}
+        self._barred: set[str] = set()
+        # Per partition, held users in the order they were first seen there (so in offset
+        # order); the head is dropped lazily once applied.
+        self._owed: dict[Partition, deque[tuple[int, Held]]] = {}
+        self._read: dict[Partition, int] = {}
+        self._committed: dict[Partition, int] = {}
+        #: Set when a partition was revoked, lost or rewound: nothing held is trusted any more.
+        self.frozen = False
+
+    def __len__(self) -> int:
+        """Users held (not yet handed to the planner)."""
+        return len(self._users)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read(self, tp: Partition, offset: int) -> bool:
+        """Note that ``offset`` of ``tp`` was read; False when the consumer went back (a
+        rewind): the caller must :meth:`freeze`."""
+        last = self._read.get(tp)
+        if last is not None and offset < last:
+            return False
+        self._read[tp] = offset + 1
+        return True
+
+    def fold(self, tp: Partition, offset: int, ops: Iterable[Op], eject: Eject) -> list[Op]:
+        """Fold the ops of the event at ``offset`` into their users' held state, when every
+        one of them is an identify that folds exactly; returns ``[]`` then. Otherwise every
+        user the event touches is barred (its held state ejected first, see the module
+        docstring) and the ops are returned, for the per-event path."""
+        ops = list(ops)
+        users = self._users
+        foldable = True
+        for op in ops:
+            if op.__class__ is not Identify or op.user_id in self._barred:  # type: ignore[union-attr]
+                foldable = False
+                break
+            held = users.get(op.user_id)
+            if held is not None and not self._can_fold(held.props, op.props):  # type: ignore[union-attr]
+                foldable = False
+                break
+        if not foldable:
+            for op in ops:
+                for uid in (op.user_id, op.from_user_id) if op.__class__ is not Identify else (op.user_id,):  # type: ignore[union-attr]
+                    held = users.pop(uid, None)
+                    if held is not None:
+                        eject(held)
+                    self._barred.add(uid)
+            return ops
+        for op in ops:
+            uid, props = op.user_id, op.props  # type: ignore[union-attr]
+            held = users.get(uid)
+            if held is None:
+                held = users[uid] = Held(uid, props, tp, offset)
+                self._owed.setdefault(tp, deque()).append((offset, held))
+                continue
+            if not held.owned:
+                held.props = dict(held.props)
+                held.owned = True
+            self._fold(held.props, props)
+            held.events += 1
+            if tp not in held.first:
+                held.first[tp] = offset
+                self._owed.setdefault(tp, deque()).append((offset, held))
+        return []
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def take(self, n: int) -> Iterator[Held]:
+        """Hand out up to ``n`` held users, oldest first; each stays owed (its offsets hold the
+        commit back) until its handle's last release."""
+        users = self._users
+        for _ in range(min(n, len(users))):
+            uid = next(iter(users))
+            yield users.pop(uid)
+
+    def handle(self, held: Held) -> HeldHandle:
+        return HeldHandle(self, held)
+
+    # -- commits ---------------------------------------------------------------------------
+
+    def floor(self, tp: Partition) -> int | None:
+        """The earliest offset of ``tp`` a not-yet-applied held user owes, or ``None``."""
+        owed = self._owed.get(tp)
+        while owed and owed[0][1].done:
+            owed.popleft()
+        return owed[0][0] if owed else None
+
+    def committable(self, first_unresolved: Callable[[Partition], int | None]) -> dict[Partition, int]:
+        """Commit positions that moved since :meth:`mark_committed`: per partition read, the
+        smallest of its held users' earliest offsets, ``first_unresolved(tp)`` (the per-event
+        path's) and one past the last offset read."""
+        if self.frozen:
+            return {}
+        out: dict[Partition, int] = {}
+        for tp, end in self._read.items():
+            position = end
+            for bound in (self.floor(tp), first_unresolved(tp)):
+                if bound is not None and bound < position:
+                    position = bound
+            if position != self._committed.get(tp):
+                out[tp] = position
+        return out
+
+    def mark_committed(self, positions: dict[Partition, int]) -> None:
+        self._committed.update(positions)
+
+    def freeze(self) -> None:
+        """A partition left (revoked, lost) or rewound: what is held can no longer be sent nor
+        committed safely by this consumer. Everything is dropped, and no position is vouched
+        for again; the next run resumes from the last commit."""
+        self.frozen = True
+        self._users.clear()
+        self._owed.clear()

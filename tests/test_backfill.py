@@ -1,0 +1,122 @@
+"""A backfill under Knock's limits holds folded users, not events (:mod:`consumer.backlog`):
+unit tests of the fold and the commit floors, and backfills on the real broker and the local
+Knock API, checked against the independent model."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from consumer.backlog import Backlog, Held
+from consumer.ops import Identify, Merge
+from consumer.sink import Sink
+from tests.model import actual_state, expected_state
+
+TP0, TP1 = ("t", 0), ("t", 1)
+
+
+def test_a_users_events_fold_into_one_held_state_with_its_earliest_offset() -> None:
+    b = Backlog()
+    ejected: list[Held] = []
+    for off in range(5):
+        assert b.fold(TP0, off, [Identify("u", {"n": off, "o": {f"k{off}": off}})], ejected.append) == []
+    assert b.fold(TP0, 5, [Identify("v", {"a": 1})], ejected.append) == []
+    assert len(b) == 2 and ejected == []
+    [u, v] = list(b.take(10))
+    assert u.props == {"n": 4, "o": {f"k{i}": i for i in range(5)}} and u.events == 5
+    assert u.first == {TP0: 0} and v.first == {TP0: 5}
+
+
+def test_the_floor_follows_the_earliest_unapplied_user_of_each_partition() -> None:
+    b = Backlog()
+    for tp, off, uid in [(TP0, 0, "a"), (TP0, 1, "b"), (TP1, 0, "b"), (TP0, 2, "a"), (TP1, 1, "c")]:
+        assert b.read(tp, off)
+        b.fold(tp, off, [Identify(uid, {"x": off})], lambda h: None)
+    a, bb, c = (b.handle(h) for h in b.take(3))
+    none = lambda tp: None  # noqa: E731 - nothing on the per-event path
+    assert b.committable(none) == {TP0: 0, TP1: 0}
+    bb.release()  # b applied: partition 0 still owes a (offset 0), partition 1 owes c (1)
+    assert b.committable(none) == {TP0: 0, TP1: 1}
+    a.release()
+    c.release()
+    assert b.committable(none) == {TP0: 3, TP1: 2}  # one past what was read
+    b.mark_committed({TP0: 3, TP1: 2})
+    assert b.committable(lambda tp: 2 if tp == TP0 else None) == {TP0: 2}  # a dead letter owed
+
+
+def test_a_merge_or_an_unfoldable_update_bars_its_users_after_their_held_state() -> None:
+    b = Backlog()
+    ejected: list[Held] = []
+    b.fold(TP0, 0, [Identify("anon", {"a": 1})], ejected.append)
+    b.fold(TP0, 1, [Identify("u", {"o": 1})], ejected.append)
+    assert b.fold(TP0, 2, [Merge("real", "anon")], ejected.append) == [Merge("real", "anon")]
+    assert [h.user_id for h in ejected] == ["anon"]
+    # Barred: later events of anon take the per-event path too.
+    assert b.fold(TP0, 3, [Identify("anon", {"b": 2})], ejected.append) == [Identify("anon", {"b": 2})]
+    # Deep mode: a scalar then an object under one key does not fold.
+    assert b.fold(TP0, 4, [Identify("u", {"o": {"x": 1}})], ejected.append) == [Identify("u", {"o": {"x": 1}})]
+    assert [h.user_id for h in ejected] == ["anon", "u"] and len(b) == 0
+
+
+def test_folded_state_equals_every_event_applied_in_order() -> None:
+    # Exact under each mode: what a user holds (or ejects at its barrier) is what Knock would
+    # hold after the events folded into it, applied one by one (the model deep-merges; mode
+    # "either" folds only where replacing and deep-merging agree).
+    rng = random.Random(7)
+    for mode in ("deep", "either"):
+        b = Backlog(nested=mode)  # type: ignore[arg-type]
+        folded: dict[str, list[dict[str, Any]]] = {}
+        out: list[Held] = []
+        for off in range(2000):
+            uid = f"u{rng.randrange(40)}"
+            traits = {f"k{rng.randrange(5)}": rng.choice([1, None, [off], {"a": off}, {"b": {"c": off}}])}
+            if not b.fold(TP0, off, [Identify(uid, traits)], out.append):
+                folded.setdefault(uid, []).append({"type": "identify", "userId": uid, "traits": traits})
+        out += b.take(100)
+        assert len(out) == len(folded)
+        for h in out:
+            assert h.props == expected_state(folded[h.user_id])[h.user_id], (mode, h.user_id)
+            assert h.events == len(folded[h.user_id])
+
+
+# -- on the real broker, under the sink's pacing to Knock's limits --------------------------
+
+
+def backfill(settings: Any) -> Any:
+    return Sink(settings).run(from_beginning=True, until_end=True)
+
+
+def mixed_backlog(users: int, per_user: int, seed: int) -> list[Any]:
+    rng = random.Random(seed)
+    events: list[Any] = []
+    for i in range(per_user):
+        for u in range(users):
+            traits = {"i": i, f"k{rng.randrange(4)}": rng.randrange(9), "prefs": {f"p{rng.randrange(3)}": i}}
+            if rng.random() < 0.2:
+                traits["prefs"] = {"deep": {f"d{rng.randrange(2)}": i}}
+            events.append({"type": "identify", "userId": f"u{u}", "traits": traits})
+        if i == per_user // 2:
+            events.append({"type": "alias", "previousId": "u1", "userId": "u0"})
+            events.append({"type": "alias", "previousId": f"anon{i}", "userId": "u2"})
+    return events
+
+
+def test_a_default_backfill_sends_each_user_once_exact_with_aliases_and_poison(kafka, api, settings_for):
+    topic = kafka.topic(3)
+    events = mixed_backlog(users=120, per_user=15, seed=1)
+    poison = [b"{not json", orjson_dumps({"type": "identify", "userId": "u5", "traits": [1]})]
+    kafka.produce(topic, events[: len(events) // 2] + poison + events[len(events) // 2 :])
+    summary = backfill(settings_for(topic, knock__rate_limits="knock"))
+    assert actual_state(api.users()) == expected_state(events)
+    assert dict(summary.dead_lettered) == {"undecodable": 1, "invalid_event": 1}
+    assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
+    # Each user once, but those an alias barred (u0, u1, u2: held state, then per event).
+    by_user = api.stats(by_user=True)["identify_entries_by_user"]
+    assert {u for u, n in by_user.items() if n > 1} <= {"u0", "u1", "u2"}
+    assert len(by_user) == 120
+
+
+def orjson_dumps(v: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(v)
