@@ -33,6 +33,8 @@ FLAG_SETTINGS = {
     "flush_interval": "sink.flush_interval",
     "max_pending": "sink.max_pending",
     "metrics_port": "sink.metrics_port",
+    "backfill_memory_mb": "sink.backfill_memory_mb",
+    "work_dir": "sink.work_dir",
     "log_level": "sink.log_level",
     "anonymous": "mapping.anonymous",
     "default_region": "mapping.default_region",
@@ -64,6 +66,9 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flush-interval", type=float, help="seconds before a partial batch is sent (default 0.5)")
     p.add_argument("--max-pending", type=int, help="events buffered before fetching pauses")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--backfill-memory-mb", type=int,
+                   help="MiB of held users a backfill keeps in memory before spilling to disk (default 256)")
+    p.add_argument("--work-dir", help="where a backfill spills held users (default: the system temp dir)")
     p.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")
     p.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

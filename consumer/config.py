@@ -234,6 +234,12 @@ class SinkSettings(_Section):
     drain_timeout: float = Field(30.0, gt=0)
     #: Attempts at one item Knock rejected inside a bulk operation before it is dead-lettered.
     item_attempts: int = Field(5, ge=1)
+    #: Memory a backfill under Knock's limits may fill with held users (their folded state)
+    #: before it spills them to disk, in MiB.
+    backfill_memory_mb: int = Field(256, ge=1)
+    #: Where a backfill spills held users (a fresh directory inside it, removed at the end);
+    #: ``None``: the system's temporary directory.
+    work_dir: str | None = None
     #: Serve Prometheus metrics on this port (0: off).
     metrics_port: int = Field(0, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -121,7 +121,9 @@ class Sink:
         ends = self._end_targets(from_beginning) if until_end else None
         if ends is not None and self.settings.knock.rate_limits == "knock":
             self._read_ahead = ReadAhead(ends, idle=self.settings.sink.flush_interval, now=self._clock())
-            self._backlog = Backlog(nested=self.settings.knock.nested_merge)
+            sink = self.settings.sink
+            self._backlog = Backlog(nested=self.settings.knock.nested_merge, work_dir=sink.work_dir,
+                                    memory_bytes=sink.backfill_memory_mb << 20)  # fmt: skip
         if self.settings.sink.metrics_port:
             self.metrics.serve(self.settings.sink.metrics_port)
         # The loop allocates a few small objects per event and keeps them until Knock applied
@@ -190,6 +192,10 @@ class Sink:
                     planner.add(Pending(self._seq, op, handle, tp))
             handle.release()  # zero-op events resolve here
         if records:
+            if backlog is not None and backlog.over_budget():
+                n = len(backlog)
+                backlog.spill()
+                log.info("backfill: memory budget reached, %d held users now on disk", n)
             if self._read_ahead is not None:
                 self._read_ahead.fetched(records, self._clock())
             # Counted per batch: a prometheus counter takes a lock on every inc().
@@ -379,6 +385,8 @@ class Sink:
         self._knock_stop.set()
         self._flight.close()
         self._knock.close()
+        if self._backlog is not None:
+            self._backlog.close()
         if self._source is not None:
             self._source.close()
         if self._dlq is not None:
