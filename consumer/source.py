@@ -21,6 +21,9 @@ from .errors import ConfigError
 from .records import Partition, RebalanceCallback, Record
 
 log = logging.getLogger("knock_sink.source")
+
+#: Attempts at reading the group's commits before giving up (see KafkaSource.committed).
+COMMITTED_ATTEMPTS = 12
 #: librdkafka's own log lines, through Python logging (its ``logger`` setting) rather than
 #: straight to stderr, so they take the sink's format and level.
 KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
@@ -142,8 +145,20 @@ class KafkaSource:
         return not bad
 
     def committed(self, tps: Iterable[Partition], timeout: float = 10.0) -> dict[Partition, int]:
-        """The group's committed positions (partitions without a commit are left out)."""
-        res = self._consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout)
+        """The group's committed positions (partitions without a commit are left out).
+
+        A timeout is retried (up to :data:`COMMITTED_ATTEMPTS` times): right after a consumer
+        of the group was killed, the coordinator can take longer than one timeout to answer,
+        and a backfill resuming from its commit must not fail for that."""
+        wanted = [TopicPartition(t, p) for t, p in tps]
+        for attempt in range(1, COMMITTED_ATTEMPTS + 1):
+            try:
+                res = self._consumer.committed(wanted, timeout=timeout)
+                break
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._TIMED_OUT or attempt == COMMITTED_ATTEMPTS:
+                    raise
+                log.warning("reading the group's commits timed out (attempt %d); trying again", attempt)
         return {(tp.topic, tp.partition): tp.offset for tp in res if tp.offset >= 0}
 
     def end_offsets(self, topics: Iterable[str], timeout: float = 10.0) -> dict[Partition, tuple[int, int]]:
