@@ -89,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     back = sub.add_parser(
         "backfill", help="replay topics and exit once everything up to their end is applied",
         description="Replay topics and exit 0 once every event up to the end offsets seen at start "
-        "is applied and committed. Under Knock's rate limits it reads ahead (up to --max-pending "
-        "events, folding each user's updates) before it sends, so each user is sent as few times "
-        "as the window allows.")
+        "is applied and committed. Under Knock's rate limits it reads ahead before it sends, "
+        "holding each user's updates folded into one (spilled to disk past --backfill-memory-mb), "
+        "so each user is sent once; killed, it resumes from its commit.")
     _add_sink_arguments(back)
     back.add_argument("--from-beginning", action="store_true",
                       help="rewind every partition to its first offset (else start from the group's commit)")

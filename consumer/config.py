@@ -227,8 +227,8 @@ class MappingSettings(_Section):
 class SinkSettings(_Section):
     #: Seconds to wait for more events before sending what is buffered.
     flush_interval: float = Field(0.5, gt=0)
-    #: Events buffered or in flight before fetching pauses; also how far a backfill under
-    #: Knock's limits reads ahead before it sends.
+    #: Events buffered or in flight before fetching pauses (a backfill under Knock's limits
+    #: holds folded users instead, bounded by ``backfill_memory_mb``).
     max_pending: int = Field(20_000, ge=1)
     #: Seconds allowed on shutdown or partition revoke to finish in-flight work.
     drain_timeout: float = Field(30.0, gt=0)
