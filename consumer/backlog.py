@@ -17,9 +17,10 @@ last offset read. A crash resumes from there and re-sends only the users not yet
 Bounded memory: past ``memory_bytes`` of estimated held state, every held user's properties
 spill to an SQLite file in a work directory (the standard library's, so nothing to install; one
 table, keyed by spill order) and only a small shell stays in memory (its offsets and whether
-it was applied). Spilled users are read back in spill order, before those still in memory: a
-user's spilled state is always older than its state in memory, so its updates keep their order
-(the planner folds the two when that is exact, as it folds any two updates of a user).
+it was applied). Spilled users are read back in the order they were first spilled, each with all its
+spilled states, before those still in memory: a user's spilled states are older than its state
+in memory, so they fold, oldest first, into one update where that is exact (else they go as
+updates in order, which the planner keeps apart).
 
 What does not fold keeps its order: an event with a merge (alias), or an identify that cannot
 fold exactly into its user's held state, *bars* every user it touches. A barred user's held
@@ -178,6 +179,8 @@ class Backlog:
         # order); the head is dropped lazily once applied.
         self._owed: dict[Partition, deque[tuple[int, Held]]] = {}
         self._read: dict[Partition, int] = {}
+        # Per partition, how far :meth:`take_finished` has looked into ``_owed``.
+        self._cursor: dict[Partition, int] = {}
         self._committed: dict[Partition, int] = {}
         #: Set when a partition was revoked, lost or rewound: nothing held is trusted any more.
         self.frozen = False
@@ -226,7 +229,7 @@ class Backlog:
             for op in ops:
                 for uid in (op.user_id, op.from_user_id) if op.__class__ is not Identify else (op.user_id,):  # type: ignore[union-attr]
                     if self._shells and uid not in self._barred:
-                        self._read_back(eject, "WHERE uid = ? ORDER BY id", (uid,))
+                        self._read_back(eject, [uid])
                     held = users.pop(uid, None)
                     if held is not None:
                         eject(held)
@@ -269,19 +272,44 @@ class Backlog:
                 first[held.user_id] = held
                 out.append(held)
 
-            self._read_back(gather, "ORDER BY id LIMIT ?", (n,))
             assert self._db is not None
+            # Users in the order they were first spilled, each with all its spilled states.
+            uids = [r[0] for r in self._db.execute("SELECT uid FROM users ORDER BY first LIMIT ?", (n,))]
+            self._read_back(gather, uids)
             for uid, host in first.items():
                 later = users.get(uid)
-                # The state in memory is newer than any on disk: it may join the newest one
-                # read back only when no other is left on disk.
-                if later is not None and self._can_fold(host.props, later.props) and not (
-                    self._shells and self._db.execute("SELECT 1 FROM held WHERE uid = ? LIMIT 1", (uid,)).fetchone()
-                ):
+                # The state in memory is newer than those on disk, all read back now.
+                if later is not None and self._can_fold(host.props, later.props):
                     host.absorb(users.pop(uid), self._fold)
         for _ in range(min(n - len(out), len(users))):
             out.append(users.pop(next(iter(users))))
         return out
+
+    def take_finished(self, finished: set[Partition], n: int) -> list[Held]:
+        """Hand out up to ``n`` users held in memory whose events all came from ``finished``
+        partitions (read to their end) and who have no older state on disk: sent before the
+        rest of the backlog is read, each still once when the topic is keyed by user."""
+        out: list[Held] = []
+        users = self._users
+        for tp in finished:
+            owed = self._owed.get(tp)
+            if not owed:
+                continue
+            cursor = self._cursor.get(tp, 0)
+            while len(out) < n and cursor < len(owed):
+                held = owed[cursor][1]
+                cursor += 1
+                if users.get(held.user_id) is not held or not finished.issuperset(held.first):
+                    continue
+                if self._shells and self._on_disk(held.user_id):
+                    continue
+                out.append(users.pop(held.user_id))
+            self._cursor[tp] = cursor
+        return out
+
+    def _on_disk(self, uid: str) -> bool:
+        assert self._db is not None
+        return self._db.execute("SELECT 1 FROM held WHERE uid = ? LIMIT 1", (uid,)).fetchone() is not None
 
     # -- spilling --------------------------------------------------------------------------
 
@@ -307,18 +335,24 @@ class Backlog:
             held.owned = True  # read back as our own copy
         with db:
             db.executemany("INSERT INTO held (id, uid, props) VALUES (?, ?, ?)", rows)
+            db.executemany("INSERT OR IGNORE INTO users (uid, first) VALUES (?, ?)", [(r[1], r[0]) for r in rows])
         self.spilled += len(rows)
         self._users.clear()
 
-    def _read_back(self, into: Callable[[Held], None], where: str, args: tuple[Any, ...]) -> None:
+    def _read_back(self, into: Callable[[Held], None], uids: list[str]) -> None:
+        """Every spilled state of ``uids``, in spill order (per user, oldest first), off disk."""
         assert self._db is not None
-        rows = self._db.execute(f"SELECT id, props FROM held {where}", args).fetchall()  # noqa: S608 - our own clauses
+        if not uids:
+            return
+        marks = ",".join("?" * len(uids))
+        rows = self._db.execute(f"SELECT id, props FROM held WHERE uid IN ({marks}) ORDER BY id", uids).fetchall()  # noqa: S608 - only placeholders
         for row_id, props in rows:
             held = self._shells.pop(row_id)
             held.props = orjson.loads(props)
             into(held)
         with self._db:
             self._db.executemany("DELETE FROM held WHERE id = ?", [(r[0],) for r in rows])
+            self._db.executemany("DELETE FROM users WHERE uid = ?", [(u,) for u in uids])
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
@@ -330,6 +364,10 @@ class Backlog:
             self._db.execute("PRAGMA synchronous = OFF")
             self._db.execute("CREATE TABLE held (id INTEGER PRIMARY KEY, uid TEXT NOT NULL, props BLOB NOT NULL)")
             self._db.execute("CREATE INDEX held_uid ON held (uid)")
+            # Each spilled user once, by its first spill: read back in that order, so commits
+            # move forward as users are sent, with all of a user's states at once.
+            self._db.execute("CREATE TABLE users (uid TEXT PRIMARY KEY, first INTEGER NOT NULL)")
+            self._db.execute("CREATE INDEX users_first ON users (first)")
         return self._db
 
     def close(self) -> None:
@@ -351,6 +389,8 @@ class Backlog:
         owed = self._owed.get(tp)
         while owed and owed[0][1].done:
             owed.popleft()
+            if self._cursor.get(tp):
+                self._cursor[tp] -= 1
         return owed[0][0] if owed else None
 
     def committable(self, first_unresolved: Callable[[Partition], int | None]) -> dict[Partition, int]:

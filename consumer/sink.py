@@ -155,8 +155,8 @@ class Sink:
         self._ingest(self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2))
         self._flight.collect(self._take)
         self._dlq.pump()
-        if self._backlog is not None and len(self._backlog) and not self._holding(self._clock()):
-            self._feed()
+        if self._backlog is not None and len(self._backlog):
+            self._feed(self._read_ahead.finished() if self._reading_ahead(self._clock()) else None)  # type: ignore[union-attr]
         self._start_plan()
         self._commit()
 
@@ -237,11 +237,15 @@ class Sink:
         self._seq += 1
         self._planner.add(Pending(self._seq, Identify(held.user_id, held.props), self._backlog.handle(held)))
 
-    def _feed(self) -> None:
-        """Top the planner up with held users: two plans' worth, so a cut is always full."""
+    def _feed(self, finished: set[Partition] | None) -> None:
+        """Top the planner up with held users: two plans' worth, so a cut is always full. While
+        reading ahead (``finished``: the partitions read to their end), only users of those."""
         assert self._backlog is not None
         room = 2 * self._sizing.users_per_plan - len(self._planner)
-        for held in self._backlog.take(room):
+        if room <= 0 or finished == set():
+            return
+        taken = self._backlog.take(room) if finished is None else self._backlog.take_finished(finished, room)
+        for held in taken:
             self._add_held(held)
 
     # -- plans -----------------------------------------------------------------------------
@@ -263,6 +267,12 @@ class Sink:
             self._flight.start(plan)
 
     def _holding(self, now: float) -> bool:
+        if not self._reading_ahead(now):
+            return False
+        # Users of partitions read to their end are fed while reading: a full plan of them goes.
+        return not (self._backlog is not None and len(self._planner) >= self._sizing.users_per_plan)
+
+    def _reading_ahead(self, now: float) -> bool:
         if self._read_ahead is None:
             return False
         assert self._source is not None
@@ -382,6 +392,7 @@ class Sink:
         return all(committed.get(tp, -1) >= hi for tp, hi in ends.items())
 
     def _close(self) -> None:
+        self._stop.set()  # the loop is over: a revoke from closing the consumer is expected
         self._knock_stop.set()
         self._flight.close()
         self._knock.close()

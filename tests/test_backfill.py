@@ -161,7 +161,8 @@ def test_spilled_users_come_back_in_order_and_exact(tmp_path) -> None:
 
 
 def test_a_backfill_whose_held_users_spill_to_disk_ends_exact(kafka, api, settings_for, caplog, tmp_path):
-    topic = kafka.topic(3)
+    # One partition: read to its end only at the end, so nothing is sent before the budget.
+    topic = kafka.topic(1)
     events = mixed_backlog(users=2500, per_user=4, seed=2)
     kafka.produce(topic, events)
     caplog.set_level("INFO", logger="knock_sink")
@@ -231,3 +232,14 @@ def test_sigkill_during_a_backfill_then_the_same_command_resumes_from_its_commit
     assert kafka.committed(f"g-{topic}", topic) == ends
     # It resumed from the commit, not from the start of the backlog.
     assert summary["consumed"] == sum(ends.values()) - sum(committed.values()) < sum(ends.values())
+
+
+def test_users_of_partitions_read_to_their_end_go_first() -> None:
+    b = Backlog()
+    for tp, off, uid in [(TP0, 0, "a"), (TP1, 0, "b"), (TP0, 1, "c"), (TP1, 1, "c"), (TP0, 2, "d")]:
+        b.fold(tp, off, [Identify(uid, {"x": off})], lambda h: None)
+    # Partition 0 is read to its end: a and d were seen only there; c also in partition 1.
+    assert [h.user_id for h in b.take_finished({TP0}, 10)] == ["a", "d"]
+    assert b.take_finished({TP0}, 10) == []
+    assert {h.user_id for h in b.take_finished({TP0, TP1}, 10)} == {"b", "c"}
+    assert len(b) == 0
