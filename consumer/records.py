@@ -67,6 +67,11 @@ class Source(Protocol):
 
     def resume(self) -> None: ...
 
+    def focus(self, keep: set[Partition] | None) -> None:
+        """Fetch only from ``keep`` of the assigned partitions (``None``: from all again),
+        beside :meth:`pause`, which stops them all."""
+        ...
+
     def commit(self, positions: dict[Partition, int]) -> bool:
         """Commit next-offset positions synchronously; ``False`` when refused (try later)."""
         ...

@@ -78,6 +78,7 @@ class Sink:
         self._backpressure = Backpressure(settings.sink.max_pending)
         self._read_ahead: ReadAhead | None = None
         self._backlog: Backlog | None = None
+        self._focused: set[Partition] | None = None
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
         self._seq = 0
@@ -120,7 +121,9 @@ class Sink:
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
         ends = self._end_targets(from_beginning) if until_end else None
         if ends is not None and self.settings.knock.rate_limits == "knock":
-            self._read_ahead = ReadAhead(ends, idle=self.settings.sink.flush_interval, now=self._clock())
+            # At least a second: moving from one partition to the next is a pause in fetching
+            # too (see _focus), not an end that is never delivered.
+            self._read_ahead = ReadAhead(ends, idle=max(1.0, self.settings.sink.flush_interval), now=self._clock())
             sink = self.settings.sink
             self._backlog = Backlog(nested=self.settings.knock.nested_merge, work_dir=sink.work_dir,
                                     memory_bytes=sink.backfill_memory_mb << 20)  # fmt: skip
@@ -155,8 +158,10 @@ class Sink:
         self._ingest(self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2))
         self._flight.collect(self._take)
         self._dlq.pump()
-        if self._backlog is not None and len(self._backlog):
-            self._feed(self._read_ahead.finished() if self._reading_ahead(self._clock()) else None)  # type: ignore[union-attr]
+        if self._backlog is not None:
+            self._focus()
+            if len(self._backlog):
+                self._feed(self._read_ahead.finished() if self._reading_ahead(self._clock()) else None)  # type: ignore[union-attr]
         self._start_plan()
         self._commit()
 
@@ -236,6 +241,21 @@ class Sink:
         assert self._backlog is not None
         self._seq += 1
         self._planner.add(Pending(self._seq, Identify(held.user_id, held.props), self._backlog.handle(held)))
+
+    def _focus(self) -> None:
+        """While a backfill reads ahead, read one partition at a time: each one read to its end
+        frees its users to be sent (topics are keyed by user) while the next is read."""
+        assert self._source is not None and self._read_ahead is not None
+        now = self._clock()
+        if self._reading_ahead(now):
+            left = sorted(tp for tp in self._read_ahead.ends if tp not in self._read_ahead.finished())
+            keep = {left[0]} if left else None
+            if keep != self._focused:
+                self._read_ahead.waiting_from(now)
+        else:
+            keep = None
+        self._focused = keep
+        self._source.focus(keep)
 
     def _feed(self, finished: set[Partition] | None) -> None:
         """Top the planner up with held users: two plans' worth, so a cut is always full. While

@@ -65,6 +65,8 @@ class KafkaSource:
         self._rewind = from_beginning
         self._rewound: set[Partition] = set()
         self._paused = False
+        #: Assigned partitions :meth:`focus` keeps from fetching.
+        self._held_back: set[Partition] = set()
         self._consumer.subscribe(
             list(settings.topics),
             on_assign=self._assigned,
@@ -85,6 +87,9 @@ class KafkaSource:
         consumer.incremental_assign(parts)
         if self._paused:
             consumer.pause(parts)
+        elif self._held_back:  # focused: a new partition waits its turn
+            consumer.pause(parts)
+            self._held_back.update((p.topic, p.partition) for p in parts)
         self._on_assign([(p.topic, p.partition) for p in parts])
 
     def _revoked(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
@@ -120,8 +125,21 @@ class KafkaSource:
 
     def resume(self) -> None:
         if self._paused:
-            self._consumer.resume(self._consumer.assignment())
+            self._consumer.resume([p for p in self._consumer.assignment()
+                                   if (p.topic, p.partition) not in self._held_back])  # fmt: skip
             self._paused = False
+
+    def focus(self, keep: set[Partition] | None) -> None:
+        assigned = {(p.topic, p.partition) for p in self._consumer.assignment()}
+        back = set() if keep is None else assigned - keep
+        if back == self._held_back:
+            return
+        if not self._paused:
+            if back - self._held_back:
+                self._consumer.pause([TopicPartition(*tp) for tp in back - self._held_back])
+            if self._held_back - back:
+                self._consumer.resume([TopicPartition(*tp) for tp in (self._held_back - back) & assigned])
+        self._held_back = back
 
     @property
     def paused(self) -> bool:
