@@ -243,3 +243,28 @@ def test_users_of_partitions_read_to_their_end_go_first() -> None:
     assert b.take_finished({TP0}, 10) == []
     assert {h.user_id for h in b.take_finished({TP0, TP1}, 10)} == {"b", "c"}
     assert len(b) == 0
+
+
+def test_a_held_user_knock_rejects_is_dead_lettered_as_its_folded_update(kafka, api, settings_for):
+    import orjson
+
+    topic = kafka.topic(1)
+    events = [
+        {"type": "identify", "userId": "good", "traits": {"plan": "pro"}},
+        {"type": "identify", "userId": "bad", "traits": {"email": 12345, "a": 1}},
+        {"type": "identify", "userId": "bad", "traits": {"b": 2}},
+        {"type": "identify", "userId": "good", "traits": {"seats": 3}},
+    ]
+    kafka.produce(topic, events)
+    summary = backfill(settings_for(topic, knock__rate_limits="knock"))
+    assert actual_state(api.users()) == {"good": {"plan": "pro", "seats": 3}}
+    [dead] = kafka.read_all(f"{topic}.dlq", 1)
+    assert dead.key() == b"bad"
+    assert orjson.loads(dead.value()) == {"type": "identify", "userId": "bad",
+                                          "traits": {"email": 12345, "a": 1, "b": 2}}  # fmt: skip
+    headers = dict(dead.headers())
+    assert headers["knock-sink.error.kind"] == b"knock_rejected"
+    assert headers["knock-sink.source.offset"] == b"1"  # the user's earliest event
+    assert headers["knock-sink.folded.events"] == b"2"
+    assert dict(summary.dead_lettered) == {"knock_rejected": 1}
+    assert kafka.committed(f"g-{topic}", topic) == {0: 4}
