@@ -34,6 +34,8 @@ FLAG_SETTINGS = {
     "flush_interval": "sink.flush_interval",
     "max_pending": "sink.max_pending",
     "metrics_port": "sink.metrics_port",
+    "backfill_memory_mb": "sink.backfill_memory_mb",
+    "work_dir": "sink.work_dir",
     "log_level": "sink.log_level",
     "anonymous": "mapping.anonymous",
     "default_region": "mapping.default_region",
@@ -90,13 +92,16 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bulk-size", type=int, help="users per bulk identify call (default 1000)")
     p.add_argument("--rate-limits", choices=["knock", "off"], help="pace requests to Knock's tiers (default knock)")
     p.add_argument("--nested-merge", choices=["either", "deep"],
-                   help="fold updates carrying objects under one key: only if Knock deep-merges them "
-                   "(deep), or keep them apart, exact either way (either, the default)")
+                   help="fold updates carrying objects under one key, as Knock deep-merges them "
+                   "(deep, the default), or keep them apart, exact either way (either)")
     p.add_argument("--flush-interval", type=float,
                    help="least seconds between two batches sent; longer: fewer, fuller Knock "
                    "calls, staler data in Knock (default 0.5)")
     p.add_argument("--max-pending", type=int, help="events buffered before fetching pauses")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--backfill-memory-mb", type=int,
+                   help="MiB of held users a backfill keeps in memory before spilling to disk (default 256)")
+    p.add_argument("--work-dir", help="where a backfill spills held users (default: the system temp dir)")
     p.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")
     p.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -118,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     back = sub.add_parser(
         "backfill", help="replay topics and exit once everything up to their end is applied",
         description="Replay topics and exit 0 once every event up to the end offsets seen at start "
-        "is applied and committed. Under Knock's rate limits it reads ahead (up to --max-pending "
-        "events, folding each user's updates) before it sends, so each user is sent as few times "
-        "as the window allows.")
+        "is applied and committed. Under Knock's rate limits it reads ahead before it sends, "
+        "holding each user's updates folded into one (spilled to disk past --backfill-memory-mb), "
+        "so each user is sent once; killed, it resumes from its commit.")
     _add_sink_arguments(back)
     back.add_argument("--from-beginning", action="store_true",
                       help="rewind every partition to its first offset (else start from the group's commit)")

@@ -166,11 +166,12 @@ class KnockSettings(_Section):
     max_backoff: float = Field(30.0, gt=0)
     #: Requests in flight at once (bulk chunks, merges, single identifies).
     concurrency: int = Field(8, ge=1, le=64)
-    #: What the Knock environment does with nested objects on upsert. ``either`` (default)
-    #: keeps two updates that both carry an object under one key apart, exact whether Knock
-    #: deep-merges or replaces them; ``deep`` (Knock's documented behaviour today) folds them
-    #: into one deep-merged entry: fewer calls, exact only where Knock deep-merges.
-    nested_merge: NestedMerge = "either"
+    #: What the Knock environment does with nested objects on upsert. ``deep`` (default:
+    #: Knock documents deep merge of nested properties since 2024-11-05) folds two updates that
+    #: both carry an object under one key into one deep-merged entry; ``either``, for
+    #: environments that do not deep-merge, keeps them apart, exact whether Knock deep-merges
+    #: or replaces them, at the cost of more calls.
+    nested_merge: NestedMerge = "deep"
 
     @field_validator("base_url")
     @classmethod
@@ -319,13 +320,19 @@ class SinkSettings(_Section):
     #: (about once a second); longer intervals send fewer, fuller calls and add up to that long
     #: to each event's latency (README, Freshness).
     flush_interval: float = Field(0.5, gt=0)
-    #: Events buffered or in flight before fetching pauses; also how far a backfill under
-    #: Knock's limits reads ahead before it sends.
+    #: Events buffered or in flight before fetching pauses (a backfill under Knock's limits
+    #: holds folded users instead, bounded by ``backfill_memory_mb``).
     max_pending: int = Field(20_000, ge=1)
     #: Seconds allowed on shutdown or partition revoke to finish in-flight work.
     drain_timeout: float = Field(30.0, gt=0)
     #: Attempts at one item Knock rejected inside a bulk operation before it is dead-lettered.
     item_attempts: int = Field(5, ge=1)
+    #: Memory a backfill under Knock's limits may fill with held users (their folded state)
+    #: before it spills them to disk, in MiB.
+    backfill_memory_mb: int = Field(256, ge=1)
+    #: Where a backfill spills held users (a fresh directory inside it, removed at the end);
+    #: ``None``: the system's temporary directory.
+    work_dir: str | None = None
     #: Serve Prometheus metrics on this port (0: off).
     metrics_port: int = Field(0, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -87,6 +87,19 @@ class ReadAhead:
             self._fetched[(rec.topic, rec.partition)] = rec.offset + 1
             self._last_fetch = now
 
+    @property
+    def ends(self) -> dict[Partition, int]:
+        return self._ends
+
+    def waiting_from(self, now: float) -> None:
+        """Count idleness from ``now``: fetching just moved to other partitions."""
+        self._last_fetch = now
+
+    def finished(self) -> set[Partition]:
+        """The partitions read to their end target: in a topic keyed by user, the state of a
+        user seen only there can no longer change before the end."""
+        return {tp for tp, hi in self._ends.items() if self._fetched.get(tp, 0) >= hi}
+
     def holding(self, now: float, *, full: bool) -> bool:
         """True while the loop should keep reading before it sends. ``full``: the read-ahead
         window (``sink.max_pending``) is used up, so sending must start."""

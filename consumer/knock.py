@@ -344,7 +344,8 @@ class KnockClient:
         where = f"{method} {path}"
         attempt = 0
         while True:
-            if (self._stop is not None and self._stop.is_set()) or not limiter.acquire(self._stop):
+            slot = None if self._stop is not None and self._stop.is_set() else limiter.take(self._stop)
+            if slot is None:
                 raise RetryableError("stopped")
             error: RetryableError
             try:
@@ -370,6 +371,8 @@ class KnockClient:
                 if not isinstance(status_error, RetryableError):
                     raise status_error
                 error = status_error
+            finally:
+                limiter.finish(slot)  # counted from the answer (see policy.KNOCK_WINDOW)
             delay = self._backoff.delay(attempt, error.retry_after)
             if error.status == 429:
                 # Knock limits per endpoint: every thread must hold off, not only this one.

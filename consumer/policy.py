@@ -27,11 +27,15 @@ Clock = Callable[[], float]
 #: ``sleep(seconds, stop)``: wait up to ``seconds``, returning early once ``stop`` is set.
 Sleeper = Callable[[float, threading.Event | None], None]
 
-#: The window the client paces to, a little over Knock's second. We time a request when it
-#: leaves, Knock when it arrives: with exactly 1.0 s between bulk calls, network jitter put
-#: about one call in five inside Knock's previous second (a 429 and at least a second lost,
-#: measured by the benchmark). 3 % of the budget is cheaper than that.
-KNOCK_WINDOW: Final = 1.03
+#: The window the client paces to: Knock's second, plus 5 ms for two clocks' rounding. It is
+#: counted from when the previous request was *answered* (see :meth:`RateLimiter.take`), not
+#: from when it left: Knock stamps a request somewhere between the two, and any delay between
+#: our send time and Knock's stamp (thread scheduling in a busy process, the network, a busy
+#: server) shortens the gap Knock sees. Pacing from send times with a 3 % margin
+#: still drew 429s on a loaded machine (README, 2 of ~140 bulk calls): 30 ms of jitter was
+#: enough. From the answer no jitter can shorten the gap, at the cost of a call's response time
+#: (the bulk route answers 202 before the work is done).
+KNOCK_WINDOW: Final = 1.005
 #: Each 429 widens a limiter's window by this much, up to :data:`MAX_WINDOW`: the jitter between
 #: our send times and Knock's arrival times is a property of the network in between, so a 429
 #: says the margin was too thin there (1 % of budget per call is cheaper than a lost second).
@@ -144,6 +148,12 @@ class RateLimiter:
     at once (in practice bounded by the number of worker threads), and never more than
     ``per_second`` in any window, which is how Knock counts. ``per_second=None`` never waits.
 
+    :meth:`take` and :meth:`finish` count a request from when it was answered instead: then
+    a request waits until the ``per_second``-th before it (and every earlier one) is answered,
+    plus ``window``. Knock decides on a 429 before it answers, so it stamps each request before
+    the answer: no delay between our send and its stamp can bring two requests closer than
+    ``window`` there. :meth:`acquire` counts from the grant (a request answered at once).
+
     Thread-safe; one instance per endpoint is shared by every thread of the process. Waiters
     are not served in FIFO order. The limit is per process: several processes sharing one Knock
     environment share Knock's budget too.
@@ -164,25 +174,43 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._granted: deque[float] = deque(maxlen=per_second or 1)
+        # The last ``per_second`` grants in grant order, each [granted at, answered at or None
+        # while in flight]; ``_floor``: the latest answer among the grants that left the log.
+        self._granted: deque[list[float | None]] = deque(maxlen=per_second or 1)
+        self._floor = -math.inf
         self._blocked_until = -math.inf
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
-        """Block until a request may be sent, and count it as sent.
+        """Block until a request may be sent, and count it as sent (and answered) now.
 
         :returns: ``True`` when granted; ``False`` if ``stop`` was set while a wait was needed.
         """
+        slot = self.take(stop)
+        if slot is None:
+            return False
+        slot[1] = slot[0]
+        return True
+
+    def take(self, stop: threading.Event | None = None) -> list[float | None] | None:
+        """Block until a request may be sent; return its slot, to hand to :meth:`finish` once
+        the request was answered (or failed), or ``None`` if ``stop`` was set while a wait was
+        needed. A slot never finished holds the endpoint back: call it in a ``finally``."""
         if self.per_second is None:
-            return True
+            return [0.0, 0.0]
         while True:
             with self._lock:
                 now = self._clock()
-                ready = self._ready_at()
+                ready = self._ready_at(now)
                 if ready <= now:
-                    self._granted.append(now)
-                    return True
+                    if len(self._granted) == self.per_second:
+                        oldest = self._granted[0][1]
+                        assert oldest is not None  # else _ready_at would have said wait
+                        self._floor = max(self._floor, oldest)
+                    slot: list[float | None] = [now, None]
+                    self._granted.append(slot)
+                    return slot
             if stop is not None and stop.is_set():
-                return False
+                return None
             self._sleep(ready - now, stop)
 
     def ready_in(self) -> float:
@@ -191,7 +219,13 @@ class RateLimiter:
         if self.per_second is None:
             return 0.0
         with self._lock:
-            return max(0.0, self._ready_at() - self._clock())
+            now = self._clock()
+            return max(0.0, self._ready_at(now) - now)
+
+    def finish(self, slot: list[float | None]) -> None:
+        """The request of ``slot`` (from :meth:`take`) was answered: count it from now."""
+        with self._lock:
+            slot[1] = self._clock()
 
     def penalize(self, seconds: float) -> None:
         """Nobody sends on this endpoint for ``seconds`` from now (after a 429), and the window
@@ -202,10 +236,16 @@ class RateLimiter:
             self._blocked_until = max(self._blocked_until, self._clock() + seconds)
             self.window = max(self.window, min(MAX_WINDOW, self.window + WINDOW_STEP))
 
-    def _ready_at(self) -> float:
-        ready = self._blocked_until
+    #: Seconds between looks while the request the next one waits for is still in flight.
+    POLL: Final = 0.005
+
+    def _ready_at(self, now: float) -> float:
+        ready = max(self._blocked_until, self._floor + self.window)
         if len(self._granted) == self.per_second:
-            ready = max(ready, self._granted[0] + self.window)
+            granted, answered = self._granted[0]
+            if answered is None:  # still in flight: at least its window, then look again
+                return max(ready, granted + self.window, now + self.POLL)  # type: ignore[operator]
+            ready = max(ready, answered + self.window)
         return ready
 
 

@@ -77,6 +77,11 @@ class Source(Protocol):
         """The next offset this consumer will fetch in each of ``tps`` (unknown ones left out)."""
         ...
 
+    def focus(self, keep: set[Partition] | None) -> None:
+        """Fetch only from ``keep`` of the assigned partitions (``None``: from all again),
+        beside :meth:`pause`, which stops them all."""
+        ...
+
     def commit(self, positions: dict[Partition, int]) -> bool:
         """Commit next-offset positions synchronously; ``False`` when refused (try later)."""
         ...

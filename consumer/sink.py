@@ -20,18 +20,28 @@ from collections.abc import Callable
 
 from .actions import Actions
 from .apply import Applier, Flight, Outcome
+from .backlog import Backlog, Held, HeldHandle
 from .cadence import Cadence
 from .config import Settings
 from .deadletter import DeadLetters
 from .avro import decoder_for
 from .decode import Decoder, SizeLimit
-from .errors import ConfigError, FatalKnockError, InvalidEvent, RegistryError, RetryableError
+from .errors import (
+    ConfigError,
+    FatalKnockError,
+    InvalidEvent,
+    RegistryError,
+    RegistryUnavailable,
+    RetryableError,
+)
 from .events import parse_event
 from .flow import Backpressure, ReadAhead, Sizing
 from .freshness import Freshness
 from .keying import KeyWatch
 from .knock import KnockClient
+from .mapping import Mapped
 from .metrics import Metrics, Summary
+from .ops import Identify
 from .plan import Pending, Planner
 from .records import Edge, Partition, Record, Source
 from .source import KafkaEdge
@@ -86,6 +96,8 @@ class Sink:
         self._backpressure = Backpressure(settings.sink.max_pending)
         self._cadence = Cadence(settings.sink.flush_interval, settings.knock.rate_limits == "knock")
         self._read_ahead: ReadAhead | None = None
+        self._backlog: Backlog | None = None
+        self._focused: set[Partition] | None = None
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
         self._seq = 0
@@ -137,7 +149,12 @@ class Sink:
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
         ends = self._end_targets(from_beginning) if until_end else None
         if ends is not None and self.settings.knock.rate_limits == "knock":
-            self._read_ahead = ReadAhead(ends, idle=self.settings.sink.flush_interval, now=self._clock())
+            # At least a second: moving from one partition to the next is a pause in fetching
+            # too (see _focus), not an end that is never delivered.
+            self._read_ahead = ReadAhead(ends, idle=max(1.0, self.settings.sink.flush_interval), now=self._clock())
+            sink = self.settings.sink
+            self._backlog = Backlog(nested=self.settings.knock.nested_merge, work_dir=sink.work_dir,
+                                    memory_bytes=sink.backfill_memory_mb << 20)  # fmt: skip
         if self.settings.sink.metrics_port:
             self.metrics.serve(self.settings.sink.metrics_port)
         # The loop allocates a few small objects per event and keeps them until Knock applied
@@ -173,18 +190,26 @@ class Sink:
         self._ingest(self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2))
         self._flight.collect(self._take)
         self._dlq.pump()
+        if self._backlog is not None:
+            self._focus()
+            if len(self._backlog):
+                self._feed(self._read_ahead.finished() if self._reading_ahead(self._clock()) else None)  # type: ignore[union-attr]
         self._start_plan()
         self._commit()
 
     def _ingest(self, records: list[Record]) -> None:
         """Track, decode, parse and map each record; queue its ops with the planner."""
         assert self._dlq is not None
-        tracker = self._tracker
+        tracker, backlog = self._tracker, self._backlog
         seen = time.time()  # wall time, once a batch: the freshness metrics compare it to stamps
         for rec in records:
             tp = (rec.topic, rec.partition)
             if not tracker.owns(tp):
                 continue  # fetched just before its partition was revoked: the new owner reads it
+            if backlog is not None:
+                if not self._ingest_held(rec, tp, backlog):
+                    break
+                continue
             if not tracker.accepts(tp, rec.offset):
                 # The consumer went back (a partition revoked and given back within one fetch, a
                 # reset): the events from here on come again, so start the partition afresh.
@@ -202,6 +227,10 @@ class Sink:
         if self._stalls.fatal is not None:
             self._stop.set()
         if records:
+            if backlog is not None and backlog.over_budget():
+                n = len(backlog)
+                backlog.spill()
+                log.info("backfill: memory budget reached, %d held users now on disk", n)
             if self._read_ahead is not None:
                 self._read_ahead.fetched(records, self._clock())
             # Counted per batch: a prometheus counter takes a lock on every inc().
@@ -214,20 +243,13 @@ class Sink:
         assert self._dlq is not None
         seen = time.time() if seen is None else seen
         tp = (rec.topic, rec.partition)
-        event = None  # a tombstone has none
         try:
-            if rec.value is None and self._actions.tombstones:
-                mapped = self._actions.tombstone(rec.key)
-            else:
-                message = self._decoder.decode(rec.value, rec.topic)
-                event = parse_event(message)
-                mapped = self._actions.map(event, message, rec)  # type: ignore[arg-type]
+            mapped, stamp = self._map(rec)
         except InvalidEvent as exc:
             self._dlq.park(handle, exc.kind, exc.reason, rec)
         else:
             if mapped.ops:
-                handle.seen, handle.kafka_ms = seen, rec.timestamp
-                handle.event_ts = None if event is None else event.raw_timestamp
+                handle.seen, handle.kafka_ms, handle.event_ts = seen, rec.timestamp, stamp
             for note in mapped.notes:
                 self.metrics.notes.labels(note).inc()
             for op in mapped.ops:
@@ -246,6 +268,99 @@ class Sink:
     def _resume(self, tps: list[Partition]) -> None:
         if self._source is not None:
             self._source.resume_partitions(tps)
+
+    def _map(self, rec: Record) -> tuple[Mapped, object]:
+        """Decode, parse and map one record (a tombstone, with deletes on, maps to a delete);
+        also the event's raw ``timestamp``, for the freshness metrics.
+
+        :raises InvalidEvent: the record can never be applied.
+        :raises RegistryError: its writer schema cannot be had now (or ever, when fatal).
+        """
+        if rec.value is None and self._actions.tombstones:
+            return self._actions.tombstone(rec.key), None
+        message = self._decoder.decode(rec.value, rec.topic)
+        event = parse_event(message)
+        return self._actions.map(event, message, rec), event.raw_timestamp  # type: ignore[arg-type]
+
+    def _ingest_held(self, rec: Record, tp: Partition, backlog: Backlog) -> bool:
+        """A backfill's record: folded into its user's held state (see :mod:`consumer.backlog`),
+        or, when it does not fold, on the per-event path. False when the consumer rewound, or
+        the loop was stopped while the registry was away (the record was not read)."""
+        assert self._dlq is not None
+        if backlog.frozen:
+            return False
+        mapped: Mapped | None = None
+        bad: InvalidEvent | None = None
+        attempt = 0
+        while mapped is None and bad is None:
+            try:
+                mapped, _ = self._map(rec)
+            except InvalidEvent as exc:
+                bad = exc
+            except RegistryUnavailable as exc:
+                # A backfill holding users cannot set one record aside as the live path does
+                # (stalls.py): its users' later events would fold past it. It waits instead;
+                # its group is its own, so nobody else waits with it.
+                delay = REGISTRY_BACKOFF.delay(attempt)
+                attempt += 1
+                self.metrics.retries.labels("registry").inc()
+                log.warning("schema registry unavailable, the backfill waits %.1fs: %s", delay, exc)
+                if self._stop.wait(delay):
+                    return False
+        if not backlog.read(tp, rec.offset):
+            log.warning("%s[%d] rewound to %d during a backfill: stopping (the next run resumes "
+                        "from the last commit)", tp[0], tp[1], rec.offset)  # fmt: skip
+            self._forget([tp])
+            return False
+        if bad is not None:
+            handle = self._tracker.track(tp, rec.offset)
+            self._dlq.park(handle, bad.kind, bad.reason, rec)
+            handle.release()
+            return True
+        assert mapped is not None
+        for note in mapped.notes:
+            self.metrics.notes.labels(note).inc()
+        rest = backlog.fold(tp, rec.offset, mapped.ops, self._add_held)
+        if rest:
+            handle = self._tracker.track(tp, rec.offset)
+            for op in rest:
+                handle.hold()
+                self._seq += 1
+                self._planner.add(Pending(self._seq, op, handle, tp))
+            handle.release()
+        return True
+
+    def _add_held(self, held: Held) -> None:
+        """Queue a held user's folded state as one update (fed, or ejected at a barrier)."""
+        assert self._backlog is not None
+        self._seq += 1
+        self._planner.add(Pending(self._seq, Identify(held.user_id, held.props), self._backlog.handle(held)))
+
+    def _focus(self) -> None:
+        """While a backfill reads ahead, read one partition at a time: each one read to its end
+        frees its users to be sent (topics are keyed by user) while the next is read."""
+        assert self._source is not None and self._read_ahead is not None
+        now = self._clock()
+        if self._reading_ahead(now):
+            left = sorted(tp for tp in self._read_ahead.ends if tp not in self._read_ahead.finished())
+            keep = {left[0]} if left else None
+            if keep != self._focused:
+                self._read_ahead.waiting_from(now)
+        else:
+            keep = None
+        self._focused = keep
+        self._source.focus(keep)
+
+    def _feed(self, finished: set[Partition] | None) -> None:
+        """Top the planner up with held users: two plans' worth, so a cut is always full. While
+        reading ahead (``finished``: the partitions read to their end), only users of those."""
+        assert self._backlog is not None
+        room = 2 * self._sizing.users_per_plan - len(self._planner)
+        if room <= 0 or finished == set():
+            return
+        taken = self._backlog.take(room) if finished is None else self._backlog.take_finished(finished, room)
+        for held in taken:
+            self._add_held(held)
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -271,6 +386,12 @@ class Sink:
             self._flight.start(plan)
 
     def _holding(self, now: float) -> bool:
+        if not self._reading_ahead(now):
+            return False
+        # Users of partitions read to their end are fed while reading: a full plan of them goes.
+        return not (self._backlog is not None and len(self._planner) >= self._sizing.users_per_plan)
+
+    def _reading_ahead(self, now: float) -> bool:
         if self._read_ahead is None:
             return False
         assert self._source is not None
@@ -280,12 +401,16 @@ class Sink:
     def _take(self, out: Outcome) -> None:
         """Resolve what Knock applied, park what it rejected, give back what must be retried."""
         assert self._dlq is not None
+        applied = len(out.done)
         for p in out.done:
             p.source.release()
-        self.metrics.applied.inc(len(out.done))
+            if p.source.__class__ is HeldHandle:
+                applied += p.source.held.events - 1
+        self.metrics.applied.inc(applied)
         self._freshness.applied(out.done, time.time())
         for p, kind, reason in out.dead:
-            self._dlq.park(p.source, kind, reason)
+            held = p.source.held.record() if p.source.__class__ is HeldHandle else None
+            self._dlq.park(p.source, kind, reason, held)
             p.source.release()
         now = self._clock()
         by_delay: dict[float, list[Pending]] = defaultdict(list)
@@ -309,9 +434,13 @@ class Sink:
         if not force and now - self._last_commit < COMMIT_EVERY:
             return
         self._last_commit = now
-        positions = self._tracker.committable()
+        backlog = self._backlog
+        positions = (self._tracker.committable() if backlog is None
+                     else backlog.committable(self._tracker.first_unresolved))  # fmt: skip
         if positions and self._source.commit(positions):
             self._tracker.mark_committed(positions)
+            if backlog is not None:
+                backlog.mark_committed(positions)
             for (topic, partition), offset in positions.items():
                 self.metrics.committed.labels(topic, str(partition)).set(offset)
             self.metrics.commits.inc()
@@ -341,6 +470,15 @@ class Sink:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
         here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
+        if self._backlog is not None and gone and not self._backlog.frozen:
+            # A held user may span partitions, and its folded state cannot be split back into
+            # events: a backfill that loses a partition stops, with what it committed so far.
+            if not self._stop.is_set():  # else the consumer closing, or a drain
+                log.warning("backfill: %s left this consumer; stopping (the next run resumes "
+                            "from the last commit)", sorted(gone))  # fmt: skip
+            self._backlog.freeze()
+            self._stop.set()
+            self._planner.drop(lambda p: True)
         self._stalls.drop(tps)
         self._planner.drop(lambda p: p.source.partition in gone)
         self._tracker.drop(tps)
@@ -384,9 +522,12 @@ class Sink:
         return all(positions.get(tp, -1) >= ends[tp] for tp in short)
 
     def _close(self) -> None:
+        self._stop.set()  # the loop is over: a revoke from closing the consumer is expected
         self._knock_stop.set()
         self._flight.close()
         self._knock.close()
+        if self._backlog is not None:
+            self._backlog.close()
         if self._source is not None:
             self._source.close()
         if self._dlq is not None:

@@ -21,6 +21,9 @@ from .errors import ConfigError
 from .records import Partition, RebalanceCallback, Record
 
 log = logging.getLogger("knock_sink.source")
+
+#: Attempts at reading the group's commits before giving up (see KafkaSource.committed).
+COMMITTED_ATTEMPTS = 12
 #: librdkafka's own log lines, through Python logging (its ``logger`` setting) rather than
 #: straight to stderr, so they take the sink's format and level.
 KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
@@ -62,6 +65,8 @@ class KafkaSource:
         self._rewind = from_beginning
         self._rewound: set[Partition] = set()
         self._paused = False
+        #: Assigned partitions :meth:`focus` keeps from fetching.
+        self._held_back: set[Partition] = set()
         self._consumer.subscribe(
             list(settings.topics),
             on_assign=self._assigned,
@@ -82,6 +87,9 @@ class KafkaSource:
         consumer.incremental_assign(parts)
         if self._paused:
             consumer.pause(parts)
+        elif self._held_back:  # focused: a new partition waits its turn
+            consumer.pause(parts)
+            self._held_back.update((p.topic, p.partition) for p in parts)
         self._on_assign([(p.topic, p.partition) for p in parts])
 
     def _revoked(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
@@ -117,7 +125,8 @@ class KafkaSource:
 
     def resume(self) -> None:
         if self._paused:
-            self._consumer.resume(self._consumer.assignment())
+            self._consumer.resume([p for p in self._consumer.assignment()
+                                   if (p.topic, p.partition) not in self._held_back])  # fmt: skip
             self._paused = False
 
     def positions(self, tps: list[Partition]) -> dict[Partition, int]:
@@ -128,8 +137,22 @@ class KafkaSource:
         self._consumer.pause([TopicPartition(t, p) for t, p in tps])
 
     def resume_partitions(self, tps: list[Partition]) -> None:
-        if not self._paused:  # a whole pause (backpressure, drain) outranks this one
-            self._consumer.resume([TopicPartition(t, p) for t, p in tps])
+        # A whole pause (backpressure, drain) and a backfill's focus outrank this one.
+        back = [tp for tp in tps if tp not in self._held_back]
+        if not self._paused and back:
+            self._consumer.resume([TopicPartition(t, p) for t, p in back])
+
+    def focus(self, keep: set[Partition] | None) -> None:
+        assigned = {(p.topic, p.partition) for p in self._consumer.assignment()}
+        back = set() if keep is None else assigned - keep
+        if back == self._held_back:
+            return
+        if not self._paused:
+            if back - self._held_back:
+                self._consumer.pause([TopicPartition(*tp) for tp in back - self._held_back])
+            if self._held_back - back:
+                self._consumer.resume([TopicPartition(*tp) for tp in (self._held_back - back) & assigned])
+        self._held_back = back
 
     @property
     def paused(self) -> bool:
@@ -153,8 +176,20 @@ class KafkaSource:
         return not bad
 
     def committed(self, tps: Iterable[Partition], timeout: float = 10.0) -> dict[Partition, int]:
-        """The group's committed positions (partitions without a commit are left out)."""
-        res = self._consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout)
+        """The group's committed positions (partitions without a commit are left out).
+
+        A timeout is retried (up to :data:`COMMITTED_ATTEMPTS` times): right after a consumer
+        of the group was killed, the coordinator can take longer than one timeout to answer,
+        and a backfill resuming from its commit must not fail for that."""
+        wanted = [TopicPartition(t, p) for t, p in tps]
+        for attempt in range(1, COMMITTED_ATTEMPTS + 1):
+            try:
+                res = self._consumer.committed(wanted, timeout=timeout)
+                break
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._TIMED_OUT or attempt == COMMITTED_ATTEMPTS:
+                    raise
+                log.warning("reading the group's commits timed out (attempt %d); trying again", attempt)
         return {(tp.topic, tp.partition): tp.offset for tp in res if tp.offset >= 0}
 
     def end_offsets(self, topics: Iterable[str], timeout: float = 10.0) -> dict[Partition, tuple[int, int]]:

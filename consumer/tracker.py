@@ -73,6 +73,11 @@ class PartitionTracker:
         """How many tracked offsets are not resolved yet."""
         return len(self._unresolved)
 
+    def first_unresolved(self) -> int | None:
+        """The earliest tracked offset not resolved yet (the head of the window: resolved
+        heads are popped as they resolve), or ``None``."""
+        return self._window[0] if self._window else None
+
     def accepts(self, offset: int) -> bool:
         """Whether :meth:`track` would take ``offset`` (it is past every tracked offset)."""
         return self._last_tracked is None or offset > self._last_tracked
@@ -214,6 +219,11 @@ class OffsetTracker:
         for tp, position in positions.items():
             if tp in self._partitions:
                 self._committed[tp] = position
+
+    def first_unresolved(self, tp: Partition) -> int | None:
+        """The earliest unresolved offset tracked on ``tp`` (``None``: none, or not owned)."""
+        partition = self._partitions.get(tp)
+        return None if partition is None else partition.first_unresolved()
 
     def pending(self) -> int:
         """Unresolved offsets over all owned partitions (for backpressure)."""

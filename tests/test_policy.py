@@ -12,6 +12,7 @@ import pytest
 
 from consumer.limits import ENDPOINT_TIER, TIERS
 from consumer.policy import (
+    KNOCK_WINDOW,
     Backoff,
     RateLimiter,
     RateLimits,
@@ -323,3 +324,79 @@ def test_default_wait_returns_at_once_when_stopped() -> None:
     wait(3600, stop)  # would hang the test run if it slept
     wait(0)
     wait(-1)
+
+
+# -- pacing against Knock's counting, with delays between our send and Knock's stamp ----------
+
+
+def _simulate(per_second: int, *, counted_from_answer: bool, requests: int, seed: int) -> tuple[int, float]:
+    """Send ``requests`` requests as fast as the limiter allows, all in flight at once if it
+    lets them, through a discrete-event clock: each one is stamped by the emulator's token
+    bucket (the other side of the contract) a random 0-300 ms after it left, and answered up
+    to 100 ms after that. Returns (429s, seconds taken)."""
+    import heapq
+
+    from consumer.emulator.limits import RateLimiter as KnockBucket
+
+    rng = random.Random(seed)
+    now = [0.0]
+    events: list[tuple[float, int, str, object]] = []
+    rejected = [0]
+    bucket = KnockBucket(clock=lambda: now[0])
+    tier = {1: 1, 5: 2, 60: 3}[per_second]
+
+    def advance(to: float) -> None:
+        while events and events[0][0] <= to:
+            at, _, kind, slot = heapq.heappop(events)
+            now[0] = at
+            if kind == "stamp":
+                rejected[0] += bucket.acquire("route", tier) > 0
+            else:
+                limiter.finish(slot)  # type: ignore[arg-type]
+        now[0] = max(now[0], to)
+
+    limiter = RateLimiter(per_second, window=KNOCK_WINDOW, clock=lambda: now[0],
+                          sleep=lambda s, stop=None: advance(now[0] + s))  # fmt: skip
+    for i in range(requests):
+        if counted_from_answer:
+            slot = limiter.take()
+        else:
+            assert limiter.acquire()
+            slot = None
+        stamp = now[0] + rng.uniform(0.0, 0.3)
+        heapq.heappush(events, (stamp, 2 * i, "stamp", None))
+        if slot is not None:
+            heapq.heappush(events, (stamp + rng.uniform(0.0, 0.1), 2 * i + 1, "answer", slot))
+    advance(1e9 if not events else max(e[0] for e in events))
+    return rejected[0], now[0]
+
+
+@pytest.mark.parametrize("per_second", [1, 5, 60])
+def test_counted_from_the_answer_no_delay_before_knocks_stamp_draws_a_429(per_second: int) -> None:
+    for seed in range(5):
+        rejected, took = _simulate(per_second, counted_from_answer=True, requests=per_second * 20, seed=seed)
+        assert rejected == 0, seed
+        # The price is the answer's delay, not more: 20 windows of at most 1.005 s + 0.4 s.
+        assert took <= 20 * (KNOCK_WINDOW + 0.4) + 1, seed
+
+
+def test_counted_from_the_send_the_same_delays_draw_429s() -> None:
+    # What the README's run met: paced from send times, a delay before Knock's stamp that
+    # varies by more than the margin brings two stamps inside one of Knock's seconds.
+    assert sum(_simulate(1, counted_from_answer=False, requests=40, seed=s)[0] for s in range(5)) > 0
+
+
+def test_a_slot_in_flight_holds_the_next_request_until_it_is_answered() -> None:
+    t = FakeTime()
+    slot = None
+
+    def sleep(seconds: float, stop: threading.Event | None = None) -> None:
+        t.sleep(seconds)
+        if t.now >= 1005.0 and slot is not None and slot[1] is None:  # answered 5 s later
+            limiter.finish(slot)
+
+    limiter = RateLimiter(1, window=1.0, clock=t.clock, sleep=sleep)
+    slot = limiter.take()
+    assert slot is not None
+    assert limiter.take() is not None
+    assert t.now == pytest.approx(1006.0, abs=0.01)

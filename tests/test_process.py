@@ -38,8 +38,10 @@ def produce_partitioned(kafka: Any, topic: str, parts: list[list[dict[str, Any]]
 
 
 def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    # Pinned to mode "either": the waits on progress count identify entries, and it sends each
+    # of a user's updates carrying "nested" apart, so the run lasts long enough to interrupt.
     return subprocess.Popen(
-        [*CLI, "run", "--bulk-size", "50", "--flush-interval", "0.05", *args],
+        [*CLI, "run", "--bulk-size", "50", "--flush-interval", "0.05", "--nested-merge", "either", *args],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

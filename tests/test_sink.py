@@ -78,7 +78,8 @@ def test_coalesces_updates_of_one_user_into_one_entry(kafka, api, settings_for):
         {"type": "identify", "userId": "u1", "traits": {"gone": None, "n": "last"}},
     ]  # fmt: skip
     kafka.produce(topic, events)
-    summary = backfill(settings_for(topic, sink__flush_interval=2.0))
+    # Pinned: the nested-object rule of mode "either" is what this counts.
+    summary = backfill(settings_for(topic, knock__nested_merge="either", sink__flush_interval=2.0))
     assert actual_state(api.users()) == expected_state(events)
     assert api.users()[0]["prefs"] == {"a": 1, "b": 2}
     # 53 events, but u1 was sent only as often as the nested-object rule requires.
@@ -170,11 +171,12 @@ def test_a_rejected_users_later_updates_get_one_attempt_each(kafka, api, setting
     # fresh backoff series, so the partition's commits waited (its updates) x (the series).
     topic = kafka.topic(1)
     api.set_faults(failing_users=["bad"])
-    # An object under the same key in each: never folded, four sequential updates.
+    # An object under the same key in each: never folded in mode "either", four sequential
+    # updates.
     events = [{"type": "identify", "userId": "bad", "traits": {"o": {"i": i}}} for i in range(4)]
     events.append({"type": "identify", "userId": "good", "traits": {"a": 1}})
     kafka.produce(topic, events)
-    summary = backfill(settings_for(topic, sink__item_attempts=3))
+    summary = backfill(settings_for(topic, knock__nested_merge="either", sink__item_attempts=3))
     assert dict(summary.dead_lettered) == {"knock_rejected": 4}
     # Three attempts for the first update, then one for each later one.
     assert api.stats(by_user=True)["identify_entries_by_user"]["bad"] == 3 + 3
@@ -230,7 +232,7 @@ def test_deep_nested_merge_folds_objects_into_one_entry(kafka, api, settings_for
     topic = kafka.topic(1)
     events = [{"type": "identify", "userId": "u1", "traits": {"prefs": {f"k{i}": i}, "n": i}} for i in range(20)]
     kafka.produce(topic, events)
-    summary = backfill(settings_for(topic, knock__nested_merge="deep", sink__flush_interval=2.0))
+    summary = backfill(settings_for(topic, sink__flush_interval=2.0))  # deep: the default
     assert actual_state(api.users()) == expected_state(events)
     assert api.stats()["identify_entries"] == summary.users_sent == 1
 

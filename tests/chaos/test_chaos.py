@@ -44,7 +44,7 @@ from tests.model import actual_state, expected_state
 TIMEOUT = 900 if FULL else 240
 #: The process cases: ~100 bulk calls per run, and at most 2% of the stream buffered, so that
 #: a consumer that stops (or is killed) leaves most of its partitions' work to the others.
-#: ``--nested-merge either`` (the default) keeps every update carrying an object under a key
+#: ``--nested-merge either`` (not the default) keeps every update carrying an object under a key
 #: it shares with the previous one apart: the base of "duplicates sent" (see report.DUPLICATES).
 PINNED = ["--nested-merge", "either"]
 #: The single-process backfill cases (faults, poison): ten bulk calls per 10k events.
