@@ -296,6 +296,13 @@ def test_rate_limits_follow_knocks_tiers() -> None:
         "get_user": 200,
         "list_users": 200,
         "get_bulk_operation": 200,
+        "bulk_delete_users": 1,
+        "bulk_set_tenants": 1,
+        "bulk_set_objects": 1,
+        "add_subscriptions": 60,
+        "add_audience_members": 60,
+        "remove_audience_members": 60,
+        "trigger_workflow": 1000,
     }
     assert limits.for_endpoint("merge") is limits.for_endpoint("merge")
     assert TIERS == {1: 1, 2: 5, 3: 60, 4: 200, 5: 1000}
