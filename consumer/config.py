@@ -235,6 +235,9 @@ class SinkSettings(_Section):
     item_attempts: int = Field(5, ge=1)
     #: Serve Prometheus metrics on this port (0: off).
     metrics_port: int = Field(0, ge=0, le=65535)
+    #: Seconds without a turn of the loop after which /healthz and /readyz fail (at least the
+    #: drain budget plus 5: a revoke's settle holds the loop that long).
+    stall_timeout: float = Field(60.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

@@ -25,6 +25,7 @@ from .decode import Decoder, JsonDecoder, SizeLimit
 from .errors import ConfigError, FatalKnockError, InvalidEvent, RetryableError
 from .events import parse_event
 from .flow import Backpressure, ReadAhead, Sizing
+from .health import Health, HealthServer
 from .knock import KnockClient
 from .mapping import Mapper
 from .metrics import Metrics, Summary
@@ -80,6 +81,9 @@ class Sink:
         self._seq = 0
         self._last_plan = self._last_commit = clock()
         self._looping = False
+        # The revoke's settle blocks the loop for up to the drain budget: never a stall.
+        self.health = Health(max(settings.sink.stall_timeout, settings.sink.drain_timeout + 5), clock)
+        self._server: HealthServer | None = None
 
     def stop(self) -> None:
         """Ask the loop to stop fetching, drain and exit (safe from signal handlers). Before
@@ -101,12 +105,16 @@ class Sink:
         writer = self._edge.writer()
         self._dlq = DeadLetters(kafka, writer, self._edge.reader(), self.metrics, clock=self._clock)
         self._source = self._edge.source(
-            on_assign=self._tracker.add, on_revoke=self._on_revoke, on_lost=self._forget,
+            on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
             from_beginning=from_beginning,
         )  # fmt: skip
+        if self.settings.sink.metrics_port:
+            # Before the start-up check: the probes say "not ready" while it retries.
+            self._server = HealthServer(self.metrics.registry, self.health, self.settings.sink.metrics_port)
         try:
             self._knock.check()
         except FatalKnockError as exc:
+            self.health.fatal(str(exc))
             self._close()
             setting = "knock.api_key" if exc.status in (401, 403) else "knock.base_url"
             raise ConfigError(setting, str(exc)) from None
@@ -114,12 +122,11 @@ class Sink:
             self._close()
             return Summary.of(self.metrics)
         self._looping = True
+        self.health.checked()
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
         ends = self._end_targets(from_beginning) if until_end else None
         if ends is not None and self.settings.knock.rate_limits == "knock":
             self._read_ahead = ReadAhead(ends, idle=self.settings.sink.flush_interval, now=self._clock())
-        if self.settings.sink.metrics_port:
-            self.metrics.serve(self.settings.sink.metrics_port)
         # The loop allocates a few small objects per event and keeps them until Knock applied
         # them: with the default thresholds the collector rescans that young, live heap every
         # 700 allocations (up to a tenth of the loop's time in profiles).
@@ -130,6 +137,7 @@ class Sink:
                 self._step()
             self._drain()
         except FatalKnockError as exc:
+            self.health.fatal(str(exc))
             log.critical("Knock rejected the configuration, stopping: %s", exc)
             self._commit(force=True)
             raise
@@ -141,6 +149,7 @@ class Sink:
     def _step(self) -> None:
         """One turn of the loop: fetch, take in finished plans, dead letters, next plan, commit."""
         assert self._source is not None and self._dlq is not None
+        self.health.turned()
         pending = self._tracker.pending()
         self._backpressure.update(pending, self._source)
         self.metrics.pending.set(pending)
@@ -261,6 +270,14 @@ class Sink:
         self._commit(force=True)
         return drained
 
+    def _on_assign(self, tps: list[Partition]) -> None:
+        self._tracker.add(tps)
+        self.health.assigned(tps)
+
+    def _on_lost(self, tps: list[Partition]) -> None:
+        self.health.unassigned(tps)
+        self._forget(tps)
+
     def _on_revoke(self, tps: list[Partition]) -> None:
         """Partitions are leaving: settle while they are still ours, then forget them, so that
         no late result can commit for them."""
@@ -268,6 +285,7 @@ class Sink:
             log.warning("revoke: plans still in flight after the drain budget; their results "
                         "for %s will be ignored", tps)  # fmt: skip
         self._forget(tps)
+        self.health.unassigned(tps)
 
     def _forget(self, tps: list[Partition]) -> None:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
@@ -282,6 +300,7 @@ class Sink:
         self._source.pause()
         deadline = self._clock() + self.settings.sink.drain_timeout
         while self._clock() < deadline:
+            self.health.turned()
             if self._flight.collect(self._take, timeout=0.05) and len(self._planner) == 0:
                 break
             self._start_plan()
@@ -306,6 +325,8 @@ class Sink:
         return all(committed.get(tp, -1) >= hi for tp, hi in ends.items())
 
     def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
         self._knock_stop.set()
         self._flight.close()
         self._knock.close()
