@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ FLAG_SETTINGS = {
     "max_pending": "sink.max_pending",
     "metrics_port": "sink.metrics_port",
     "log_level": "sink.log_level",
+    "log_format": "sink.log_format",
     "anonymous": "mapping.anonymous",
     "default_region": "mapping.default_region",
 }
@@ -67,6 +67,8 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")
     p.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", choices=["auto", "json", "text"],
+                   help="log lines as JSON objects or text (default auto: text on a terminal, else JSON)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,14 +113,10 @@ def _settings(args: argparse.Namespace) -> Any:
 def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
     from .sink import Sink
 
+    from .logs import setup
+
     settings = _settings(args)
-    logging.basicConfig(
-        level=settings.sink.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # One line per HTTP request is httpx's INFO; the sink logs its own retries and failures.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup(settings.sink.log_level, settings.sink.log_format, secrets=settings.secrets())
     sink = Sink(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sink.stop())

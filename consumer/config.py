@@ -239,6 +239,8 @@ class SinkSettings(_Section):
     #: drain budget plus 5: a revoke's settle holds the loop that long).
     stall_timeout: float = Field(60.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``json`` lines, ``text`` lines, or ``auto``: text on a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "text"] = "auto"
 
 
 class Settings(_Section):
@@ -246,6 +248,17 @@ class Settings(_Section):
     knock: KnockSettings = Field(default_factory=KnockSettings)
     mapping: MappingSettings = Field(default_factory=MappingSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
+
+    def secrets(self) -> list[str]:
+        """The values no output may show: the API key, the registry's password (and the whole
+        ``user:password``)."""
+        out = [self.knock.api_key.get_secret_value()] if self.knock.api_key else []
+        if self.kafka.schema_registry_basic_auth is not None:
+            auth = self.kafka.schema_registry_basic_auth.get_secret_value()
+            out += [auth, auth.partition(":")[2]]
+        # librdkafka pass-through: sasl.password, ssl.key.password, sasl.oauthbearer.client.secret...
+        out += [str(v) for k, v in self.kafka.client.items() if "password" in k or "secret" in k]
+        return [s for s in out if s]
 
     def require_runnable(self) -> None:
         """Check what ``run`` and ``backfill`` need beyond the types."""
