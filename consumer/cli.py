@@ -28,6 +28,7 @@ FLAG_SETTINGS = {
     "knock_base_url": "knock.base_url",
     "bulk_size": "knock.bulk_size",
     "rate_limits": "knock.rate_limits",
+    "budget_share": "knock.budget_share",
     "nested_merge": "knock.nested_merge",
     "flush_interval": "sink.flush_interval",
     "max_pending": "sink.max_pending",
@@ -58,6 +59,8 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--knock-base-url", help="Knock API (env KNOCK_BASE_URL; default https://api.knock.app)")
     p.add_argument("--bulk-size", type=int, help="users per bulk identify call (default 1000)")
     p.add_argument("--rate-limits", choices=["knock", "off"], help="pace requests to Knock's tiers (default knock)")
+    p.add_argument("--budget-share", type=float, metavar="SHARE",
+                   help="share (0-1] of Knock's rate limits this group uses (default all of it)")
     p.add_argument("--nested-merge", choices=["either", "deep"],
                    help="fold updates carrying objects under one key: only if Knock deep-merges them "
                    "(deep), or keep them apart, exact either way (either, the default)")

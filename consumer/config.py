@@ -170,6 +170,10 @@ class KnockSettings(_Section):
     #: deep-merges or replaces them; ``deep`` (Knock's documented behaviour today) folds them
     #: into one deep-merged entry: fewer calls, exact only where Knock deep-merges.
     nested_merge: NestedMerge = "either"
+    #: Share (0 < share <= 1) of Knock's rate limits this consumer group uses, when several
+    #: groups (or other clients) use one Knock environment; unset: all of it. Members of the
+    #: group split it by the partitions they hold.
+    budget_share: float | None = Field(None, gt=0, le=1)
 
     @field_validator("base_url")
     @classmethod

@@ -63,6 +63,11 @@ class Health:
     def unassigned(self, tps: Iterable[tuple[str, int]]) -> None:
         self._assigned -= set(tps)
 
+    @property
+    def partitions(self) -> frozenset[tuple[str, int]]:
+        """The partitions assigned now."""
+        return frozenset(self._assigned)
+
     # -- read by the probes --
 
     def _since(self) -> float | None:

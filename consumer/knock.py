@@ -162,6 +162,11 @@ class KnockClient:
             bulk_size=settings.bulk_size,
         )
 
+    @property
+    def limits(self) -> RateLimits:
+        """The pacing of this client's requests (the sink sets its share of Knock's budget)."""
+        return self._limits
+
     def __repr__(self) -> str:
         return f"KnockClient(base_url={self.base_url!r}, closed={self._closed})"
 

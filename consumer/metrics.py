@@ -49,6 +49,11 @@ class Metrics:
             "knock_sink_pending_events", "Events read but not yet committable", registry=r
         )
         self.paused = Gauge("knock_sink_paused", "1 while fetching is paused", registry=r)
+        self.budget_share = Gauge(
+            "knock_sink_budget_share", "Share of each Knock rate-limit tier this process uses",
+            registry=r,
+        )  # fmt: skip
+        self.budget_share.set(1)
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)

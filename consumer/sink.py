@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from .apply import Applier, Flight, Outcome
+from .budget import Budget
 from .config import Settings
 from .deadletter import DeadLetters
 from .decode import Decoder, JsonDecoder, SizeLimit
@@ -84,6 +85,7 @@ class Sink:
         # The revoke's settle blocks the loop for up to the drain budget: never a stall.
         self.health = Health(max(settings.sink.stall_timeout, settings.sink.drain_timeout + 5), clock)
         self._server: HealthServer | None = None
+        self._budget = Budget(self._knock.limits, settings.knock.budget_share, self.metrics.budget_share)
 
     def stop(self) -> None:
         """Ask the loop to stop fetching, drain and exit (safe from signal handlers). Before
@@ -150,6 +152,8 @@ class Sink:
         """One turn of the loop: fetch, take in finished plans, dead letters, next plan, commit."""
         assert self._source is not None and self._dlq is not None
         self.health.turned()
+        if self._budget.stale and self._budget.share is not None:
+            self._refresh_budget()
         pending = self._tracker.pending()
         self._backpressure.update(pending, self._source)
         self.metrics.pending.set(pending)
@@ -273,9 +277,11 @@ class Sink:
     def _on_assign(self, tps: list[Partition]) -> None:
         self._tracker.add(tps)
         self.health.assigned(tps)
+        self._budget.update(self.health.partitions)
 
     def _on_lost(self, tps: list[Partition]) -> None:
         self.health.unassigned(tps)
+        self._budget.update(self.health.partitions)
         self._forget(tps)
 
     def _on_revoke(self, tps: list[Partition]) -> None:
@@ -286,6 +292,7 @@ class Sink:
                         "for %s will be ignored", tps)  # fmt: skip
         self._forget(tps)
         self.health.unassigned(tps)
+        self._budget.update(self.health.partitions)
 
     def _forget(self, tps: list[Partition]) -> None:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
@@ -313,6 +320,13 @@ class Sink:
                         self._tracker.pending())  # fmt: skip
         self._knock_stop.set()
         self._settle(max(deadline, self._clock() + 1.0))
+
+    def _refresh_budget(self) -> None:
+        assert self._source is not None
+        try:
+            self._budget.known(self._source.end_offsets(self.settings.kafka.topics))
+        except ConfigError as exc:  # a topic's metadata not there yet: next turn
+            log.debug("partition count not read: %s", exc)
 
     def _end_targets(self, from_beginning: bool) -> dict[Partition, int]:
         assert self._source is not None
