@@ -11,6 +11,7 @@ import argparse
 import json
 import signal
 import sys
+from datetime import UTC, datetime
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,30 @@ def _kafka_option(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key.strip(), value.strip()
+
+
+def _timestamp(text: str) -> int:
+    """ISO-8601 (UTC when it names no zone) -> milliseconds since the epoch."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _offsets(text: str) -> dict[tuple[str, int], int]:
+    out = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        # Kafka topic names cannot hold ':', so the last two fields are the numbers.
+        rest = item.rsplit(":", 2)
+        if len(rest) != 3 or not rest[0] or not rest[1].isdigit() or not rest[2].isdigit():
+            raise argparse.ArgumentTypeError(f"expected TOPIC:PARTITION:OFFSET, got {item!r}")
+        out[(rest[0], int(rest[1]))] = int(rest[2])
+    if not out:
+        raise argparse.ArgumentTypeError("no TOPIC:PARTITION:OFFSET given")
+    return out
 
 
 def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,8 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sink_arguments(back)
     back.add_argument("--from-beginning", action="store_true",
                       help="rewind every partition to its first offset (else start from the group's commit)")
-    back.add_argument("--until-end", action="store_true", default=True,
-                      help="stop at the end offsets seen at start (always on; accepted for clarity)")
+    back.epilog = ("A backfill runs in a consumer group of its own, <group>-backfill-<UTC time>, unless "
+                   "--group-id is given, so the live group's offsets are untouched.")
+    start = back.add_mutually_exclusive_group()
+    start.add_argument("--from-timestamp", type=_timestamp, metavar="ISO-8601",
+                       help="start each partition at its first event at or after this time")
+    start.add_argument("--from-offsets", type=_offsets, metavar="TOPIC:PARTITION:OFFSET,...",
+                       help="start these partitions at these offsets (the others as without it)")
+    stop = back.add_mutually_exclusive_group()
+    stop.add_argument("--until-end", action="store_true", default=True,
+                      help="stop at the end offsets seen at start (the default)")
+    stop.add_argument("--until-timestamp", type=_timestamp, metavar="ISO-8601",
+                      help="stop once every partition is applied up to its first event at or after this time")
     emu = sub.add_parser("emulator", help="serve a local Knock-compatible API")
     emulator_cli.add_arguments(emu)
     demo = sub.add_parser("demo", help="local broker + local Knock API + sample events + the sink, then print the users")
@@ -114,22 +149,49 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
+    from .records import Replay
     from .sink import Sink
 
     from .logs import setup
 
     settings = _settings(args)
+    if backfill and not args.group_id:
+        # A group of its own: the live group's commits stay where they are.
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        group = f"{settings.kafka.group_id}-backfill-{stamp}"
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"group_id": group})})
     setup(settings.sink.log_level, settings.sink.log_format, secrets=settings.secrets())
     sink = Sink(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sink.stop())
+    replay = None
+    if backfill and (args.from_timestamp is not None or args.from_offsets or args.until_timestamp is not None):
+        replay = Replay(from_offsets=args.from_offsets, from_time_ms=args.from_timestamp,
+                        until_time_ms=args.until_timestamp)  # fmt: skip
+    progress = _progress(sink, settings) if backfill else None
     try:
-        summary = sink.run(from_beginning=backfill and args.from_beginning, until_end=backfill)
+        summary = sink.run(from_beginning=backfill and args.from_beginning, until_end=backfill,
+                           replay=replay)  # fmt: skip
     except FatalKnockError as exc:
         print(f"knock-sink: stopped: {exc}", file=sys.stderr)
         return EXIT_FATAL
-    print(json.dumps(summary.describe(), sort_keys=True))
+    finally:
+        done = progress.close() if progress is not None else None
+    out = summary.describe()
+    if done is not None:
+        out.update(group_id=settings.kafka.group_id, backfill=done)
+    print(json.dumps(out, sort_keys=True))
     return 0
+
+
+def _progress(sink: Any, settings: Any) -> Any:
+    from .limits import per_second
+    from .progress import Progress
+
+    bound = None
+    if settings.knock.rate_limits == "knock":
+        bound = settings.knock.bulk_size * per_second("bulk_identify") * (settings.knock.budget_share or 1.0)
+    return Progress(sink.metrics, sys.stderr, bulk_per_second=bound)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,6 +54,10 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.budget_share.set(1)
+        self.target = Gauge(
+            "knock_sink_backfill_target_offset", "Position a backfill runs up to, per partition",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)

@@ -31,7 +31,7 @@ from .knock import KnockClient
 from .mapping import Mapper
 from .metrics import Metrics, Summary
 from .plan import Pending, Planner
-from .records import Edge, Partition, Record, Source
+from .records import Edge, Partition, Record, Replay, Source
 from .source import KafkaEdge
 from .tracker import OffsetTracker
 
@@ -97,7 +97,8 @@ class Sink:
 
     # -- run -------------------------------------------------------------------------------
 
-    def run(self, *, from_beginning: bool = False, until_end: bool = False) -> Summary:
+    def run(self, *, from_beginning: bool = False, until_end: bool = False,
+            replay: Replay | None = None) -> Summary:
         """Consume until :meth:`stop` (or, with ``until_end``, until every event up to the end
         offsets seen at start is applied and committed). Raises :class:`FatalKnockError` after
         committing what is safe when Knock rejects the configuration at run time, and
@@ -108,7 +109,7 @@ class Sink:
         self._dlq = DeadLetters(kafka, writer, self._edge.reader(), self.metrics, clock=self._clock)
         self._source = self._edge.source(
             on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
-            from_beginning=from_beginning,
+            from_beginning=from_beginning, **({"replay": replay} if replay else {}),
         )  # fmt: skip
         if self.settings.sink.metrics_port:
             # Before the start-up check: the probes say "not ready" while it retries.
@@ -126,7 +127,9 @@ class Sink:
         self._looping = True
         self.health.checked()
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
-        ends = self._end_targets(from_beginning) if until_end else None
+        ends = self._end_targets(from_beginning, replay) if until_end else None
+        for (topic, partition), target in (ends or {}).items():
+            self.metrics.target.labels(topic, str(partition)).set(target)
         if ends is not None and self.settings.knock.rate_limits == "knock":
             self._read_ahead = ReadAhead(ends, idle=self.settings.sink.flush_interval, now=self._clock())
         # The loop allocates a few small objects per event and keeps them until Knock applied
@@ -328,10 +331,14 @@ class Sink:
         except ConfigError as exc:  # a topic's metadata not there yet: next turn
             log.debug("partition count not read: %s", exc)
 
-    def _end_targets(self, from_beginning: bool) -> dict[Partition, int]:
+    def _end_targets(self, from_beginning: bool, replay: Replay | None = None) -> dict[Partition, int]:
         assert self._source is not None
         marks = self._source.end_offsets(self.settings.kafka.topics)
         start = {} if from_beginning else self._source.committed(marks)
+        if replay is not None:  # a KafkaSource: it read the chosen starts and stops
+            start.update(self._source.start_offsets())  # type: ignore[attr-defined]
+            stops = self._source.stop_offsets()  # type: ignore[attr-defined]
+            marks = {tp: (lo, min(hi, stops.get(tp, hi))) for tp, (lo, hi) in marks.items()}
         return {tp: hi for tp, (lo, hi) in marks.items() if hi > max(lo, start.get(tp, 0))}
 
     def _reached(self, ends: dict[Partition, int]) -> bool:
