@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -113,8 +114,12 @@ class KnockClient:
         concurrency: int = 8,
         bulk_size: int = MAX_BULK,
         sleep: Sleeper = wait,
+        on_request: Callable[[str, int | None, float], None] | None = None,
+        on_wait: Callable[[str, float], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._on_request = on_request
+        self._on_wait = on_wait
         self.bulk_size = bulk_size
         self._key = api_key
         self._headers = {
@@ -145,6 +150,8 @@ class KnockClient:
         *,
         stop: threading.Event | None = None,
         http: httpx.Client | None = None,
+        on_request: Callable[[str, int | None, float], None] | None = None,
+        on_wait: Callable[[str, float], None] | None = None,
     ) -> KnockClient:
         """Build a client, with its own :class:`RateLimits`, from the ``[knock]`` settings.
 
@@ -160,6 +167,8 @@ class KnockClient:
             http=http,
             concurrency=settings.concurrency,
             bulk_size=settings.bulk_size,
+            on_request=on_request,
+            on_wait=on_wait,
         )
 
     @property
@@ -296,15 +305,23 @@ class KnockClient:
         where = f"{method} {path}"
         attempt = 0
         while True:
+            asked = time.monotonic()
             if (self._stop is not None and self._stop.is_set()) or not limiter.acquire(self._stop):
                 raise RetryableError("stopped")
+            sent = time.monotonic()
+            if self._on_wait is not None:
+                self._on_wait(endpoint, sent - asked)
             error: RetryableError
             try:
                 response = self._http.request(
                     method, self.base_url + path, content=content, params=params,
                     headers=self._headers, timeout=self._timeout,
                 )  # fmt: skip
+                if self._on_request is not None:
+                    self._on_request(endpoint, response.status_code, time.monotonic() - sent)
             except httpx.TransportError as exc:
+                if self._on_request is not None:
+                    self._on_request(endpoint, None, time.monotonic() - sent)
                 error = RetryableError(self._redact(f"{where}: {type(exc).__name__}: {exc}"))
                 error.__cause__ = exc
             else:

@@ -69,7 +69,9 @@ class Sink:
         self._sizing = sizing = Sizing.of(settings.knock)
         self._stop = threading.Event()
         self._knock_stop = threading.Event()
-        self._knock = KnockClient.from_settings(settings.knock, stop=self._knock_stop)
+        self._knock = KnockClient.from_settings(settings.knock, stop=self._knock_stop,
+                                                on_request=self.metrics.knock_request,
+                                                on_wait=self.metrics.knock_wait)  # fmt: skip
         self._flight = Flight(Applier(
             self._knock, bulk_size=settings.knock.bulk_size, concurrency=settings.knock.concurrency,
             item_attempts=settings.sink.item_attempts, singles=sizing.singles,
@@ -166,12 +168,17 @@ class Sink:
         self._flight.collect(self._take)
         self._dlq.pump()
         self._start_plan()
+        last = self._last_commit
         self._commit()
+        if self._last_commit != last:  # not from _commit: it also runs inside rebalance callbacks
+            self._update_lag()
 
     def _ingest(self, records: list[Record]) -> None:
         """Track, decode, parse and map each record; queue its ops with the planner."""
         assert self._dlq is not None
         tracker, planner = self._tracker, self._planner
+        # Counted per batch: a prometheus counter takes a lock on every inc().
+        seen: dict[tuple[str, str], int] = defaultdict(int)
         for rec in records:
             tp = (rec.topic, rec.partition)
             if not tracker.owns(tp):
@@ -184,10 +191,13 @@ class Sink:
                 tracker.add([tp])
             handle = tracker.track(tp, rec.offset)
             try:
-                mapped = self._mapper.map(parse_event(self._decoder.decode(rec.value)))
+                event = parse_event(self._decoder.decode(rec.value))
+                mapped = self._mapper.map(event)
             except InvalidEvent as exc:
                 self._dlq.park(handle, exc.kind, exc.reason, rec)
+                seen[("unreadable", "dead_lettered")] += 1
             else:
+                seen[(event.type, "queued" if mapped.ops else "nothing_to_send")] += 1
                 for note in mapped.notes:
                     self.metrics.notes.labels(note).inc()
                 for op in mapped.ops:
@@ -195,6 +205,8 @@ class Sink:
                     self._seq += 1
                     planner.add(Pending(self._seq, op, handle, tp))
             handle.release()  # zero-op events resolve here
+        for (kind, outcome), n in seen.items():
+            self.metrics.events.labels(kind, outcome).inc(n)
         if records:
             if self._read_ahead is not None:
                 self._read_ahead.fetched(records, self._clock())
@@ -217,6 +229,7 @@ class Sink:
                                  max_levels=self._sizing.max_levels)  # fmt: skip
         if plan:
             self._last_plan = now
+            self.metrics.plan_users.observe(len(plan.users()))
             self._flight.start(plan)
 
     def _holding(self, now: float) -> bool:
@@ -263,6 +276,18 @@ class Sink:
             for (topic, partition), offset in positions.items():
                 self.metrics.committed.labels(topic, str(partition)).set(offset)
             self.metrics.commits.inc()
+
+    def _update_lag(self) -> None:
+        """Lag of each partition held: its high watermark (as last fetched, no broker call)
+        minus its commit."""
+        marks = getattr(self._source, "high_watermarks", None)
+        if marks is None:  # an edge without watermarks (the tests' in-memory one)
+            return
+        committed = self.metrics.committed_positions()
+        self.metrics.lag.clear()
+        for (topic, partition), hi in marks().items():
+            if (topic, partition) in committed:
+                self.metrics.lag.labels(topic, str(partition)).set(max(0, hi - committed[(topic, partition)]))
 
     def _settle(self, deadline: float) -> bool:
         """Flush, then commit, by ``deadline`` (a clock reading): the one procedure behind a

@@ -192,6 +192,18 @@ class KafkaSource:
             out[key] = tp.offset if tp.offset >= 0 else self._consumer.get_watermark_offsets(tp, timeout)[1]
         return out
 
+    def high_watermarks(self) -> dict[Partition, int]:
+        """The high watermark of each assigned partition as of the last fetch (no broker call)."""
+        out = {}
+        for tp in self._consumer.assignment():
+            try:
+                lo, hi = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if hi >= 0:
+                out[(tp.topic, tp.partition)] = hi
+        return out
+
     def start_offsets(self) -> dict[Partition, int]:
         """Where a backfill starts each partition it chose a start for."""
         return dict(self._start)
