@@ -11,8 +11,8 @@ import argparse
 import json
 import signal
 import sys
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import ConfigError, FatalKnockError
@@ -114,12 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     back = sub.add_parser(
         "backfill", help="replay topics and exit once everything up to their end is applied",
         description="Replay topics and exit 0 once every event up to the end offsets seen at start "
-        "is applied and committed. Under Knock's rate limits it reads ahead (up to --max-pending "
+        "(or up to --until-timestamp) is applied and committed. Under Knock's rate limits it reads ahead (up to --max-pending "
         "events, folding each user's updates) before it sends, so each user is sent as few times "
         "as the window allows.")
     _add_sink_arguments(back)
     back.add_argument("--from-beginning", action="store_true",
-                      help="rewind every partition to its first offset (else start from the group's commit)")
+                      help="rewind every partition to its first offset (else start from the backfill "
+                      "group's commit: the earliest offset for a new group)")
     back.epilog = ("A backfill runs in a consumer group of its own, <group>-backfill-<UTC time>, unless "
                    "--group-id is given, so the live group's offsets are untouched.")
     start = back.add_mutually_exclusive_group()
@@ -149,10 +150,9 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
+    from .logs import setup
     from .records import Replay
     from .sink import Sink
-
-    from .logs import setup
 
     settings = _settings(args)
     if backfill and not args.group_id:

@@ -100,7 +100,7 @@ class _Server(ThreadingMixIn, WSGIServer):
 class _QuietHandler(WSGIRequestHandler):
     # wsgiref prints one line per request to stderr, around the logging setup; probes every few
     # seconds would drown the sink's own lines.
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -126,7 +126,8 @@ class HealthServer:
             start_response(status, [("Content-Type", "application/json")])
             return [json.dumps(body).encode()]
         if path in ("/metrics", "/"):
-            return self._metrics(environ, start_response)
+            page: Iterable[bytes] = self._metrics(environ, start_response)
+            return page
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found: /metrics, /healthz, /readyz\n"]
 

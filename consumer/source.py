@@ -197,7 +197,7 @@ class KafkaSource:
         out = {}
         for tp in self._consumer.assignment():
             try:
-                lo, hi = self._consumer.get_watermark_offsets(tp, cached=True)
+                _, hi = self._consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
             if hi >= 0:

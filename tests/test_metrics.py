@@ -42,7 +42,7 @@ def test_the_metrics_of_a_run_match_what_happened(kafka, api, settings_for):
     try:
         ends = kafka.end_offsets(topic)
         wait_for(lambda: kafka.committed(f"g-{topic}", topic) == ends, 90, "everything committed")
-        lag = lambda: {int(dict(lab)["partition"]): v for (n, lab), v in samples(sink).items()  # noqa: E731
+        lag = lambda: {int(dict(lab)["partition"]): v for (n, lab), v in samples(sink).items()
                        if n == "knock_sink_consumer_lag"}
         wait_for(lambda: lag() == {p: 0 for p in ends}, 30, "no lag left on the partitions in use")
         assert samples(sink)[("knock_sink_budget_share", ())] == 1.0  # alone on both partitions
