@@ -90,7 +90,8 @@ def test_no_secret_in_any_output_of_a_real_process(kafka, api, schema_registry):
     password = "pw-" + uuid.uuid4().hex
     env = sink_env(kafka, api, topic, SCHEMA_REGISTRY_URL=schema_registry,
                    SCHEMA_REGISTRY_BASIC_AUTH=f"reader:{password}")  # fmt: skip
-    api.set_faults(error_rate=0.2, error_statuses=[500, 503, 429])  # retries, logged
+    # Retries, logged: an outage the start-up check waits out, then random errors.
+    api.set_faults(outage_seconds=1.5, error_rate=0.2, error_statuses=[500, 503, 429], seed=3)
     outputs = []
     args = ["--log-level", "DEBUG", "--log-format", "json", "--bulk-size", "10",
             "--flush-interval", "0.05", "--rate-limits", "off"]
