@@ -27,13 +27,15 @@ LogFormat = Literal["auto", "json", "text"]
 FIELDS = ("topic", "partition", "offset", "user")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REDACTED = "[redacted]"
+MIN_SECRET = 6
 
 
 class _Redacting(logging.Formatter):
     def __init__(self, secrets: Iterable[str], fmt: str | None = None) -> None:
         super().__init__(fmt)
-        # Longest first, so a secret that contains another one is blanked whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # Longest first, so a secret that contains another one is blanked whole. Below
+        # MIN_SECRET characters (a test key "k") blanking would shred every line instead.
+        self._secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:

@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from consumer.config import KnockSettings
 from consumer.emulator import EmulatorServer
+from consumer.flow import Sizing
 from consumer.policy import KNOCK_WINDOW, SLOT, SLOT_USABLE, RateLimiter, Slots
 from tests.conftest import ROOT, sink_env, wait_for
 from tests.model import actual_state, expected_state
@@ -52,6 +54,17 @@ def test_tier_one_at_a_third_is_one_call_every_3_1_seconds():
     limiter.share(1 / 3)
     times = grants(limiter, t, 4)
     assert [round(b - a, 2) for a, b in itertools.pairwise(times)] == [3.09, 3.09, 3.09]
+
+
+@pytest.mark.parametrize("share", [1 / 3, 0.5, 0.1, 1.0])
+def test_the_identify_budget_per_bulk_call_stays_what_sizing_assumes(share):
+    """A level is one bulk call plus the single identifies beside it: the share scales both
+    tiers alike, so Sizing's singles per level (identify per second / bulk per second) hold."""
+    bulk, single = RateLimiter(1, window=KNOCK_WINDOW), RateLimiter(60, window=KNOCK_WINDOW)
+    bulk.share(share)
+    single.share(share)
+    per_bulk_call = (single.per_second / single.window) / (bulk.per_second / bulk.window)
+    assert per_bulk_call == pytest.approx(Sizing.of(KnockSettings(rate_limits="knock")).singles)
 
 
 def test_slots_split_the_clock_by_partition_and_leave_the_next_owner_a_full_budget():

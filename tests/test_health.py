@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -129,3 +130,31 @@ def _code(port: int, path: str) -> int | None:
         return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code
     except httpx.TransportError:
         return None
+
+
+def test_a_long_knock_outage_keeps_the_loop_turning(kafka, api, settings_for):
+    """Retries run beside the loop: a Knock outage longer than the stall threshold leaves the
+    sink live and ready, and everything lands once Knock is back."""
+    topic = kafka.topic(2)
+    port = free_port()
+    settings = settings_for(topic, sink__metrics_port=port, sink__stall_timeout=1.0,
+                            sink__drain_timeout=0.5, knock__max_backoff=0.5)  # fmt: skip
+    sink = Sink(settings)
+    runner = threading.Thread(target=sink.run)
+    runner.start()
+    try:
+        wait_for(lambda: _code(port, "/readyz") == 200, 30, "ready")
+        stall = sink.health.stall
+        api.set_faults(outage_seconds=stall + 3)
+        events = [{"type": "identify", "userId": f"u{i}", "traits": {"i": i}} for i in range(30)]
+        kafka.produce(topic, events)
+        deadline = time.monotonic() + stall + 2
+        while time.monotonic() < deadline:  # past the threshold, inside the outage
+            assert (_code(port, "/healthz"), _code(port, "/readyz")) == (200, 200)
+            time.sleep(0.2)  # probe cadence, not synchronisation
+        assert len(api.users()) < len(events)  # the outage did hold the events back
+        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic), 60, "committed")
+        assert actual_state(api.users()) == expected_state(events)
+    finally:
+        sink.stop()
+        runner.join(60)
