@@ -15,10 +15,11 @@ budgets alike, so the identify budget per bulk call stays the same.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import Gauge
 
+from .errors import ConfigError
 from .policy import RateLimits, Slots
 from .records import Partition
 
@@ -49,6 +50,14 @@ class Budget:
         self._all = set(partitions)
         self.stale = False
         self.update(self._owned)
+
+    def refresh(self, read: Callable[[], Iterable[Partition]]) -> None:
+        """:meth:`known` with what ``read`` returns; a topic whose metadata is not there yet
+        (:class:`ConfigError`) is tried again at the next call."""
+        try:
+            self.known(read())
+        except ConfigError as exc:
+            log.debug("partition count not read: %s", exc)
 
     def update(self, owned: Iterable[Partition]) -> float:
         """Pace to the share ``owned`` gives; returns it."""

@@ -88,6 +88,15 @@ class Metrics:
         self.knock_requests.labels(route, str(status) if status is not None else "error").inc()
         self.knock_latency.labels(route).observe(seconds)
 
+    def set_lag(self, high_watermarks: dict[Partition, int]) -> None:
+        """Lag of each partition held: its high watermark minus its commit (left out until
+        its first commit)."""
+        committed = self.committed_positions()
+        self.lag.clear()
+        for (topic, partition), hi in high_watermarks.items():
+            if (topic, partition) in committed:
+                self.lag.labels(topic, str(partition)).set(max(0, hi - committed[(topic, partition)]))
+
     def knock_wait(self, route: str, seconds: float) -> None:
         if seconds > 0:
             self.rate_limit_wait.labels(route).inc(seconds)

@@ -158,7 +158,7 @@ class Sink:
         assert self._source is not None and self._dlq is not None
         self.health.turned()
         if self._budget.stale and self._budget.share is not None:
-            self._refresh_budget()
+            self._budget.refresh(lambda: self._source.end_offsets(self.settings.kafka.topics))  # type: ignore[union-attr]
         pending = self._tracker.pending()
         self._backpressure.update(pending, self._source)
         self.metrics.pending.set(pending)
@@ -170,8 +170,9 @@ class Sink:
         self._start_plan()
         last = self._last_commit
         self._commit()
-        if self._last_commit != last:  # not from _commit: it also runs inside rebalance callbacks
-            self._update_lag()
+        marks = getattr(self._source, "high_watermarks", None)  # the in-memory edge has none
+        if self._last_commit != last and marks is not None:  # not in _commit: it runs in callbacks
+            self.metrics.set_lag(marks())
 
     def _ingest(self, records: list[Record]) -> None:
         """Track, decode, parse and map each record; queue its ops with the planner."""
@@ -277,18 +278,6 @@ class Sink:
                 self.metrics.committed.labels(topic, str(partition)).set(offset)
             self.metrics.commits.inc()
 
-    def _update_lag(self) -> None:
-        """Lag of each partition held: its high watermark (as last fetched, no broker call)
-        minus its commit."""
-        marks = getattr(self._source, "high_watermarks", None)
-        if marks is None:  # an edge without watermarks (the tests' in-memory one)
-            return
-        committed = self.metrics.committed_positions()
-        self.metrics.lag.clear()
-        for (topic, partition), hi in marks().items():
-            if (topic, partition) in committed:
-                self.metrics.lag.labels(topic, str(partition)).set(max(0, hi - committed[(topic, partition)]))
-
     def _settle(self, deadline: float) -> bool:
         """Flush, then commit, by ``deadline`` (a clock reading): the one procedure behind a
         revoke and a shutdown. Returns False when plans were still in flight at the deadline
@@ -348,13 +337,6 @@ class Sink:
                         self._tracker.pending())  # fmt: skip
         self._knock_stop.set()
         self._settle(max(deadline, self._clock() + 1.0))
-
-    def _refresh_budget(self) -> None:
-        assert self._source is not None
-        try:
-            self._budget.known(self._source.end_offsets(self.settings.kafka.topics))
-        except ConfigError as exc:  # a topic's metadata not there yet: next turn
-            log.debug("partition count not read: %s", exc)
 
     def _end_targets(self, from_beginning: bool, replay: Replay | None = None) -> dict[Partition, int]:
         assert self._source is not None
