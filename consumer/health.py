@@ -28,6 +28,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from .errors import ConfigError
+
 
 class Health:
     """The loop's vital signs, written by the loop thread, read by the probe threads (plain
@@ -112,8 +114,11 @@ class HealthServer:
                  addr: str = "0.0.0.0") -> None:  # fmt: skip
         self._metrics = make_wsgi_app(registry)
         self._health = health
-        self._server = make_server(addr, port, self._app, server_class=_Server,
-                                   handler_class=_QuietHandler)  # fmt: skip
+        try:
+            self._server = make_server(addr, port, self._app, server_class=_Server,
+                                       handler_class=_QuietHandler)  # fmt: skip
+        except OSError as exc:
+            raise ConfigError("sink.metrics_port", f"cannot listen on {addr}:{port}: {exc.strerror}") from None
         self.port: int = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
         self._thread.start()

@@ -11,6 +11,7 @@ event so far, times the events left); without limits from the rate applied so fa
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -130,6 +131,12 @@ class Progress:
             self._console = Console(file=stream, force_terminal=True, highlight=False)
             self._live = Live(table(self._snap()), console=self._console, auto_refresh=False)
             self._live.start()
+            # Log lines go above the table rather than through it: rich swapped sys.stderr for a
+            # proxy that prints there, but the logging handler holds the stream it was given.
+            self._handlers = [h for h in logging.getLogger().handlers
+                              if isinstance(h, logging.StreamHandler) and h.stream is stream]  # fmt: skip
+            for h in self._handlers:
+                h.setStream(sys.stderr)
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._thread.start()
 
@@ -162,6 +169,8 @@ class Progress:
         if self._live is not None:
             self._live.update(table(snap), refresh=True)
             self._live.stop()
+            for h in self._handlers:
+                h.setStream(self._stream)
             self._console.print(f"backfill done in {_duration(snap.elapsed)}: {snap.consumed} events, "
                                 f"{snap.users_sent} users, {sum(snap.calls.values())} Knock calls, "
                                 f"dead-lettered {snap.dead_lettered or 0}")  # fmt: skip

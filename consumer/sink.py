@@ -106,6 +106,9 @@ class Sink:
         committing what is safe when Knock rejects the configuration at run time, and
         :class:`ConfigError` when it rejects it at start."""
         kafka = self.settings.kafka
+        if self.settings.sink.metrics_port:
+            # Before the start-up check: the probes say "not ready" while it retries.
+            self._server = HealthServer(self.metrics.registry, self.health, self.settings.sink.metrics_port)
         # Kafka settings first: a bad client option is a bad setting, reported before any I/O.
         writer = self._edge.writer()
         self._dlq = DeadLetters(kafka, writer, self._edge.reader(), self.metrics, clock=self._clock)
@@ -113,9 +116,6 @@ class Sink:
             on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
             from_beginning=from_beginning, **({"replay": replay} if replay else {}),
         )  # fmt: skip
-        if self.settings.sink.metrics_port:
-            # Before the start-up check: the probes say "not ready" while it retries.
-            self._server = HealthServer(self.metrics.registry, self.health, self.settings.sink.metrics_port)
         try:
             self._knock.check()
         except FatalKnockError as exc:

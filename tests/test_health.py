@@ -158,3 +158,17 @@ def test_a_long_knock_outage_keeps_the_loop_turning(kafka, api, settings_for):
     finally:
         sink.stop()
         runner.join(60)
+
+
+def test_a_port_in_use_is_a_bad_setting():
+    from consumer.errors import ConfigError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        try:
+            HealthServer(Metrics().registry, Health(10), busy.getsockname()[1], addr="127.0.0.1")
+        except ConfigError as exc:
+            assert exc.setting == "sink.metrics_port" and "cannot listen" in str(exc)
+        else:
+            raise AssertionError("bound a port in use")
