@@ -196,7 +196,7 @@ class Sink:
                 mapped = self._mapper.map(event)
             except InvalidEvent as exc:
                 self._dlq.park(handle, exc.kind, exc.reason, rec)
-                seen[("unreadable", "dead_lettered")] += 1
+                seen[("invalid", "dead_lettered")] += 1
             else:
                 seen[(event.type, "queued" if mapped.ops else "nothing_to_send")] += 1
                 for note in mapped.notes:

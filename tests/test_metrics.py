@@ -64,7 +64,7 @@ def test_the_metrics_of_a_run_match_what_happened(kafka, api, settings_for):
         got, "knock_sink_knock_requests_total", "route")
     # Events by type and outcome, as produced.
     assert by(got, "knock_sink_events_total", "type", "outcome") == {
-        ("identify", "queued"): 60, ("track", "nothing_to_send"): 5, ("unreadable", "dead_lettered"): 1}
+        ("identify", "queued"): 60, ("track", "nothing_to_send"): 5, ("invalid", "dead_lettered"): 1}
     assert by(got, "knock_sink_events_dead_lettered_total", "kind") == {("undecodable",): 1}
     # Paced to Knock's tiers: the start-up check goes at once, the rest waited somewhere.
     assert sum(by(got, "knock_sink_rate_limit_wait_seconds_total", "route").values()) > 0
