@@ -92,7 +92,8 @@ class DeadLetters:
         handle.hold()
         self._metrics.dead_lettered.labels(kind).inc()
         topic, partition = handle.partition
-        log.warning("dead-lettering %s[%d]@%d: %s: %s", topic, partition, handle.offset, kind, reason)
+        log.warning("dead-lettering %s[%d]@%d: %s: %s", topic, partition, handle.offset, kind, reason,
+                    extra={"topic": topic, "partition": partition, "offset": handle.offset})  # fmt: skip
         if record is None:
             self._unread.append((handle, kind, reason))
             self._read_back_at = 0.0  # read the new ones back on the next pump, all in one go

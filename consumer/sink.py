@@ -187,7 +187,8 @@ class Sink:
             if not tracker.accepts(tp, rec.offset):
                 # The consumer went back (a partition revoked and given back within one fetch, a
                 # reset): the events from here on come again, so start the partition afresh.
-                log.info("%s[%d] rewound to %d: reading it again", tp[0], tp[1], rec.offset)
+                log.info("%s[%d] rewound to %d: reading it again", tp[0], tp[1], rec.offset,
+                         extra={"topic": tp[0], "partition": tp[1], "offset": rec.offset})  # fmt: skip
                 self._forget([tp])
                 tracker.add([tp])
             handle = tracker.track(tp, rec.offset)

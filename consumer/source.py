@@ -155,7 +155,8 @@ class KafkaSource:
             return False
         bad = [tp for tp in result or [] if tp.error is not None]
         for tp in bad:
-            log.warning("commit of %s[%d] failed: %s", tp.topic, tp.partition, tp.error)
+            log.warning("commit of %s[%d] failed: %s", tp.topic, tp.partition, tp.error,
+                        extra={"topic": tp.topic, "partition": tp.partition})  # fmt: skip
         return not bad
 
     def committed(self, tps: Iterable[Partition], timeout: float = 10.0) -> dict[Partition, int]:

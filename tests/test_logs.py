@@ -105,8 +105,14 @@ def test_no_secret_in_any_output_of_a_real_process(kafka, api, schema_registry):
     assert proc.returncode == 0, outputs[1][-2000:]
     api.clear_faults()
     assert actual_state(api.users()) == expected_state(events)
-    assert any("retry" in line["message"] for line in json_lines(outputs[1]))
+    lines = json_lines(outputs[1])
+    assert any("retry" in line["message"] for line in lines)
     (parked,) = kafka.read_all(f"{topic}.dlq", 1)
+    (parked_line,) = [line for line in lines if line["message"].startswith("dead-lettering")]
+    source = {k: v.decode() for k, v in parked.headers() if k.startswith("knock-sink.source.")}
+    assert (parked_line["topic"], parked_line["partition"], parked_line["offset"]) == (
+        source["knock-sink.source.topic"], int(source["knock-sink.source.partition"]),
+        int(source["knock-sink.source.offset"]))
     outputs += [value.decode(errors="replace") for _, value in parked.headers()]
 
     # The same process with a key Knock rejects: exit 2 naming the setting, not the key.
