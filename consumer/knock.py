@@ -200,7 +200,8 @@ class KnockClient:
 
     def identify(self, user_id: str, props: JSON) -> JSON:
         """Upsert one user (``PUT /v1/users/{id}``); returns the User Knock now holds."""
-        return self._json(self._send("identify", "PUT", f"/v1/users/{_path_id(user_id)}", props))
+        return self._json(self._send("identify", "PUT", f"/v1/users/{_path_id(user_id)}", props,
+                                     user=user_id))  # fmt: skip
 
     def get_user(self, user_id: str) -> JSON | None:
         """The user, or ``None`` when Knock answers 404."""
@@ -236,7 +237,7 @@ class KnockClient:
 
     def _merge_once(self, user_id: str, from_user_id: str) -> JSON:
         path = f"/v1/users/{_path_id(user_id)}/merge"
-        return self._json(self._send("merge", "POST", path, {"from_user_id": from_user_id}))
+        return self._json(self._send("merge", "POST", path, {"from_user_id": from_user_id}, user=user_id))
 
     def bulk_identify(self, users: list[JSON]) -> BulkResult:
         """Upsert up to ``bulk_size`` users (each a dict with ``id``) and wait until Knock has
@@ -297,6 +298,7 @@ class KnockClient:
         body: Any = None,
         *,
         params: dict[str, str | int] | None = None,
+        user: str | None = None,
     ) -> httpx.Response:
         if self._closed:
             raise RuntimeError("KnockClient is closed")
@@ -343,7 +345,8 @@ class KnockClient:
                 # Knock limits per endpoint: every thread must hold off, not only this one.
                 limiter.penalize(delay)
             attempt += 1
-            log.warning("retry %d of %s in %.2fs: %s", attempt, where, delay, error)
+            log.warning("retry %d of %s in %.2fs: %s", attempt, where, delay, error,
+                        extra={"user": user} if user else None)  # fmt: skip
             if self._on_retry is not None:
                 self._on_retry(endpoint, error)
             if self._stop is not None and self._stop.is_set():

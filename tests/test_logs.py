@@ -125,3 +125,20 @@ def test_no_secret_in_any_output_of_a_real_process(kafka, api, schema_registry):
     for secret in (api.api_key, password, wrong):
         assert secret not in everything
     assert not RAW_LIBRDKAFKA.search(everything)
+
+
+def test_a_retried_single_identify_names_its_user(api, caplog):
+    from consumer.knock import KnockClient
+    from consumer.policy import RateLimits
+
+    api.set_faults(error_rate=1.0, error_statuses=[503])
+
+    def sleep(seconds: float, stop: object = None) -> None:
+        api.clear_faults()  # Knock is back after the first failure
+
+    with KnockClient(api_key=api.api_key, base_url=api.url, limits=RateLimits("off"), sleep=sleep) as client:
+        with caplog.at_level(logging.WARNING, logger="knock_sink.knock"):
+            client.identify("ada", {"plan": "pro"})
+    (retry,) = [r for r in caplog.records if r.getMessage().startswith("retry 1 of PUT /v1/users/ada")]
+    assert json.loads(JsonFormatter(()).format(retry))["user"] == "ada"
+    assert actual_state(api.users()) == {"ada": {"plan": "pro"}}
