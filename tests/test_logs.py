@@ -136,9 +136,9 @@ def test_a_retried_single_identify_names_its_user(api, caplog):
     def sleep(seconds: float, stop: object = None) -> None:
         api.clear_faults()  # Knock is back after the first failure
 
-    with KnockClient(api_key=api.api_key, base_url=api.url, limits=RateLimits("off"), sleep=sleep) as client:
-        with caplog.at_level(logging.WARNING, logger="knock_sink.knock"):
-            client.identify("ada", {"plan": "pro"})
+    client = KnockClient(api_key=api.api_key, base_url=api.url, limits=RateLimits("off"), sleep=sleep)
+    with client, caplog.at_level(logging.WARNING, logger="knock_sink.knock"):
+        client.identify("ada", {"plan": "pro"})
     (retry,) = [r for r in caplog.records if r.getMessage().startswith("retry 1 of PUT /v1/users/ada")]
     assert json.loads(JsonFormatter(()).format(retry))["user"] == "ada"
     assert actual_state(api.users()) == {"ada": {"plan": "pro"}}
