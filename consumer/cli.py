@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import ConfigError, FatalKnockError, FatalRegistryError
@@ -30,6 +30,7 @@ FLAG_SETTINGS = {
     "knock_base_url": "knock.base_url",
     "bulk_size": "knock.bulk_size",
     "rate_limits": "knock.rate_limits",
+    "budget_share": "knock.budget_share",
     "nested_merge": "knock.nested_merge",
     "flush_interval": "sink.flush_interval",
     "max_pending": "sink.max_pending",
@@ -37,6 +38,7 @@ FLAG_SETTINGS = {
     "backfill_memory_mb": "sink.backfill_memory_mb",
     "work_dir": "sink.work_dir",
     "log_level": "sink.log_level",
+    "log_format": "sink.log_format",
     "anonymous": "mapping.anonymous",
     "default_region": "mapping.default_region",
     "trigger_workflows": "workflows.backfill",
@@ -79,6 +81,30 @@ def _add_format_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schema-registry-key", metavar="FILE", help="the client certificate's key (PEM)")
 
 
+def _timestamp(text: str) -> int:
+    """ISO-8601 (UTC when it names no zone) -> milliseconds since the epoch."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _offsets(text: str) -> dict[tuple[str, int], int]:
+    out = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        # Kafka topic names cannot hold ':', so the last two fields are the numbers.
+        rest = item.rsplit(":", 2)
+        if len(rest) != 3 or not rest[0] or not rest[1].isdigit() or not rest[2].isdigit():
+            raise argparse.ArgumentTypeError(f"expected TOPIC:PARTITION:OFFSET, got {item!r}")
+        out[(rest[0], int(rest[1]))] = int(rest[2])
+    if not out:
+        raise argparse.ArgumentTypeError("no TOPIC:PARTITION:OFFSET given")
+    return out
+
+
 def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML settings file (see README)")
     p.add_argument("--topic", dest="topics", action="append", metavar="TOPIC",
@@ -91,6 +117,8 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--knock-base-url", help="Knock API (env KNOCK_BASE_URL; default https://api.knock.app)")
     p.add_argument("--bulk-size", type=int, help="users per bulk identify call (default 1000)")
     p.add_argument("--rate-limits", choices=["knock", "off"], help="pace requests to Knock's tiers (default knock)")
+    p.add_argument("--budget-share", type=float, metavar="SHARE",
+                   help="share (0-1] of Knock's rate limits this group uses (default all of it)")
     p.add_argument("--nested-merge", choices=["either", "deep"],
                    help="fold updates carrying objects under one key, as Knock deep-merges them "
                    "(deep, the default), or keep them apart, exact either way (either)")
@@ -106,6 +134,8 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _add_format_arguments(p)
+    p.add_argument("--log-format", choices=["auto", "json", "text"],
+                   help="log lines as JSON objects or text (default auto: text on a terminal, else JSON)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,19 +153,31 @@ def build_parser() -> argparse.ArgumentParser:
     back = sub.add_parser(
         "backfill", help="replay topics and exit once everything up to their end is applied",
         description="Replay topics and exit 0 once every event up to the end offsets seen at start "
-        "is applied and committed. Under Knock's rate limits it reads ahead before it sends, "
+        "(or up to --until-timestamp) is applied and committed. Under Knock's rate limits it reads "
+        "ahead before it sends, "
         "holding each user's updates folded into one (spilled to disk past --backfill-memory-mb), "
         "so each user is sent once; killed, it resumes from its commit.")
     _add_sink_arguments(back)
     back.add_argument("--from-beginning", action="store_true",
-                      help="rewind every partition to its first offset (else start from the group's commit)")
+                      help="rewind every partition to its first offset (else start from the backfill "
+                      "group's commit: the earliest offset for a new group)")
+    back.epilog = ("A backfill runs in a consumer group of its own, <group>-backfill-<UTC time>, unless "
+                   "--group-id is given, so the live group's offsets are untouched.")
+    start = back.add_mutually_exclusive_group()
+    start.add_argument("--from-timestamp", type=_timestamp, metavar="ISO-8601",
+                       help="start each partition at its first event at or after this time")
+    start.add_argument("--from-offsets", type=_offsets, metavar="TOPIC:PARTITION:OFFSET,...",
+                       help="start these partitions at these offsets (the others as without it)")
+    stop = back.add_mutually_exclusive_group()
+    stop.add_argument("--until-end", action="store_true", default=True,
+                      help="stop at the end offsets seen at start (the default)")
+    stop.add_argument("--until-timestamp", type=_timestamp, metavar="ISO-8601",
+                      help="stop once every partition is applied up to its first event at or after this time")
     back.add_argument("--trigger-workflows", action="store_true", default=None,
                       help="trigger the mapped workflows too (default: a backfill triggers none)")
     back.add_argument("--trigger-since", metavar="ISO-TIME",
                       help="with --trigger-workflows, only events newer than this (default and "
                       "earliest: 24 h before the backfill starts)")
-    back.add_argument("--until-end", action="store_true", default=True,
-                      help="stop at the end offsets seen at start (always on; accepted for clarity)")
     back.add_argument("--dry-run", action="store_true",
                       help="read, decode and map up to the end, print the Knock calls each event "
                       "would make (or why it would be dead-lettered); call nothing in Knock, commit "
@@ -229,8 +271,9 @@ def _repartition(args: argparse.Namespace) -> int:
     from .repartition import Repartitioner
 
     settings = _settings(args)
-    logging.basicConfig(level=settings.sink.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    from .logs import setup
+
+    setup(settings.sink.log_level, settings.sink.log_format, secrets=settings.secrets())
     if args.batch < 1:
         raise ConfigError("--batch", "must be at least 1")
     stop = threading.Event()
@@ -247,28 +290,50 @@ def _repartition(args: argparse.Namespace) -> int:
 
 
 def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
+    from .logs import setup
+    from .records import Replay
     from .sink import Sink
 
     if backfill and args.dry_run:
         return _dry_run(args)
     settings = _settings(args)
-    logging.basicConfig(
-        level=settings.sink.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # One line per HTTP request is httpx's INFO; the sink logs its own retries and failures.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if backfill and not args.group_id:
+        # A group of its own: the live group's commits stay where they are.
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        group = f"{settings.kafka.group_id}-backfill-{stamp}"
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"group_id": group})})
+    setup(settings.sink.log_level, settings.sink.log_format, secrets=settings.secrets())
     sink = Sink(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sink.stop())
+    replay = None
+    if backfill and (args.from_timestamp is not None or args.from_offsets or args.until_timestamp is not None):
+        replay = Replay(from_offsets=args.from_offsets, from_time_ms=args.from_timestamp,
+                        until_time_ms=args.until_timestamp)  # fmt: skip
+    progress = _progress(sink, settings) if backfill else None
     try:
-        summary = sink.run(from_beginning=backfill and args.from_beginning, until_end=backfill)
+        summary = sink.run(from_beginning=backfill and args.from_beginning, until_end=backfill,
+                           replay=replay)  # fmt: skip
     except (FatalKnockError, FatalRegistryError) as exc:
         print(f"knock-sink: stopped: {exc}", file=sys.stderr)
         return EXIT_FATAL
-    print(json.dumps(summary.describe(), sort_keys=True))
+    finally:
+        done = progress.close() if progress is not None else None
+    out = summary.describe()
+    if done is not None:
+        out.update(group_id=settings.kafka.group_id, backfill=done)
+    print(json.dumps(out, sort_keys=True))
     return 0
+
+
+def _progress(sink: Any, settings: Any) -> Any:
+    from .limits import per_second
+    from .progress import Progress
+
+    bound = None
+    if settings.knock.rate_limits == "knock":
+        bound = settings.knock.bulk_size * per_second("bulk_identify") * (settings.knock.budget_share or 1.0)
+    return Progress(sink.metrics, sys.stderr, bulk_per_second=bound)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

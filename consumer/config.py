@@ -172,6 +172,10 @@ class KnockSettings(_Section):
     #: environments that do not deep-merge, keeps them apart, exact whether Knock deep-merges
     #: or replaces them, at the cost of more calls.
     nested_merge: NestedMerge = "deep"
+    #: Share (0 < share <= 1) of Knock's rate limits this consumer group uses, when several
+    #: groups (or other clients) use one Knock environment; unset: all of it. Members of the
+    #: group split it by the partitions they hold.
+    budget_share: float | None = Field(None, gt=0, le=1)
 
     @field_validator("base_url")
     @classmethod
@@ -335,7 +339,12 @@ class SinkSettings(_Section):
     work_dir: str | None = None
     #: Serve Prometheus metrics on this port (0: off).
     metrics_port: int = Field(0, ge=0, le=65535)
+    #: Seconds without a turn of the loop after which /healthz and /readyz fail (at least the
+    #: drain budget plus 5: a revoke's settle holds the loop that long).
+    stall_timeout: float = Field(60.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``json`` lines, ``text`` lines, or ``auto``: text on a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "text"] = "auto"
 
 
 class Settings(_Section):
@@ -347,6 +356,17 @@ class Settings(_Section):
     groups: GroupSettings = Field(default_factory=GroupSettings)
     audiences: AudienceSettings = Field(default_factory=AudienceSettings)
     deletes: DeleteSettings = Field(default_factory=DeleteSettings)
+
+    def secrets(self) -> list[str]:
+        """The values no output may show: the API key, the registry's password (and the whole
+        ``user:password``)."""
+        out = [self.knock.api_key.get_secret_value()] if self.knock.api_key else []
+        if self.kafka.schema_registry_basic_auth is not None:
+            auth = self.kafka.schema_registry_basic_auth.get_secret_value()
+            out += [auth, auth.partition(":")[2]]
+        # librdkafka pass-through: sasl.password, ssl.key.password, sasl.oauthbearer.client.secret...
+        out += [str(v) for k, v in self.kafka.client.items() if "password" in k or "secret" in k]
+        return [s for s in out if s]
 
     def require_runnable(self) -> None:
         """Check what ``run`` and ``backfill`` need beyond the types."""

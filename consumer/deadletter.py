@@ -92,7 +92,8 @@ class DeadLetters:
         handle.hold()
         self._metrics.dead_lettered.labels(kind).inc()
         topic, partition = handle.partition
-        log.warning("dead-lettering %s[%d]@%d: %s: %s", topic, partition, handle.offset, kind, reason)
+        log.warning("dead-lettering %s[%d]@%d: %s: %s", topic, partition, handle.offset, kind, reason,
+                    extra={"topic": topic, "partition": partition, "offset": handle.offset})  # fmt: skip
         if record is None:
             self._unread.append((handle, kind, reason))
             self._read_back_at = 0.0  # read the new ones back on the next pump, all in one go
@@ -157,7 +158,20 @@ class KafkaWriter:
         """Create missing dead-letter topics with the partition count of their source topic.
         Where the broker does not let us, the first write will say so."""
         admin = AdminClient({**self._settings.librdkafka(), "logger": KAFKA_LOG})
-        meta = admin.list_topics(timeout=timeout)
+        meta = None
+        for attempt in range(1, 4):
+            try:
+                meta = admin.list_topics(timeout=timeout / 3)
+                break
+            except KafkaException as exc:
+                log.warning("Kafka unreachable at %s (attempt %d of 3 to check the dead-letter "
+                            "topics): %s", self._settings.bootstrap_servers, attempt, exc.args[0].str())  # fmt: skip
+        if meta is None:
+            # An unreachable broker is transient: the consumer keeps trying to join on its own,
+            # and a dead-letter write to a topic that does not exist yet will say so then.
+            log.error("dead-letter topics not checked: Kafka unreachable at %s; going on, the "
+                      "consumer retries", self._settings.bootstrap_servers)  # fmt: skip
+            return
         wanted = {}
         for topic in source_topics:
             dlq = dlq_for(topic)

@@ -118,8 +118,12 @@ class KnockClient:
         concurrency: int = 8,
         bulk_size: int = MAX_BULK,
         sleep: Sleeper = wait,
+        on_request: Callable[[str, int | None, float], None] | None = None,
+        on_wait: Callable[[str, float], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._on_request = on_request
+        self._on_wait = on_wait
         self.bulk_size = bulk_size
         self._key = api_key
         self._headers = {
@@ -150,6 +154,8 @@ class KnockClient:
         *,
         stop: threading.Event | None = None,
         http: httpx.Client | None = None,
+        on_request: Callable[[str, int | None, float], None] | None = None,
+        on_wait: Callable[[str, float], None] | None = None,
     ) -> KnockClient:
         """Build a client, with its own :class:`RateLimits`, from the ``[knock]`` settings.
 
@@ -165,7 +171,14 @@ class KnockClient:
             http=http,
             concurrency=settings.concurrency,
             bulk_size=settings.bulk_size,
+            on_request=on_request,
+            on_wait=on_wait,
         )
+
+    @property
+    def limits(self) -> RateLimits:
+        """The pacing of this client's requests (the sink sets its share of Knock's budget)."""
+        return self._limits
 
     def __repr__(self) -> str:
         return f"KnockClient(base_url={self.base_url!r}, closed={self._closed})"
@@ -195,7 +208,8 @@ class KnockClient:
 
     def identify(self, user_id: str, props: JSON) -> JSON:
         """Upsert one user (``PUT /v1/users/{id}``); returns the User Knock now holds."""
-        return self._json(self._send("identify", "PUT", f"/v1/users/{_path_id(user_id)}", props))
+        return self._json(self._send("identify", "PUT", f"/v1/users/{_path_id(user_id)}", props,
+                                     user=user_id))  # fmt: skip
 
     def get_user(self, user_id: str) -> JSON | None:
         """The user, or ``None`` when Knock answers 404."""
@@ -231,7 +245,7 @@ class KnockClient:
 
     def _merge_once(self, user_id: str, from_user_id: str) -> JSON:
         path = f"/v1/users/{_path_id(user_id)}/merge"
-        return self._json(self._send("merge", "POST", path, {"from_user_id": from_user_id}))
+        return self._json(self._send("merge", "POST", path, {"from_user_id": from_user_id}, user=user_id))
 
     def bulk_identify(self, users: list[JSON]) -> BulkResult:
         """Upsert up to ``bulk_size`` users (each a dict with ``id``) and wait until Knock has
@@ -336,6 +350,7 @@ class KnockClient:
         *,
         params: dict[str, str | int] | None = None,
         headers: dict[str, str] | None = None,
+        user: str | None = None,
     ) -> httpx.Response:
         if self._closed:
             raise RuntimeError("KnockClient is closed")
@@ -344,9 +359,13 @@ class KnockClient:
         where = f"{method} {path}"
         attempt = 0
         while True:
+            asked = time.monotonic()
             slot = None if self._stop is not None and self._stop.is_set() else limiter.take(self._stop)
             if slot is None:
                 raise RetryableError("stopped")
+            sent = time.monotonic()
+            if self._on_wait is not None:
+                self._on_wait(endpoint, sent - asked)
             error: RetryableError
             try:
                 response = self._http.request(
@@ -354,7 +373,11 @@ class KnockClient:
                     headers=self._headers if headers is None else {**self._headers, **headers},
                     timeout=self._timeout,
                 )  # fmt: skip
+                if self._on_request is not None:
+                    self._on_request(endpoint, response.status_code, time.monotonic() - sent)
             except httpx.TransportError as exc:
+                if self._on_request is not None:
+                    self._on_request(endpoint, None, time.monotonic() - sent)
                 error = RetryableError(self._redact(f"{where}: {type(exc).__name__}: {exc}"))
                 error.__cause__ = exc
             else:
@@ -378,7 +401,8 @@ class KnockClient:
                 # Knock limits per endpoint: every thread must hold off, not only this one.
                 limiter.penalize(delay)
             attempt += 1
-            log.warning("retry %d of %s in %.2fs: %s", attempt, where, delay, error)
+            log.warning("retry %d of %s in %.2fs: %s", attempt, where, delay, error,
+                        extra={"user": user} if user else None)  # fmt: skip
             if self._on_retry is not None:
                 self._on_retry(endpoint, error)
             if self._stop is not None and self._stop.is_set():

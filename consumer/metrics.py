@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from .records import Partition
 
@@ -54,6 +54,57 @@ class Metrics:
             "Users whose events came on more than one partition of a topic (not keyed by user)",
             registry=r,
         )  # fmt: skip
+        self.budget_share = Gauge(
+            "knock_sink_budget_share", "Share of each Knock rate-limit tier this process uses",
+            registry=r,
+        )  # fmt: skip
+        self.budget_share.set(1)
+        self.events = Counter(
+            "knock_sink_events", "Events read, by type and what became of them at reading "
+            "(queued for Knock, nothing to send, dead-lettered)", ["type", "outcome"], registry=r,
+        )  # fmt: skip
+        self.plan_users = Histogram(
+            "knock_sink_plan_users", "Users per plan sent to Knock", registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 4000, 8000),
+        )  # fmt: skip
+        self.knock_requests = Counter(
+            "knock_sink_knock_requests", "HTTP requests to Knock, by route and status "
+            "(error: no answer)", ["route", "status"], registry=r,
+        )  # fmt: skip
+        self.knock_latency = Histogram(
+            "knock_sink_knock_request_seconds", "Time of one HTTP request to Knock", ["route"],
+            registry=r, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )  # fmt: skip
+        self.rate_limit_wait = Counter(
+            "knock_sink_rate_limit_wait_seconds", "Seconds requests waited for their rate limit",
+            ["route"], registry=r,
+        )  # fmt: skip
+        self.lag = Gauge(
+            "knock_sink_consumer_lag", "Events after the committed position, per partition held",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.target = Gauge(
+            "knock_sink_backfill_target_offset", "Position a backfill runs up to, per partition",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
+
+    def knock_request(self, route: str, status: int | None, seconds: float) -> None:
+        """One HTTP request to Knock answered (``status``) or not (``None``)."""
+        self.knock_requests.labels(route, str(status) if status is not None else "error").inc()
+        self.knock_latency.labels(route).observe(seconds)
+
+    def set_lag(self, high_watermarks: dict[Partition, int]) -> None:
+        """Lag of each partition held: its high watermark minus its commit (left out until
+        its first commit)."""
+        committed = self.committed_positions()
+        self.lag.clear()
+        for (topic, partition), hi in high_watermarks.items():
+            if (topic, partition) in committed:
+                self.lag.labels(topic, str(partition)).set(max(0, hi - committed[(topic, partition)]))
+
+    def knock_wait(self, route: str, seconds: float) -> None:
+        if seconds > 0:
+            self.rate_limit_wait.labels(route).inc(seconds)
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)

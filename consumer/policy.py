@@ -41,6 +41,12 @@ KNOCK_WINDOW: Final = 1.005
 #: says the margin was too thin there (1 % of budget per call is cheaper than a lost second).
 WINDOW_STEP: Final = 0.01
 MAX_WINDOW: Final = 1.10
+#: Members of one consumer group take turns on Knock's budget in slots of this many seconds of
+#: the wall clock (see :class:`Slots`); requests start only in the first :data:`SLOT_USABLE`
+#: seconds of a slot, so the next owner finds every tier's budget refilled (Knock's second,
+#: plus a tenth for the jitter between our clocks and Knock's arrival times).
+SLOT: Final = 2.2
+SLOT_USABLE: Final = 1.1
 
 
 def wait(seconds: float, stop: threading.Event | None = None) -> None:
@@ -138,6 +144,52 @@ class Backoff:
         return chosen if retry_after is None else max(retry_after, chosen)
 
 
+class Slots:
+    """Time division of Knock's budget among the members of one consumer group, without talking
+    to each other: wall-clock slot ``n`` (``floor(time / SLOT)``) belongs to whoever holds
+    partition number ``n mod total`` of the subscribed topics (sorted by topic, then partition).
+    A member with ``k`` of ``total`` partitions so gets ``k / total`` of the time, the owner of a
+    slot has the whole budget to itself in it, and the members' shares always add up to 1 (a
+    partition has one owner), re-derived at every rebalance.
+
+    Why slots rather than each member pacing to ``share x N``: tier 1 is one request per second;
+    three members each sending once every 3 s at their own phase would land two requests in
+    one second of Knock's often enough to spend the saving on 429s. Dividing the clock is
+    the only split of a budget of one that needs no coordination. It assumes the members'
+    clocks agree within a few tens of milliseconds (NTP).
+
+    :param owned: the slot numbers (partition indices) this member holds; empty: it may send
+        nothing.
+    """
+
+    def __init__(self, owned: frozenset[int], total: int, *, wall: Clock = time.time) -> None:
+        if total < 1:
+            raise ValueError("total must be at least 1")
+        self.owned = frozenset(i for i in owned if 0 <= i < total)
+        self.total = total
+        self._wall = wall
+
+    @property
+    def fraction(self) -> float:
+        return len(self.owned) / self.total
+
+    def wait(self) -> float | None:
+        """Seconds until a request may start (0: now); ``None`` when this member owns no slot."""
+        if not self.owned:
+            return None
+        now = self._wall()
+        n = math.floor(now / SLOT)
+        into = now - n * SLOT
+        for ahead in range(self.total + 1):
+            if (n + ahead) % self.total in self.owned:
+                if ahead == 0:
+                    if into < SLOT_USABLE:
+                        return 0.0
+                    continue
+                return (n + ahead) * SLOT - now
+        return None  # unreachable: some slot of every cycle is owned
+
+
 class RateLimiter:
     """Paces one Knock endpoint to at most ``per_second`` requests in any ``window`` seconds
     (1 by default; :class:`RateLimits` uses :data:`KNOCK_WINDOW`).
@@ -179,6 +231,31 @@ class RateLimiter:
         self._granted: deque[list[float | None]] = deque(maxlen=per_second or 1)
         self._floor = -math.inf
         self._blocked_until = -math.inf
+        self._base = (per_second, window)
+        self._slots: Slots | None = None
+
+    def share(self, share: float, slots: Slots | None = None) -> None:
+        """Pace to ``share`` (0 < share <= 1) of the endpoint's budget, in the slots of
+        ``slots`` only (``None``: at any time).
+
+        ``N x share`` per second becomes ``k = max(1, floor(N x share))`` requests per window of
+        ``window x k / (N x share)``: never more than ``N x share`` per second on average, and
+        never a burst of more than ``k <= N``. A whole ``k`` keeps the sliding-window log exact
+        (it holds ``k`` grant times); the stretched window gives back the fraction ``floor``
+        dropped (tier 2 at 1/3 is 1 request per 0.62 s, not 1 per 1.03 s).
+        """
+        if not 0 < share <= 1:
+            raise ValueError("share must be in (0, 1]")
+        base, window = self._base
+        with self._lock:
+            self._slots = slots
+            if base is None:
+                return
+            rate = base * share
+            k = max(1, math.floor(rate))
+            self.per_second = k
+            self.window = window * k / rate  # a 429's widening starts over
+            self._granted = deque(self._granted, maxlen=k)
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Block until a request may be sent, and count it as sent (and answered) now.
@@ -201,7 +278,9 @@ class RateLimiter:
             with self._lock:
                 now = self._clock()
                 ready = self._ready_at(now)
-                if ready <= now:
+                slots = self._slots
+                turn = 0.0 if slots is None else slots.wait()
+                if ready <= now and turn == 0.0:
                     if len(self._granted) == self.per_second:
                         oldest = self._granted[0][1]
                         assert oldest is not None  # else _ready_at would have said wait
@@ -211,7 +290,8 @@ class RateLimiter:
                     return slot
             if stop is not None and stop.is_set():
                 return None
-            self._sleep(ready - now, stop)
+            # No slot at all: look again shortly, the next rebalance may give one.
+            self._sleep(max(ready - now, 0.5 if turn is None else turn, 0.001), stop)
 
     def ready_in(self) -> float:
         """Seconds until :meth:`acquire` would grant without waiting (0: now). Reserves
@@ -220,7 +300,8 @@ class RateLimiter:
             return 0.0
         with self._lock:
             now = self._clock()
-            return max(0.0, self._ready_at(now) - now)
+            turn = 0.0 if self._slots is None else self._slots.wait()
+            return max(0.0, self._ready_at(now) - now, 0.5 if turn is None else turn)
 
     def finish(self, slot: list[float | None]) -> None:
         """The request of ``slot`` (from :meth:`take`) was answered: count it from now."""
@@ -267,6 +348,11 @@ class RateLimits:
             )
             for name, tier in ENDPOINT_TIER.items()
         }
+
+    def share(self, share: float, slots: Slots | None = None) -> None:
+        """Every endpoint paced to ``share`` of its tier, in ``slots`` (see :meth:`RateLimiter.share`)."""
+        for limiter in self._limiters.values():
+            limiter.share(share, slots)
 
     def for_endpoint(self, name: str) -> RateLimiter:
         """The limiter of endpoint ``name``; :class:`KeyError` for a name not in the table."""

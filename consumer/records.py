@@ -10,6 +10,7 @@ stands in for Kafka.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 #: A topic's partition: ``(topic, partition)``.
@@ -93,6 +94,21 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Where a backfill starts and stops, beyond ``--from-beginning`` and the end offsets.
+
+    :ivar from_offsets: the first offset to read, per partition (the others start from the
+        group's commit, or the earliest offset for a new group).
+    :ivar from_time_ms: start each partition at its first offset at or after this time.
+    :ivar until_time_ms: stop each partition before its first offset at or after this time.
+    """
+
+    from_offsets: dict[Partition, int] | None = None
+    from_time_ms: int | None = None
+    until_time_ms: int | None = None
 
 
 class DeadLetterWriter(Protocol):

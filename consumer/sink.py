@@ -21,6 +21,7 @@ from collections.abc import Callable
 from .actions import Actions
 from .apply import Applier, Flight, Outcome
 from .backlog import Backlog, Held, HeldHandle
+from .budget import Budget
 from .cadence import Cadence
 from .config import Settings
 from .deadletter import DeadLetters
@@ -38,12 +39,13 @@ from .events import parse_event
 from .flow import Backpressure, ReadAhead, Sizing
 from .freshness import Freshness
 from .keying import KeyWatch
+from .health import Health, HealthServer
 from .knock import KnockClient
 from .mapping import Mapped
 from .metrics import Metrics, Summary
 from .ops import Identify
 from .plan import Pending, Planner
-from .records import Edge, Partition, Record, Source
+from .records import Edge, Partition, Record, Replay, Source
 from .source import KafkaEdge
 from .stalls import REGISTRY_BACKOFF, Stalls
 from .tracker import Handle, OffsetTracker
@@ -87,7 +89,9 @@ class Sink:
         self._sizing = sizing = Sizing.of(settings.knock)
         self._stop = threading.Event()
         self._knock_stop = threading.Event()
-        self._knock = KnockClient.from_settings(settings.knock, stop=self._knock_stop)
+        self._knock = KnockClient.from_settings(settings.knock, stop=self._knock_stop,
+                                                on_request=self.metrics.knock_request,
+                                                on_wait=self.metrics.knock_wait)  # fmt: skip
         self._flight = Flight(Applier(
             self._knock, bulk_size=settings.knock.bulk_size, concurrency=settings.knock.concurrency,
             item_attempts=settings.sink.item_attempts, singles=sizing.singles,
@@ -101,8 +105,14 @@ class Sink:
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
         self._seq = 0
+        #: Events read this batch by (type, outcome), counted once a batch (a counter locks).
+        self._outcomes: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._last_plan = self._last_commit = clock()
         self._looping = False
+        # The revoke's settle blocks the loop for up to the drain budget: never a stall.
+        self.health = Health(max(settings.sink.stall_timeout, settings.sink.drain_timeout + 5), clock)
+        self._server: HealthServer | None = None
+        self._budget = Budget(self._knock.limits, settings.knock.budget_share, self.metrics.budget_share)
 
     def stop(self) -> None:
         """Ask the loop to stop fetching, drain and exit (safe from signal handlers). Before
@@ -114,7 +124,8 @@ class Sink:
 
     # -- run -------------------------------------------------------------------------------
 
-    def run(self, *, from_beginning: bool = False, until_end: bool = False) -> Summary:
+    def run(self, *, from_beginning: bool = False, until_end: bool = False,
+            replay: Replay | None = None) -> Summary:
         """Consume until :meth:`stop` (or, with ``until_end``, until every event up to the end
         offsets seen at start is applied and committed). Raises :class:`FatalKnockError` after
         committing what is safe when Knock rejects the configuration at run time,
@@ -123,16 +134,20 @@ class Sink:
         :class:`ConfigError` when either rejects it at start."""
         self._actions.window(backfill=until_end)
         kafka = self.settings.kafka
+        if self.settings.sink.metrics_port:
+            # Before the start-up check: the probes say "not ready" while it retries.
+            self._server = HealthServer(self.metrics.registry, self.health, self.settings.sink.metrics_port)
         # Kafka settings first: a bad client option is a bad setting, reported before any I/O.
         writer = self._edge.writer()
         self._dlq = DeadLetters(kafka, writer, self._edge.reader(), self.metrics, clock=self._clock)
         self._source = self._edge.source(
-            on_assign=self._tracker.add, on_revoke=self._on_revoke, on_lost=self._forget,
-            from_beginning=from_beginning,
+            on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
+            from_beginning=from_beginning, **({"replay": replay} if replay else {}),
         )  # fmt: skip
         try:
             self._knock.check()
         except FatalKnockError as exc:
+            self.health.fatal(str(exc))
             self._close()
             setting = "knock.api_key" if exc.status in (401, 403) else "knock.base_url"
             raise ConfigError(setting, str(exc)) from None
@@ -146,8 +161,11 @@ class Sink:
             self._close()
             raise
         self._looping = True
+        self.health.checked()
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
-        ends = self._end_targets(from_beginning) if until_end else None
+        ends = self._end_targets(from_beginning, replay) if until_end else None
+        for (topic, partition), target in (ends or {}).items():
+            self.metrics.target.labels(topic, str(partition)).set(target)
         if ends is not None and self.settings.knock.rate_limits == "knock":
             # At least a second: moving from one partition to the next is a pause in fetching
             # too (see _focus), not an end that is never delivered.
@@ -155,8 +173,6 @@ class Sink:
             sink = self.settings.sink
             self._backlog = Backlog(nested=self.settings.knock.nested_merge, work_dir=sink.work_dir,
                                     memory_bytes=sink.backfill_memory_mb << 20)  # fmt: skip
-        if self.settings.sink.metrics_port:
-            self.metrics.serve(self.settings.sink.metrics_port)
         # The loop allocates a few small objects per event and keeps them until Knock applied
         # them: with the default thresholds the collector rescans that young, live heap every
         # 700 allocations (up to a tenth of the loop's time in profiles).
@@ -170,6 +186,7 @@ class Sink:
                 log.critical("the schema registry rejected the configuration, stopped: %s", self._stalls.fatal)
                 raise self._stalls.fatal
         except FatalKnockError as exc:
+            self.health.fatal(str(exc))
             log.critical("Knock rejected the configuration, stopping: %s", exc)
             self._commit(force=True)
             raise
@@ -181,6 +198,9 @@ class Sink:
     def _step(self) -> None:
         """One turn of the loop: fetch, take in finished plans, dead letters, next plan, commit."""
         assert self._source is not None and self._dlq is not None
+        self.health.turned()
+        if self._budget.stale and self._budget.share is not None:
+            self._budget.refresh(lambda: self._source.end_offsets(self.settings.kafka.topics))  # type: ignore[union-attr]
         pending = self._tracker.pending()
         self._backpressure.update(pending, self._source)
         self.metrics.pending.set(pending)
@@ -195,7 +215,11 @@ class Sink:
             if len(self._backlog):
                 self._feed(self._read_ahead.finished() if self._reading_ahead(self._clock()) else None)  # type: ignore[union-attr]
         self._start_plan()
+        last = self._last_commit
         self._commit()
+        marks = getattr(self._source, "high_watermarks", None)  # the in-memory edge has none
+        if self._last_commit != last and marks is not None:  # not in _commit: it runs in callbacks
+            self.metrics.set_lag(marks())
 
     def _ingest(self, records: list[Record]) -> None:
         """Track, decode, parse and map each record; queue its ops with the planner."""
@@ -213,7 +237,8 @@ class Sink:
             if not tracker.accepts(tp, rec.offset):
                 # The consumer went back (a partition revoked and given back within one fetch, a
                 # reset): the events from here on come again, so start the partition afresh.
-                log.info("%s[%d] rewound to %d: reading it again", tp[0], tp[1], rec.offset)
+                log.info("%s[%d] rewound to %d: reading it again", tp[0], tp[1], rec.offset,
+                         extra={"topic": tp[0], "partition": tp[1], "offset": rec.offset})  # fmt: skip
                 self._forget([tp])
                 tracker.add([tp])
             handle = tracker.track(tp, rec.offset)
@@ -226,6 +251,9 @@ class Sink:
                 self._stalls.stall(rec, handle, exc)
         if self._stalls.fatal is not None:
             self._stop.set()
+        for (kind, outcome), n in self._outcomes.items():
+            self.metrics.events.labels(kind, outcome).inc(n)
+        self._outcomes.clear()
         if records:
             if backlog is not None and backlog.over_budget():
                 n = len(backlog)
@@ -244,10 +272,12 @@ class Sink:
         seen = time.time() if seen is None else seen
         tp = (rec.topic, rec.partition)
         try:
-            mapped, stamp = self._map(rec)
+            mapped, stamp, kind = self._map(rec)
         except InvalidEvent as exc:
             self._dlq.park(handle, exc.kind, exc.reason, rec)
+            self._outcomes[("invalid", "dead_lettered")] += 1
         else:
+            self._outcomes[(kind, "queued" if mapped.ops else "nothing_to_send")] += 1
             if mapped.ops:
                 handle.seen, handle.kafka_ms, handle.event_ts = seen, rec.timestamp, stamp
             for note in mapped.notes:
@@ -269,18 +299,18 @@ class Sink:
         if self._source is not None:
             self._source.resume_partitions(tps)
 
-    def _map(self, rec: Record) -> tuple[Mapped, object]:
+    def _map(self, rec: Record) -> tuple[Mapped, object, str]:
         """Decode, parse and map one record (a tombstone, with deletes on, maps to a delete);
-        also the event's raw ``timestamp``, for the freshness metrics.
+        also the event's raw ``timestamp`` (for the freshness metrics) and its type.
 
         :raises InvalidEvent: the record can never be applied.
         :raises RegistryError: its writer schema cannot be had now (or ever, when fatal).
         """
         if rec.value is None and self._actions.tombstones:
-            return self._actions.tombstone(rec.key), None
+            return self._actions.tombstone(rec.key), None, "tombstone"
         message = self._decoder.decode(rec.value, rec.topic)
         event = parse_event(message)
-        return self._actions.map(event, message, rec), event.raw_timestamp  # type: ignore[arg-type]
+        return self._actions.map(event, message, rec), event.raw_timestamp, event.type  # type: ignore[arg-type]
 
     def _ingest_held(self, rec: Record, tp: Partition, backlog: Backlog) -> bool:
         """A backfill's record: folded into its user's held state (see :mod:`consumer.backlog`),
@@ -294,7 +324,7 @@ class Sink:
         attempt = 0
         while mapped is None and bad is None:
             try:
-                mapped, _ = self._map(rec)
+                mapped, _, kind = self._map(rec)
             except InvalidEvent as exc:
                 bad = exc
             except RegistryUnavailable as exc:
@@ -316,8 +346,10 @@ class Sink:
             handle = self._tracker.track(tp, rec.offset)
             self._dlq.park(handle, bad.kind, bad.reason, rec)
             handle.release()
+            self._outcomes[("invalid", "dead_lettered")] += 1
             return True
         assert mapped is not None
+        self._outcomes[(kind, "queued" if mapped.ops else "nothing_to_send")] += 1
         for note in mapped.notes:
             self.metrics.notes.labels(note).inc()
         rest = backlog.fold(tp, rec.offset, mapped.ops, self._add_held)
@@ -383,6 +415,7 @@ class Sink:
                 log.debug("plan cut: %d users, %.3f s after the last, %d ops left pending",
                           len(plan.users()), now - self._last_plan, len(self._planner))  # fmt: skip
             self._last_plan = now
+            self.metrics.plan_users.observe(len(plan.users()))
             self._flight.start(plan)
 
     def _holding(self, now: float) -> bool:
@@ -458,6 +491,16 @@ class Sink:
         self._commit(force=True)
         return drained
 
+    def _on_assign(self, tps: list[Partition]) -> None:
+        self._tracker.add(tps)
+        self.health.assigned(tps)
+        self._budget.update(self.health.partitions)
+
+    def _on_lost(self, tps: list[Partition]) -> None:
+        self.health.unassigned(tps)
+        self._budget.update(self.health.partitions)
+        self._forget(tps)
+
     def _on_revoke(self, tps: list[Partition]) -> None:
         """Partitions are leaving: settle while they are still ours, then forget them, so that
         no late result can commit for them."""
@@ -465,6 +508,8 @@ class Sink:
             log.warning("revoke: plans still in flight after the drain budget; their results "
                         "for %s will be ignored", tps)  # fmt: skip
         self._forget(tps)
+        self.health.unassigned(tps)
+        self._budget.update(self.health.partitions)
 
     def _forget(self, tps: list[Partition]) -> None:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
@@ -489,6 +534,7 @@ class Sink:
         self._source.pause()
         deadline = self._clock() + self.settings.sink.drain_timeout
         while self._clock() < deadline:
+            self.health.turned()
             if self._flight.collect(self._take, timeout=0.05) and len(self._planner) == 0:
                 break
             self._start_plan()
@@ -502,10 +548,14 @@ class Sink:
         self._knock_stop.set()
         self._settle(max(deadline, self._clock() + 1.0))
 
-    def _end_targets(self, from_beginning: bool) -> dict[Partition, int]:
+    def _end_targets(self, from_beginning: bool, replay: Replay | None = None) -> dict[Partition, int]:
         assert self._source is not None
         marks = self._source.end_offsets(self.settings.kafka.topics)
         start = {} if from_beginning else self._source.committed(marks)
+        if replay is not None:  # a KafkaSource: it read the chosen starts and stops
+            start.update(self._source.start_offsets())  # type: ignore[attr-defined]
+            stops = self._source.stop_offsets()  # type: ignore[attr-defined]
+            marks = {tp: (lo, min(hi, stops.get(tp, hi))) for tp, (lo, hi) in marks.items()}
         return {tp: hi for tp, (lo, hi) in marks.items() if hi > max(lo, start.get(tp, 0))}
 
     def _reached(self, ends: dict[Partition, int]) -> bool:
@@ -522,6 +572,8 @@ class Sink:
         return all(positions.get(tp, -1) >= ends[tp] for tp in short)
 
     def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
         self._stop.set()  # the loop is over: a revoke from closing the consumer is expected
         self._knock_stop.set()
         self._flight.close()

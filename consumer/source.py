@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from .config import KafkaSettings
 from .deadletter import KafkaWriter, Originals
 from .errors import ConfigError
-from .records import Partition, RebalanceCallback, Record
+from .records import Partition, RebalanceCallback, Record, Replay
 
 log = logging.getLogger("knock_sink.source")
 
@@ -42,6 +42,7 @@ class KafkaSource:
         on_revoke: RebalanceCallback,
         on_lost: RebalanceCallback,
         from_beginning: bool = False,
+        replay: Replay | None = None,
     ) -> None:
         conf: dict[str, Any] = {
             **settings.librdkafka(),
@@ -67,6 +68,14 @@ class KafkaSource:
         self._paused = False
         #: Assigned partitions :meth:`focus` keeps from fetching.
         self._held_back: set[Partition] = set()
+        self._topics = list(settings.topics)
+        replay = replay or Replay()
+        self._start: dict[Partition, int] = dict(replay.from_offsets or {})
+        if replay.from_time_ms is not None:
+            self._start.update(self.offsets_at(self._topics, replay.from_time_ms))
+        self._stop_at: dict[Partition, int] = (
+            {} if replay.until_time_ms is None else self.offsets_at(self._topics, replay.until_time_ms)
+        )
         self._consumer.subscribe(
             list(settings.topics),
             on_assign=self._assigned,
@@ -84,6 +93,12 @@ class KafkaSource:
                 if (p.topic, p.partition) not in self._rewound:
                     p.offset = OFFSET_BEGINNING
                     self._rewound.add((p.topic, p.partition))
+        for p in parts:
+            # The same once-per-process rule for a backfill's chosen start.
+            tp = (p.topic, p.partition)
+            if tp in self._start and tp not in self._rewound:
+                p.offset = self._start[tp]
+                self._rewound.add(tp)
         consumer.incremental_assign(parts)
         if self._paused:
             consumer.pause(parts)
@@ -109,6 +124,8 @@ class KafkaSource:
         for msg in self._consumer.consume(n, timeout):
             err = msg.error()
             if err is None:
+                if msg.offset() >= self._stop_at.get((msg.topic(), msg.partition()), msg.offset() + 1):
+                    continue  # at or past --until-timestamp: not this backfill's
                 ts_type, ts = msg.timestamp()
                 out.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(),
                                   msg.value(), msg.headers(), ts if ts_type else None))  # fmt: skip
@@ -172,7 +189,8 @@ class KafkaSource:
             return False
         bad = [tp for tp in result or [] if tp.error is not None]
         for tp in bad:
-            log.warning("commit of %s[%d] failed: %s", tp.topic, tp.partition, tp.error)
+            log.warning("commit of %s[%d] failed: %s", tp.topic, tp.partition, tp.error,
+                        extra={"topic": tp.topic, "partition": tp.partition})  # fmt: skip
         return not bad
 
     def committed(self, tps: Iterable[Partition], timeout: float = 10.0) -> dict[Partition, int]:
@@ -205,6 +223,42 @@ class KafkaSource:
                 out[(topic, pid)] = (lo, hi)
         return out
 
+    def offsets_at(self, topics: Iterable[str], time_ms: int, timeout: float = 10.0) -> dict[Partition, int]:
+        """Each partition's first offset whose timestamp is at or after ``time_ms`` (its high
+        watermark when there is none yet)."""
+        meta = self._consumer.list_topics(timeout=timeout)
+        wanted = []
+        for topic in topics:
+            tmeta = meta.topics.get(topic)
+            if tmeta is None or tmeta.error is not None:
+                raise ConfigError("kafka.topics", f"topic {topic!r} does not exist")
+            wanted += [TopicPartition(topic, pid, time_ms) for pid in tmeta.partitions]
+        out = {}
+        for tp in self._consumer.offsets_for_times(wanted, timeout=timeout):
+            key = (tp.topic, tp.partition)
+            out[key] = tp.offset if tp.offset >= 0 else self._consumer.get_watermark_offsets(tp, timeout)[1]
+        return out
+
+    def high_watermarks(self) -> dict[Partition, int]:
+        """The high watermark of each assigned partition as of the last fetch (no broker call)."""
+        out = {}
+        for tp in self._consumer.assignment():
+            try:
+                _, hi = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if hi >= 0:
+                out[(tp.topic, tp.partition)] = hi
+        return out
+
+    def start_offsets(self) -> dict[Partition, int]:
+        """Where a backfill starts each partition it chose a start for."""
+        return dict(self._start)
+
+    def stop_offsets(self) -> dict[Partition, int]:
+        """Where a backfill stops each partition (``--until-timestamp``; empty otherwise)."""
+        return dict(self._stop_at)
+
     def close(self) -> None:
         self._consumer.close()
 
@@ -217,9 +271,10 @@ class KafkaEdge:
         self._settings = settings
 
     def source(self, *, on_assign: RebalanceCallback, on_revoke: RebalanceCallback,
-               on_lost: RebalanceCallback, from_beginning: bool) -> KafkaSource:  # fmt: skip
+               on_lost: RebalanceCallback, from_beginning: bool,
+               replay: Replay | None = None) -> KafkaSource:  # fmt: skip
         return KafkaSource(self._settings, on_assign=on_assign, on_revoke=on_revoke,
-                           on_lost=on_lost, from_beginning=from_beginning)  # fmt: skip
+                           on_lost=on_lost, from_beginning=from_beginning, replay=replay)  # fmt: skip
 
     def writer(self) -> KafkaWriter:
         return KafkaWriter(self._settings)

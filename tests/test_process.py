@@ -134,7 +134,12 @@ def test_backfill_command_exits_zero_at_the_end(kafka, api):
                           timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert actual_state(api.users()) == expected_state(events)
-    assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
+    # In a group of its own: the live group's offsets are untouched.
+    out = json.loads(proc.stdout)
+    assert out["group_id"].startswith(f"g-{topic}-backfill-")
+    assert kafka.committed(out["group_id"], topic) == kafka.end_offsets(topic)
+    assert kafka.committed(f"g-{topic}", topic) == {}
+    assert out["backfill"]["events"] == 40 and out["backfill"]["dead_lettered"] == {}
 
 
 def test_key_rejected_mid_run_stops_loudly_commits_nothing_past_it(kafka):

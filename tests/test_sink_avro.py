@@ -9,7 +9,6 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,7 +18,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from consumer.errors import ConfigError, FatalRegistryError
+from consumer.errors import ConfigError
 from consumer.sink import Sink
 from tests.conftest import wait_for
 from tests.model import actual_state, expected_state

@@ -207,7 +207,7 @@ def test_knock_errors_rate_limits_outage_and_rejected_users(kafka, api, seed, si
     t0 = time.monotonic()
     try:
         proc = sinks(env_for(kafka, api, topic), *BACKFILL, "--rate-limits", "knock",
-                     "--config", str(config))  # fmt: skip
+                     "--group-id", f"g-{topic}", "--config", str(config))  # fmt: skip
         at = int(rng.uniform(0.2, 0.5) * SIZE.events)
         wait_entries(api, at, "the outage's moment")
         api.set_faults(outage_seconds=outage)
@@ -447,7 +447,7 @@ def test_poison_goes_to_the_dead_letter_topic_and_nothing_else_is_lost(kafka, ap
     progress = start_progress(kafka, topic, ends, api)
     t0 = time.monotonic()
     try:
-        proc = sinks(env_for(kafka, api, topic), *BACKFILL, "--config", str(config))
+        proc = sinks(env_for(kafka, api, topic), *BACKFILL, "--group-id", f"g-{topic}", "--config", str(config))
         assert proc.wait(TIMEOUT) == 0, proc.stderr_tail()
         progress.wait_caught_up(30)
         finish(case="poison", title="5. poison: invalid JSON, wrong types, forbidden ids, oversize",

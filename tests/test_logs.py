@@ -1,0 +1,144 @@
+"""Log lines: JSON off a terminal, librdkafka's lines through Python logging, no secret in any
+output of a real ``knock-sink`` process."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import signal
+import subprocess
+import sys
+import uuid
+
+from consumer.logs import JsonFormatter, TextFormatter, setup
+from tests.conftest import ROOT, sink_env, wait_for
+from tests.model import actual_state, expected_state
+
+CLI = [sys.executable, "-m", "consumer.cli"]
+#: librdkafka's own stderr format (``%3|1700000000.123|FAIL|rdkafka#consumer-1| ...``).
+RAW_LIBRDKAFKA = re.compile(r"%\d\|\d+\.\d+\|")
+
+
+def record(msg: str, level: int = logging.WARNING, **extra: object) -> logging.LogRecord:
+    rec = logging.LogRecord("knock_sink.x", level, __file__, 1, msg, (), None)
+    rec.__dict__.update(extra)
+    return rec
+
+
+def test_json_lines_carry_the_fields_given_with_extra():
+    line = json.loads(JsonFormatter(()).format(record("parked", topic="t", partition=2, offset=41, user="u7")))
+    assert set(line) == {"time", "level", "logger", "message", "topic", "partition", "offset", "user"}
+    assert (line["level"], line["logger"], line["message"]) == ("WARNING", "knock_sink.x", "parked")
+    assert (line["topic"], line["partition"], line["offset"], line["user"]) == ("t", 2, 41, "u7")
+    assert line["time"].endswith("+00:00")
+    assert set(json.loads(JsonFormatter(()).format(record("plain")))) == {"time", "level", "logger", "message"}
+
+
+def test_secrets_are_blanked_in_both_formats():
+    rec = record("GET https://u:hunter2@r/ with Bearer sk_live_abc failed")
+    for fmt in (JsonFormatter(["sk_live_abc", "u:hunter2", "hunter2"]), TextFormatter(["sk_live_abc", "hunter2"])):
+        out = fmt.format(rec)
+        assert "sk_live_abc" not in out and "hunter2" not in out and "[redacted]" in out
+
+
+def test_auto_is_text_on_a_terminal_json_elsewhere():
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        assert isinstance(setup("INFO", "auto", stream=io.StringIO()).formatter, JsonFormatter)
+        assert isinstance(setup("INFO", "auto", stream=Tty()).formatter, TextFormatter)
+        assert isinstance(setup("INFO", "text", stream=io.StringIO()).formatter, TextFormatter)
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+
+
+def json_lines(err: str) -> list[dict]:
+    lines = [line for line in err.splitlines() if line.strip()]
+    return [json.loads(line) for line in lines]  # every line is one JSON object, or this fails
+
+
+def test_librdkafka_lines_arrive_through_logging_as_json(api):
+    env = sink_env(type("K", (), {"bootstrap": "127.0.0.1:1"})(), api, "nowhere")
+    proc = subprocess.Popen([*CLI, "run", "--log-format", "json"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=8)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert not RAW_LIBRDKAFKA.search(err), err
+    kafka_lines = [line for line in json_lines(err) if line["logger"] == "knock_sink.librdkafka"]
+    assert kafka_lines, err
+    # librdkafka's "Connect ... failed" is its level 3 (LOG_ERR): ERROR here.
+    refused = [line for line in kafka_lines if "Connection refused" in line["message"]]
+    assert refused and {line["level"] for line in refused} == {"ERROR"}
+
+
+def test_no_secret_in_any_output_of_a_real_process(kafka, api, schema_registry):
+    topic = kafka.topic(2)
+    events = [{"type": "identify", "userId": f"u{i % 30}", "traits": {"i": i}} for i in range(300)]
+    kafka.produce(topic, events)
+    # A Confluent-framed value with a schema id the registry does not know: a registry lookup
+    # with the credentials, then a dead letter with its reason.
+    kafka.produce(topic, [b"\x00\x00\x0f\x42\x40\x02"], key=lambda _: b"avro")
+    password = "pw-" + uuid.uuid4().hex
+    env = sink_env(kafka, api, topic, SCHEMA_REGISTRY_URL=schema_registry,
+                   SCHEMA_REGISTRY_BASIC_AUTH=f"reader:{password}")  # fmt: skip
+    # Retries, logged: an outage the start-up check waits out, then random errors.
+    api.set_faults(outage_seconds=1.5, error_rate=0.2, error_statuses=[500, 503, 429], seed=3)
+    outputs = []
+    args = ["--log-level", "DEBUG", "--log-format", "json", "--bulk-size", "10",
+            "--flush-interval", "0.05", "--rate-limits", "off"]
+    proc = subprocess.Popen([*CLI, "run", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic), 90, "all committed")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        outputs += proc.communicate(timeout=60)
+    assert proc.returncode == 0, outputs[1][-2000:]
+    api.clear_faults()
+    assert actual_state(api.users()) == expected_state(events)
+    lines = json_lines(outputs[1])
+    assert any("retry" in line["message"] for line in lines)
+    (parked,) = kafka.read_all(f"{topic}.dlq", 1)
+    (parked_line,) = [line for line in lines if line["message"].startswith("dead-lettering")]
+    source = {k: v.decode() for k, v in parked.headers() if k.startswith("knock-sink.source.")}
+    assert (parked_line["topic"], parked_line["partition"], parked_line["offset"]) == (
+        source["knock-sink.source.topic"], int(source["knock-sink.source.partition"]),
+        int(source["knock-sink.source.offset"]))
+    outputs += [value.decode(errors="replace") for _, value in parked.headers()]
+
+    # The same process with a key Knock rejects: exit 2 naming the setting, not the key.
+    wrong = "sk_test_wrong_" + uuid.uuid4().hex
+    bad = subprocess.run([*CLI, "run", "--log-format", "json"], env={**env, "KNOCK_API_KEY": wrong},
+                         cwd=ROOT, capture_output=True, text=True, timeout=90, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "knock.api_key" in bad.stderr, bad.stderr
+    outputs += [bad.stdout, bad.stderr]
+    everything = "\n".join(outputs)
+    for secret in (api.api_key, password, wrong):
+        assert secret not in everything
+    assert not RAW_LIBRDKAFKA.search(everything)
+
+
+def test_a_retried_single_identify_names_its_user(api, caplog):
+    from consumer.knock import KnockClient
+    from consumer.policy import RateLimits
+
+    api.set_faults(error_rate=1.0, error_statuses=[503])
+
+    def sleep(seconds: float, stop: object = None) -> None:
+        api.clear_faults()  # Knock is back after the first failure
+
+    client = KnockClient(api_key=api.api_key, base_url=api.url, limits=RateLimits("off"), sleep=sleep)
+    with client, caplog.at_level(logging.WARNING, logger="knock_sink.knock"):
+        client.identify("ada", {"plan": "pro"})
+    (retry,) = [r for r in caplog.records if r.getMessage().startswith("retry 1 of PUT /v1/users/ada")]
+    assert json.loads(JsonFormatter(()).format(retry))["user"] == "ada"
+    assert actual_state(api.users()) == {"ada": {"plan": "pro"}}
