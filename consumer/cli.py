@@ -315,10 +315,15 @@ def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
         summary = sink.run(from_beginning=backfill and args.from_beginning, until_end=backfill,
                            replay=replay)  # fmt: skip
     except (FatalKnockError, FatalRegistryError) as exc:
+        if progress is not None:
+            progress.close()
         print(f"knock-sink: stopped: {exc}", file=sys.stderr)
         return EXIT_FATAL
-    finally:
-        done = progress.close() if progress is not None else None
+    except BaseException:
+        if progress is not None:
+            progress.close(report=False)
+        raise
+    done = progress.close() if progress is not None else None
     out = summary.describe()
     if done is not None:
         out.update(group_id=settings.kafka.group_id, backfill=done)

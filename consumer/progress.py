@@ -154,9 +154,10 @@ class Progress:
         else:
             log.info(plain_line(snap))
 
-    def close(self) -> dict[str, Any]:
-        """Stop showing; return (and, on a terminal, print) the summary: events, users, calls,
-        dead-lettered by kind, duration."""
+    def close(self, *, report: bool = True) -> dict[str, Any]:
+        """Stop showing; return (and, with ``report``, show) the summary: events, users,
+        calls, dead-lettered by kind, duration. ``report=False``: the run never started (a bad
+        setting), so there is nothing to tell but that one line."""
         self._done.set()
         self._thread.join()
         snap = self._snap()
@@ -171,6 +172,9 @@ class Progress:
             self._live.stop()
             for h in self._handlers:
                 h.setStream(self._stream)
+        if not report:
+            return out
+        if self._live is not None:
             self._console.print(f"backfill done in {_duration(snap.elapsed)}: {snap.consumed} events, "
                                 f"{snap.users_sent} users, {sum(snap.calls.values())} Knock calls, "
                                 f"dead-lettered {snap.dead_lettered or 0}")  # fmt: skip

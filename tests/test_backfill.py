@@ -210,7 +210,7 @@ def test_sigkill_during_a_backfill_then_the_same_command_resumes_from_its_commit
     ends = kafka.end_offsets(topic)
     env = sink_env(kafka, api, topic)
     # Sink paced to Knock's limits: about 1,060 users a second, so ~3 s of sending.
-    cmd = [sys.executable, "-m", "consumer.cli", "backfill", "--rate-limits", "knock"]
+    cmd = [sys.executable, "-m", "consumer.cli", "backfill", "--rate-limits", "knock", "--group-id", f"g-{topic}"]
 
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     at = rng.randrange(1200, 2200)  # a random moment, by progress: after the first bulk call

@@ -82,7 +82,7 @@ class GatedDecoder:
         self.entered = threading.Event()
         self._json = JsonDecoder()
 
-    def decode(self, value: bytes | None) -> object:
+    def decode(self, value: bytes | None, topic: str | None = None) -> object:
         self.entered.set()
         self.open.wait()
         return self._json.decode(value)
