@@ -90,10 +90,14 @@ class Held:
             self.first.setdefault(tp, offset)  # this one is older: its offsets come first
         self.riders = [*(self.riders or ()), later, *(later.riders or ())]
 
-    def record(self) -> Record:
-        """What to dead-letter when Knock rejects the folded update: one identify carrying it
-        (Knock's properties, as sent), at the user's earliest offset, with a header saying how
-        many events it folds (the originals are in the source topic, before the commit)."""
+    def record(self) -> Record | None:
+        """What to dead-letter when Knock rejects the folded update: ``None`` when it holds one
+        event (the dead letters read that original back from its topic, as for any event);
+        else one identify carrying the folded update (Knock's properties, as sent), at the
+        user's earliest offset, with a header saying how many events it folds (the originals
+        are in the source topic, before the commit)."""
+        if self.events == 1:
+            return None
         (topic, partition), offset = min(self.first.items(), key=lambda kv: kv[1])
         value = orjson.dumps({"type": "identify", "userId": self.user_id, "traits": self.props})
         return Record(topic, partition, offset, key=self.user_id.encode(), value=value,
