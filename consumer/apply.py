@@ -124,11 +124,15 @@ class Applier:
         bulk: list[Entry] = []
         singles: list[Entry] = []
         now = self._clock()
+        # The gap is Knock's, counted when the bulk call arrives: the limiter may hold this one
+        # back (a plan is started while the previous call's answer is still being waited for),
+        # and a user whose last bulk call will be a second old by then may go in bulk.
+        leaves = now + (self._knock.ready_in("bulk_identify") if self._gap else 0.0)
         with self._last_bulk_lock:
             for entry in level.identifies:
                 if entry.user_id in blocked:
                     out.retry.extend((p, 0.0) for p in entry.items)
-                elif self._gap and now - self._last_bulk.get(entry.user_id, -1e9) < self._gap:
+                elif self._gap and leaves - self._last_bulk.get(entry.user_id, -1e9) < self._gap:
                     singles.append(entry)
                 else:
                     bulk.append(entry)

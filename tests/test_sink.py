@@ -275,3 +275,29 @@ def test_a_backfill_under_knocks_limits_reads_ahead_and_sends_each_user_once(kaf
     assert api.stats()["identify_entries"] == summary.users_sent == 40
     assert summary.applied == 400
     assert sum(kafka.committed(f"g-{topic}", topic).values()) == 400
+
+
+def test_a_user_knock_rejects_everywhere_is_dead_lettered_whole_under_knocks_pacing(kafka, api, settings_for):
+    # Found by the house issue: the emulator's failing users failed only inside bulk calls, so
+    # the single identifies that take a bulk call's overflow (and users inside the entity gap)
+    # applied some of their events. Here 1,100 users overflow one bulk call, and the rejected
+    # user's updates never fold (an object under one key each time, nested_merge either).
+    topic = kafka.topic(1)
+    api.set_faults(failing_users=["bad"])
+    events = [{"type": "identify", "userId": f"u{i}", "traits": {"i": i}} for i in range(1100)]
+    for n in range(6):
+        events.insert(n * 150, {"type": "identify", "userId": "bad", "traits": {"o": {"n": n}}})
+    kafka.produce(topic, events)
+    summary = backfill(settings_for(topic, knock__rate_limits="knock", knock__nested_merge="either",
+                                    sink__item_attempts=2))  # fmt: skip
+    good = [e for e in events if e["userId"] != "bad"]
+    assert actual_state(api.users()) == expected_state(good)
+    assert "bad" not in actual_state(api.users())
+    dead = kafka.read_all(f"{topic}.dlq", 6)
+    assert sorted(int(dict(m.headers())["knock-sink.source.offset"]) for m in dead) == [
+        i for i, e in enumerate(events) if e["userId"] == "bad"]
+    assert {m.value() for m in dead} == {orjson.dumps(e) for e in events if e["userId"] == "bad"}
+    assert summary.dead_lettered == {"knock_rejected": 6}
+    assert kafka.committed(f"g-{topic}", topic) == {0: len(events)}
+    # Some of it went through single identify (the overflow), and was refused there too.
+    assert api.stats()["requests"].get("PUT /v1/users/{user_id}", {})

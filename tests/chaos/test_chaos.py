@@ -186,9 +186,8 @@ def start_progress(kafka: Kafka, topic: str, ends: dict[int, int], api: Any) -> 
 def test_knock_errors_rate_limits_outage_and_rejected_users(kafka, api, seed, sinks, tmp_path):
     """5% 500/503, 2% 429, a full outage (10 s; 3 s shortened) at a random moment, and named
     users Knock rejects on every route that upserts them, which must end in the dead-letter
-    topic (``knock_rejected``) and never in Knock. The sink paces itself to Knock's limits, so
-    the single-identify overflow and the entity gap send those users through ``PUT`` as well as
-    through bulk identify."""
+    topic (``knock_rejected``) and never in Knock (the same through single identify, under
+    Knock's pacing: ``test_sink.py``)."""
     rng = random.Random(seed)
     outage = 10.0 if FULL else 3.0
     attempts = 5 if FULL else 3
@@ -206,8 +205,8 @@ def test_knock_errors_rate_limits_outage_and_rejected_users(kafka, api, seed, si
     progress = start_progress(kafka, topic, ends, api)
     t0 = time.monotonic()
     try:
-        proc = sinks(env_for(kafka, api, topic), *BACKFILL, "--rate-limits", "knock",
-                     "--group-id", f"g-{topic}", "--config", str(config))  # fmt: skip
+        proc = sinks(env_for(kafka, api, topic), *BACKFILL, "--group-id", f"g-{topic}",
+                     "--config", str(config))  # fmt: skip
         at = int(rng.uniform(0.2, 0.5) * SIZE.events)
         wait_entries(api, at, "the outage's moment")
         api.set_faults(outage_seconds=outage)
