@@ -12,6 +12,7 @@ partition has been applied in Knock or confirmed in the dead-letter topic.
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import threading
 import time
@@ -20,30 +21,22 @@ from collections.abc import Callable
 
 from .actions import Actions
 from .apply import Applier, Flight, Outcome
-from .backlog import Backlog, Held, HeldHandle
+from .avro import decoder_for
 from .budget import Budget
 from .cadence import Cadence
 from .config import Settings
 from .deadletter import DeadLetters
-from .avro import decoder_for
 from .decode import Decoder, SizeLimit
-from .errors import (
-    ConfigError,
-    FatalKnockError,
-    InvalidEvent,
-    RegistryError,
-    RegistryUnavailable,
-    RetryableError,
-)
+from .errors import ConfigError, FatalKnockError, InvalidEvent, RegistryError, RetryableError
 from .events import parse_event
-from .flow import Backpressure, ReadAhead, Sizing
+from .flow import Backpressure, Sizing
 from .freshness import Freshness
-from .keying import KeyWatch
 from .health import Health, HealthServer
+from .holding import Holding, applied_events, dead_letter_record, end_targets, reached
+from .keying import KeyWatch
 from .knock import KnockClient
 from .mapping import Mapped
 from .metrics import Metrics, Summary
-from .ops import Identify
 from .plan import Pending, Planner
 from .records import Edge, Partition, Record, Replay, Source
 from .source import KafkaEdge
@@ -99,12 +92,11 @@ class Sink:
         ))  # fmt: skip
         self._backpressure = Backpressure(settings.sink.max_pending)
         self._cadence = Cadence(settings.sink.flush_interval, settings.knock.rate_limits == "knock")
-        self._read_ahead: ReadAhead | None = None
-        self._backlog: Backlog | None = None
-        self._focused: set[Partition] | None = None
+        #: A backfill's read-ahead and held users (:mod:`consumer.holding`), under Knock's limits.
+        self._holding: Holding | None = None
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
-        self._seq = 0
+        self._seq = itertools.count(1)  # Pending numbers, shared with the holding
         #: Events read this batch by (type, outcome), counted once a batch (a counter locks).
         self._outcomes: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._last_plan = self._last_commit = clock()
@@ -163,16 +155,16 @@ class Sink:
         self._looping = True
         self.health.checked()
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
-        ends = self._end_targets(from_beginning, replay) if until_end else None
+        ends = end_targets(self._source, kafka.topics, from_beginning, replay) if until_end else None
         for (topic, partition), target in (ends or {}).items():
             self.metrics.target.labels(topic, str(partition)).set(target)
         if ends is not None and self.settings.knock.rate_limits == "knock":
-            # At least a second: moving from one partition to the next is a pause in fetching
-            # too (see _focus), not an end that is never delivered.
-            self._read_ahead = ReadAhead(ends, idle=max(1.0, self.settings.sink.flush_interval), now=self._clock())
-            sink = self.settings.sink
-            self._backlog = Backlog(nested=self.settings.knock.nested_merge, work_dir=sink.work_dir,
-                                    memory_bytes=sink.backfill_memory_mb << 20)  # fmt: skip
+            self._holding = Holding(
+                ends, settings=self.settings, sizing=self._sizing, source=self._source,
+                planner=self._planner, tracker=self._tracker, dlq=self._dlq, metrics=self.metrics,
+                map_record=self._map, outcomes=self._outcomes, next_seq=self._seq.__next__,
+                forget=self._forget, stop=self._stop, clock=self._clock,
+            )  # fmt: skip
         # The loop allocates a few small objects per event and keeps them until Knock applied
         # them: with the default thresholds the collector rescans that young, live heap every
         # 700 allocations (up to a tenth of the loop's time in profiles).
@@ -210,10 +202,8 @@ class Sink:
         self._ingest(self._source.consume(self.settings.kafka.consume_batch, 0.02 if busy else 0.2))
         self._flight.collect(self._take)
         self._dlq.pump()
-        if self._backlog is not None:
-            self._focus()
-            if len(self._backlog):
-                self._feed(self._read_ahead.finished() if self._reading_ahead(self._clock()) else None)  # type: ignore[union-attr]
+        if self._holding is not None:
+            self._holding.step()
         self._start_plan()
         last = self._last_commit
         self._commit()
@@ -224,14 +214,14 @@ class Sink:
     def _ingest(self, records: list[Record]) -> None:
         """Track, decode, parse and map each record; queue its ops with the planner."""
         assert self._dlq is not None
-        tracker, backlog = self._tracker, self._backlog
+        tracker, holding = self._tracker, self._holding
         seen = time.time()  # wall time, once a batch: the freshness metrics compare it to stamps
         for rec in records:
             tp = (rec.topic, rec.partition)
             if not tracker.owns(tp):
                 continue  # fetched just before its partition was revoked: the new owner reads it
-            if backlog is not None:
-                if not self._ingest_held(rec, tp, backlog):
+            if holding is not None:
+                if not holding.ingest(rec, tp):
                     break
                 continue
             if not tracker.accepts(tp, rec.offset):
@@ -255,12 +245,8 @@ class Sink:
             self.metrics.events.labels(kind, outcome).inc(n)
         self._outcomes.clear()
         if records:
-            if backlog is not None and backlog.over_budget():
-                n = len(backlog)
-                backlog.spill()
-                log.info("backfill: memory budget reached, %d held users now on disk", n)
-            if self._read_ahead is not None:
-                self._read_ahead.fetched(records, self._clock())
+            if holding is not None:
+                holding.fetched(records)
             # Counted per batch: a prometheus counter takes a lock on every inc().
             self.metrics.consumed.inc(len(records))
 
@@ -284,11 +270,10 @@ class Sink:
                 self.metrics.notes.labels(note).inc()
             for op in mapped.ops:
                 handle.hold()
-                self._seq += 1
                 user = getattr(op, "user_id", None)
                 if user is not None:
                     self._keys.seen(user, tp)
-                self._planner.add(Pending(self._seq, op, handle, tp))
+                self._planner.add(Pending(next(self._seq), op, handle, tp))
         handle.release()  # zero-op events resolve here
 
     def _pause(self, tps: list[Partition]) -> None:
@@ -312,88 +297,6 @@ class Sink:
         event = parse_event(message)
         return self._actions.map(event, message, rec), event.raw_timestamp, event.type  # type: ignore[arg-type]
 
-    def _ingest_held(self, rec: Record, tp: Partition, backlog: Backlog) -> bool:
-        """A backfill's record: folded into its user's held state (see :mod:`consumer.backlog`),
-        or, when it does not fold, on the per-event path. False when the consumer rewound, or
-        the loop was stopped while the registry was away (the record was not read)."""
-        assert self._dlq is not None
-        if backlog.frozen:
-            return False
-        mapped: Mapped | None = None
-        bad: InvalidEvent | None = None
-        attempt = 0
-        while mapped is None and bad is None:
-            try:
-                mapped, _, kind = self._map(rec)
-            except InvalidEvent as exc:
-                bad = exc
-            except RegistryUnavailable as exc:
-                # A backfill holding users cannot set one record aside as the live path does
-                # (stalls.py): its users' later events would fold past it. It waits instead;
-                # its group is its own, so nobody else waits with it.
-                delay = REGISTRY_BACKOFF.delay(attempt)
-                attempt += 1
-                self.metrics.retries.labels("registry").inc()
-                log.warning("schema registry unavailable, the backfill waits %.1fs: %s", delay, exc)
-                if self._stop.wait(delay):
-                    return False
-        if not backlog.read(tp, rec.offset):
-            log.warning("%s[%d] rewound to %d during a backfill: stopping (the next run resumes "
-                        "from the last commit)", tp[0], tp[1], rec.offset)  # fmt: skip
-            self._forget([tp])
-            return False
-        if bad is not None:
-            handle = self._tracker.track(tp, rec.offset)
-            self._dlq.park(handle, bad.kind, bad.reason, rec)
-            handle.release()
-            self._outcomes[("invalid", "dead_lettered")] += 1
-            return True
-        assert mapped is not None
-        self._outcomes[(kind, "queued" if mapped.ops else "nothing_to_send")] += 1
-        for note in mapped.notes:
-            self.metrics.notes.labels(note).inc()
-        rest = backlog.fold(tp, rec.offset, mapped.ops, self._add_held)
-        if rest:
-            handle = self._tracker.track(tp, rec.offset)
-            for op in rest:
-                handle.hold()
-                self._seq += 1
-                self._planner.add(Pending(self._seq, op, handle, tp))
-            handle.release()
-        return True
-
-    def _add_held(self, held: Held) -> None:
-        """Queue a held user's folded state as one update (fed, or ejected at a barrier)."""
-        assert self._backlog is not None
-        self._seq += 1
-        self._planner.add(Pending(self._seq, Identify(held.user_id, held.props), self._backlog.handle(held)))
-
-    def _focus(self) -> None:
-        """While a backfill reads ahead, read one partition at a time: each one read to its end
-        frees its users to be sent (topics are keyed by user) while the next is read."""
-        assert self._source is not None and self._read_ahead is not None
-        now = self._clock()
-        if self._reading_ahead(now):
-            left = sorted(tp for tp in self._read_ahead.ends if tp not in self._read_ahead.finished())
-            keep = {left[0]} if left else None
-            if keep != self._focused:
-                self._read_ahead.waiting_from(now)
-        else:
-            keep = None
-        self._focused = keep
-        self._source.focus(keep)
-
-    def _feed(self, finished: set[Partition] | None) -> None:
-        """Top the planner up with held users: two plans' worth, so a cut is always full. While
-        reading ahead (``finished``: the partitions read to their end), only users of those."""
-        assert self._backlog is not None
-        room = 2 * self._sizing.users_per_plan - len(self._planner)
-        if room <= 0 or finished == set():
-            return
-        taken = self._backlog.take(room) if finished is None else self._backlog.take_finished(finished, room)
-        for held in taken:
-            self._add_held(held)
-
     # -- plans -----------------------------------------------------------------------------
 
     def _start_plan(self) -> None:
@@ -406,7 +309,8 @@ class Sink:
         due = self._cadence.due(now, pending=len(self._planner), full_at=size,
                                 last_cut=self._last_plan,
                                 bulk_ready_in=self._knock.ready_in("bulk_identify"))
-        if (not due or self._holding(now)) and not self._stop.is_set():
+        holding = self._holding
+        if (not due or (holding is not None and holding.holds_back(now))) and not self._stop.is_set():
             return
         plan = self._planner.cut(now, max_users=size, busy=self._flight.busy(),
                                  max_levels=self._sizing.max_levels)  # fmt: skip
@@ -418,32 +322,15 @@ class Sink:
             self.metrics.plan_users.observe(len(plan.users()))
             self._flight.start(plan)
 
-    def _holding(self, now: float) -> bool:
-        if not self._reading_ahead(now):
-            return False
-        # Users of partitions read to their end are fed while reading: a full plan of them goes.
-        return not (self._backlog is not None and len(self._planner) >= self._sizing.users_per_plan)
-
-    def _reading_ahead(self, now: float) -> bool:
-        if self._read_ahead is None:
-            return False
-        assert self._source is not None
-        full = self._source.paused or self._tracker.pending() >= self.settings.sink.max_pending
-        return self._read_ahead.holding(now, full=full)
-
     def _take(self, out: Outcome) -> None:
         """Resolve what Knock applied, park what it rejected, give back what must be retried."""
         assert self._dlq is not None
-        applied = len(out.done)
         for p in out.done:
             p.source.release()
-            if p.source.__class__ is HeldHandle:
-                applied += p.source.held.events - 1
-        self.metrics.applied.inc(applied)
+        self.metrics.applied.inc(applied_events(out.done))
         self._freshness.applied(out.done, time.time())
         for p, kind, reason in out.dead:
-            held = p.source.held.record() if p.source.__class__ is HeldHandle else None
-            self._dlq.park(p.source, kind, reason, held)
+            self._dlq.park(p.source, kind, reason, dead_letter_record(p))
             p.source.release()
         now = self._clock()
         by_delay: dict[float, list[Pending]] = defaultdict(list)
@@ -467,13 +354,12 @@ class Sink:
         if not force and now - self._last_commit < COMMIT_EVERY:
             return
         self._last_commit = now
-        backlog = self._backlog
-        positions = (self._tracker.committable() if backlog is None
-                     else backlog.committable(self._tracker.first_unresolved))  # fmt: skip
+        holding = self._holding
+        positions = self._tracker.committable() if holding is None else holding.committable(self._tracker)
         if positions and self._source.commit(positions):
             self._tracker.mark_committed(positions)
-            if backlog is not None:
-                backlog.mark_committed(positions)
+            if holding is not None:
+                holding.mark_committed(positions)
             for (topic, partition), offset in positions.items():
                 self.metrics.committed.labels(topic, str(partition)).set(offset)
             self.metrics.commits.inc()
@@ -515,13 +401,7 @@ class Sink:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
         here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
-        if self._backlog is not None and gone and not self._backlog.frozen:
-            # A held user may span partitions, and its folded state cannot be split back into
-            # events: a backfill that loses a partition stops, with what it committed so far.
-            if not self._stop.is_set():  # else the consumer closing, or a drain
-                log.warning("backfill: %s left this consumer; stopping (the next run resumes "
-                            "from the last commit)", sorted(gone))  # fmt: skip
-            self._backlog.freeze()
+        if self._holding is not None and self._holding.forget(gone):
             self._stop.set()
             self._planner.drop(lambda p: True)
         self._stalls.drop(tps)
@@ -548,28 +428,10 @@ class Sink:
         self._knock_stop.set()
         self._settle(max(deadline, self._clock() + 1.0))
 
-    def _end_targets(self, from_beginning: bool, replay: Replay | None = None) -> dict[Partition, int]:
-        assert self._source is not None
-        marks = self._source.end_offsets(self.settings.kafka.topics)
-        start = {} if from_beginning else self._source.committed(marks)
-        if replay is not None:  # a KafkaSource: it read the chosen starts and stops
-            start.update(self._source.start_offsets())  # type: ignore[attr-defined]
-            stops = self._source.stop_offsets()  # type: ignore[attr-defined]
-            marks = {tp: (lo, min(hi, stops.get(tp, hi))) for tp, (lo, hi) in marks.items()}
-        return {tp: hi for tp, (lo, hi) in marks.items() if hi > max(lo, start.get(tp, 0))}
-
     def _reached(self, ends: dict[Partition, int]) -> bool:
-        committed = self.metrics.committed_positions()
-        short = [tp for tp, hi in ends.items() if committed.get(tp, -1) < hi]
-        if not short:
-            return True
-        # A transactional topic (repartition writes one) ends in a commit marker, never
-        # delivered nor tracked: read past it with nothing left to apply is the end too.
-        if self._tracker.pending() or len(self._planner) or len(self._flight):
-            return False
         assert self._source is not None
-        positions = self._source.positions(short)
-        return all(positions.get(tp, -1) >= ends[tp] for tp in short)
+        return reached(ends, self.metrics.committed_positions(), self._source,
+                       lambda: bool(self._tracker.pending() or len(self._planner) or len(self._flight)))
 
     def _close(self) -> None:
         if self._server is not None:
@@ -578,8 +440,8 @@ class Sink:
         self._knock_stop.set()
         self._flight.close()
         self._knock.close()
-        if self._backlog is not None:
-            self._backlog.close()
+        if self._holding is not None:
+            self._holding.close()
         if self._source is not None:
             self._source.close()
         if self._dlq is not None:

@@ -1,0 +1,282 @@
+"""A backfill's holding: read ahead, fold each user's events, send each user once.
+
+Under Knock's limits (``knock.rate_limits = "knock"``) a backfill (``--until-end``) does not
+send events as they are read: :class:`Holding` owns the read-ahead policy
+(:class:`~consumer.flow.ReadAhead`), the per-user folded state (:class:`~consumer.backlog.Backlog`)
+and which partition fetching is focused on, and the loop (:mod:`consumer.sink`) asks it at
+each stage:
+
+* ingest: :meth:`Holding.ingest` takes each record instead of the per-event path, and
+  :meth:`Holding.fetched` each batch;
+* each turn: :meth:`Holding.step` focuses fetching and feeds held users to the planner;
+* plans: :meth:`Holding.holds_back` says whether a due plan must still wait;
+* outcomes: :func:`applied_events` and :func:`dead_letter_record` count and dead-letter a held
+  user's folded update;
+* commits: :meth:`Holding.committable` and :meth:`Holding.mark_committed`;
+* rebalances: :meth:`Holding.forget` (True: the backfill must stop); shutdown: :meth:`Holding.close`.
+
+It also computes where a backfill ends (:func:`end_targets`) and whether it got there
+(:func:`reached`), with or without holding. The loop's thread owns it: not thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+from .backlog import Backlog, Held, HeldHandle
+from .config import Settings
+from .deadletter import DeadLetters
+from .errors import InvalidEvent, RegistryUnavailable
+from .flow import ReadAhead, Sizing
+from .mapping import Mapped
+from .metrics import Metrics
+from .ops import Identify
+from .plan import Pending, Planner
+from .records import Partition, Record, Replay, Source
+from .stalls import REGISTRY_BACKOFF
+from .tracker import OffsetTracker
+
+log = logging.getLogger("knock_sink")
+
+#: Decode, parse and map one record: its mapping, raw timestamp and event type (the sink's).
+MapRecord = Callable[[Record], "tuple[Mapped, object, str]"]
+
+
+class Holding:
+    """Read-ahead, held users and focus for one backfill under Knock's limits.
+
+    :param ends: each partition's end target (:func:`end_targets`).
+    :param map_record: decodes, parses and maps a record (raises like the sink's ``_map``).
+    :param outcomes: the loop's per-batch ``(type, outcome)`` counts, added to in place.
+    :param next_seq: the loop's sequence of :class:`~consumer.plan.Pending` numbers.
+    :param forget: the loop's forget, called with a partition that rewound.
+    :param stop: the loop's stop event: a registry wait ends when it is set.
+    """
+
+    def __init__(
+        self,
+        ends: dict[Partition, int],
+        *,
+        settings: Settings,
+        sizing: Sizing,
+        source: Source,
+        planner: Planner,
+        tracker: OffsetTracker,
+        dlq: DeadLetters,
+        metrics: Metrics,
+        map_record: MapRecord,
+        outcomes: defaultdict[tuple[str, str], int],
+        next_seq: Callable[[], int],
+        forget: Callable[[list[Partition]], None],
+        stop: threading.Event,
+        clock: Callable[[], float],
+    ) -> None:
+        sink = settings.sink
+        self._max_pending = sink.max_pending
+        self._sizing = sizing
+        self._source = source
+        self._planner = planner
+        self._tracker = tracker
+        self._dlq = dlq
+        self._metrics = metrics
+        self._map = map_record
+        self._outcomes = outcomes
+        self._next_seq = next_seq
+        self._forget = forget
+        self._stop = stop
+        self._clock = clock
+        # At least a second: moving from one partition to the next is a pause in fetching
+        # too (see _focus), not an end that is never delivered.
+        self._read_ahead = ReadAhead(ends, idle=max(1.0, sink.flush_interval), now=clock())
+        self._backlog = Backlog(nested=settings.knock.nested_merge, work_dir=sink.work_dir,
+                                memory_bytes=sink.backfill_memory_mb << 20)  # fmt: skip
+        self._focused: set[Partition] | None = None
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    def ingest(self, rec: Record, tp: Partition) -> bool:
+        """A backfill's record: folded into its user's held state (see :mod:`consumer.backlog`),
+        or, when it does not fold, on the per-event path. False when the consumer rewound, or
+        the loop was stopped while the registry was away (the record was not read): the
+        caller stops taking in this batch."""
+        backlog = self._backlog
+        if backlog.frozen:
+            return False
+        mapped: Mapped | None = None
+        bad: InvalidEvent | None = None
+        attempt = 0
+        while mapped is None and bad is None:
+            try:
+                mapped, _, kind = self._map(rec)
+            except InvalidEvent as exc:
+                bad = exc
+            except RegistryUnavailable as exc:
+                # A backfill holding users cannot set one record aside as the live path does
+                # (stalls.py): its users' later events would fold past it. It waits instead;
+                # its group is its own, so nobody else waits with it.
+                delay = REGISTRY_BACKOFF.delay(attempt)
+                attempt += 1
+                self._metrics.retries.labels("registry").inc()
+                log.warning("schema registry unavailable, the backfill waits %.1fs: %s", delay, exc)
+                if self._stop.wait(delay):
+                    return False
+        if not backlog.read(tp, rec.offset):
+            log.warning("%s[%d] rewound to %d during a backfill: stopping (the next run resumes "
+                        "from the last commit)", tp[0], tp[1], rec.offset)  # fmt: skip
+            self._forget([tp])
+            return False
+        if bad is not None:
+            handle = self._tracker.track(tp, rec.offset)
+            self._dlq.park(handle, bad.kind, bad.reason, rec)
+            handle.release()
+            self._outcomes[("invalid", "dead_lettered")] += 1
+            return True
+        assert mapped is not None
+        self._outcomes[(kind, "queued" if mapped.ops else "nothing_to_send")] += 1
+        for note in mapped.notes:
+            self._metrics.notes.labels(note).inc()
+        rest = backlog.fold(tp, rec.offset, mapped.ops, self._add_held)
+        if rest:
+            handle = self._tracker.track(tp, rec.offset)
+            for op in rest:
+                handle.hold()
+                self._planner.add(Pending(self._next_seq(), op, handle, tp))
+            handle.release()
+        return True
+
+    def fetched(self, records: list[Record]) -> None:
+        """After a non-empty batch: spill past the memory budget, note how far each partition
+        was read."""
+        backlog = self._backlog
+        if backlog.over_budget():
+            n = len(backlog)
+            backlog.spill()
+            log.info("backfill: memory budget reached, %d held users now on disk", n)
+        self._read_ahead.fetched(records, self._clock())
+
+    def _add_held(self, held: Held) -> None:
+        """Queue a held user's folded state as one update (fed, or ejected at a barrier)."""
+        self._planner.add(Pending(self._next_seq(), Identify(held.user_id, held.props), self._backlog.handle(held)))
+
+    # -- each turn -------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One turn of the loop: focus fetching, then top the planner up with held users."""
+        self._focus()
+        if len(self._backlog):
+            self._feed(self._read_ahead.finished() if self._reading_ahead(self._clock()) else None)
+
+    def _focus(self) -> None:
+        """While a backfill reads ahead, read one partition at a time: each one read to its end
+        frees its users to be sent (topics are keyed by user) while the next is read."""
+        now = self._clock()
+        if self._reading_ahead(now):
+            left = sorted(tp for tp in self._read_ahead.ends if tp not in self._read_ahead.finished())
+            keep = {left[0]} if left else None
+            if keep != self._focused:
+                self._read_ahead.waiting_from(now)
+        else:
+            keep = None
+        self._focused = keep
+        self._source.focus(keep)
+
+    def _feed(self, finished: set[Partition] | None) -> None:
+        """Top the planner up with held users: two plans' worth, so a cut is always full. While
+        reading ahead (``finished``: the partitions read to their end), only users of those."""
+        room = 2 * self._sizing.users_per_plan - len(self._planner)
+        if room <= 0 or finished == set():
+            return
+        taken = self._backlog.take(room) if finished is None else self._backlog.take_finished(finished, room)
+        for held in taken:
+            self._add_held(held)
+
+    # -- plans -----------------------------------------------------------------------------
+
+    def holds_back(self, now: float) -> bool:
+        """Whether a plan that is due must still wait: the backfill is reading ahead."""
+        if not self._reading_ahead(now):
+            return False
+        # Users of partitions read to their end are fed while reading: a full plan of them goes.
+        return len(self._planner) < self._sizing.users_per_plan
+
+    def _reading_ahead(self, now: float) -> bool:
+        full = self._source.paused or self._tracker.pending() >= self._max_pending
+        return self._read_ahead.holding(now, full=full)
+
+    # -- commits, rebalances, shutdown -----------------------------------------------------
+
+    def committable(self, tracker: OffsetTracker) -> dict[Partition, int]:
+        """Commit positions that moved: held users' offsets bound the tracker's (see
+        :meth:`consumer.backlog.Backlog.committable`)."""
+        return self._backlog.committable(tracker.first_unresolved)
+
+    def mark_committed(self, positions: dict[Partition, int]) -> None:
+        self._backlog.mark_committed(positions)
+
+    def forget(self, gone: set[Partition]) -> bool:
+        """``gone`` left this consumer (revoked, lost or rewound). True when the backfill must
+        stop (the caller stops the loop and drops every queued op); False when nothing left, or
+        it already stopped."""
+        if not gone or self._backlog.frozen:
+            return False
+        # A held user may span partitions, and its folded state cannot be split back into
+        # events: a backfill that loses a partition stops, with what it committed so far.
+        if not self._stop.is_set():  # else the consumer closing, or a drain
+            log.warning("backfill: %s left this consumer; stopping (the next run resumes "
+                        "from the last commit)", sorted(gone))  # fmt: skip
+        self._backlog.freeze()
+        return True
+
+    def close(self) -> None:
+        """Drop the backlog's spill file."""
+        self._backlog.close()
+
+
+def applied_events(done: Iterable[Pending]) -> int:
+    """Events that ``done`` (applied ops) stand for: a held user's update counts all it folds."""
+    applied = 0
+    for p in done:
+        applied += 1
+        if p.source.__class__ is HeldHandle:
+            applied += p.source.held.events - 1  # type: ignore[attr-defined]
+    return applied
+
+
+def dead_letter_record(p: Pending) -> Record | None:
+    """What to dead-letter for a rejected op: a held user's folded update as one record, else
+    ``None`` (the dead letters read the event back from its topic)."""
+    return p.source.held.record() if p.source.__class__ is HeldHandle else None  # type: ignore[attr-defined]
+
+
+# -- a backfill's end ---------------------------------------------------------------------
+
+
+def end_targets(source: Source, topics: Iterable[str], from_beginning: bool,
+                replay: Replay | None = None) -> dict[Partition, int]:
+    """Each partition's end target for ``--until-end``: the high watermark seen now (or the
+    replay's stop), for the partitions with something left to read from where the run starts."""
+    marks = source.end_offsets(topics)
+    start = {} if from_beginning else source.committed(marks)
+    if replay is not None:  # a KafkaSource: it read the chosen starts and stops
+        start.update(source.start_offsets())  # type: ignore[attr-defined]
+        stops = source.stop_offsets()  # type: ignore[attr-defined]
+        marks = {tp: (lo, min(hi, stops.get(tp, hi))) for tp, (lo, hi) in marks.items()}
+    return {tp: hi for tp, (lo, hi) in marks.items() if hi > max(lo, start.get(tp, 0))}
+
+
+def reached(ends: dict[Partition, int], committed: dict[Partition, int], source: Source,
+            busy: Callable[[], bool]) -> bool:
+    """Whether every end target is committed. ``busy``: whether events are still pending,
+    queued or in flight (asked only when some target is not committed)."""
+    short = [tp for tp, hi in ends.items() if committed.get(tp, -1) < hi]
+    if not short:
+        return True
+    # A transactional topic (repartition writes one) ends in a commit marker, never
+    # delivered nor tracked: read past it with nothing left to apply is the end too.
+    if busy():
+        return False
+    positions = source.positions(short)
+    return all(positions.get(tp, -1) >= ends[tp] for tp in short)
