@@ -246,8 +246,9 @@ def applied_events(done: Iterable[Pending]) -> int:
 
 
 def dead_letter_record(p: Pending) -> Record | None:
-    """What to dead-letter for a rejected op: a held user's folded update as one record, else
-    ``None`` (the dead letters read the event back from its topic)."""
+    """What to dead-letter for a rejected op: for a held user's update, what
+    :meth:`~consumer.backlog.Held.record` gives; ``None`` (the dead letters read the original
+    back from its topic) for an event's op, or a held user of one event."""
     return p.source.held.record() if p.source.__class__ is HeldHandle else None  # type: ignore[attr-defined]
 
 
