@@ -45,7 +45,7 @@ from typing import Any, Final
 import orjson
 
 from .ops import Identify, Op, entities
-from .plan import NestedMerge, _can_fold, _can_fold_deep, _fold_deep
+from .plan import NestedMerge, folding
 from .records import Partition, Record
 
 #: Dead-letter header of a rejected held user: how many events its folded update stands for.
@@ -171,12 +171,7 @@ class Backlog:
         memory_bytes: int | None = None,
         work_dir: str | None = None,
     ) -> None:
-        if nested == "deep":
-            self._can_fold, self._fold = _can_fold_deep, _fold_deep
-        elif nested == "either":
-            self._can_fold, self._fold = _can_fold, dict.update
-        else:
-            raise ValueError(f"unknown nested merge mode {nested!r}")
+        self._can_fold, self._fold = folding(nested)
         self._users: dict[str, Held] = {}
         self._barred: set[str] = set()
         # Per partition, held users in the order they were first seen there (so in offset

@@ -153,6 +153,17 @@ def _fold_deep(into: dict[str, Any], props: dict[str, Any]) -> None:
             into[k] = v
 
 
+def folding(nested: NestedMerge) -> tuple[Callable[[dict[str, Any], dict[str, Any]], bool],
+                                          Callable[[dict[str, Any], dict[str, Any]], None]]:
+    """``(can_fold, fold)`` for a nested-merge mode: whether a later update folds exactly into
+    an earlier one, and how (the planner's and a backfill's held users' one rule)."""
+    if nested == "deep":
+        return _can_fold_deep, _fold_deep
+    if nested == "either":
+        return _can_fold, dict.update
+    raise ValueError(f"unknown nested merge mode {nested!r}")
+
+
 class Planner:
     """Pending ops in seq order, cut into :class:`Plan` s as they become sendable.
 
@@ -169,12 +180,7 @@ class Planner:
         """
         self._queue: list[Pending] = []
         self._last_seq: int | None = None
-        if nested == "deep":
-            self._can_fold, self._fold = _can_fold_deep, _fold_deep
-        elif nested == "either":
-            self._can_fold, self._fold = _can_fold, dict.update
-        else:
-            raise ValueError(f"unknown nested merge mode {nested!r}")
+        self._can_fold, self._fold = folding(nested)
         # user -> (its last queued op, if a fresh identify with a lane; whether its props are
         # ours to change). An op that leaves the queue (cut, dropped) must leave it too.
         self._open: dict[str, tuple[Pending, bool]] = {}
