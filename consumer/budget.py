@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client import Gauge
 
 from .errors import ConfigError
-from .policy import RateLimits, Slots
+from .policy import SLOT_USABLE, RateLimits, Slots
 from .records import Partition
 
 log = logging.getLogger("knock_sink.budget")
@@ -68,7 +68,8 @@ class Budget:
             self.stale = True
         ordered = sorted(self._all | self._owned)
         index = {tp: i for i, tp in enumerate(ordered)}
-        slots = Slots(frozenset(index[tp] for tp in self._owned), len(ordered) or 1)
+        slots = Slots(frozenset(index[tp] for tp in self._owned), len(ordered) or 1,
+                      settle=SLOT_USABLE)  # fmt: skip
         if slots.fraction == 1 and self._group == 1:
             self._limits.share(1.0)  # alone: no turns to take
         else:

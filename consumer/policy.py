@@ -162,12 +162,17 @@ class Slots:
         nothing.
     """
 
-    def __init__(self, owned: frozenset[int], total: int, *, wall: Clock = time.time) -> None:
+    def __init__(self, owned: frozenset[int], total: int, *, wall: Clock = time.time,
+                 settle: float = 0.0) -> None:  # fmt: skip
+        """:param settle: seconds from now before the first request: after a rebalance, the
+            member that held these slots before (alone, it took no turns) may have sent until
+            its revoke, so the new owner waits out one usable stretch (:data:`SLOT_USABLE`)."""
         if total < 1:
             raise ValueError("total must be at least 1")
         self.owned = frozenset(i for i in owned if 0 <= i < total)
         self.total = total
         self._wall = wall
+        self._from = wall() + settle
 
     @property
     def fraction(self) -> float:
@@ -178,13 +183,14 @@ class Slots:
         if not self.owned:
             return None
         now = self._wall()
-        n = math.floor(now / SLOT)
-        into = now - n * SLOT
+        start = max(now, self._from)
+        n = math.floor(start / SLOT)
+        into = start - n * SLOT
         for ahead in range(self.total + 1):
             if (n + ahead) % self.total in self.owned:
                 if ahead == 0:
                     if into < SLOT_USABLE:
-                        return 0.0
+                        return start - now
                     continue
                 return (n + ahead) * SLOT - now
         return None  # unreachable: some slot of every cycle is owned
