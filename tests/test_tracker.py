@@ -391,7 +391,7 @@ def test_add_is_idempotent_for_owned_partition() -> None:
     assert t.owns(TP1)
 
 
-def test_pending_of_nothing_owned_is_zero() -> None:
+def test_nothing_owned_has_nothing_pending() -> None:
     assert OffsetTracker().pending() == 0
 
 
