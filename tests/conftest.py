@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +78,17 @@ class Kafka:
         """The group's committed positions per partition (missing partitions left out)."""
         meta = self.admin.list_topics(topic, timeout=10).topics[topic]
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
+        deadline = time.monotonic() + 90
         try:
-            res = c.committed([TopicPartition(topic, p) for p in meta.partitions], timeout=10)
+            while True:
+                try:
+                    res = c.committed([TopicPartition(topic, p) for p in meta.partitions], timeout=10)
+                    break
+                except KafkaException as exc:
+                    # After a SIGKILL the broker holds the group's offsets back while a
+                    # transaction (or the dead member's session) is still open.
+                    if exc.args[0].code() != KafkaError._TIMED_OUT or time.monotonic() > deadline:
+                        raise
         finally:
             c.close()
         return {tp.partition: tp.offset for tp in res if tp.offset >= 0}
