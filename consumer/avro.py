@@ -73,12 +73,6 @@ _NOT_FOUND_CODES = frozenset({40401, 40402, 40403})
 Named = dict[str, Any]
 
 
-class TopicAwareDecoder(Protocol):
-    """A :class:`~consumer.decode.Decoder` that may also be told the message's topic."""
-
-    def decode(self, value: bytes | None, topic: str | None = None) -> object: ...
-
-
 class WriterSchema:
     """One parsed writer schema and the named types it defines, able to read a body."""
 

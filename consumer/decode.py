@@ -2,8 +2,10 @@
 
 A decoder is any object with ``decode(value: bytes | None, topic: str | None = None) -> object``
 that raises :class:`~consumer.errors.InvalidEvent` for a value it cannot read (``topic`` is the
-record's topic, for decoders whose format is set per topic: :func:`consumer.avro.decoder_for`). The sink holds one decoder
-and never looks inside it, so Avro (or anything else) swaps in without touching the rest.
+record's topic, for decoders whose format is set per topic: :func:`consumer.avro.decoder_for`),
+and ``check() -> bool``, its start-up check (False: a service it needs does not answer yet).
+The sink holds one decoder and never looks inside it, so Avro (or anything else) swaps in
+without touching the rest.
 :class:`SizeLimit` puts the rule every format shares in front of it: a value above
 ``kafka.max_message_bytes`` is not decoded at all.
 """
@@ -22,6 +24,11 @@ class Decoder(Protocol):
         """Return the decoded value; raise :class:`InvalidEvent` with kind ``undecodable``."""
         ...
 
+    def check(self) -> bool:
+        """Whether what the decoder needs answers (raise :class:`~consumer.errors.ConfigError`
+        when it refuses the configuration)."""
+        ...
+
 
 class JsonDecoder:
     """UTF-8 JSON values (Segment's own Kafka destination writes nothing else)."""
@@ -36,6 +43,9 @@ class JsonDecoder:
         except orjson.JSONDecodeError as exc:
             raise InvalidEvent("undecodable", f"invalid JSON: {exc}") from None
 
+    def check(self) -> bool:
+        return True
+
 
 class SizeLimit:
     """``decoder`` behind a size check: a value above ``max_bytes`` is ``oversize`` unread (a
@@ -49,3 +59,6 @@ class SizeLimit:
         if value is not None and len(value) > self._max:
             raise InvalidEvent("oversize", f"{len(value)} bytes > {self._max}")
         return self._decoder.decode(value, topic)
+
+    def check(self) -> bool:
+        return self._decoder.check()

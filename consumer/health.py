@@ -45,6 +45,16 @@ class Health:
         self._checked = False
         self._fatal: str | None = None
         self._assigned: set[tuple[str, int]] = set()
+        self._server: HealthServer | None = None
+
+    def serve(self, registry: CollectorRegistry, port: int) -> None:
+        """Serve the probes and ``registry``'s metrics on ``port`` until :meth:`close`."""
+        self._server = HealthServer(registry, self, port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     # -- written by the loop --
 
@@ -64,6 +74,11 @@ class Health:
 
     def unassigned(self, tps: Iterable[tuple[str, int]]) -> None:
         self._assigned -= set(tps)
+
+    @property
+    def check_passed(self) -> bool:
+        """Whether the start-up check passed (from then on a stop drains what was read)."""
+        return self._checked
 
     @property
     def partitions(self) -> frozenset[tuple[str, int]]:

@@ -23,35 +23,31 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from .backlog import Backlog, Held, HeldHandle
 from .config import Settings
 from .deadletter import DeadLetters
+from .dispatch import Dispatch
 from .errors import InvalidEvent, RegistryUnavailable
-from .flow import ReadAhead, Sizing
+from .flow import ReadAhead
+from .intake import Intake
 from .mapping import Mapped
 from .metrics import Metrics
 from .ops import Identify
-from .plan import Pending, Planner
+from .plan import Pending
 from .records import Partition, Record, Replay, Source
 from .stalls import REGISTRY_BACKOFF
 from .tracker import OffsetTracker
 
 log = logging.getLogger("knock_sink")
 
-#: Decode, parse and map one record: its mapping, raw timestamp and event type (the sink's).
-MapRecord = Callable[[Record], "tuple[Mapped, object, str]"]
-
-
 class Holding:
     """Read-ahead, held users and focus for one backfill under Knock's limits.
 
     :param ends: each partition's end target (:func:`end_targets`).
-    :param map_record: decodes, parses and maps a record (raises like the sink's ``_map``).
-    :param outcomes: the loop's per-batch ``(type, outcome)`` counts, added to in place.
-    :param next_seq: the loop's sequence of :class:`~consumer.plan.Pending` numbers.
+    :param dispatch: the loop's plans: held users go to its planner, sized by its sizing.
+    :param intake: the loop's intake: it maps records, counts outcomes and queues ops.
     :param forget: the loop's forget, called with a partition that rewound.
     :param stop: the loop's stop event: a registry wait ends when it is set.
     """
@@ -61,30 +57,25 @@ class Holding:
         ends: dict[Partition, int],
         *,
         settings: Settings,
-        sizing: Sizing,
+        dispatch: Dispatch,
+        intake: Intake,
         source: Source,
-        planner: Planner,
         tracker: OffsetTracker,
         dlq: DeadLetters,
         metrics: Metrics,
-        map_record: MapRecord,
-        outcomes: defaultdict[tuple[str, str], int],
-        next_seq: Callable[[], int],
         forget: Callable[[list[Partition]], None],
         stop: threading.Event,
         clock: Callable[[], float],
     ) -> None:
         sink = settings.sink
         self._max_pending = sink.max_pending
-        self._sizing = sizing
+        self._sizing = dispatch.sizing
+        self._planner = dispatch.planner
+        self._intake = intake
         self._source = source
-        self._planner = planner
         self._tracker = tracker
         self._dlq = dlq
         self._metrics = metrics
-        self._map = map_record
-        self._outcomes = outcomes
-        self._next_seq = next_seq
         self._forget = forget
         self._stop = stop
         self._clock = clock
@@ -110,7 +101,7 @@ class Holding:
         attempt = 0
         while mapped is None and bad is None:
             try:
-                mapped, _, kind = self._map(rec)
+                mapped, _, kind = self._intake.map(rec)
             except InvalidEvent as exc:
                 bad = exc
             except RegistryUnavailable as exc:
@@ -132,18 +123,15 @@ class Holding:
             handle = self._tracker.track(tp, rec.offset)
             self._dlq.park(handle, bad.kind, bad.reason, rec)
             handle.release()
-            self._outcomes[("invalid", "dead_lettered")] += 1
+            self._intake.count_invalid()
             return True
         assert mapped is not None
-        self._outcomes[(kind, "queued" if mapped.ops else "nothing_to_send")] += 1
-        for note in mapped.notes:
-            self._metrics.notes.labels(note).inc()
+        self._intake.count(kind, mapped)
         rest = backlog.fold(tp, rec.offset, mapped.ops, self._add_held)
         if rest:
             handle = self._tracker.track(tp, rec.offset)
             for op in rest:
-                handle.hold()
-                self._planner.add(Pending(self._next_seq(), op, handle, tp))
+                self._intake.queue(op, handle, tp)
             handle.release()
         return True
 
@@ -159,7 +147,7 @@ class Holding:
 
     def _add_held(self, held: Held) -> None:
         """Queue a held user's folded state as one update (fed, or ejected at a barrier)."""
-        self._planner.add(Pending(self._next_seq(), Identify(held.user_id, held.props), self._backlog.handle(held)))
+        self._intake.queue_held(Identify(held.user_id, held.props), self._backlog.handle(held))
 
     # -- each turn -------------------------------------------------------------------------
 
@@ -241,7 +229,7 @@ def applied_events(done: Iterable[Pending]) -> int:
     for p in done:
         applied += 1
         if p.source.__class__ is HeldHandle:
-            applied += p.source.held.events - 1  # type: ignore[attr-defined]
+            applied += p.source.held.events - 1
     return applied
 
 
@@ -249,7 +237,7 @@ def dead_letter_record(p: Pending) -> Record | None:
     """What to dead-letter for a rejected op: for a held user's update, what
     :meth:`~consumer.backlog.Held.record` gives; ``None`` (the dead letters read the original
     back from its topic) for an event's op, or a held user of one event."""
-    return p.source.held.record() if p.source.__class__ is HeldHandle else None  # type: ignore[attr-defined]
+    return p.source.held.record() if p.source.__class__ is HeldHandle else None
 
 
 # -- a backfill's end ---------------------------------------------------------------------
@@ -261,9 +249,9 @@ def end_targets(source: Source, topics: Iterable[str], from_beginning: bool,
     replay's stop), for the partitions with something left to read from where the run starts."""
     marks = source.end_offsets(topics)
     start = {} if from_beginning else source.committed(marks)
-    if replay is not None:  # a KafkaSource: it read the chosen starts and stops
-        start.update(source.start_offsets())  # type: ignore[attr-defined]
-        stops = source.stop_offsets()  # type: ignore[attr-defined]
+    if replay is not None:
+        start.update(source.start_offsets())
+        stops = source.stop_offsets()
         marks = {tp: (lo, min(hi, stops.get(tp, hi))) for tp, (lo, hi) in marks.items()}
     return {tp: hi for tp, (lo, hi) in marks.items() if hi > max(lo, start.get(tp, 0))}
 

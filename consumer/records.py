@@ -93,6 +93,19 @@ class Source(Protocol):
         """``(low, high)`` watermarks of every partition of ``topics``."""
         ...
 
+    def high_watermarks(self) -> dict[Partition, int]:
+        """The high watermark of each assigned partition as of the last fetch (no broker call:
+        the lag metrics read it after every commit)."""
+        ...
+
+    def start_offsets(self) -> dict[Partition, int]:
+        """Where a backfill's :class:`Replay` starts each partition it chose a start for."""
+        ...
+
+    def stop_offsets(self) -> dict[Partition, int]:
+        """Where a backfill's :class:`Replay` stops each partition (empty without a stop)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -155,6 +155,15 @@ class MemorySource:
     def end_offsets(self, topics: Iterable[str]) -> dict[Partition, tuple[int, int]]:
         return {tp: (0, len(log)) for tp, log in self._broker.partitions.items() if tp[0] in topics}
 
+    def high_watermarks(self) -> dict[Partition, int]:
+        return {tp: len(log) for tp, log in self._broker.partitions.items() if tp in self._position}
+
+    def start_offsets(self) -> dict[Partition, int]:
+        return {}  # no replays in memory: a run starts from the commits or the beginning
+
+    def stop_offsets(self) -> dict[Partition, int]:
+        return {}
+
     def close(self) -> None:
         pass
 

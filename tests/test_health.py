@@ -87,6 +87,9 @@ class GatedDecoder:
         self.open.wait()
         return self._json.decode(value)
 
+    def check(self) -> bool:
+        return True
+
 
 def test_a_real_sink_not_ready_before_the_check_ready_after_not_live_when_stuck(kafka, api, settings_for):
     topic = kafka.topic(2)

@@ -1,0 +1,84 @@
+"""Dispatch: queued ops cut into plans and started on Knock, when a plan is due.
+
+:class:`Dispatch` owns what lies between the intake and Knock: the :class:`~consumer.plan.Planner`
+that queues and coalesces ops, the plan sizes derived from Knock's tiers
+(:class:`~consumer.flow.Sizing`), the moment a plan is cut (:class:`~consumer.cadence.Cadence`)
+and the plans in flight (:class:`~consumer.apply.Flight`). The loop asks it to start a plan
+each turn and collects the outcomes it hands back; what an outcome means for offsets and dead
+letters is the loop's. The loop's thread owns it: not thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .apply import Applier, Flight, Outcome
+from .cadence import Cadence
+from .config import Settings
+from .flow import Sizing
+from .knock import KnockClient
+from .metrics import Metrics
+from .plan import Planner
+
+log = logging.getLogger("knock_sink")
+
+
+class Dispatch:
+    """The planner, the plan cadence and the plans in flight of one sink.
+
+    :ivar planner: what is queued (the intake adds to it; revokes drop from it).
+    :ivar sizing: plan sizes under the ``[knock]`` settings.
+    """
+
+    def __init__(self, settings: Settings, knock: KnockClient, metrics: Metrics,
+                 clock: Callable[[], float]) -> None:  # fmt: skip
+        self.sizing = sizing = Sizing.of(settings.knock)
+        self.planner = Planner(nested=settings.knock.nested_merge)
+        self._flight = Flight(Applier(
+            knock, bulk_size=settings.knock.bulk_size, concurrency=settings.knock.concurrency,
+            item_attempts=settings.sink.item_attempts, singles=sizing.singles,
+            entity_gap=sizing.entity_gap, clock=clock,
+        ))  # fmt: skip
+        self._cadence = Cadence(settings.sink.flush_interval, settings.knock.rate_limits == "knock")
+        self._knock = knock
+        self._plan_users = metrics.plan_users
+        self._clock = clock
+        self._last_cut = clock()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing in flight."""
+        return len(self._flight) == 0 and len(self.planner) == 0
+
+    def start(self, *, wait: Callable[[float], bool] | None = None, now: bool = False) -> None:
+        """Cut the next plan and start it, when there is room in flight and a plan is due (full,
+        or old enough) and ``wait`` (given the clock) does not hold it back; with ``now``, due
+        or not (a drain). Its users are disjoint from those of the plans in flight."""
+        if self._flight.full or len(self.planner) == 0:
+            return
+        t = self._clock()
+        size = self.sizing.users_per_plan
+        due = self._cadence.due(t, pending=len(self.planner), full_at=size, last_cut=self._last_cut,
+                                bulk_ready_in=self._knock.ready_in("bulk_identify"))  # fmt: skip
+        if not now and (not due or (wait is not None and wait(t))):
+            return
+        plan = self.planner.cut(t, max_users=size, busy=self._flight.busy(), max_levels=self.sizing.max_levels)
+        if plan:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("plan cut: %d users, %.3f s after the last, %d ops left pending",
+                          len(plan.users()), t - self._last_cut, len(self.planner))  # fmt: skip
+            self._last_cut = t
+            self._plan_users.observe(len(plan.users()))
+            self._flight.start(plan)
+
+    def collect(self, take: Callable[[Outcome], None], timeout: float = 0) -> bool:
+        """Hand each finished plan's outcome to ``take`` (see :meth:`consumer.apply.Flight.collect`);
+        True when none is left in flight."""
+        return self._flight.collect(take, timeout)
+
+    def in_flight(self) -> int:
+        return len(self._flight)
+
+    def close(self) -> None:
+        self._flight.close()

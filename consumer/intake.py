@@ -1,0 +1,196 @@
+"""Intake: each consumed record tracked, decoded, parsed, mapped, and its ops queued.
+
+:class:`Intake` is the loop's first stage after the source: for each :class:`~consumer.records.Record`
+it takes a :class:`~consumer.tracker.Handle` from the tracker, runs the record through the
+decoder (with the size limit every format shares), :func:`~consumer.events.parse_event` and the
+mapping rules (:class:`~consumer.actions.Actions`), and hands each op to the planner, or the
+record to the dead letters. It also keeps what belongs to that step:
+
+* records waiting for the Schema Registry hold their partition (:class:`~consumer.stalls.Stalls`);
+* users seen on more than one partition are noticed (:class:`~consumer.keying.KeyWatch`);
+* what became of each event is counted once per batch (a Prometheus counter takes a lock).
+
+Under a backfill's holding (:mod:`consumer.holding`) the records go to the holding instead,
+which uses :meth:`Intake.map`, :meth:`Intake.count` and :meth:`Intake.queue`. The loop's thread
+owns it: not thread-safe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from .actions import Actions
+from .avro import decoder_for
+from .backlog import HeldHandle
+from .config import Settings
+from .deadletter import DeadLetters
+from .decode import Decoder, SizeLimit
+from .errors import FatalRegistryError, InvalidEvent, RegistryError
+from .events import parse_event
+from .keying import KeyWatch
+from .mapping import Mapped
+from .metrics import Metrics
+from .ops import Op
+from .plan import Pending, Planner
+from .records import Partition, Record, Source
+from .stalls import REGISTRY_BACKOFF, Stalls
+from .tracker import Handle, OffsetTracker
+
+log = logging.getLogger("knock_sink")
+
+
+class Intake:
+    """Records in, ops queued with ``planner`` (or records parked with the dead letters).
+
+    :param decoder: the value decoder (default: the topics' formats, :func:`consumer.avro.decoder_for`).
+    :param forget: the loop's forget, called with a partition the consumer rewound.
+    :raises ConfigError: a format or a mapping rule is misconfigured.
+    """
+
+    def __init__(self, settings: Settings, *, planner: Planner, tracker: OffsetTracker,
+                 metrics: Metrics, forget: Callable[[list[Partition]], None],
+                 decoder: Decoder | None = None, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self._decoder = SizeLimit(decoder or decoder_for(settings.kafka), settings.kafka.max_message_bytes)
+        self.actions = Actions(settings)
+        self._planner = planner
+        self._tracker = tracker
+        self._metrics = metrics
+        self._forget = forget
+        self._keys = KeyWatch(clock=clock, on_split=metrics.users_on_several_partitions.inc)
+        self._stalls = Stalls(REGISTRY_BACKOFF, clock=clock, pause=self._pause, resume=self._resume,
+                              on_wait=metrics.retries.labels("registry").inc)  # fmt: skip
+        self._seq = itertools.count(1)  # Pending numbers: the planner's order of arrival
+        #: Events read this batch by (type, outcome), added to the metrics once a batch.
+        self._outcomes: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._source: Source | None = None
+        self._dlq: DeadLetters | None = None
+
+    def open(self, source: Source, dlq: DeadLetters) -> None:
+        """The run's source (stalled partitions are paused there) and dead letters."""
+        self._source, self._dlq = source, dlq
+
+    def check(self) -> bool:
+        """The decoder's start-up check: False when the registry does not answer yet.
+
+        :raises ConfigError: the registry rejects the configuration."""
+        return self._decoder.check()
+
+    @property
+    def fatal(self) -> FatalRegistryError | None:
+        """Set once the registry refused us: the loop stops fetching."""
+        return self._stalls.fatal
+
+    # -- the per-event path ------------------------------------------------------------------
+
+    def ingest(self, records: list[Record], take: Callable[[Record, Partition], bool] | None = None) -> None:
+        """Track and process ``records``, in order. ``take`` (a backfill's holding) takes each
+        record instead; it returns False to stop taking in the batch."""
+        tracker = self._tracker
+        seen = time.time()  # wall time, once a batch: the freshness metrics compare it to stamps
+        for rec in records:
+            tp = (rec.topic, rec.partition)
+            if not tracker.owns(tp):
+                continue  # fetched just before its partition was revoked: the new owner reads it
+            if take is not None:
+                if not take(rec, tp):
+                    break
+                continue
+            if not tracker.accepts(tp, rec.offset):
+                # The consumer went back (a partition revoked and given back within one fetch, a
+                # reset): the events from here on come again, so start the partition afresh.
+                log.info("%s[%d] rewound to %d: reading it again", tp[0], tp[1], rec.offset,
+                         extra={"topic": tp[0], "partition": tp[1], "offset": rec.offset})  # fmt: skip
+                self._forget([tp])
+                tracker.add([tp])
+            handle = tracker.track(tp, rec.offset)
+            if self._stalls.holds(tp):
+                self._stalls.keep(rec, handle)  # behind a record waiting for the registry
+                continue
+            try:
+                self._process(rec, handle, seen)
+            except RegistryError as exc:
+                self._stalls.stall(rec, handle, exc)
+        for (kind, outcome), n in self._outcomes.items():
+            self._metrics.events.labels(kind, outcome).inc(n)
+        self._outcomes.clear()
+        if records:
+            self._metrics.consumed.inc(len(records))
+
+    def retry_stalled(self) -> None:
+        """Process the records waiting for the registry, when their backoff has elapsed."""
+        self._stalls.retry(self._process)
+
+    def drop(self, tps: list[Partition]) -> None:
+        """Forget the records held back for ``tps`` (revoked, lost or rewound)."""
+        self._stalls.drop(tps)
+
+    def _process(self, rec: Record, handle: Handle, seen: float | None = None) -> None:
+        """Decode, parse and map one tracked record (read at wall time ``seen``, default now);
+        queue its ops or park it. Raises :class:`RegistryError` with the handle still held (the
+        record must wait)."""
+        assert self._dlq is not None
+        tp = (rec.topic, rec.partition)
+        try:
+            mapped, stamp, kind = self.map(rec)
+        except InvalidEvent as exc:
+            self._dlq.park(handle, exc.kind, exc.reason, rec)
+            self.count_invalid()
+        else:
+            self.count(kind, mapped)
+            if mapped.ops:
+                handle.seen = time.time() if seen is None else seen
+                handle.kafka_ms, handle.event_ts = rec.timestamp, stamp
+            for op in mapped.ops:
+                user = getattr(op, "user_id", None)
+                if user is not None:
+                    self._keys.seen(user, tp)
+                self.queue(op, handle, tp)
+        handle.release()  # zero-op events resolve here
+
+    # -- shared with a backfill's holding ----------------------------------------------------
+
+    def map(self, rec: Record) -> tuple[Mapped, object, str]:
+        """Decode, parse and map one record (a tombstone, with deletes on, maps to a delete);
+        also the event's raw ``timestamp`` (for the freshness metrics) and its type.
+
+        :raises InvalidEvent: the record can never be applied.
+        :raises RegistryError: its writer schema cannot be had now (or ever, when fatal).
+        """
+        if rec.value is None and self.actions.tombstones:
+            return self.actions.tombstone(rec.key), None, "tombstone"
+        message = self._decoder.decode(rec.value, rec.topic)
+        event = parse_event(message)
+        return self.actions.map(event, message, rec), event.raw_timestamp, event.type  # type: ignore[arg-type]
+
+    def count(self, kind: str, mapped: Mapped) -> None:
+        """Count an event of type ``kind`` that mapped to ``mapped``, and its notes."""
+        self._outcomes[(kind, "queued" if mapped.ops else "nothing_to_send")] += 1
+        for note in mapped.notes:
+            self._metrics.notes.labels(note).inc()
+
+    def count_invalid(self) -> None:
+        self._outcomes[("invalid", "dead_lettered")] += 1
+
+    def queue(self, op: Op, handle: Handle, tp: Partition) -> None:
+        """Hand one event's ``op`` to the planner, held on its tracker ``handle``."""
+        handle.hold()
+        self._planner.add(Pending(next(self._seq), op, handle, tp))
+
+    def queue_held(self, op: Op, handle: HeldHandle) -> None:
+        """Hand a held user's folded update to the planner (its handle starts held; no lane:
+        it never folds on add)."""
+        self._planner.add(Pending(next(self._seq), op, handle))
+
+    # -- stalled partitions ------------------------------------------------------------------
+
+    def _pause(self, tps: list[Partition]) -> None:
+        if self._source is not None:
+            self._source.pause_partitions(tps)
+
+    def _resume(self, tps: list[Partition]) -> None:
+        if self._source is not None:
+            self._source.resume_partitions(tps)
