@@ -21,6 +21,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from consumer.errors import ConfigError
 from consumer.sink import Sink
 from tests.conftest import wait_for
+from tests.gate import Gate
 from tests.model import actual_state, expected_state
 
 
@@ -153,45 +154,36 @@ def test_unknown_schema_id_and_undecodable_bytes_are_dead_lettered(kafka, api, s
 
 
 @pytest.fixture
-def second_registry() -> Iterator[Any]:
-    from registry import Registry
-
-    with Registry() as reg:
-        yield reg
+def gated_registry(schema_registry: str) -> Iterator[Gate]:
+    gate = Gate(schema_registry)
+    try:
+        yield gate
+    finally:
+        gate.close()
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="race in the test, seen twice on 2026-12-01: the restarted "
-                   "in-memory registry answers before the test has registered the schemas again, so "
-                   "the sink meets 40403 (a permanent unknown id) and dead-letters; the test must "
-                   "bring the registry back with its schemas before it listens")
-def test_a_registry_outage_holds_the_partition_and_loses_nothing(kafka, api, settings_for, second_registry):
-    """The registry stops mid-run: the records that need a schema the sink has not fetched
-    wait (nothing dead-lettered, nothing committed past the first of them) and are applied
-    once it is back. Apicurio keeps schemas in memory: on restart the test registers the same
-    schemas in the same order, as a registry restored from its store would hold them."""
-    reg = second_registry
+def test_a_registry_outage_holds_the_partition_and_loses_nothing(kafka, api, settings_for, gated_registry):
+    """The registry becomes unreachable mid-run: the records that need a schema the sink has
+    not fetched wait (nothing dead-lettered, nothing committed past the first of them) and are
+    applied once it is reachable again."""
+    gate = gated_registry
     topic = kafka.topic(2)
     schema_a, schema_b = event_schema("map"), event_schema("string")
-
-    def register() -> tuple[AvroSerializer, AvroSerializer, list[int]]:
-        ser_a, ser_b = serializer(reg.url, schema_a), serializer(reg.url, schema_b)
-        ctx_a = SerializationContext(f"a-{topic}", MessageField.VALUE)
-        ctx_b = SerializationContext(f"b-{topic}", MessageField.VALUE)
-        probe = {"type": "identify", "userId": "p", "traits": None, "previousId": None}
-        ids = [int.from_bytes(ser_a(probe, ctx_a)[1:5], "big"), int.from_bytes(ser_b(probe, ctx_b)[1:5], "big")]
-        return ser_a, ser_b, ids
-
-    ser_a, ser_b, ids = register()
+    ser_a, ser_b = serializer(gate.url, schema_a), serializer(gate.url, schema_b)
     ctx_a = SerializationContext(f"a-{topic}", MessageField.VALUE)
     ctx_b = SerializationContext(f"b-{topic}", MessageField.VALUE)
+    # Both schemas registered while the registry is up; the sink has fetched neither yet.
+    probe = {"type": "identify", "userId": "p", "traits": None, "previousId": None}
+    ser_a(probe, ctx_a)
+    ser_b(probe, ctx_b)
 
     # Phase 1, registry up: JSON and Avro (schema A) on both partitions.
     first = [{"type": "identify", "userId": f"u{i % 4}", "traits": {"p1": str(i)}} for i in range(8)]
     produce(kafka.bootstrap, topic,
             [orjson.dumps(e) if i % 2 else ser_a(avro_value(e, "map"), ctx_a) for i, e in enumerate(first)],
             [key_of(e) for e in first], [i % 2 for i in range(len(first))])  # fmt: skip
-    settings = settings_for(topic, kafka__schema_registry_url=reg.url)
+    settings = settings_for(topic, kafka__schema_registry_url=gate.url)
     sink = Sink(settings)
     result: dict[str, Any] = {}
     t = threading.Thread(target=lambda: result.update(summary=sink.run()))
@@ -199,8 +191,8 @@ def test_a_registry_outage_holds_the_partition_and_loses_nothing(kafka, api, set
     try:
         wait_for(lambda: actual_state(api.users()) == expected_state(first), 60, "phase 1 applied")
         wait_for(lambda: kafka.committed(f"g-{topic}", topic) == {0: 4, 1: 4}, 30, "phase 1 committed")
-        reg.stop()
-        # Phase 2, registry down: on partition 0 a JSON event, then schema B (never fetched),
+        gate.close()
+        # Phase 2, registry unreachable: on partition 0 a JSON event, then schema B (never fetched),
         # then more; on partition 1 schema A (cached: no registry needed) and JSON.
         second = [
             {"type": "identify", "userId": "j0", "traits": {"p2": "json-before"}},
@@ -220,8 +212,7 @@ def test_a_registry_outage_holds_the_partition_and_loses_nothing(kafka, api, set
         assert sink.metrics.dead_lettered.labels("undecodable")._value.get() == 0
         assert kafka.committed(f"g-{topic}", topic) == {0: 5, 1: 6}
 
-        reg.start()
-        assert register()[2] == ids  # the same ids as before the outage
+        gate.open()
         wait_for(lambda: actual_state(api.users()) == expected_state(first + second), 60, "all applied")
         wait_for(lambda: kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic), 30, "all committed")
     finally:
