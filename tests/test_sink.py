@@ -299,5 +299,8 @@ def test_a_user_knock_rejects_everywhere_is_dead_lettered_whole_under_knocks_pac
     assert {m.value() for m in dead} == {orjson.dumps(e) for e in events if e["userId"] == "bad"}
     assert summary.dead_lettered == {"knock_rejected": 6}
     assert kafka.committed(f"g-{topic}", topic) == {0: len(events)}
-    # Some of it went through single identify (the overflow), and was refused there too.
-    assert api.stats()["requests"].get("PUT /v1/users/{user_id}", {})
+    # Whether the rejected user's updates went through bulk or single identify (the overflow)
+    # depends on timing; the emulator's own tests hold that every upserting route refuses it
+    # (tests/emulator/test_users.py), and bulk and single identifies both left here:
+    routes = api.stats()["requests"]
+    assert routes["POST /v1/users/bulk/identify"] and routes["PUT /v1/users/{user_id}"]
