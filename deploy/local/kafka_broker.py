@@ -17,7 +17,6 @@ broker on the same port and data (the chaos tests rely on that).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -25,11 +24,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
-from launcher import LocalService, free_port, serve_until_signal, stop_dir
+from launcher import LocalService, command_line, free_port, serve_until_signal, stop_dir
 
 HERE = Path(__file__).resolve().parent
 KAFKA_VERSION = "3.9.1"
@@ -141,47 +139,30 @@ class Broker(LocalService):
         )  # fmt: skip
         log.close()
         self._record(bootstrap=self.bootstrap)
-        self._wait_ready(timeout)
+        self._wait_ready("Kafka", "broker.log", self._broker_ready, timeout)
         return self
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _broker_ready(self) -> bool:
         # The broker logs "started" only after its listeners and metadata are ready; a bare
         # TCP connect would succeed earlier, while requests still fail.
-        deadline = time.monotonic() + timeout
-        log = self.dir / "broker.log"
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"Kafka exited with {self.proc.returncode}:\n{log.read_text()[-4000:]}")
-            if b"Kafka Server started" in log.read_bytes():
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                    return
-                except OSError:
-                    pass
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"Kafka did not start within {timeout}s:\n{log.read_text()[-4000:]}")
+        if b"Kafka Server started" not in (self.dir / "broker.log").read_bytes():
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deploy/local/kafka", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("start", "run"):
-        p = sub.add_parser(name, help="start a broker" + (" in the foreground" if name == "run" else ""))
-        p.add_argument("--port", type=int, default=0 if name == "start" else 9092)
-        p.add_argument("--dir", help="data directory (kept after stop)")
-    p = sub.add_parser("stop", help="stop the broker started with --dir DIR")
-    p.add_argument("--dir", required=True)
-    sub.add_parser("fetch", help="only download the broker jars into the cache")
-    args = parser.parse_args(argv)
+    args = command_line("deploy/local/kafka", __doc__, "broker", 9092,
+                        "only download the broker jars into the cache", argv)  # fmt: skip
     if args.cmd == "fetch":
         print(ensure_jars())
         return 0
     if args.cmd == "stop":
         return stop_dir(Path(args.dir), Broker.STATE)
     directory = Path(args.dir) if args.dir else None
-    if directory:
-        directory.mkdir(parents=True, exist_ok=True)
     broker = Broker(args.port, directory)
     broker.start()
     if args.cmd == "start":

@@ -7,6 +7,7 @@ Standard library only, like the launchers: they run before the project's virtual
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,20 @@ class LocalService:
 
     def start(self) -> Any:
         raise NotImplementedError
+
+    def _wait_ready(self, name: str, log_name: str, ready: Callable[[], bool], timeout: float) -> None:
+        """Wait until ``ready()``; raise with the log's tail when the child exits or ``timeout``
+        passes (the child is stopped then)."""
+        deadline = time.monotonic() + timeout
+        log = self.dir / log_name
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.proc.returncode}:\n{log.read_text()[-4000:]}")
+            if ready():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"{name} did not start within {timeout}s:\n{log.read_text()[-4000:]}")
 
     def _record(self, **info: Any) -> None:
         assert self.proc is not None
@@ -93,3 +109,22 @@ def serve_until_signal(service: LocalService) -> int:
     signal.sigwait({signal.SIGINT, signal.SIGTERM})
     service.close()
     return 0
+
+
+def command_line(prog: str, doc: str, noun: str, default_port: int, fetch_help: str,
+                 argv: list[str] | None) -> argparse.Namespace:  # fmt: skip
+    """The launchers' shared verbs: ``start`` (background, prints JSON), ``run`` (foreground),
+    ``stop --dir`` and ``fetch``."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("start", "run"):
+        p = sub.add_parser(name, help=f"start a {noun}" + (" in the foreground" if name == "run" else ""))
+        p.add_argument("--port", type=int, default=0 if name == "start" else default_port)
+        p.add_argument("--dir", help="directory for the data, the log and the pid file (kept after stop)")
+    p = sub.add_parser("stop", help=f"stop the {noun} started with --dir DIR")
+    p.add_argument("--dir", required=True)
+    sub.add_parser("fetch", help=fetch_help)
+    args = parser.parse_args(argv)
+    if getattr(args, "dir", None) and args.cmd in ("start", "run"):
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+    return args

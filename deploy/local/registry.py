@@ -22,7 +22,6 @@ same port, empty (the storage is in memory).
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -38,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 from kafka_broker import CACHE
-from launcher import LocalService, free_port, serve_until_signal, stop_dir
+from launcher import LocalService, command_line, free_port, serve_until_signal, stop_dir
 
 #: Apicurio 3 (Java 21+) and the last 2.x line (Java 11+), used when no Java 21 is around.
 VERSION = "3.3.3"
@@ -191,7 +190,7 @@ class Registry(LocalService):
         )  # fmt: skip
         log.close()
         self._record(url=self.url, version=self.version)
-        self._wait_ready(timeout)
+        self._wait_ready("Apicurio", "registry.log", self.ready, timeout)
         self.start_seconds = time.monotonic() - began
         return self
 
@@ -203,32 +202,10 @@ class Registry(LocalService):
         except (OSError, urllib.error.URLError):
             return False
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        log = self.dir / "registry.log"
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"Apicurio exited with {self.proc.returncode}:\n{log.read_text()[-4000:]}"
-                )
-            if self.ready():
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"Apicurio did not answer within {timeout}s:\n{log.read_text()[-4000:]}")
-
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deploy/local/registry", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("start", "run"):
-        p = sub.add_parser(name, help="start a registry" + (" in the foreground" if name == "run" else ""))
-        p.add_argument("--port", type=int, default=0 if name == "start" else 8081)
-        p.add_argument("--dir", help="directory for the log and pid file (kept after stop)")
-    p = sub.add_parser("stop", help="stop the registry started with --dir DIR")
-    p.add_argument("--dir", required=True)
-    sub.add_parser("fetch", help="only download Apicurio into the cache")
-    args = parser.parse_args(argv)
+    args = command_line("deploy/local/registry", __doc__, "registry", 8081,
+                        "only download Apicurio into the cache", argv)  # fmt: skip
     if args.cmd == "fetch":
         began = time.monotonic()
         java, version = choose_java()
@@ -238,8 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "stop":
         return stop_dir(Path(args.dir), Registry.STATE)
     directory = Path(args.dir) if args.dir else None
-    if directory:
-        directory.mkdir(parents=True, exist_ok=True)
     registry = Registry(args.port, directory)
     registry.start()
     assert registry.proc is not None
