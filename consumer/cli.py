@@ -34,6 +34,7 @@ FLAG_SETTINGS = {
     "nested_merge": "knock.nested_merge",
     "flush_interval": "sink.flush_interval",
     "max_pending": "sink.max_pending",
+    "lateness": "sink.lateness",
     "metrics_port": "sink.metrics_port",
     "backfill_memory_mb": "sink.backfill_memory_mb",
     "work_dir": "sink.work_dir",
@@ -126,6 +127,10 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
                    help="least seconds between two batches sent; longer: fewer, fuller Knock "
                    "calls, staler data in Knock (default 0.5)")
     p.add_argument("--max-pending", type=int, help="events buffered before fetching pauses")
+    p.add_argument("--lateness", type=float, metavar="SECONDS",
+                   help="run: seconds of event time the updates of a user seen on several partitions "
+                   "wait, to be applied in event-time order (default 5; 0: arrival order, and a "
+                   "backfill does not order either)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--backfill-memory-mb", type=int,
                    help="MiB of held users a backfill keeps in memory before spilling to disk (default 256)")

@@ -337,6 +337,12 @@ class SinkSettings(_Section):
     #: Where a backfill spills held users (a fresh directory inside it, removed at the end);
     #: ``None``: the system's temporary directory.
     work_dir: str | None = None
+    #: Topics not keyed by user: seconds of event time a live sink holds the ops of a user seen
+    #: on more than one partition, to hand them on in event-time order (README, Topics not
+    #: keyed by user); a backfill orders every op exactly. 0: arrival order (no ordering).
+    lateness: float = Field(5.0, ge=0)
+    #: Merges (alias) whose ``messageId`` is remembered, to skip a repeat of one (0: off).
+    merge_ids: int = Field(100_000, ge=0)
     #: Serve Prometheus metrics on this port (0: off).
     metrics_port: int = Field(0, ge=0, le=65535)
     #: Seconds without a turn of the loop after which /healthz and /readyz fail (at least the

@@ -113,6 +113,14 @@ class Event:
         it: the sink's event-age metric reads a few per plan)."""
         raw = self._raw_stamps
         return raw[0] if raw is not None else self._stamps[0]
+
+    @property
+    def raw_time(self) -> object:
+        """The event's own time, unparsed: ``timestamp``, else ``originalTimestamp``."""
+        raw = self._raw_stamps
+        stamps = raw if raw is not None else self._stamps
+        return stamps[0] if stamps[0] is not None else stamps[1]
+
     original_timestamp = property(lambda self: self._stamp(1), lambda self, v: self._set_stamp(1, v))
     sent_at = property(lambda self: self._stamp(2), lambda self, v: self._set_stamp(2, v))
     received_at = property(lambda self: self._stamp(3), lambda self, v: self._set_stamp(3, v))

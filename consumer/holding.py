@@ -8,7 +8,10 @@ each stage:
 
 * ingest: :meth:`Holding.ingest` takes each record instead of the per-event path, and
   :meth:`Holding.fetched` each batch;
-* each turn: :meth:`Holding.step` focuses fetching and feeds held users to the planner;
+* each turn: :meth:`Holding.step` folds the events whose event-time turn has come
+  (:mod:`consumer.ordering`; with ``sink.lateness`` 0, as read), focuses fetching (with the
+  order off only: ordered, the partitions are read side by side) and feeds held users to the
+  planner;
 * plans: :meth:`Holding.holds_back` says whether a due plan must still wait;
 * outcomes: :func:`applied_events` and :func:`dead_letter_record` count and dead-letter a held
   user's folded update;
@@ -34,11 +37,12 @@ from .flow import ReadAhead
 from .intake import Intake
 from .mapping import Mapped
 from .metrics import Metrics
-from .ops import Identify
+from .ops import Identify, Merge, Op
+from .ordering import EventOrder, RecentIds, event_time, users_of
 from .plan import Pending
 from .records import Partition, Record, Replay, Source
 from .stalls import REGISTRY_BACKOFF
-from .tracker import OffsetTracker
+from .tracker import Handle, OffsetTracker
 
 log = logging.getLogger("knock_sink")
 
@@ -85,6 +89,14 @@ class Holding:
         self._backlog = Backlog(nested=settings.knock.nested_merge, work_dir=sink.work_dir,
                                 memory_bytes=sink.backfill_memory_mb << 20)  # fmt: skip
         self._focused: set[Partition] | None = None
+        # Topics not keyed by user: events fold in event-time order across partitions (see
+        # consumer.ordering), so the partitions are read side by side, not one at a time.
+        self._order = EventOrder(
+            self._fold, ends=ends, positions=source.positions, limit=max(1, sink.max_pending // 2),
+            pause=source.pause_partitions, resume=source.resume_partitions,
+            on_late=metrics.late_events.inc, clock=clock,
+        ) if sink.lateness > 0 else None  # fmt: skip
+        self._merges = RecentIds(sink.merge_ids) if sink.merge_ids else None
 
     # -- ingest ----------------------------------------------------------------------------
 
@@ -101,7 +113,7 @@ class Holding:
         attempt = 0
         while mapped is None and bad is None:
             try:
-                mapped, _, kind = self._intake.map(rec)
+                mapped, stamp, kind = self._intake.map(rec)
             except InvalidEvent as exc:
                 bad = exc
             except RegistryUnavailable as exc:
@@ -127,13 +139,42 @@ class Holding:
             return True
         assert mapped is not None
         self._intake.count(kind, mapped)
-        rest = backlog.fold(tp, rec.offset, mapped.ops, self._add_held)
+        ops = self._fresh(mapped.ops, tp, rec.offset)
+        if self._order is None or not ops:
+            self._fold((tp, rec.offset, ops, None))
+            return True
+        # Tracked while it waits, so that no commit passes it before it is folded.
+        handle = self._tracker.track(tp, rec.offset)
+        seen = self._clock()
+        self._order.add((tp, rec.offset, ops, handle), tp, rec.offset, users_of(ops),
+                        lambda: event_time(stamp, rec.timestamp, seen))  # fmt: skip
+        return True
+
+    def _fresh(self, ops: list[Op], tp: Partition, offset: int) -> list[Op]:
+        """``ops`` without a merge repeating the ``messageId`` of one taken in elsewhere."""
+        merges = self._merges
+        if merges is None or not any(op.__class__ is Merge for op in ops):
+            return ops
+        out = []
+        for op in ops:
+            if op.__class__ is Merge and merges.duplicate(op.message_id, tp, offset):  # type: ignore[union-attr]
+                self._metrics.duplicate_merges.inc()
+                continue
+            out.append(op)
+        return out
+
+    def _fold(self, unit: tuple[Partition, int, list[Op], Handle | None]) -> None:
+        """Fold one event's ops into their users' held state, or queue them on the per-event
+        path when they do not fold (see :mod:`consumer.backlog`)."""
+        tp, offset, ops, handle = unit
+        rest = self._backlog.fold(tp, offset, ops, self._add_held) if ops else []
         if rest:
-            handle = self._tracker.track(tp, rec.offset)
+            if handle is None:
+                handle = self._tracker.track(tp, offset)
             for op in rest:
                 self._intake.queue(op, handle, tp)
+        if handle is not None:
             handle.release()
-        return True
 
     def fetched(self, records: list[Record]) -> None:
         """After a non-empty batch: spill past the memory budget, note how far each partition
@@ -153,6 +194,8 @@ class Holding:
 
     def step(self) -> None:
         """One turn of the loop: focus fetching, then top the planner up with held users."""
+        if self._order is not None:
+            self._order.step()
         self._focus()
         if len(self._backlog):
             self._feed(self._read_ahead.finished() if self._reading_ahead(self._clock()) else None)
@@ -161,7 +204,7 @@ class Holding:
         """While a backfill reads ahead, read one partition at a time: each one read to its end
         frees its users to be sent (topics are keyed by user) while the next is read."""
         now = self._clock()
-        if self._reading_ahead(now):
+        if self._reading_ahead(now) and self._order is None:
             left = sorted(tp for tp in self._read_ahead.ends if tp not in self._read_ahead.finished())
             keep = {left[0]} if left else None
             if keep != self._focused:
@@ -216,6 +259,8 @@ class Holding:
             log.warning("backfill: %s left this consumer; stopping (the next run resumes "
                         "from the last commit)", sorted(gone))  # fmt: skip
         self._backlog.freeze()
+        if self._order is not None:
+            self._order.drop(list(self._read_ahead.ends))
         return True
 
     def close(self) -> None:

@@ -7,7 +7,9 @@ mapping rules (:class:`~consumer.actions.Actions`), and hands each op to the pla
 record to the dead letters. It also keeps what belongs to that step:
 
 * records waiting for the Schema Registry hold their partition (:class:`~consumer.stalls.Stalls`);
-* users seen on more than one partition are noticed (:class:`~consumer.keying.KeyWatch`);
+* users seen on more than one partition are noticed (:class:`~consumer.keying.KeyWatch`), and
+  their ops handed to the planner in event-time order, merges repeating a ``messageId``
+  skipped (:mod:`consumer.ordering`);
 * what became of each event is counted once per batch (a Prometheus counter takes a lock).
 
 Under a backfill's holding (:mod:`consumer.holding`) the records go to the holding instead,
@@ -35,6 +37,7 @@ from .keying import KeyWatch
 from .mapping import Mapped
 from .metrics import Metrics
 from .ops import Op
+from .ordering import PendingOrder
 from .plan import Pending, Planner
 from .records import Partition, Record, Source
 from .stalls import REGISTRY_BACKOFF, Stalls
@@ -64,6 +67,10 @@ class Intake:
         self._stalls = Stalls(REGISTRY_BACKOFF, clock=clock, pause=self._pause, resume=self._resume,
                               on_wait=metrics.retries.labels("registry").inc)  # fmt: skip
         self._seq = itertools.count(1)  # Pending numbers: the planner's order of arrival
+        #: Topics not keyed by user: ops in event-time order across partitions, repeated merges skipped.
+        self._order = PendingOrder(settings, add=planner.add, next_seq=self._seq.__next__, keys=self._keys,
+                                   metrics=metrics, pause=self._pause, resume=self._resume,
+                                   may_resume=lambda tp: not self._stalls.holds(tp), clock=clock)  # fmt: skip
         #: Events read this batch by (type, outcome), added to the metrics once a batch.
         self._outcomes: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._source: Source | None = None
@@ -120,13 +127,26 @@ class Intake:
         if records:
             self._metrics.consumed.inc(len(records))
 
+    def until_end(self, ends: dict[Partition, int] | None) -> None:
+        """A backfill on the per-event path (``ends``: its end targets): every op waits for its
+        exact event-time turn (:mod:`consumer.ordering`); ``None``: a live sink's window."""
+        assert self._source is not None
+        self._order.until_end(ends, self._source.positions)
+
+    def release(self, *, flush: bool = False) -> None:
+        """Hand on to the planner the ops whose event-time turn has come (``flush``: the sink
+        stops, every op waiting goes on)."""
+        self._order.step(flush=flush)
+
     def retry_stalled(self) -> None:
         """Process the records waiting for the registry, when their backoff has elapsed."""
         self._stalls.retry(self._process)
 
     def drop(self, tps: list[Partition]) -> None:
-        """Forget the records held back for ``tps`` (revoked, lost or rewound)."""
+        """Forget the records held back for ``tps`` (revoked, lost or rewound), and their ops
+        waiting for their event-time turn."""
         self._stalls.drop(tps)
+        self._order.drop(tps)
 
     def _process(self, rec: Record, handle: Handle, seen: float | None = None) -> None:
         """Decode, parse and map one tracked record (read at wall time ``seen``, default now);
@@ -148,14 +168,16 @@ class Intake:
                 user = getattr(op, "user_id", None)
                 if user is not None:
                     self._keys.seen(user, tp)
-                self.queue(op, handle, tp)
+                handle.hold()
+                self._order.add(Pending(0, op, handle, tp))  # numbered as it leaves the order
         handle.release()  # zero-op events resolve here
 
     # -- shared with a backfill's holding ----------------------------------------------------
 
     def map(self, rec: Record) -> tuple[Mapped, object, str]:
         """Decode, parse and map one record (a tombstone, with deletes on, maps to a delete);
-        also the event's raw ``timestamp`` (for the freshness metrics) and its type.
+        also the event's raw ``timestamp`` (else ``originalTimestamp``: for the freshness
+        metrics and the event-time order) and its type.
 
         :raises InvalidEvent: the record can never be applied.
         :raises RegistryError: its writer schema cannot be had now (or ever, when fatal).
@@ -164,7 +186,7 @@ class Intake:
             return self.actions.tombstone(rec.key), None, "tombstone"
         message = self._decoder.decode(rec.value, rec.topic)
         event = parse_event(message)
-        return self.actions.map(event, message, rec), event.raw_timestamp, event.type  # type: ignore[arg-type]
+        return self.actions.map(event, message, rec), event.raw_time, event.type  # type: ignore[arg-type]
 
     def count(self, kind: str, mapped: Mapped) -> None:
         """Count an event of type ``kind`` that mapped to ``mapped``, and its notes."""

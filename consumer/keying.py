@@ -67,3 +67,8 @@ class KeyWatch:
                 "it with `knock-sink repartition` and point the sink at the keyed topic.",
                 topic, self.users_split, topic, before, topic, partition,
             )  # fmt: skip
+
+    def split(self, user_id: str, topic: str) -> bool:
+        """Whether ``user_id`` has been seen on more than one partition of ``topic`` (among the
+        users remembered)."""
+        return (topic, user_id) in self._split

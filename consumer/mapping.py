@@ -190,7 +190,7 @@ class Mapper:
         if previous_id == user_id:
             out.notes.append("self_alias")
             return
-        out.ops.append(Merge(user_id=user_id, from_user_id=previous_id))
+        out.ops.append(Merge(user_id=user_id, from_user_id=previous_id, message_id=event.message_id))
 
     def props(
         self, traits: dict[str, Any], context: dict[str, Any], notes: list[str]

@@ -55,6 +55,16 @@ class Metrics:
             "Users whose events came on more than one partition of a topic (not keyed by user)",
             registry=r,
         )  # fmt: skip
+        self.late_events = Counter(
+            "knock_sink_late_events",
+            "Ops of a user split over partitions handed on in arrival order: older than one of the user's already handed on",
+            registry=r,
+        )  # fmt: skip
+        self.duplicate_merges = Counter(
+            "knock_sink_duplicate_merges",
+            "Merges (alias) skipped: their messageId repeats one taken in from another position",
+            registry=r,
+        )  # fmt: skip
         self.budget_share = Gauge(
             "knock_sink_budget_share", "Share of each Knock rate-limit tier this process uses",
             registry=r,

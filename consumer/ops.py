@@ -7,7 +7,7 @@ the sink wraps each one with the handle of the position it came from (see :mod:`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -23,10 +23,12 @@ class Identify:
 @dataclass(frozen=True, slots=True)
 class Merge:
     """``POST /v1/users/{user_id}/merge`` with ``from_user_id``: the from-user joins ``user_id``
-    and is deleted."""
+    and is deleted. ``message_id`` is the alias's ``messageId`` (left out of equality): a
+    repeat of it is skipped (:class:`consumer.ordering.RecentIds`)."""
 
     user_id: str
     from_user_id: str
+    message_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

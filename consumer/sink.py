@@ -140,6 +140,7 @@ class Sink:
                 source=self._source, tracker=self._tracker, dlq=self._dlq, metrics=self.metrics,
                 forget=self._forget, stop=self._stop, clock=self._clock,
             )  # fmt: skip
+        self._intake.until_end(ends if self._holding is None else None)
         # The loop allocates a few small objects per event and keeps them until Knock applied
         # them: with the default thresholds the collector rescans that young, live heap every
         # 700 allocations (up to a tenth of the loop's time in profiles).
@@ -196,6 +197,7 @@ class Sink:
             holding.fetched(records)
 
     def _start_plan(self) -> None:
+        self._intake.release()
         holding = self._holding
         self._dispatch.start(wait=holding.holds_back if holding is not None else None,
                              now=self._stop.is_set())  # fmt: skip
@@ -293,6 +295,7 @@ class Sink:
         """Stop fetching, apply what is buffered (within the drain budget), then settle."""
         assert self._source is not None and self._dlq is not None
         self._source.pause()
+        self._intake.release(flush=True)  # what a live sink holds for event-time order goes on now
         deadline = self._clock() + self.settings.sink.drain_timeout
         while self._clock() < deadline:
             self.health.turned()
