@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(or up to --until-timestamp) is applied and committed. Under Knock's rate limits it reads "
         "ahead before it sends, "
         "holding each user's updates folded into one (spilled to disk past --backfill-memory-mb), "
-        "so each user is sent once; killed, it resumes from its commit.")
+        "so each user is sent once; killed, it resumes from its commit. A user's events from several "
+        "partitions are applied in event-time order (--lateness 0: in the order read).")
     _add_sink_arguments(back)
     back.add_argument("--from-beginning", action="store_true",
                       help="rewind every partition to its first offset (else start from the backfill "

@@ -5,7 +5,8 @@ producer does not key by user (Segment's Kafka destination without a message key
 robin), one user's events land on several partitions and their relative order is lost: a later
 trait change can be applied before an earlier one, and the earlier one wins. Nothing in an
 event says so, so this watch notices it: a counter, and a warning once, then at most every
-:data:`WARN_EVERY` seconds, saying what it costs and what to do.
+:data:`WARN_EVERY` seconds, saying what it costs and what to do; and :meth:`KeyWatch.split`
+tells :mod:`consumer.ordering` which users' updates to hold for event-time order.
 """
 
 from __future__ import annotations
@@ -61,10 +62,12 @@ class KeyWatch:
             self._last_warning = now
             log.warning(
                 "topic %s is not keyed by user: %d user(s) seen on more than one partition so "
-                "far (e.g. on %s[%d] and %s[%d]). Their updates are then applied in no defined "
-                "order, so an older trait value can overwrite a newer one. Key the topic by "
-                "userId (Segment: set the Kafka destination's message key to userId), or re-key "
-                "it with `knock-sink repartition` and point the sink at the keyed topic.",
+                "far (e.g. on %s[%d] and %s[%d]). A live sink holds their updates up to "
+                "sink.lateness seconds to apply them in event-time order, and applies one later "
+                "than that as it arrives, so an older trait value can still overwrite a newer "
+                "one. Key the topic by userId (Segment: set the Kafka destination's message key "
+                "to userId), or re-key it with `knock-sink repartition` and point the sink at "
+                "the keyed topic.",
                 topic, self.users_split, topic, before, topic, partition,
             )  # fmt: skip
 
