@@ -90,9 +90,10 @@ class Holding:
                                 memory_bytes=sink.backfill_memory_mb << 20)  # fmt: skip
         self._focused: set[Partition] | None = None
         # Topics not keyed by user: events fold in event-time order across partitions (see
-        # consumer.ordering), so the partitions are read side by side, not one at a time.
+        # consumer.ordering), so the partitions are read side by side, not one at a time (the
+        # limit: see consumer.ordering.PendingOrder).
         self._order = EventOrder(
-            self._fold, ends=ends, positions=source.positions, limit=max(1, sink.max_pending // 2),
+            self._fold, ends=ends, positions=source.positions, limit=max(1, sink.max_pending // 4),
             pause=source.pause_partitions, resume=source.resume_partitions,
             on_late=metrics.late_events.inc, clock=clock,
         ) if sink.lateness > 0 else None  # fmt: skip
@@ -157,7 +158,7 @@ class Holding:
             return ops
         out = []
         for op in ops:
-            if op.__class__ is Merge and merges.duplicate(op.message_id, tp, offset):  # type: ignore[union-attr]
+            if op.__class__ is Merge and merges.duplicate(op.message_id, tp, offset):
                 self._metrics.duplicate_merges.inc()
                 continue
             out.append(op)

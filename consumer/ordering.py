@@ -87,9 +87,7 @@ class RecentIds:
         where = ids.get(message_id)
         if where is not None:
             ids.move_to_end(message_id)
-            if where != (tp, offset):
-                return True
-            return False
+            return where != (tp, offset)
         ids[message_id] = (tp, offset)
         if len(ids) > self._size:
             ids.popitem(last=False)
@@ -97,7 +95,7 @@ class RecentIds:
 
 
 class _Unit:
-    __slots__ = ("time", "n", "tp", "users", "item", "at")
+    __slots__ = ("at", "item", "n", "time", "tp", "users")
 
     def __init__(self, time: float, n: int, tp: Partition, users: tuple[str, ...], item: Any, at: float) -> None:
         self.time, self.n, self.tp, self.users, self.item, self.at = time, n, tp, users, item, at
@@ -379,7 +377,9 @@ class PendingOrder:
         self._add, self._next_seq = add, next_seq
         self._keys = keys
         self._lateness = settings.sink.lateness
-        self._limit = max(1, settings.sink.max_pending // 2)
+        # Well below where fetching as a whole resumes (half of max_pending): what waits here
+        # for a partition must never by itself keep that partition from being fetched.
+        self._limit = max(1, settings.sink.max_pending // 4)
         self._metrics = metrics
         self._io = {"pause": pause, "resume": resume, "may_resume": may_resume, "clock": clock}
         self.order = EventOrder(self._hand_on, lateness=self._lateness, split=keys.split,
@@ -404,11 +404,11 @@ class PendingOrder:
         op, h = p.op, p.source
         tp = h.partition
         if op.__class__ is Merge:
-            if self._merges is not None and self._merges.duplicate(op.message_id, tp, h.offset):  # type: ignore[union-attr]
+            if self._merges is not None and self._merges.duplicate(op.message_id, tp, h.offset):
                 self._metrics.duplicate_merges.inc()
                 h.release()
                 return
-            self._keys.seen(op.from_user_id, tp)  # type: ignore[union-attr]  # the target is seen by the loop
+            self._keys.seen(op.from_user_id, tp)  # the intake saw its target; a merge relates both
         self.order.add(p, tp, h.offset, entities(op),
                        lambda: event_time(h.event_ts, h.kafka_ms, h.seen))  # fmt: skip
 

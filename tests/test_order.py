@@ -14,7 +14,7 @@ import pytest
 
 from consumer.backlog import Backlog
 from consumer.metrics import total
-from consumer.ops import Identify, Merge
+from consumer.ops import Identify
 from consumer.ordering import EventOrder, RecentIds, event_time
 from consumer.sink import Sink
 from tests.conftest import wait_for
@@ -37,7 +37,7 @@ def test_exact_order_is_a_merge_by_event_time_that_waits_for_every_unfinished_pa
     positions: dict[Any, int] = {}
     order = EventOrder(out.append, ends=ends, positions=lambda tps: {tp: positions.get(tp, 0) for tp in tps},
                        clock=lambda: 0.0)  # fmt: skip
-    add = lambda name, tp, off, t: order.add(name, tp, off, (name[0],), lambda: t)  # noqa: E731
+    add = lambda name, tp, off, t: order.add(name, tp, off, (name[0],), lambda: t)
     add("a3", P[0], 0, 3.0)
     add("b1", P[1], 0, 1.0)
     order.step()
