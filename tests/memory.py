@@ -70,6 +70,8 @@ class MemorySource:
         self._from_beginning = from_beginning
         self._position: dict[Partition, int] = {}
         self._paused = False
+        #: Partitions paused one by one (a stall, the event-time order's balance).
+        self._held: set[Partition] = set()
         self._delivered = 0
         self._joined = False
         self._idle = threading.Event()  # never set: waiting on it is a consumer's poll timeout
@@ -116,7 +118,7 @@ class MemorySource:
         while progress and len(out) < limit:  # round robin, as a fetch spans partitions
             progress = False
             for tp, pos in list(self._position.items()):
-                if len(out) < limit and pos < len(b.partitions[tp]):
+                if len(out) < limit and pos < len(b.partitions[tp]) and tp not in self._held:
                     out.append(b.partitions[tp][pos])
                     self._position[tp] = pos + 1
                     progress = True
@@ -135,10 +137,10 @@ class MemorySource:
         return {tp: self._position[tp] for tp in tps if tp in self._position}
 
     def pause_partitions(self, tps: list[Partition]) -> None:
-        pass  # the sink queues a stalled partition's records itself: pausing only saves memory
+        self._held.update(tps)
 
     def resume_partitions(self, tps: list[Partition]) -> None:
-        pass
+        self._held.difference_update(tps)
 
     def focus(self, keep: set[Partition] | None) -> None:
         pass  # the loop's tests read every partition alike; the real broker's tests focus
