@@ -9,9 +9,9 @@ each stage:
 * ingest: :meth:`Holding.ingest` takes each record instead of the per-event path, and
   :meth:`Holding.fetched` each batch;
 * each turn: :meth:`Holding.step` folds the events whose event-time turn has come
-  (:mod:`consumer.ordering`; with ``sink.lateness`` 0, as read), focuses fetching (with the
-  order off only: ordered, the partitions are read side by side) and feeds held users to the
-  planner;
+  (:mod:`consumer.ordering`; with ``sink.lateness`` 0, as read), focuses fetching (one partition
+  at a time, unless a topic not keyed by user is being ordered: then its partitions are read
+  side by side) and feeds held users to the planner;
 * plans: :meth:`Holding.holds_back` says whether a due plan must still wait;
 * outcomes: :func:`applied_events` and :func:`dead_letter_record` count and dead-letter a held
   user's folded update;
@@ -148,7 +148,7 @@ class Holding:
         handle = self._tracker.track(tp, rec.offset)
         seen = self._clock()
         self._order.add((tp, rec.offset, ops, handle), tp, rec.offset, users_of(ops),
-                        lambda: event_time(stamp, rec.timestamp, seen))  # fmt: skip
+                        lambda: event_time(stamp, rec.timestamp, seen), rec.key)  # fmt: skip
         return True
 
     def _fresh(self, ops: list[Op], tp: Partition, offset: int) -> list[Op]:
@@ -201,11 +201,17 @@ class Holding:
         if len(self._backlog):
             self._feed(self._read_ahead.finished() if self._reading_ahead(self._clock()) else None)
 
+    def _read_apart(self) -> bool:
+        """Whether partitions may be read one at a time: no event-time order, or every topic
+        keyed by user (see :data:`consumer.ordering.KEYED_AFTER`)."""
+        order = self._order
+        return order is None or all(order.keyed(topic) for topic in {tp[0] for tp in self._read_ahead.ends})
+
     def _focus(self) -> None:
         """While a backfill reads ahead, read one partition at a time: each one read to its end
         frees its users to be sent (topics are keyed by user) while the next is read."""
         now = self._clock()
-        if self._reading_ahead(now) and self._order is None:
+        if self._reading_ahead(now) and self._read_apart():
             left = sorted(tp for tp in self._read_ahead.ends if tp not in self._read_ahead.finished())
             keep = {left[0]} if left else None
             if keep != self._focused:

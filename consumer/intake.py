@@ -169,7 +169,7 @@ class Intake:
                 if user is not None:
                     self._keys.seen(user, tp)
                 handle.hold()
-                self._order.add(Pending(0, op, handle, tp))  # numbered as it leaves the order
+                self._order.add(Pending(0, op, handle, tp), rec.key)  # numbered as it leaves the order
         handle.release()  # zero-op events resolve here
 
     # -- shared with a backfill's holding ----------------------------------------------------

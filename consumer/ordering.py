@@ -13,6 +13,10 @@ else the Kafka record's timestamp, else when it was read; ties: the order they w
   stable within a partition, so it is exact when each partition is in event-time order (what a
   producer appending as it goes writes, round robin included). A partition far ahead of the
   others is paused until they catch up, so what waits here stays bounded.
+  A topic keyed by user does not need it, and reading its partitions one at a time lets a
+  backfill send the users of a finished partition while it reads the next (see
+  :mod:`consumer.holding`): so a topic whose first :data:`KEYED_AFTER` records each carry
+  their user's id as key counts as keyed, and its ops go on as read.
 * **window** (``run``): only ops of users seen on more than one partition of a topic
   (:class:`~consumer.keying.KeyWatch`), or of anything an op waiting here touches, wait; every
   other op goes on at once, so a topic keyed by user pays nothing. A waiting op goes on as soon
@@ -38,6 +42,7 @@ No I/O and no threads: the loop's thread owns it; time comes from the ``clock`` 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -50,8 +55,15 @@ from .ops import Merge, Op, entities
 from .plan import Pending
 from .records import Partition
 
+log = logging.getLogger("knock_sink.ordering")
+
 #: Remembered per user: the event time of its last op handed on (bounded like the KeyWatch).
 REMEMBERED = 100_000
+#: Exact mode: records whose Kafka key is the id of the user their ops touch, in a row, after
+#: which a topic counts as keyed by user (Kafka's partitioner sends one key to one partition, so
+#: one user's events are in one partition, in order) and its ops go on as read. One record
+#: with another key, or none (Segment's round robin), and the topic is ordered by event time.
+KEYED_AFTER = 1_000
 
 
 def event_time(raw: object, kafka_ms: int | None, seen: float) -> float:
@@ -156,6 +168,10 @@ class EventOrder:
         self._unkeyed: set[str] = set()
         self._handed: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._flushed = False
+        #: exact mode: topic -> keyed by user (absent: not judged yet), records judged so far
+        self._keyed: dict[str, bool] = {}
+        self._judged: Counter[str] = Counter()
+        self._warned: set[str] = set()
         self._parts: dict[str, list[Partition]] = {}
         if ends is not None:
             for tp in ends:
@@ -171,12 +187,20 @@ class EventOrder:
 
     # -- intake ----------------------------------------------------------------------------
 
+    def keyed(self, topic: str) -> bool:
+        """Exact mode: whether ``topic`` counts as keyed by user (see :data:`KEYED_AFTER`)."""
+        return self._keyed.get(topic) is True
+
     def add(self, item: Any, tp: Partition, offset: int, users: tuple[str, ...],
-            time: Callable[[], float]) -> None:  # fmt: skip
+            time: Callable[[], float], key: bytes | None = None) -> None:  # fmt: skip
         """Take in one item (an op, or an event's ops) read at ``tp``/``offset``, touching
-        ``users`` (entities); ``time`` gives its event time (asked only when it matters)."""
+        ``users`` (entities), from a record with Kafka ``key``; ``time`` gives its event time
+        (asked only when it matters)."""
         if self._ends is None:
             self._add_windowed(item, tp, users, time)
+            return
+        if self._by_key(tp, offset, users, key):
+            self._release(item)
             return
         t = time()
         self._read[tp] = max(self._read.get(tp, 0), offset + 1)
@@ -184,6 +208,40 @@ class EventOrder:
         if self._late(users, t, tp[0]):
             self._on_late()
         self._queue(item, tp, users, t)
+
+    def _by_key(self, tp: Partition, offset: int, users: tuple[str, ...], key: bytes | None) -> bool:
+        """Whether the topic of ``tp`` counts as keyed by user, judging this record (exact
+        mode). The records whose ops touch no user (tenants, objects) are not judged."""
+        topic = tp[0]
+        verdict = self._keyed.get(topic)
+        if verdict is False:
+            return False
+        people = [u for u in users if "/" not in u]
+        if not people:
+            return bool(verdict)
+        matches = key is not None and key.decode("utf-8", "replace") in people
+        if verdict:
+            if not matches and topic not in self._warned:
+                self._warned.add(topic)
+                log.warning("topic %s was taken as keyed by user (its first %d records carry their "
+                            "user's id as key), but %s[%d]@%d does not: users whose events are on "
+                            "several partitions are applied in the order read", topic, KEYED_AFTER,
+                            tp[0], tp[1], offset)  # fmt: skip
+            return True
+        if not matches:
+            self._keyed[topic] = False
+            log.info("topic %s is not keyed by user (%s[%d]@%d): a backfill applies each user's "
+                     "events in event-time order across partitions", topic, tp[0], tp[1], offset)  # fmt: skip
+            return False
+        self._judged[topic] += 1
+        if self._judged[topic] < KEYED_AFTER:
+            return False
+        self._keyed[topic] = True
+        log.info("topic %s is keyed by user: a backfill reads its partitions one at a time", topic)
+        queues = self._queues.get(topic)
+        if queues:  # what waited goes on, in the order so far
+            self._release_topic(topic, queues, self._clock(), flush=True)
+        return True
 
     def _add_windowed(self, item: Any, tp: Partition, users: tuple[str, ...], time: Callable[[], float]) -> None:
         topic = tp[0]
@@ -399,8 +457,9 @@ class PendingOrder:
         p.seq = self._next_seq()
         self._add(p)
 
-    def add(self, p: Pending) -> None:
-        """Take in a consumed op (``p.source``: its tracker handle, held for it)."""
+    def add(self, p: Pending, key: bytes | None = None) -> None:
+        """Take in a consumed op (``p.source``: its tracker handle, held for it) of a record
+        with Kafka ``key``."""
         op, h = p.op, p.source
         tp = h.partition
         if op.__class__ is Merge:
@@ -410,7 +469,7 @@ class PendingOrder:
                 return
             self._keys.seen(op.from_user_id, tp)  # the intake saw its target; a merge relates both
         self.order.add(p, tp, h.offset, entities(op),
-                       lambda: event_time(h.event_ts, h.kafka_ms, h.seen))  # fmt: skip
+                       lambda: event_time(h.event_ts, h.kafka_ms, h.seen), key)  # fmt: skip
 
     def step(self, *, flush: bool = False) -> None:
         self.order.step(flush=flush)
