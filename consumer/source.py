@@ -10,6 +10,7 @@ The ``confluent_kafka.Message`` ends here: what leaves this module is the projec
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -233,10 +234,27 @@ class KafkaSource:
             if tmeta is None or tmeta.error is not None:
                 raise ConfigError("kafka.topics", f"topic {topic!r} does not exist")
             wanted += [TopicPartition(topic, pid, time_ms) for pid in tmeta.partitions]
-        out = {}
-        for tp in self._consumer.offsets_for_times(wanted, timeout=timeout):
-            key = (tp.topic, tp.partition)
-            out[key] = tp.offset if tp.offset >= 0 else self._consumer.get_watermark_offsets(tp, timeout)[1]
+        out: dict[Partition, int] = {}
+        # A partition's error (its leader moving, a broker slow to answer) comes back as offset
+        # -1 with the error set, which is also how "no such offset" reads: taken as "none yet",
+        # a backfill would start that partition at its end and read nothing. Ask again.
+        for attempt in range(1, COMMITTED_ATTEMPTS + 1):
+            failed, errors = [], []
+            for tp in self._consumer.offsets_for_times(wanted, timeout=timeout):
+                if tp.error is not None:
+                    failed.append(TopicPartition(tp.topic, tp.partition, time_ms))
+                    errors.append(tp.error)
+                    continue
+                key = (tp.topic, tp.partition)
+                out[key] = tp.offset if tp.offset >= 0 else self._consumer.get_watermark_offsets(tp, timeout)[1]
+            if not failed:
+                return out
+            if attempt == COMMITTED_ATTEMPTS:
+                raise KafkaException(errors[0])
+            log.warning("reading offsets by time failed for %d partition(s) (attempt %d): %s; trying "
+                        "again", len(failed), attempt, errors[0])  # fmt: skip
+            wanted = failed
+            time.sleep(min(2.0, 0.1 * 2**attempt))
         return out
 
     def high_watermarks(self) -> dict[Partition, int]:
