@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from .config import KafkaSettings
+from .config import PREFETCH_KBYTES, KafkaSettings
 from .deadletter import KafkaWriter, Originals
 from .errors import ConfigError
 from .records import Partition, RebalanceCallback, Record, Replay
@@ -52,9 +52,7 @@ class KafkaSource:
             # Rebalances move only the partitions that change owner: the others keep flowing.
             "partition.assignment.strategy": "cooperative-sticky",
             "enable.partition.eof": False,
-            # librdkafka prefetches up to 64 MB by default, on top of what the sink holds
-            # pending; 16 MB keeps a backlog's memory bounded and still outruns the sink.
-            "queued.max.messages.kbytes": 16384,
+            "queued.max.messages.kbytes": PREFETCH_KBYTES,
         }
         # The pass-through wins over our defaults except where the delivery guarantee rests on them.
         conf.update({k: v for k, v in settings.client.items() if k != "enable.auto.commit"})
