@@ -119,14 +119,17 @@ class KafkaSource:
         """Up to ``n`` records; per-partition errors are logged and left out, fatal client
         errors raised."""
         out = []
+        stop_at = self._stop_at
         for msg in self._consumer.consume(n, timeout):
             err = msg.error()
             if err is None:
-                if msg.offset() >= self._stop_at.get((msg.topic(), msg.partition()), msg.offset() + 1):
+                # Once per message: each accessor is a C call, so each is asked once.
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                if stop_at and offset >= stop_at.get((topic, partition), offset + 1):
                     continue  # at or past --until-timestamp: not this backfill's
                 ts_type, ts = msg.timestamp()
-                out.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(),
-                                  msg.value(), msg.headers(), ts if ts_type else None))  # fmt: skip
+                out.append(Record(topic, partition, offset, msg.key(), msg.value(), msg.headers(),
+                                  ts if ts_type else None))  # fmt: skip
             elif err.fatal():
                 raise KafkaException(err)
             elif err.code() != KafkaError._PARTITION_EOF:
