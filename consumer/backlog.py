@@ -329,8 +329,12 @@ class Backlog:
             return False
         sample = list(islice(users.values(), 0, None, max(1, len(users) // SAMPLE)))
         average = sum(len(orjson.dumps(h.props)) for h in sample) / len(sample)
-        held = len(users) * (average * PY_PER_JSON_BYTE + PER_USER) + len(self._shells) * PER_SHELL
-        return held > self._memory_bytes
+        in_memory = len(users) * (average * PY_PER_JSON_BYTE + PER_USER)
+        # Spilling frees the users, not the shells: once the shells take most of the budget,
+        # a spill of the few users in memory would free nothing and come again every batch
+        # (each spill of a user held again adds a shell). The users keep a quarter.
+        return (in_memory + len(self._shells) * PER_SHELL > self._memory_bytes
+                and in_memory >= self._memory_bytes // 4)  # fmt: skip
 
     def spill(self) -> None:
         """Move every user in memory to disk, keeping a shell (offsets, applied flag)."""

@@ -283,15 +283,26 @@ class Holding:
 def held_budget(budget: int, prefetch: int, rss: int | None = None) -> int:
     """What of a backfill's memory budget (``sink.backfill_memory_mb``, in bytes) its held
     users may take: the budget is the process's, so what the process holds before it holds
-    anyone comes off first: its peak resident size so far (``rss``; default: read now, the
-    interpreter, its libraries and the Kafka clients) and twice librdkafka's prefetch
-    allowance ``prefetch`` (measured: the fetch buffers live beside the queued messages).
-    At least a quarter of the budget is left to them, so a budget below the process's own
-    size still holds some users between spills."""
+    anyone comes off first: its resident size (``rss``; default: read now, the interpreter,
+    its libraries and the Kafka clients) and twice librdkafka's prefetch allowance
+    ``prefetch`` (measured: the fetch buffers live beside the queued messages). At least a
+    quarter of the budget is left to them, so a budget below the process's own size still
+    holds some users between spills."""
     if rss is None:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        rss = peak if sys.platform == "darwin" else peak << 10  # macOS: bytes; Linux: KiB
+        rss = resident_bytes()
     return max(budget - rss - 2 * prefetch, budget // 4)
+
+
+def resident_bytes() -> int:
+    """This process's resident size now: ``/proc/self/statm`` where there is one. Elsewhere
+    the peak so far (``ru_maxrss``); not on Linux, where that peak is carried over fork and
+    exec from the parent (a child of a large process would see its parent's size)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak << 10  # macOS: bytes; else KiB
 
 
 def applied_events(done: Iterable[Pending]) -> int:
