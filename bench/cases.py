@@ -1,7 +1,8 @@
 """The measured side of each case, run in a child process of :mod:`bench.run` so that its CPU
 time and peak RSS are its own: ``python -m bench.cases KIND --result FILE [options]``.
 
-* ``ceiling``: a bare confluent-kafka loop that consumes ``--events`` messages and discards them;
+* ``ceiling``: a bare confluent-kafka loop that consumes ``--events`` messages and discards them
+  (with ``--decode``, after ``orjson.loads`` of each value: the decode ceiling);
 * ``naive``: consume, one ``PUT /v1/users/{id}`` per event with the official ``knockapi`` SDK,
   commit after each (synchronously), for ``--events`` events;
 * ``live``: a steady producer of ``--rate`` identify events a second, each for a new user
@@ -59,6 +60,7 @@ def ceiling(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     c = _consumer(args.bootstrap, args.group, args.topic)
     n = nbytes = passes = 0
+    decode = args.decode
     # The topic is read this fast that one pass is over in a second or two: read it again (a
     # fresh group each time) until the run lasts --min-seconds.
     while True:
@@ -68,7 +70,10 @@ def ceiling(args: argparse.Namespace) -> dict[str, Any]:
                 for msg in c.consume(1000, 0.5):
                     if msg.error() is None:
                         n += 1
-                        nbytes += len(msg.value())
+                        value = msg.value()
+                        nbytes += len(value)
+                        if decode:
+                            orjson.loads(value)
         finally:
             c.close()
         passes += 1
@@ -179,6 +184,7 @@ def main() -> int:
     p.add_argument("--base-url")
     p.add_argument("--profile")
     p.add_argument("--min-seconds", type=float, default=0.0)
+    p.add_argument("--decode", action="store_true", help="ceiling: also orjson.loads every value")
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--prefix", default="live-")

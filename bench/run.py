@@ -5,6 +5,7 @@ with generated Segment events (:mod:`bench.generate`, fixed seed), runs each cas
 child process (:mod:`bench.cases`) and prints a table, also saved as JSON:
 
 1. ``ceiling``: a bare confluent-kafka loop consuming and discarding the main topic;
+   ``decode``: the same loop, ``orjson.loads`` of every value (the decode ceiling);
 2. ``sink``: ``knock-sink backfill --from-beginning`` on the main topic, emulator limits off;
 3. ``naive``: one SDK ``PUT /v1/users/{id}`` per event and a commit after each (a subset);
 4. ``limits``: a backfill under Knock's rate limits (emulator and sink ``knock``), timed
@@ -16,7 +17,10 @@ child process (:mod:`bench.cases`) and prints a table, also saved as JSON:
    while a producer writes a steady N new users a second (identify events stamped with their
    production time) to a 3-partition topic for D seconds: produce -> applied latency (the
    event's ``timestamp`` to the user's ``updated_at`` in the emulator) at p50/p99/max, Knock
-   calls per second, users per bulk call, 429s and the group's lag when producing stops.
+   calls per second, users per bulk call, 429s and the group's lag when producing stops;
+8. ``spill``: case 4 on a backlog whose held users outgrow the memory budget (5M events over
+   500k users at full scale, every default): peak RSS, sends per user, time against the bound.
+   The longest case (the bound alone is 472 s); ``--cases spill`` runs it alone.
 
 CPU seconds and peak RSS are the child's own (``wait4`` rusage: user + system time of all its
 threads; ``VmHWM``, peak RSS since exec, of the largest process); the broker and the emulator run
@@ -56,13 +60,13 @@ SCALES: dict[str, dict[str, Any]] = {
     # Seconds: the smoke test. Every case, tiny.
     "small": {"main": (20_000, 2_000), "naive": 200, "limits": (1_000, 200),
               "backlog": (30_000, 3_000), "procs": [1, 2], "ceiling_s": 0,
-              "live": ([100], 4.0)},
+              "live": ([100], 4.0), "spill": (2_000, 400)},
     # The issue's sizes (see README, Performance, for the run times on the reference machine).
     "full": {"main": (500_000, 50_000), "naive": 5_000, "limits": (1_000_000, 100_000),
              "backlog": (2_000_000, 200_000), "procs": [1, 2, 4], "ceiling_s": 20,
-             "live": ([300, 900], 60.0)},
+             "live": ([300, 900], 60.0), "spill": (5_000_000, 500_000)},
 }
-ALL_CASES = ["ceiling", "sink", "naive", "limits", "backlog", "scale", "live"]
+ALL_CASES = ["ceiling", "decode", "sink", "naive", "limits", "backlog", "scale", "live", "spill"]
 LIVE_PARTITIONS = 3
 WRITES = ("POST /v1/users/bulk/identify", "PUT /v1/users/{user_id}", "POST /v1/users/{user_id}/merge")
 
@@ -160,12 +164,30 @@ class Env:
 
     def topic(self, name: str, events: int, users: int) -> str:
         topic = f"bench-{name}-{events}"
+        if topic not in self.topics and _filled(self.bootstrap, topic) == events:
+            # A shared broker (--bootstrap) keeps the topic between runs: the same seed gives
+            # the same events, and producing them again would double the topic.
+            log(f"reusing {topic} ({events:,} events already there)")
+            self.topics[topic] = {"topic": topic, "events": events, "users": users, "reused": True}
         if topic not in self.topics:
             log(f"producing {events:,} events over {users:,} users to {topic}")
             self.topics[topic] = info = fill(self.bootstrap, topic, events, users, seed=SEED,
                                              partitions=PARTITIONS)
             log(f"  {info['bytes'] / 1e6:,.0f} MB (avg {info['avg_bytes']} B) in {info['seconds']} s")
         return topic
+
+
+def _filled(bootstrap: str, topic: str) -> int:
+    """Records in ``topic`` (0 when it does not exist)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-probe"})
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return 0
+        return sum(hi - lo for lo, hi in (c.get_watermark_offsets(TopicPartition(topic, p), 10)
+                                          for p in meta.partitions))  # fmt: skip
+    finally:
+        c.close()
 
 
 def _knock(stats: dict[str, Any]) -> tuple[int, int, int]:
@@ -208,6 +230,15 @@ def case_ceiling(env: Env, sc: dict[str, Any]) -> dict[str, Any]:
     return _row("ceiling", "1. ceiling (consume + discard)", r, None)
 
 
+def case_decode(env: Env, sc: dict[str, Any]) -> dict[str, Any]:
+    n, users = sc["main"]
+    topic = env.topic("main", n, users)
+    r = _run_child("ceiling", ["--bootstrap", env.bootstrap, "--topic", topic, "--decode",
+                               "--group", f"decode-{uuid.uuid4().hex[:6]}", "--events", str(n),
+                               "--min-seconds", str(sc["ceiling_s"])], env.tmp)
+    return _row("decode", "1. decode ceiling (consume + orjson.loads)", r, None)
+
+
 def case_sink(env: Env, sc: dict[str, Any], profile: Path | None = None) -> dict[str, Any]:
     n, users = sc["main"]
     topic = env.topic("main", n, users)
@@ -230,9 +261,10 @@ def case_naive(env: Env, sc: dict[str, Any]) -> dict[str, Any]:
     return _row("naive", "3. naive (SDK PUT + commit per event)", r, api.stats())
 
 
-def case_limits(env: Env, sc: dict[str, Any], profile: Path | None = None) -> dict[str, Any]:
-    n, users = sc["limits"]
-    topic = env.topic("limits", n, users)
+def case_limits(env: Env, sc: dict[str, Any], profile: Path | None = None, case: str = "limits",
+                title: str = "4. sink, Knock limits (backfill)") -> dict[str, Any]:
+    n, users = sc[case]
+    topic = env.topic(case, n, users)
     # Default settings: the backfill holds folded users (README, Running) and deep-folds the
     # generated nested traits (the default knock.nested_merge). --limits-args adds flags.
     flags = [*sc.get("limits_args", [])]
@@ -257,7 +289,7 @@ def case_limits(env: Env, sc: dict[str, Any], profile: Path | None = None) -> di
         stop.set()
         watcher.join()
     stats = api.stats()
-    row = _row("limits", "4. sink, Knock limits (backfill)", r, stats)
+    row = _row(case, title, r, stats)
     first = next((t for t, calls, _ in timeline if calls), None)
     base = next((lim for t, _, lim in timeline if first is not None and t >= first + 1.0), 0)
     row["knock_429_after_1s"] = row["knock_429"] - base
@@ -468,15 +500,25 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out["backfill_429_after_1s"] = rows["limits"]["knock_429_after_1s"]
         out["backfill_sends_per_user"] = rows["limits"]["sends_per_user"]
         out["backfill_peak_rss_mb"] = rows["limits"]["peak_rss_mb"]
+    if "sink" in rows:
+        out["sink_events_per_s"] = rows["sink"]["events_per_s"]
+    if "sink" in rows and "decode" in rows:
+        out["sink_over_decode"] = round(rows["sink"]["events_per_s"] / rows["decode"]["events_per_s"], 3)
     if "backlog" in rows:
         out["backlog_peak_rss_mb"] = rows["backlog"]["peak_rss_mb"]
+    if "spill" in rows:
+        out["spill_over_bound"] = rows["spill"]["time_over_bound"]
+        out["spill_sends_per_user"] = rows["spill"]["sends_per_user"]
+        out["spill_peak_rss_mb"] = rows["spill"]["peak_rss_mb"]
     return out
 
 
 TARGETS = {"sink_over_ceiling": (">=", 0.5), "sink_over_naive": (">=", 50),
            "backfill_over_bound": ("<=", 1.1), "backfill_429_after_1s": ("<=", 0),
            "backfill_sends_per_user": ("<=", 1.02), "backfill_peak_rss_mb": ("<=", 300),
-           "backlog_peak_rss_mb": ("<=", 300)}
+           "backlog_peak_rss_mb": ("<=", 300), "sink_events_per_s": (">=", 50_000),
+           "sink_over_decode": (">=", 0.35), "spill_over_bound": ("<=", 1.3),
+           "spill_sends_per_user": ("<=", 1.0), "spill_peak_rss_mb": ("<=", 400)}
 
 
 def render(report: dict[str, Any]) -> None:
@@ -499,7 +541,7 @@ def render(report: dict[str, Any]) -> None:
         op, target = TARGETS[name]
         ok = value >= target if op == ">=" else value <= target
         console.print(f"  {name}: {value}  (target {op} {target}: {'met' if ok else 'NOT met'})")
-    for lim in (r for r in report["rows"] if r["case"].startswith("limits")):
+    for lim in (r for r in report["rows"] if r["case"] in ("limits", "spill")):
         console.print(f"  {lim['case']}: {lim['distinct_users']:,} users, lower bound {lim['lower_bound_s']} s, "
                       f"took {lim['seconds']} s; {lim['sends_per_user']} sends per user; "
                       f"429s: {lim['knock_429']} in all, {lim['knock_429_after_1s']} after the first second; "
@@ -540,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--main-events", type=int, help="override the main topic's size (users = events / 10)")
     p.add_argument("--limits-events", type=int,
                    help="override case 4's topic size (users = events / 10)")
+    p.add_argument("--spill-events", type=int,
+                   help="override case 8's topic size (users = events / 10)")
     p.add_argument("--live-rates", type=float, nargs="+",
                    help="override case 7's producer rates (new users a second)")
     p.add_argument("--live-seconds", type=float, help="override case 7's producing time")
@@ -564,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         sc["live"] = (args.live_rates or rates, args.live_seconds or secs)
     if args.limits_events:
         sc["limits"] = (args.limits_events, max(1, args.limits_events // 10))
+    if args.spill_events:
+        sc["spill"] = (args.spill_events, max(1, args.spill_events // 10))
 
     from consumer.emulator import EmulatorServer
 
@@ -607,6 +653,12 @@ def main(argv: list[str] | None = None) -> int:
                 elif case == "limits":
                     rows.append(case_limits(env, sc, profile=Path(f"{args.profile}-limits")
                                             if args.profile else None))
+                elif case == "decode":
+                    rows.append(case_decode(env, sc))
+                elif case == "spill":
+                    n = sc["spill"][0]
+                    rows.append(case_limits(env, sc, case="spill",
+                                            title=f"8. sink, Knock limits, {n / 1e6:g}M-event backfill (spills)"))
                 elif case == "backlog":
                     rows.append(case_backlog(env, sc))
                 elif case == "scale":

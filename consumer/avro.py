@@ -407,9 +407,16 @@ class TopicDecoder:
         self._settings = settings
         self._by_format = by_format
         self.confluent = confluent
+        # Each topic's decoder, looked up once: decode runs once per event.
+        self._by_topic: dict[str | None, Callable[[bytes | None], object]] = {}
 
     def decode(self, value: bytes | None, topic: str | None = None) -> object:
-        return self._by_format[self._settings.format_for(topic)](value)
+        try:
+            return self._by_topic[topic](value)
+        except KeyError:
+            pass
+        decode = self._by_topic[topic] = self._by_format[self._settings.format_for(topic)]
+        return decode(value)
 
     def check(self) -> bool:
         """The registry's start-up check (see :meth:`ConfluentAvroDecoder.check`); ``True``

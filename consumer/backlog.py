@@ -38,7 +38,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any, Final
 
@@ -55,8 +55,10 @@ H_FOLDED = "knock-sink.folded.events"
 #: plus the shell, its dict entry and its offsets.
 PY_PER_JSON_BYTE: Final = 4.5
 PER_USER: Final = 400
+#: What a spilled user still costs in memory: its shell, offsets and entries (tracemalloc).
+PER_SHELL: Final = 450
 #: Users sampled to estimate the average size of a held user.
-SAMPLE: Final = 32
+SAMPLE: Final = 64
 
 
 class Held:
@@ -137,9 +139,13 @@ class HeldHandle:
             raise ValueError(f"{self!r} released more often than held")
         self._owed -= 1
         if self._owed == 0:
-            self.held.done = True
-            for rider in self.held.riders or ():
-                rider.done = True
+            # Applied: only the offsets are still needed, and ``_owed`` keeps an applied user
+            # until every earlier one of its partition is applied too (while the rest of the
+            # backlog is sent, that held every sent user's properties: 80 MB at 1M events).
+            for held in (self.held, *(self.held.riders or ())):
+                held.done = True
+                held.props = None  # type: ignore[assignment]
+            self.held.riders = None
             return True
         return False
 
@@ -313,29 +319,43 @@ class Backlog:
     # -- spilling --------------------------------------------------------------------------
 
     def over_budget(self) -> bool:
-        """Whether the users in memory are estimated past the memory budget (from a sample of
-        the oldest and the newest: measuring every dict would cost more than folding)."""
+        """Whether what is held in memory (users, and the shells of spilled ones) is estimated
+        past the memory budget. The users' size is sampled evenly across all of them (measuring
+        every dict would cost more than folding; the stride walk alone is cheap): the oldest or
+        the newest alone are no sample, a backfill's first batch holds users of partitions it
+        reads last, one event each (an estimate from them was 40 % low)."""
         users = self._users
         if self._memory_bytes is None or not users:
             return False
-        sample = [*islice(iter(users.values()), SAMPLE), *islice(reversed(users.values()), SAMPLE)]
+        sample = list(islice(users.values(), 0, None, max(1, len(users) // SAMPLE)))
         average = sum(len(orjson.dumps(h.props)) for h in sample) / len(sample)
-        return len(users) * (average * PY_PER_JSON_BYTE + PER_USER) > self._memory_bytes
+        in_memory = len(users) * (average * PY_PER_JSON_BYTE + PER_USER)
+        # Spilling frees the users, not the shells: once the shells take most of the budget,
+        # a spill of the few users in memory would free nothing and come again every batch
+        # (each spill of a user held again adds a shell). The users keep a quarter.
+        return (in_memory + len(self._shells) * PER_SHELL > self._memory_bytes
+                and in_memory >= self._memory_bytes // 4)  # fmt: skip
 
     def spill(self) -> None:
         """Move every user in memory to disk, keeping a shell (offsets, applied flag)."""
         db = self._open()
-        rows = []
-        for held in self._users.values():
-            self._next_row += 1
-            rows.append((self._next_row, held.user_id, orjson.dumps(held.props)))
-            self._shells[self._next_row] = held
-            held.props = None  # type: ignore[assignment]
-            held.owned = True  # read back as our own copy
+        first = self._next_row + 1
+
+        def rows() -> Iterator[tuple[int, str, bytes]]:
+            # One at a time, not a list: orjson keeps each output in a buffer of about 16 KB
+            # (3.13, measured), so a list of a spill's rows took 17 times their size.
+            for held in self._users.values():
+                self._next_row += 1
+                yield self._next_row, held.user_id, orjson.dumps(held.props)
+                self._shells[self._next_row] = held
+                held.props = None  # type: ignore[assignment]
+                held.owned = True  # read back as our own copy
+
         with db:
-            db.executemany("INSERT INTO held (id, uid, props) VALUES (?, ?, ?)", rows)
-            db.executemany("INSERT OR IGNORE INTO users (uid, first) VALUES (?, ?)", [(r[1], r[0]) for r in rows])
-        self.spilled += len(rows)
+            db.executemany("INSERT INTO held (id, uid, props) VALUES (?, ?, ?)", rows())
+            db.executemany("INSERT OR IGNORE INTO users (uid, first) VALUES (?, ?)",
+                           ((self._shells[row].user_id, row) for row in range(first, self._next_row + 1)))  # fmt: skip
+        self.spilled += self._next_row + 1 - first
         self._users.clear()
 
     def _read_back(self, into: Callable[[Held], None], uids: list[str]) -> None:

@@ -11,7 +11,7 @@ import os
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -63,6 +63,11 @@ Format = Literal["auto", "json", "avro", "avro-plain"]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: librdkafka prefetches up to 64 MB by default (``queued.max.messages.kbytes``), on top of
+#: what the sink holds; 16 MB keeps a backlog's memory bounded and still outruns the sink.
+PREFETCH_KBYTES: Final = 16384
 
 
 class KafkaSettings(_Section):
@@ -147,6 +152,11 @@ class KafkaSettings(_Section):
 
     def dlq_for(self, topic: str) -> str:
         return self.dlq_topic or f"{topic}.dlq"
+
+    def prefetch_kbytes(self) -> int:
+        """What librdkafka may hold prefetched for the consumer, in KiB (its
+        ``queued.max.messages.kbytes``: ours, unless the pass-through sets it)."""
+        return int(self.client.get("queued.max.messages.kbytes", PREFETCH_KBYTES))
 
     def librdkafka(self) -> dict[str, Any]:
         """The librdkafka settings shared by every client: bootstrap plus the pass-through."""
@@ -331,8 +341,10 @@ class SinkSettings(_Section):
     drain_timeout: float = Field(30.0, gt=0)
     #: Attempts at one item Knock rejected inside a bulk operation before it is dead-lettered.
     item_attempts: int = Field(5, ge=1)
-    #: Memory a backfill under Knock's limits may fill with held users (their folded state)
-    #: before it spills them to disk, in MiB.
+    #: A backfill's memory under Knock's limits, in MiB: the process's, held users included.
+    #: Held users spill to disk once their estimated size reaches what is left of it after
+    #: the process's own (its peak resident size when the backfill starts, plus librdkafka's
+    #: prefetch allowance; see consumer.holding.held_budget).
     backfill_memory_mb: int = Field(256, ge=1)
     #: Where a backfill spills held users (a fresh directory inside it, removed at the end);
     #: ``None``: the system's temporary directory.

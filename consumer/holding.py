@@ -25,6 +25,8 @@ It also computes where a backfill ends (:func:`end_targets`) and whether it got 
 from __future__ import annotations
 
 import logging
+import resource
+import sys
 import threading
 from collections.abc import Callable, Iterable
 
@@ -86,8 +88,11 @@ class Holding:
         # At least a second: moving from one partition to the next is a pause in fetching
         # too (see _focus), not an end that is never delivered.
         self._read_ahead = ReadAhead(ends, idle=max(1.0, sink.flush_interval), now=clock())
+        budget = held_budget(sink.backfill_memory_mb << 20, settings.kafka.prefetch_kbytes() << 10)
         self._backlog = Backlog(nested=settings.knock.nested_merge, work_dir=sink.work_dir,
-                                memory_bytes=sink.backfill_memory_mb << 20)  # fmt: skip
+                                memory_bytes=budget)  # fmt: skip
+        log.info("backfill: %d MiB of the %d MiB memory budget left for held users",
+                 budget >> 20, sink.backfill_memory_mb)  # fmt: skip
         self._focused: set[Partition] | None = None
         # Topics not keyed by user: events fold in event-time order across partitions (see
         # consumer.ordering), so the partitions are read side by side, not one at a time (the
@@ -273,6 +278,31 @@ class Holding:
     def close(self) -> None:
         """Drop the backlog's spill file."""
         self._backlog.close()
+
+
+def held_budget(budget: int, prefetch: int, rss: int | None = None) -> int:
+    """What of a backfill's memory budget (``sink.backfill_memory_mb``, in bytes) its held
+    users may take: the budget is the process's, so what the process holds before it holds
+    anyone comes off first: its resident size (``rss``; default: read now, the interpreter,
+    its libraries and the Kafka clients) and twice librdkafka's prefetch allowance
+    ``prefetch`` (measured: the fetch buffers live beside the queued messages). At least a
+    quarter of the budget is left to them, so a budget below the process's own size still
+    holds some users between spills."""
+    if rss is None:
+        rss = resident_bytes()
+    return max(budget - rss - 2 * prefetch, budget // 4)
+
+
+def resident_bytes() -> int:
+    """This process's resident size now: ``/proc/self/statm`` where there is one. Elsewhere
+    the peak so far (``ru_maxrss``); not on Linux, where that peak is carried over fork and
+    exec from the parent (a child of a large process would see its parent's size)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak << 10  # macOS: bytes; else KiB
 
 
 def applied_events(done: Iterable[Pending]) -> int:

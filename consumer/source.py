@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from .config import KafkaSettings
+from .config import PREFETCH_KBYTES, KafkaSettings
 from .deadletter import KafkaWriter, Originals
 from .errors import ConfigError
 from .records import Partition, RebalanceCallback, Record, Replay
@@ -53,9 +53,7 @@ class KafkaSource:
             # Rebalances move only the partitions that change owner: the others keep flowing.
             "partition.assignment.strategy": "cooperative-sticky",
             "enable.partition.eof": False,
-            # librdkafka prefetches up to 64 MB by default, on top of what the sink holds
-            # pending; 16 MB keeps a backlog's memory bounded and still outruns the sink.
-            "queued.max.messages.kbytes": 16384,
+            "queued.max.messages.kbytes": PREFETCH_KBYTES,
         }
         # The pass-through wins over our defaults except where the delivery guarantee rests on them.
         conf.update({k: v for k, v in settings.client.items() if k != "enable.auto.commit"})
@@ -122,14 +120,17 @@ class KafkaSource:
         """Up to ``n`` records; per-partition errors are logged and left out, fatal client
         errors raised."""
         out = []
+        stop_at = self._stop_at
         for msg in self._consumer.consume(n, timeout):
             err = msg.error()
             if err is None:
-                if msg.offset() >= self._stop_at.get((msg.topic(), msg.partition()), msg.offset() + 1):
+                # Once per message: each accessor is a C call, so each is asked once.
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                if stop_at and offset >= stop_at.get((topic, partition), offset + 1):
                     continue  # at or past --until-timestamp: not this backfill's
                 ts_type, ts = msg.timestamp()
-                out.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(),
-                                  msg.value(), msg.headers(), ts if ts_type else None))  # fmt: skip
+                out.append(Record(topic, partition, offset, msg.key(), msg.value(), msg.headers(),
+                                  ts if ts_type else None))  # fmt: skip
             elif err.fatal():
                 raise KafkaException(err)
             elif err.code() != KafkaError._PARTITION_EOF:

@@ -268,3 +268,28 @@ def test_a_held_user_knock_rejects_is_dead_lettered_as_its_folded_update(kafka, 
     assert headers["knock-sink.folded.events"] == b"2"
     assert dict(summary.dead_lettered) == {"knock_rejected": 1}
     assert kafka.committed(f"g-{topic}", topic) == {0: 4}
+
+
+def test_the_memory_budget_is_the_processs() -> None:
+    from consumer.holding import held_budget
+
+    mib = 1 << 20
+    # What the process and twice librdkafka's prefetch take comes off; a quarter is left at least.
+    assert held_budget(256 * mib, 16 * mib, rss=60 * mib) == 164 * mib
+    assert held_budget(64 * mib, 16 * mib, rss=60 * mib) == 16 * mib
+
+
+def test_a_spill_carries_a_quarter_of_the_budget_when_spilled_users_take_the_rest(tmp_path) -> None:
+    b = Backlog(memory_bytes=50_000, work_dir=str(tmp_path))
+    sizes = []
+    for off in range(1000):
+        b.fold(TP0, off, [Identify(f"u{off}", {"k": off})], lambda h: None)
+        if b.over_budget():
+            before = b.spilled
+            b.spill()
+            sizes.append(b.spilled - before)
+    # Each user is about 440 bytes held and 450 spilled: past about a hundred spilled, the
+    # shells alone fill the budget, and a spill every batch would free nothing. Each still
+    # carries a quarter of the budget's users, never a handful.
+    assert len(sizes) > 5 and min(sizes) >= 50_000 // 4 // 450
+    b.close()
