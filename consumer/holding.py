@@ -146,14 +146,16 @@ class Holding:
         assert mapped is not None
         self._intake.count(kind, mapped)
         ops = self._fresh(mapped.ops, tp, rec.offset)
-        if self._order is None or not ops:
-            self._fold((tp, rec.offset, ops, None))
+        order = self._order
+        users = users_of(ops) if order is not None and ops else ()
+        if order is None or not ops or order.as_read(tp, rec.offset, users, rec.key):
+            self._fold((tp, rec.offset, ops, None))  # nothing waits: no handle, no time read
             return True
         # Tracked while it waits, so that no commit passes it before it is folded.
         handle = self._tracker.track(tp, rec.offset)
         seen = self._clock()
-        self._order.add((tp, rec.offset, ops, handle), tp, rec.offset, users_of(ops),
-                        lambda: event_time(stamp, rec.timestamp, seen), rec.key)  # fmt: skip
+        order.add((tp, rec.offset, ops, handle), tp, rec.offset, users,
+                  lambda: event_time(stamp, rec.timestamp, seen))  # fmt: skip
         return True
 
     def _fresh(self, ops: list[Op], tp: Partition, offset: int) -> list[Op]:

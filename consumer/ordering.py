@@ -192,15 +192,12 @@ class EventOrder:
         return self._keyed.get(topic) is True
 
     def add(self, item: Any, tp: Partition, offset: int, users: tuple[str, ...],
-            time: Callable[[], float], key: bytes | None = None) -> None:  # fmt: skip
+            time: Callable[[], float]) -> None:  # fmt: skip
         """Take in one item (an op, or an event's ops) read at ``tp``/``offset``, touching
-        ``users`` (entities), from a record with Kafka ``key``; ``time`` gives its event time
-        (asked only when it matters)."""
+        ``users`` (entities); ``time`` gives its event time (asked only when it matters). In
+        exact mode, ask :meth:`as_read` first."""
         if self._ends is None:
             self._add_windowed(item, tp, users, time)
-            return
-        if self._by_key(tp, offset, users, key):
-            self._release(item)
             return
         t = time()
         self._read[tp] = max(self._read.get(tp, 0), offset + 1)
@@ -209,9 +206,13 @@ class EventOrder:
             self._on_late()
         self._queue(item, tp, users, t)
 
-    def _by_key(self, tp: Partition, offset: int, users: tuple[str, ...], key: bytes | None) -> bool:
-        """Whether the topic of ``tp`` counts as keyed by user, judging this record (exact
-        mode). The records whose ops touch no user (tenants, objects) are not judged."""
+    def as_read(self, tp: Partition, offset: int, users: tuple[str, ...], key: bytes | None) -> bool:
+        """Whether the ops of the record at ``tp``/``offset``, touching ``users``, with Kafka
+        ``key``, go on as read without waiting here: always in window mode (:meth:`add`
+        decides); in exact mode, once its topic counts as keyed by user (this record is judged
+        too; records whose ops touch no user, tenants and objects, are not)."""
+        if self._ends is None:
+            return False
         topic = tp[0]
         verdict = self._keyed.get(topic)
         if verdict is False:
@@ -468,8 +469,11 @@ class PendingOrder:
                 h.release()
                 return
             self._keys.seen(op.from_user_id, tp)  # the intake saw its target; a merge relates both
-        self.order.add(p, tp, h.offset, entities(op),
-                       lambda: event_time(h.event_ts, h.kafka_ms, h.seen), key)  # fmt: skip
+        users = entities(op)
+        if self.order.as_read(tp, h.offset, users, key):
+            self._hand_on(p)
+            return
+        self.order.add(p, tp, h.offset, users, lambda: event_time(h.event_ts, h.kafka_ms, h.seen))
 
     def step(self, *, flush: bool = False) -> None:
         self.order.step(flush=flush)

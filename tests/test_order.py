@@ -55,16 +55,26 @@ def test_exact_order_is_a_merge_by_event_time_that_waits_for_every_unfinished_pa
     assert len(order) == 1
 
 
+def _keyed_add(order: EventOrder, out: list[str]):
+    def add(name: str, tp: Any, off: int, users: tuple[str, ...], t: Any, key: bytes | None) -> None:
+        if order.as_read(tp, off, users, key):
+            out.append(name)
+        else:
+            order.add(name, tp, off, users, t)
+    return add
+
+
 def test_a_topic_whose_records_carry_their_users_id_as_key_counts_as_keyed_and_goes_on_as_read(monkeypatch):
     monkeypatch.setattr("consumer.ordering.KEYED_AFTER", 3)
     out: list[str] = []
     order = EventOrder(out.append, ends={P[0]: 9, P[1]: 9}, clock=lambda: 0.0)
-    order.add("a1", P[0], 0, ("a",), lambda: 1.0, b"a")
-    order.add("tenant", P[1], 0, ("tenant/x",), lambda: 0.5, None)  # touches no user: not judged
-    order.add("b2", P[1], 1, ("b",), lambda: 2.0, b"b")
+    add = _keyed_add(order, out)
+    add("a1", P[0], 0, ("a",), lambda: 1.0, b"a")
+    add("tenant", P[1], 0, ("tenant/x",), lambda: 0.5, None)  # touches no user: not judged
+    add("b2", P[1], 1, ("b",), lambda: 2.0, b"b")
     order.step()
     assert out == ["tenant", "a1"] and not order.keyed("t")  # judged 2 of 3: b2 waits its turn
-    order.add("a0", P[0], 1, ("a",), lambda: pytest.fail("a keyed topic reads no time"), b"a")
+    add("a0", P[0], 1, ("a",), lambda: pytest.fail("a keyed topic reads no time"), b"a")
     # The third: keyed. What waited goes on in the order so far, the rest as read.
     assert out == ["tenant", "a1", "b2", "a0"] and order.keyed("t") and len(order) == 0
 
@@ -74,10 +84,11 @@ def test_one_record_without_its_users_id_as_key_and_the_topic_is_ordered(monkeyp
     monkeypatch.setattr("consumer.ordering.KEYED_AFTER", 3)
     out: list[str] = []
     order = EventOrder(out.append, ends={P[0]: 9, P[1]: 9}, clock=lambda: 0.0)
-    order.add("a3", P[0], 0, ("a",), lambda: 3.0, b"a")
-    order.add("a1", P[1], 0, ("a",), lambda: 1.0, key)
+    add = _keyed_add(order, out)
+    add("a3", P[0], 0, ("a",), lambda: 3.0, b"a")
+    add("a1", P[1], 0, ("a",), lambda: 1.0, key)
     for i, t in enumerate([4.0, 5.0, 6.0]):  # keyed ones after it change nothing
-        order.add(f"a{t:.0f}", P[0], i + 1, ("a",), lambda t=t: t, b"a")
+        add(f"a{t:.0f}", P[0], i + 1, ("a",), lambda t=t: t, b"a")
     order.step()
     # Still ordered: a3 waits, as partition 1 may bring something before 3.
     assert out == ["a1"] and not order.keyed("t") and len(order) == 4
