@@ -351,7 +351,8 @@ class SinkSettings(_Section):
     work_dir: str | None = None
     #: Topics not keyed by user: seconds of event time a live sink holds the ops of a user seen
     #: on more than one partition, to hand them on in event-time order (README, Topics not
-    #: keyed by user); a backfill orders every op exactly. 0: arrival order (no ordering).
+    #: keyed by user); a backfill orders every op exactly, unless its topic counts as keyed by
+    #: user (consumer.ordering.KEYED_AFTER). 0: arrival order (no ordering).
     lateness: float = Field(5.0, ge=0)
     #: Merges (alias) whose ``messageId`` is remembered, to skip a repeat of one (0: off).
     merge_ids: int = Field(100_000, ge=0)
