@@ -40,7 +40,7 @@ from .intake import Intake
 from .mapping import Mapped
 from .metrics import Metrics
 from .ops import Identify, Merge, Op
-from .ordering import EventOrder, RecentIds, event_time, users_of
+from .ordering import EventOrder, event_time, users_of
 from .plan import Pending
 from .records import Partition, Record, Replay, Source
 from .stalls import REGISTRY_BACKOFF
@@ -102,7 +102,6 @@ class Holding:
             pause=source.pause_partitions, resume=source.resume_partitions,
             on_late=metrics.late_events.inc, clock=clock,
         ) if sink.lateness > 0 else None  # fmt: skip
-        self._merges = RecentIds(sink.merge_ids) if sink.merge_ids else None
 
     # -- ingest ----------------------------------------------------------------------------
 
@@ -159,17 +158,11 @@ class Holding:
         return True
 
     def _fresh(self, ops: list[Op], tp: Partition, offset: int) -> list[Op]:
-        """``ops`` without a merge repeating the ``messageId`` of one taken in elsewhere."""
-        merges = self._merges
-        if merges is None or not any(op.__class__ is Merge for op in ops):
+        """``ops`` without a merge repeating the ``messageId`` of one taken in elsewhere (the
+        intake's memory of merges: one for both paths)."""
+        if not any(op.__class__ is Merge for op in ops):
             return ops
-        out = []
-        for op in ops:
-            if op.__class__ is Merge and merges.duplicate(op.message_id, tp, offset):
-                self._metrics.duplicate_merges.inc()
-                continue
-            out.append(op)
-        return out
+        return [op for op in ops if not self._intake.repeats(op, tp, offset)]
 
     def _fold(self, unit: tuple[Partition, int, list[Op], Handle | None]) -> None:
         """Fold one event's ops into their users' held state, or queue them on the per-event

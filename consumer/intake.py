@@ -194,6 +194,11 @@ class Intake:
         for note in mapped.notes:
             self._metrics.notes.labels(note).inc()
 
+    def repeats(self, op: Op, tp: Partition, offset: int) -> bool:
+        """Whether ``op`` is a merge repeating one taken in from elsewhere (see
+        :meth:`consumer.ordering.PendingOrder.repeats`)."""
+        return self._order.repeats(op, tp, offset)
+
     def count_invalid(self) -> None:
         self._outcomes[("invalid", "dead_lettered")] += 1
 

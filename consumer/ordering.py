@@ -458,14 +458,23 @@ class PendingOrder:
         p.seq = self._next_seq()
         self._add(p)
 
+    def repeats(self, op: Op, tp: Partition, offset: int) -> bool:
+        """Whether ``op``, read at ``tp``/``offset``, is a merge repeating the ``messageId`` of
+        one taken in from elsewhere (counted); if not, a merge is remembered."""
+        if op.__class__ is not Merge or self._merges is None:
+            return False
+        if not self._merges.duplicate(op.message_id, tp, offset):  # type: ignore[union-attr]
+            return False
+        self._metrics.duplicate_merges.inc()
+        return True
+
     def add(self, p: Pending, key: bytes | None = None) -> None:
         """Take in a consumed op (``p.source``: its tracker handle, held for it) of a record
         with Kafka ``key``."""
         op, h = p.op, p.source
         tp = h.partition
         if op.__class__ is Merge:
-            if self._merges is not None and self._merges.duplicate(op.message_id, tp, h.offset):
-                self._metrics.duplicate_merges.inc()
+            if self.repeats(op, tp, h.offset):
                 h.release()
                 return
             self._keys.seen(op.from_user_id, tp)  # the intake saw its target; a merge relates both
