@@ -34,6 +34,9 @@ EVENT_TYPES = frozenset({"identify", "track", "alias", "group", "page", "screen"
 #: 1e11 milliseconds is March 1973, so only pre-1973 millisecond values are misread.
 _MS_THRESHOLD = 100_000_000_000
 
+#: ``Event._stamps`` until the raw values are parsed (never read while they are there).
+_NO_STAMPS: list[datetime | None] = []
+
 _FIELDS = (
     "type", "user_id", "anonymous_id", "previous_id", "group_id", "message_id", "event",
     "traits", "group_traits", "context", "channel", "version",
@@ -225,6 +228,21 @@ def _version(value: object) -> int | float | str | None:
     return None
 
 
+def _id_of(value: object, key: str) -> str | None:
+    """:func:`_id` of a value already read, past the common case (a non-empty string)."""
+    if value is None or value == "":
+        return None
+    cls = type(value)
+    if cls is int or cls is float:
+        return str(value)
+    if cls is str:
+        return value  # type: ignore[return-value]
+    raise InvalidEvent("invalid_event", f"{key}: expected a string or number, got {_kind(value)}")
+
+
+_new_event = object.__new__
+
+
 def parse_event(obj: object) -> Event:
     """Validate one decoded Segment message.
 
@@ -234,10 +252,13 @@ def parse_event(obj: object) -> Event:
         when ``obj`` is not an object, ``type`` is missing or unknown, or an id or traits
         field has the wrong type.
     """
+    # Runs once per event: the common cases (a non-empty string id, an object or no context)
+    # are tested inline, and the rules' helpers are called only past them.
     if type(obj) is not dict:
         raise InvalidEvent("invalid_event", f"message: expected an object, got {_kind(obj)}")
     msg: dict[str, Any] = obj
-    kind = msg.get("type")
+    get = msg.get
+    kind = get("type")
     if type(kind) is not str:
         if kind is None:
             raise InvalidEvent("invalid_event", "type: missing")
@@ -248,12 +269,28 @@ def parse_event(obj: object) -> Event:
             raise InvalidEvent("invalid_event", f"type: unknown message type {kind[:40]!r}")
         kind = lowered
 
-    context = _object(msg.get("context"), "context")
-    context_traits = _object(context.get("traits"), "context.traits") if context else {}
-    own_traits = _object(msg.get("traits"), "traits") if kind in ("identify", "group") else {}
+    context = get("context")
+    if context.__class__ is not dict:
+        context = _object(context, "context")
+    if context:
+        context_traits = context.get("traits")
+        if context_traits.__class__ is not dict:
+            context_traits = _object(context_traits, "context.traits")
+    else:
+        context_traits = {}
+    if kind == "identify" or kind == "group":
+        own_traits = get("traits")
+        if own_traits.__class__ is not dict:
+            own_traits = _object(own_traits, "traits")
+    else:
+        own_traits = {}
 
-    user_id = _id(msg, "userId")
-    previous_id = _id(msg, "previousId")
+    # The order ids are checked in decides which error a message with several bad ones
+    # gets: userId, previousId, (alias: to, from), anonymousId, groupId, messageId, event.
+    v = get("userId")
+    user_id = v if v.__class__ is str and v else None if v is None else _id_of(v, "userId")
+    v = get("previousId")
+    previous_id = v if v.__class__ is str and v else None if v is None else _id_of(v, "previousId")
     if kind == "alias":
         # Legacy (facade) spellings: only when the current key is absent.
         user_id = user_id if user_id is not None else _id(msg, "to")
@@ -270,23 +307,26 @@ def parse_event(obj: object) -> Event:
         traits = context_traits
         group_traits = own_traits
 
-    get = msg.get
     channel = get("channel")
     if channel is None:
         channel = context.get("channel")
-    event = Event(
-        kind,
-        user_id,
-        _id(msg, "anonymousId"),
-        previous_id,
-        _id(msg, "groupId"),
-        _id(msg, "messageId"),
-        _id(msg, "event"),
-        traits,
-        group_traits,
-        context,
-        channel if type(channel) is str else None,
-        _version(get("version")),
-    )
+    event: Event = _new_event(Event)
+    event.type = kind
+    event.user_id = user_id
+    v = get("anonymousId")
+    event.anonymous_id = v if v.__class__ is str and v else None if v is None else _id_of(v, "anonymousId")
+    event.previous_id = previous_id
+    v = get("groupId")
+    event.group_id = v if v.__class__ is str and v else None if v is None else _id_of(v, "groupId")
+    v = get("messageId")
+    event.message_id = v if v.__class__ is str and v else None if v is None else _id_of(v, "messageId")
+    v = get("event")
+    event.event = v if v.__class__ is str and v else None if v is None else _id_of(v, "event")
+    event.traits = traits
+    event.group_traits = group_traits
+    event.context = context
+    event.channel = channel if type(channel) is str else None
+    event.version = _version(get("version"))
+    event._stamps = _NO_STAMPS  # replaced on first access, from the raw values
     event._raw_stamps = (get("timestamp"), get("originalTimestamp"), get("sentAt"), get("receivedAt"))
     return event
