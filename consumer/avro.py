@@ -50,7 +50,7 @@ import fastavro
 import orjson
 
 from .config import Format, KafkaSettings
-from .decode import JsonDecoder
+from .decode import JsonDecoder, json_value
 from .errors import (
     ConfigError,
     FatalRegistryError,
@@ -398,6 +398,22 @@ class AutoDecoder:
             return self.avro.decode(value)
         return self.json.decode(value)
 
+    def for_topic(self, topic: str | None) -> Callable[[bytes | None], object]:
+        """This decode as one function: JSON inline when the JSON decoder is the plain one."""
+        if type(self.json) is not JsonDecoder:
+            return self.decode
+        avro = self.avro
+
+        def decode(value: bytes | None) -> object:
+            if value:
+                if value[0] != MAGIC:
+                    return json_value(value)
+                if avro is not None:
+                    return avro.decode(value)
+            return self.decode(value)  # a tombstone, an empty value, Avro without a registry
+
+        return decode
+
 
 class TopicDecoder:
     """The decoder of each topic's format. ``decode(value)`` alone uses ``kafka.format``."""
@@ -417,6 +433,12 @@ class TopicDecoder:
             pass
         decode = self._by_topic[topic] = self._by_format[self._settings.format_for(topic)]
         return decode(value)
+
+    def for_topic(self, topic: str | None) -> Callable[[bytes | None], object]:
+        """``topic``'s decode, found once (the intake keeps it per topic)."""
+        fn = self._by_format[self._settings.format_for(topic)]
+        owner_for = getattr(getattr(fn, "__self__", None), "for_topic", None)
+        return owner_for(topic) if owner_for is not None else fn
 
     def check(self) -> bool:
         """The registry's start-up check (see :meth:`ConfluentAvroDecoder.check`); ``True``

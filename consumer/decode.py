@@ -8,10 +8,15 @@ The sink holds one decoder and never looks inside it, so Avro (or anything else)
 without touching the rest.
 :class:`SizeLimit` puts the rule every format shares in front of it: a value above
 ``kafka.max_message_bytes`` is not decoded at all.
+
+A decoder may also offer ``for_topic(topic) -> Callable[[bytes | None], object]``: one topic's
+decode, looked up once. The intake decodes through it (:meth:`SizeLimit.for_topic`), so a plain
+JSON value costs one Python call in front of ``orjson.loads`` rather than one per layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import orjson
@@ -30,18 +35,26 @@ class Decoder(Protocol):
         ...
 
 
+def json_value(value: bytes | None) -> object:
+    """A UTF-8 JSON value (:class:`JsonDecoder`'s decode, as a plain function)."""
+    if value is None:
+        # A tombstone carries no event; dead-lettering it keeps the rule "nothing dropped
+        # silently" without guessing what a null value meant to the producer.
+        raise InvalidEvent("undecodable", "empty value (tombstone)")
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("undecodable", f"invalid JSON: {exc}") from None
+
+
 class JsonDecoder:
     """UTF-8 JSON values (Segment's own Kafka destination writes nothing else)."""
 
     def decode(self, value: bytes | None, topic: str | None = None) -> object:
-        if value is None:
-            # A tombstone carries no event; dead-lettering it keeps the rule "nothing dropped
-            # silently" without guessing what a null value meant to the producer.
-            raise InvalidEvent("undecodable", "empty value (tombstone)")
-        try:
-            return orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidEvent("undecodable", f"invalid JSON: {exc}") from None
+        return json_value(value)
+
+    def for_topic(self, topic: str | None) -> Callable[[bytes | None], object]:
+        return json_value
 
     def check(self) -> bool:
         return True
@@ -59,6 +72,26 @@ class SizeLimit:
         if value is not None and len(value) > self._max:
             raise InvalidEvent("oversize", f"{len(value)} bytes > {self._max}")
         return self._decoder.decode(value, topic)
+
+    def for_topic(self, topic: str | None) -> Callable[[bytes | None], object]:
+        """``topic``'s decode behind the size check, in one call (see the module docstring)."""
+        inner_for = getattr(self._decoder, "for_topic", None)
+        if inner_for is not None:
+            inner: Callable[[bytes | None], object] = inner_for(topic)
+        else:
+            decoder = self._decoder
+
+            def inner(value: bytes | None) -> object:
+                return decoder.decode(value, topic)
+
+        limit = self._max
+
+        def decode(value: bytes | None) -> object:
+            if value is not None and len(value) > limit:
+                raise InvalidEvent("oversize", f"{len(value)} bytes > {limit}")
+            return inner(value)
+
+        return decode
 
     def check(self) -> bool:
         return self._decoder.check()

@@ -36,7 +36,7 @@ from .events import parse_event
 from .keying import KeyWatch
 from .mapping import Mapped
 from .metrics import Metrics
-from .ops import Op
+from .ops import Identify, Op
 from .ordering import PendingOrder
 from .plan import Pending, Planner
 from .records import Partition, Record, Source
@@ -58,7 +58,10 @@ class Intake:
                  metrics: Metrics, forget: Callable[[list[Partition]], None],
                  decoder: Decoder | None = None, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self._decoder = SizeLimit(decoder or decoder_for(settings.kafka), settings.kafka.max_message_bytes)
+        #: Each topic's decode, size check included, looked up once (see consumer.decode).
+        self._decoders: dict[str, Callable[[bytes | None], object]] = {}
         self.actions = Actions(settings)
+        self._map = self.actions.map
         self._planner = planner
         self._tracker = tracker
         self._metrics = metrics
@@ -97,30 +100,39 @@ class Intake:
         """Track and process ``records``, in order. ``take`` (a backfill's holding) takes each
         record instead; it returns False to stop taking in the batch."""
         tracker = self._tracker
-        seen = time.time()  # wall time, once a batch: the freshness metrics compare it to stamps
-        for rec in records:
-            tp = (rec.topic, rec.partition)
-            if not tracker.owns(tp):
-                continue  # fetched just before its partition was revoked: the new owner reads it
-            if take is not None:
-                if not take(rec, tp):
+        if take is not None:
+            for rec in records:
+                tp = (rec.topic, rec.partition)
+                # One fetched just before its partition was revoked is left to the new owner.
+                if tracker.owns(tp) and not take(rec, tp):
                     break
-                continue
-            if not tracker.accepts(tp, rec.offset):
-                # The consumer went back (a partition revoked and given back within one fetch, a
-                # reset): the events from here on come again, so start the partition afresh.
-                log.info("%s[%d] rewound to %d: reading it again", tp[0], tp[1], rec.offset,
-                         extra={"topic": tp[0], "partition": tp[1], "offset": rec.offset})  # fmt: skip
-                self._forget([tp])
-                tracker.add([tp])
-            handle = tracker.track(tp, rec.offset)
-            if self._stalls.holds(tp):
-                self._stalls.keep(rec, handle)  # behind a record waiting for the registry
-                continue
-            try:
-                self._process(rec, handle, seen)
-            except RegistryError as exc:
-                self._stalls.stall(rec, handle, exc)
+        else:
+            seen = time.time()  # wall time, once a batch: the freshness metrics compare it to stamps
+            stalls, process = self._stalls, self._process
+            for rec in records:
+                tp = (rec.topic, rec.partition)
+                partition = tracker.partition(tp)
+                if partition is None:
+                    continue  # fetched just before its partition was revoked: the new owner reads it
+                offset = rec.offset
+                if not partition.accepts(offset):
+                    # The consumer went back (a partition revoked and given back within one
+                    # fetch, a reset): the events from here on come again, so start the
+                    # partition afresh.
+                    log.info("%s[%d] rewound to %d: reading it again", tp[0], tp[1], offset,
+                             extra={"topic": tp[0], "partition": tp[1], "offset": offset})  # fmt: skip
+                    self._forget([tp])
+                    tracker.add([tp])
+                    partition = tracker.partition(tp)
+                    assert partition is not None
+                handle = partition.handle(offset)
+                if stalls.holds(tp):
+                    stalls.keep(rec, handle)  # behind a record waiting for the registry
+                    continue
+                try:
+                    process(rec, handle, seen, tp)
+                except RegistryError as exc:
+                    stalls.stall(rec, handle, exc)
         for (kind, outcome), n in self._outcomes.items():
             self._metrics.events.labels(kind, outcome).inc(n)
         self._outcomes.clear()
@@ -148,29 +160,40 @@ class Intake:
         self._stalls.drop(tps)
         self._order.drop(tps)
 
-    def _process(self, rec: Record, handle: Handle, seen: float | None = None) -> None:
-        """Decode, parse and map one tracked record (read at wall time ``seen``, default now);
-        queue its ops or park it. Raises :class:`RegistryError` with the handle still held (the
-        record must wait)."""
+    def _process(self, rec: Record, handle: Handle, seen: float | None = None,
+                 tp: Partition | None = None) -> None:  # fmt: skip
+        """Decode, parse and map one tracked record (read at wall time ``seen``, default now;
+        ``tp``: its partition, when the caller has it); queue its ops or park it. Raises
+        :class:`RegistryError` with the handle still held (the record must wait)."""
         assert self._dlq is not None
-        tp = (rec.topic, rec.partition)
+        if tp is None:
+            tp = (rec.topic, rec.partition)
         try:
             mapped, stamp, kind = self.map(rec)
         except InvalidEvent as exc:
             self._dlq.park(handle, exc.kind, exc.reason, rec)
             self.count_invalid()
-        else:
-            self.count(kind, mapped)
-            if mapped.ops:
-                handle.seen = time.time() if seen is None else seen
-                handle.kafka_ms, handle.event_ts = rec.timestamp, stamp
-            for op in mapped.ops:
-                user = getattr(op, "user_id", None)
-                if user is not None:
-                    self._keys.seen(user, tp)
+            handle.release()
+            return
+        ops = mapped.ops
+        self._outcomes[(kind, "queued" if ops else "nothing_to_send")] += 1
+        for note in mapped.notes:
+            self._metrics.notes.labels(note).inc()
+        if not ops:
+            handle.release()  # zero-op events resolve here
+            return
+        handle.seen = time.time() if seen is None else seen
+        handle.kafka_ms, handle.event_ts = rec.timestamp, stamp
+        key, seen_on, add = rec.key, self._keys.seen, self._order.add
+        last = len(ops) - 1
+        for i, op in enumerate(ops):
+            user = op.user_id if op.__class__ is Identify else getattr(op, "user_id", None)
+            if user is not None:
+                seen_on(user, tp)
+            if i < last:
                 handle.hold()
-                self._order.add(Pending(0, op, handle, tp), rec.key)  # numbered as it leaves the order
-        handle.release()  # zero-op events resolve here
+            # The last op takes over the intake's own hold (no hold and release of it).
+            add(Pending(0, op, handle, tp), key)  # numbered as it leaves the order
 
     # -- shared with a backfill's holding ----------------------------------------------------
 
@@ -182,11 +205,15 @@ class Intake:
         :raises InvalidEvent: the record can never be applied.
         :raises RegistryError: its writer schema cannot be had now (or ever, when fatal).
         """
-        if rec.value is None and self.actions.tombstones:
+        value = rec.value
+        if value is None and self.actions.tombstones:
             return self.actions.tombstone(rec.key), None, "tombstone"
-        message = self._decoder.decode(rec.value, rec.topic)
+        decode = self._decoders.get(rec.topic)
+        if decode is None:
+            decode = self._decoders[rec.topic] = self._decoder.for_topic(rec.topic)
+        message = decode(value)
         event = parse_event(message)
-        return self.actions.map(event, message, rec), event.raw_time, event.type  # type: ignore[arg-type]
+        return self._map(event, message, rec), event.raw_time, event.type  # type: ignore[arg-type]
 
     def count(self, kind: str, mapped: Mapped) -> None:
         """Count an event of type ``kind`` that mapped to ``mapped``, and its notes."""

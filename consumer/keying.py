@@ -46,13 +46,19 @@ class KeyWatch:
     def seen(self, user_id: str, tp: Partition) -> None:
         topic, partition = tp
         key = (topic, user_id)
-        before = self._seen.get(key)
-        self._seen[key] = partition
-        self._seen.move_to_end(key)
-        if len(self._seen) > self._max:
-            old, _ = self._seen.popitem(last=False)
-            self._split.discard(old)
-        if before is None or before == partition or key in self._split:
+        memory = self._seen
+        before = memory.get(key)
+        if before == partition:  # the common case, once per op: seen there last time too
+            memory.move_to_end(key)
+            return
+        memory[key] = partition
+        if before is None:
+            if len(memory) > self._max:
+                old, _ = memory.popitem(last=False)
+                self._split.discard(old)
+            return
+        memory.move_to_end(key)
+        if key in self._split:
             return
         self._split.add(key)
         self.users_split += 1

@@ -51,7 +51,7 @@ from .config import Settings
 from .events import parse_timestamp
 from .keying import KeyWatch
 from .metrics import Metrics
-from .ops import Merge, Op, entities
+from .ops import Identify, Merge, Op, entities
 from .plan import Pending
 from .records import Partition
 
@@ -217,10 +217,12 @@ class EventOrder:
         verdict = self._keyed.get(topic)
         if verdict is False:
             return False
-        people = [u for u in users if "/" not in u]
+        people = users if len(users) == 1 and "/" not in users[0] else [u for u in users if "/" not in u]
         if not people:
             return bool(verdict)
         matches = key is not None and key.decode("utf-8", "replace") in people
+        if matches and verdict:
+            return True
         if verdict:
             if not matches and topic not in self._warned:
                 self._warned.add(topic)
@@ -242,6 +244,22 @@ class EventOrder:
         queues = self._queues.get(topic)
         if queues:  # what waited goes on, in the order so far
             self._release_topic(topic, queues, self._clock(), flush=True)
+        return True
+
+    def goes_on(self, tp: Partition, users: tuple[str, ...]) -> bool:
+        """Window mode: whether :meth:`add` would hand these ops on at once without reading
+        their time (a topic where no user was seen on several partitions yet, nor any of
+        ``users`` now), so that the caller may hand them on itself. Never in exact mode."""
+        if self._ends is not None:
+            return False
+        topic = tp[0]
+        if topic in self._unkeyed and not self._flushed:
+            return False
+        if self._lateness > 0:
+            split = self._split
+            for u in users:
+                if split(u, topic):
+                    return False
         return True
 
     def _add_windowed(self, item: Any, tp: Partition, users: tuple[str, ...], time: Callable[[], float]) -> None:
@@ -473,16 +491,27 @@ class PendingOrder:
         with Kafka ``key``."""
         op, h = p.op, p.source
         tp = h.partition
-        if op.__class__ is Merge:
-            if self.repeats(op, tp, h.offset):
-                h.release()
+        cls = op.__class__
+        if cls is Identify:
+            users: tuple[str, ...] = (op.user_id,)  # type: ignore[union-attr]
+        else:
+            if cls is Merge:
+                if self.repeats(op, tp, h.offset):
+                    h.release()
+                    return
+                self._keys.seen(op.from_user_id, tp)  # type: ignore[union-attr]  # the intake saw its target; a merge relates both
+            users = entities(op)
+        order = self.order
+        if order.exact:
+            if order.as_read(tp, h.offset, users, key):
+                p.seq = self._next_seq()
+                self._add(p)
                 return
-            self._keys.seen(op.from_user_id, tp)  # the intake saw its target; a merge relates both
-        users = entities(op)
-        if self.order.as_read(tp, h.offset, users, key):
-            self._hand_on(p)
+        elif order.goes_on(tp, users):
+            p.seq = self._next_seq()
+            self._add(p)
             return
-        self.order.add(p, tp, h.offset, users, lambda: event_time(h.event_ts, h.kafka_ms, h.seen))
+        order.add(p, tp, h.offset, users, lambda: event_time(h.event_ts, h.kafka_ms, h.seen))
 
     def step(self, *, flush: bool = False) -> None:
         self.order.step(flush=flush)
