@@ -104,8 +104,18 @@ def normalize_phone(raw: str | int, region: str) -> str | None:
 def normalize_created_at(value: object) -> str | None:
     """``value`` (ISO-8601 string or epoch seconds/milliseconds) as a UTC ISO-8601 string,
     or ``None`` when it is not a usable date."""
+    if value.__class__ is str:
+        return _created_at_text(value)  # type: ignore[arg-type]
     if isinstance(value, bool):
         return None
+    parsed = parse_timestamp(value)
+    return None if parsed is None else parsed.astimezone(UTC).isoformat()
+
+
+@lru_cache(maxsize=65_536)
+def _created_at_text(value: str) -> str | None:
+    # Cached: a user's creation date comes back with every identify that carries it, and
+    # parsing and formatting it costs several times the lookup.
     parsed = parse_timestamp(value)
     return None if parsed is None else parsed.astimezone(UTC).isoformat()
 
