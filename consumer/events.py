@@ -18,7 +18,12 @@ really send:
   ``previousId``/``userId`` are absent.
 
 A hand-written validator over a slotted dataclass rather than a pydantic model: it runs once per
-event, and the leniency rules above would need as many custom validators as lines here.
+event, and the leniency rules above would need as many custom validators as lines here. Nor
+msgspec's typed decoding (decode and validate in one pass, in C): on the benchmark's events
+(2026-12-01, alternate runs) a ``Struct`` of the fields read here took 14.6 and 19.2 µs an event
+against ``orjson.loads``' 16.2 and 17.4, and 12.6 and 12.7 against 15.9 and 12.0 with
+``context`` cut to the four keys the mapping reads: no gain beyond the noise, since the traits
+are most of each message and stay a dict, while its errors are not this module's reasons.
 """
 
 from __future__ import annotations

@@ -184,10 +184,17 @@ class Intake:
             return
         handle.seen = time.time() if seen is None else seen
         handle.kafka_ms, handle.event_ts = rec.timestamp, stamp
+        if len(ops) == 1 and ops[0].__class__ is Identify:  # most events: one identify
+            op = ops[0]
+            self._keys.seen(op.user_id, tp)  # type: ignore[union-attr]
+            # It takes over the intake's own hold (no hold and release of it), and is numbered
+            # as it leaves the order.
+            self._order.add(Pending(0, op, handle, tp), rec.key)
+            return
         key, seen_on, add = rec.key, self._keys.seen, self._order.add
         last = len(ops) - 1
         for i, op in enumerate(ops):
-            user = op.user_id if op.__class__ is Identify else getattr(op, "user_id", None)
+            user = getattr(op, "user_id", None)
             if user is not None:
                 seen_on(user, tp)
             if i < last:

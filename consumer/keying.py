@@ -12,7 +12,6 @@ tells :mod:`consumer.ordering` which users' updates to hold for event-time order
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 
 from .records import Partition
@@ -21,13 +20,20 @@ log = logging.getLogger("knock_sink.keying")
 
 #: Seconds between two warnings (the first one comes at once).
 WARN_EVERY = 300.0
-#: Users remembered (least recently seen forgotten first): bounded memory on any topic; a
-#: user seen on two partitions within this many users is what the watch catches.
+#: Users remembered per topic: each of the last this many users seen on a topic is (and up to
+#: as many before them): bounded memory on any topic; a user seen on two partitions within
+#: this many users is what the watch catches.
 REMEMBERED = 100_000
 
 
 class KeyWatch:
     """Remembers the partition each user was last seen on, per topic.
+
+    Two generations of plain dicts rather than one least-recently-used order: the watch runs
+    once per op, and the common case (a user seen on the partition it was seen on before)
+    is then one lookup, with no entry to move. A generation holds :data:`REMEMBERED` users; a
+    user of the older one seen again joins the recent one; when the recent one is full, the
+    older one is forgotten and the recent one takes its place.
 
     :param on_split: called once per user found on a second partition (the metrics count it).
     """
@@ -37,30 +43,37 @@ class KeyWatch:
         self._clock = clock
         self._on_split = on_split
         self._max = remembered
-        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._split: set[tuple[str, str]] = set()
+        #: topic -> user -> the partition it was last seen on: this generation, the one before
+        self._recent: dict[str, dict[str, int]] = {}
+        self._older: dict[str, dict[str, int]] = {}
+        #: topic -> users remembered that were seen on several of its partitions
+        self._split: dict[str, set[str]] = {}
         self._last_warning: float | None = None
         #: Users found on more than one partition so far (bounded like the memory).
         self.users_split = 0
 
     def seen(self, user_id: str, tp: Partition) -> None:
         topic, partition = tp
-        key = (topic, user_id)
-        memory = self._seen
-        before = memory.get(key)
+        recent = self._recent.get(topic)
+        if recent is None:
+            recent = self._recent[topic] = {}
+            self._older[topic] = {}
+            self._split[topic] = set()
+        before = recent.get(user_id)
         if before == partition:  # the common case, once per op: seen there last time too
-            memory.move_to_end(key)
             return
-        memory[key] = partition
         if before is None:
-            if len(memory) > self._max:
-                old, _ = memory.popitem(last=False)
-                self._split.discard(old)
+            before = self._older[topic].pop(user_id, None)
+            if len(recent) >= self._max:
+                self._turn(topic)
+                recent = self._recent[topic]
+        recent[user_id] = partition
+        if before is None or before == partition:
             return
-        memory.move_to_end(key)
-        if key in self._split:
+        split = self._split[topic]
+        if user_id in split:
             return
-        self._split.add(key)
+        split.add(user_id)
         self.users_split += 1
         self._on_split()
         now = self._clock()
@@ -80,4 +93,15 @@ class KeyWatch:
     def split(self, user_id: str, topic: str) -> bool:
         """Whether ``user_id`` has been seen on more than one partition of ``topic`` (among the
         users remembered)."""
-        return (topic, user_id) in self._split
+        split = self._split.get(topic)
+        return split is not None and user_id in split
+
+    def _turn(self, topic: str) -> None:
+        """The older generation of ``topic`` is forgotten (and whether its users were split),
+        the recent one becomes the older."""
+        gone = self._older[topic]
+        split = self._split[topic]
+        if split and gone:
+            split.difference_update(gone)
+        self._older[topic] = self._recent[topic]
+        self._recent[topic] = {}

@@ -499,7 +499,8 @@ class PendingOrder:
                 if self.repeats(op, tp, h.offset):
                     h.release()
                     return
-                self._keys.seen(op.from_user_id, tp)  # type: ignore[union-attr]  # the intake saw its target; a merge relates both
+                # The intake saw its target; a merge relates both.
+                self._keys.seen(op.from_user_id, tp)  # type: ignore[union-attr]
             users = entities(op)
         order = self.order
         if order.exact:

@@ -33,6 +33,30 @@ def test_the_watch_counts_each_split_user_once_and_warns_at_most_every_few_minut
     assert "3 user(s)" in warnings[1]
 
 
+def test_the_watch_catches_a_user_within_the_last_users_it_remembers_and_forgets_older_ones():
+    watch = KeyWatch(clock=lambda: 0.0, remembered=3)
+    # Each of the last 3 users seen is remembered, however the generations turned in between.
+    for n in range(10):
+        watch.seen("kept", ("t", 0))
+        for other in range(3 * n, 3 * n + 2):
+            watch.seen(f"u{other}", ("t", 0))
+    watch.seen("kept", ("t", 1))
+    assert watch.users_split == 1 and watch.split("kept", "t")
+    # A user not seen for more than twice as many users is forgotten, and so is its split.
+    for other in range(100, 107):
+        watch.seen(f"u{other}", ("t", 0))
+    assert not watch.split("kept", "t")
+    watch.seen("kept", ("t", 2))
+    watch.seen("gone", ("t", 0))
+    for other in range(200, 207):
+        watch.seen(f"u{other}", ("t", 0))
+    watch.seen("gone", ("t", 1))
+    assert watch.users_split == 1
+    # Topics are apart: the same id on another topic is another user.
+    watch.seen("kept", ("other", 1))
+    assert watch.users_split == 1 and not watch.split("kept", "other")
+
+
 def test_an_unkeyed_topic_is_detected_by_the_sink(kafka, api, settings_for, caplog):
     topic = kafka.topic(3)
     events = [{"type": "identify", "userId": f"u{i % 10}", "traits": {"n": i}} for i in range(40)]
