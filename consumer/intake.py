@@ -184,12 +184,12 @@ class Intake:
             return
         handle.seen = time.time() if seen is None else seen
         handle.kafka_ms, handle.event_ts = rec.timestamp, stamp
-        if len(ops) == 1 and ops[0].__class__ is Identify:  # most events: one identify
-            op = ops[0]
-            self._keys.seen(op.user_id, tp)  # type: ignore[union-attr]
+        first = ops[0]
+        if first.__class__ is Identify and len(ops) == 1:  # most events: one identify
+            self._keys.seen(first.user_id, tp)
             # It takes over the intake's own hold (no hold and release of it), and is numbered
             # as it leaves the order.
-            self._order.add(Pending(0, op, handle, tp), rec.key)
+            self._order.add(Pending(0, first, handle, tp), rec.key)
             return
         key, seen_on, add = rec.key, self._keys.seen, self._order.add
         last = len(ops) - 1

@@ -105,7 +105,7 @@ def normalize_created_at(value: object) -> str | None:
     """``value`` (ISO-8601 string or epoch seconds/milliseconds) as a UTC ISO-8601 string,
     or ``None`` when it is not a usable date."""
     if value.__class__ is str:
-        return _created_at_text(value)  # type: ignore[arg-type]
+        return _created_at_text(value)
     if isinstance(value, bool):
         return None
     parsed = parse_timestamp(value)
