@@ -50,7 +50,7 @@ import fastavro
 import orjson
 
 from .config import Format, KafkaSettings
-from .decode import JsonDecoder, json_value
+from .decode import JsonDecoder, invalid_json
 from .errors import (
     ConfigError,
     FatalRegistryError,
@@ -404,10 +404,15 @@ class AutoDecoder:
             return self.decode
         avro = self.avro
 
+        loads, refused = orjson.loads, orjson.JSONDecodeError
+
         def decode(value: bytes | None) -> object:
             if value:
                 if value[0] != MAGIC:
-                    return json_value(value)
+                    try:
+                        return loads(value)
+                    except refused as exc:
+                        raise invalid_json(exc) from None
                 if avro is not None:
                     return avro.decode(value)
             return self.decode(value)  # a tombstone, an empty value, Avro without a registry
