@@ -9,36 +9,44 @@ same as sending every event alone and in order), and the earliest offset of the 
 partition where it holds events. Memory grows with the users held, not with the events read.
 
 Commit rule: a partition's commit position is the smallest offset among its not-yet-applied
-events: the earliest held offset of its held users (:meth:`Backlog.floor`), the tracker's first
-unresolved offset (events on the per-event path: dead letters, barred users), or one past the
-last offset read. A crash resumes from there and re-sends only the users not yet applied
-(identify is idempotent).
+events: the earliest held offset of its held users, in memory, in flight or on disk
+(:meth:`Backlog.floor`), the tracker's first unresolved offset (events on the per-event path:
+dead letters, barred users), or one past the last offset read. A crash resumes from there and
+re-sends only the users not yet applied (identify is idempotent).
 
-Bounded memory: past ``memory_bytes`` of estimated held state, every held user's properties
-spill to an SQLite file in a work directory (the standard library's, so nothing to install; one
-table, keyed by spill order) and only a small shell stays in memory (its offsets and whether
-it was applied). Spilled users are read back in the order they were first spilled, each with all its
-spilled states, before those still in memory: a user's spilled states are older than its state
-in memory, so they fold, oldest first, into one update where that is exact (else they go as
-updates in order, which the planner keeps apart).
+Bounded memory: past ``memory_bytes`` of estimated held state, every user in memory spills to
+an SQLite file in a work directory (the standard library's, so nothing to install). The file
+holds one row per user: a user spilled again, after more of its events were read, has its
+state in memory folded into its row (read back, folded with the same rule, written over it).
+Only where that fold would not be exact (under ``either``, or ``deep`` with an object after a
+non-object at one path) does the user get a second row, after the first. Nothing of a spilled
+user stays in memory: each row's earliest offset per partition is in a side table indexed by
+(partition, offset), and the commit floor takes their minimum by query. Spilled users are read
+back in the order they were first spilled (or, while reading ahead, those of the partitions
+read to their end, in offset order), each with all its rows, before its state in memory: a
+user's rows are older than its state in memory, so they fold, oldest first, into one update
+where that is exact (else they go as updates in order, which the planner keeps apart). A user
+read back is an in-memory :class:`Held` again until it is applied: only what is in flight.
 
 What does not fold keeps its order: an event with a merge (alias), or an identify that cannot
 fold exactly into its user's held state, *bars* every user it touches. A barred user's held
-state is handed to the planner first, as one update (:meth:`Backlog.fold`'s ``eject``), and the
-event and all later events of that user go the existing per-event path, where the planner
-orders them per user. So a user's history splits at most once, at its first barrier.
+state (its rows on disk first, then its state in memory) is handed to the planner first
+(:meth:`Backlog.fold`'s ``eject``), and the event and all later events of that user go the
+existing per-event path, where the planner orders them per user. So a user's history splits
+at most once, at its first barrier.
 
-No I/O, no clock, not thread-safe: the loop's thread owns it.
+No I/O but the spill file, no clock, not thread-safe: the loop's thread owns it.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 import shutil
 import sqlite3
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from typing import Any, Final
 
@@ -52,13 +60,15 @@ from .records import Partition, Record
 H_FOLDED = "knock-sink.folded.events"
 #: Estimated bytes of a held user in memory: its properties as Python objects cost about
 #: 4.5 times their JSON (measured on the benchmark's users: 4.1 KB held for 0.92 KB of JSON),
-#: plus the shell, its dict entry and its offsets.
+#: plus the rest (tracemalloc, a user of one partition: the ``Held``, its offsets dict, its
+#: entry in the users dict and in its partition's offsets deque).
 PY_PER_JSON_BYTE: Final = 4.5
 PER_USER: Final = 400
-#: What a spilled user still costs in memory: its shell, offsets and entries (tracemalloc).
-PER_SHELL: Final = 450
 #: Users sampled to estimate the average size of a held user.
 SAMPLE: Final = 64
+#: Users a spill reads, folds and writes at a time (what it holds besides the users: their
+#: rows read back and folded, and orjson's output buffers of about 16 KB each, 3.13).
+CHUNK: Final = 256
 
 
 class Held:
@@ -80,6 +90,14 @@ class Held:
         self.owned = False
         #: Later states of the user folded into this one when read back: applied with it.
         self.riders: list[Held] | None = None
+
+    @classmethod
+    def restored(cls, user_id: str, props: dict[str, Any], first: dict[Partition, int], events: int) -> Held:
+        """A user's row read back from the spill file (its props are our own copy)."""
+        held = cls.__new__(cls)
+        held.user_id, held.props, held.first, held.events = user_id, props, first, events
+        held.done, held.owned, held.riders = False, True, None
+        return held
 
     def absorb(self, later: Held, fold: Callable[[dict[str, Any], dict[str, Any]], None]) -> None:
         """Fold ``later`` (a newer state of the same user) into this one: one update for both."""
@@ -163,6 +181,10 @@ class HeldHandle:
 Eject = Callable[[Held], None]
 
 
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
 class Backlog:
     """Per-user folded state plus per-partition offsets owed, for one backfill.
 
@@ -180,12 +202,18 @@ class Backlog:
         self._can_fold, self._fold = folding(nested)
         self._users: dict[str, Held] = {}
         self._barred: set[str] = set()
-        # Per partition, held users in the order they were first seen there (so in offset
-        # order); the head is dropped lazily once applied.
+        # Per partition, users held in memory or handed out, in the order they were first seen
+        # there (so in offset order); the head is dropped lazily once applied.
         self._owed: dict[Partition, deque[tuple[int, Held]]] = {}
+        # Per partition, users read back from disk and not yet applied, a heap by offset (their
+        # offsets are older than those of ``_owed``, in no order): bounded by what is in flight.
+        self._back: dict[Partition, list[tuple[int, int, Held]]] = {}
+        self._pushed = 0
         self._read: dict[Partition, int] = {}
-        # Per partition, how far :meth:`take_finished` has looked into ``_owed``.
+        # Per partition, how far :meth:`take_finished` has looked into ``_owed``, and on disk
+        # (the last (offset, row) it saw).
         self._cursor: dict[Partition, int] = {}
+        self._disk_cursor: dict[Partition, tuple[int, int]] = {}
         self._committed: dict[Partition, int] = {}
         #: Set when a partition was revoked, lost or rewound: nothing held is trusted any more.
         self.frozen = False
@@ -193,15 +221,22 @@ class Backlog:
         self._work_dir = work_dir
         self._dir: str | None = None
         self._db: sqlite3.Connection | None = None
-        # Spill row id -> its shell (props None while on disk).
-        self._shells: dict[int, Held] = {}
+        # Partitions as small integers in the spill file.
+        self._part: dict[Partition, int] = {}
+        self._parts: list[Partition] = []
+        self._rows = 0
         self._next_row = 0
-        #: Users spilled so far (a user spilled twice counts twice).
+        #: User states spilled so far (a user spilled twice counts twice, on one row).
         self.spilled = 0
 
     def __len__(self) -> int:
-        """Users held (not yet handed to the planner), in memory or spilled."""
-        return len(self._users) + len(self._shells)
+        """Users held (not yet handed to the planner): in memory, plus rows on disk."""
+        return len(self._users) + self._rows
+
+    @property
+    def rows(self) -> int:
+        """Rows in the spill file: one per spilled user, but where a fold would not be exact."""
+        return self._rows
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -233,7 +268,7 @@ class Backlog:
         if not foldable:
             for op in ops:
                 for uid in entities(op):
-                    if self._shells and uid not in self._barred:
+                    if self._rows and uid not in self._barred:
                         self._read_back(eject, [uid])
                     held = users.pop(uid, None)
                     if held is not None:
@@ -260,42 +295,29 @@ class Backlog:
     # -- sending ---------------------------------------------------------------------------
 
     def take(self, n: int) -> list[Held]:
-        """Hand out up to ``n`` held users, spilled ones first, then oldest first; each stays
-        owed (its offsets hold the commit back) until its handle's last release."""
+        """Hand out up to ``n`` held users, spilled ones first (in the order they were first
+        spilled), then oldest first; each stays owed (its offsets hold the commit back) until
+        its handle's last release."""
         out: list[Held] = []
         users = self._users
-        if self._shells:
-            # A user spilled more than once, or spilled and held again since, has several
-            # states: fold them into the oldest when that is exact, so it is sent once.
-            first: dict[str, Held] = {}
-
-            def gather(held: Held) -> None:
-                host = first.get(held.user_id)
-                if host is not None and self._can_fold(host.props, held.props):
-                    host.absorb(held, self._fold)
-                    return
-                first[held.user_id] = held
-                out.append(held)
-
+        if self._rows:
             assert self._db is not None
-            # Users in the order they were first spilled, each with all its spilled states.
-            uids = [r[0] for r in self._db.execute("SELECT uid FROM users ORDER BY first LIMIT ?", (n,))]
-            self._read_back(gather, uids)
-            for uid, host in first.items():
-                later = users.get(uid)
-                # The state in memory is newer than those on disk, all read back now.
-                if later is not None and self._can_fold(host.props, later.props):
-                    host.absorb(users.pop(uid), self._fold)
+            # A user's first row is numbered first: its number orders the users.
+            uids = [r[0] for r in self._db.execute("SELECT uid FROM held WHERE id = first ORDER BY id LIMIT ?", (n,))]
+            self._gather(uids, out, lambda held: True)
         for _ in range(min(n - len(out), len(users))):
             out.append(users.pop(next(iter(users))))
         return out
 
     def take_finished(self, finished: set[Partition], n: int) -> list[Held]:
-        """Hand out up to ``n`` users held in memory whose events all came from ``finished``
-        partitions (read to their end) and who have no older state on disk: sent before the
-        rest of the backlog is read, each still once when the topic is keyed by user."""
+        """Hand out up to ``n`` users whose events all came from ``finished`` partitions (read
+        to their end), those on disk first (per partition in offset order, so its commit
+        moves), then those in memory with no older state on disk: sent before the rest of the
+        backlog is read, each still once when the topic is keyed by user."""
         out: list[Held] = []
         users = self._users
+        if self._rows:
+            self._take_finished_on_disk(finished, n, out)
         for tp in finished:
             owed = self._owed.get(tp)
             if not owed:
@@ -306,11 +328,58 @@ class Backlog:
                 cursor += 1
                 if users.get(held.user_id) is not held or not finished.issuperset(held.first):
                     continue
-                if self._shells and self._on_disk(held.user_id):
+                if self._rows and self._on_disk(held.user_id):
                     continue
                 out.append(users.pop(held.user_id))
             self._cursor[tp] = cursor
         return out
+
+    def _take_finished_on_disk(self, finished: set[Partition], n: int, out: list[Held]) -> None:
+        db = self._db
+        assert db is not None
+        done = {self._part[tp] for tp in finished if tp in self._part}
+        for tp in sorted(finished):
+            part = self._part.get(tp)
+            while part is not None and len(out) < n and self._rows:
+                offset, row = self._disk_cursor.get(tp, (-1, -1))
+                # Past the cursor: a user skipped here owes an unfinished partition, and the
+                # last of its partitions to finish finds it.
+                seen = db.execute(
+                    "SELECT o.offset, o.id, h.uid FROM owed o JOIN held h ON h.id = o.id"
+                    " WHERE o.part = ? AND (o.offset, o.id) > (?, ?) ORDER BY o.offset, o.id LIMIT ?",
+                    (part, offset, row, n - len(out)),
+                ).fetchall()  # fmt: skip
+                if not seen:
+                    break
+                self._disk_cursor[tp] = seen[-1][0], seen[-1][1]
+                uids = list(dict.fromkeys(uid for _, _, uid in seen))
+                owes: dict[str, set[int]] = {}
+                query = f"SELECT h.uid, o.part FROM held h JOIN owed o ON o.id = h.id WHERE h.uid IN ({_marks(len(uids))})"  # noqa: S608 - only placeholders
+                for uid, p in db.execute(query, uids):
+                    owes.setdefault(uid, set()).add(p)
+                ready = [uid for uid in uids if owes[uid] <= done]
+                self._gather(ready, out, lambda held: finished.issuperset(held.first))
+
+    def _gather(self, uids: list[str], out: list[Held], newer_too: Callable[[Held], bool]) -> None:
+        """Read back every row of ``uids`` into ``out``: a user's rows folded into the oldest
+        where that is exact, then its state in memory too when ``newer_too`` allows it."""
+        last: dict[str, Held] = {}
+
+        def gather(held: Held) -> None:
+            host = last.get(held.user_id)
+            if host is not None and self._can_fold(host.props, held.props):
+                host.absorb(held, self._fold)
+                return
+            last[held.user_id] = held
+            out.append(held)
+
+        self._read_back(gather, uids)
+        users = self._users
+        for uid, host in last.items():
+            later = users.get(uid)
+            # The state in memory is newer than those on disk, all read back now.
+            if later is not None and newer_too(later) and self._can_fold(host.props, later.props):
+                host.absorb(users.pop(uid), self._fold)
 
     def _on_disk(self, uid: str) -> bool:
         assert self._db is not None
@@ -319,59 +388,97 @@ class Backlog:
     # -- spilling --------------------------------------------------------------------------
 
     def over_budget(self) -> bool:
-        """Whether what is held in memory (users, and the shells of spilled ones) is estimated
-        past the memory budget. The users' size is sampled evenly across all of them (measuring
-        every dict would cost more than folding; the stride walk alone is cheap): the oldest or
-        the newest alone are no sample, a backfill's first batch holds users of partitions it
-        reads last, one event each (an estimate from them was 40 % low)."""
+        """Whether the users held in memory are estimated past the memory budget (spilled ones
+        take none). Their size is sampled evenly across all of them (measuring every dict
+        would cost more than folding; the stride walk alone is cheap): the oldest or the newest
+        alone are no sample, a backfill's first batch holds users of partitions it reads last,
+        one event each (an estimate from them was 40 % low)."""
         users = self._users
         if self._memory_bytes is None or not users:
             return False
         sample = list(islice(users.values(), 0, None, max(1, len(users) // SAMPLE)))
         average = sum(len(orjson.dumps(h.props)) for h in sample) / len(sample)
-        in_memory = len(users) * (average * PY_PER_JSON_BYTE + PER_USER)
-        # Spilling frees the users, not the shells: once the shells take most of the budget,
-        # a spill of the few users in memory would free nothing and come again every batch
-        # (each spill of a user held again adds a shell). The users keep a quarter.
-        return (in_memory + len(self._shells) * PER_SHELL > self._memory_bytes
-                and in_memory >= self._memory_bytes // 4)  # fmt: skip
+        return len(users) * (average * PY_PER_JSON_BYTE + PER_USER) > self._memory_bytes
 
     def spill(self) -> None:
-        """Move every user in memory to disk, keeping a shell (offsets, applied flag)."""
+        """Move every user in memory to disk: folded into its row when it has one and the fold
+        is exact, else on a row of its own (after its others)."""
         db = self._open()
-        first = self._next_row + 1
-
-        def rows() -> Iterator[tuple[int, str, bytes]]:
-            # One at a time, not a list: orjson keeps each output in a buffer of about 16 KB
-            # (3.13, measured), so a list of a spill's rows took 17 times their size.
-            for held in self._users.values():
-                self._next_row += 1
-                yield self._next_row, held.user_id, orjson.dumps(held.props)
-                self._shells[self._next_row] = held
-                held.props = None  # type: ignore[assignment]
-                held.owned = True  # read back as our own copy
-
+        users = self._users
+        helds = list(users.values())
         with db:
-            db.executemany("INSERT INTO held (id, uid, props) VALUES (?, ?, ?)", rows())
-            db.executemany("INSERT OR IGNORE INTO users (uid, first) VALUES (?, ?)",
-                           ((self._shells[row].user_id, row) for row in range(first, self._next_row + 1)))  # fmt: skip
-        self.spilled += self._next_row + 1 - first
-        self._users.clear()
+            for i in range(0, len(helds), CHUNK):
+                self._spill(db, helds[i : i + CHUNK])
+        self.spilled += len(helds)
+        # Their offsets are on disk now: keep only the entries of users handed out, unapplied.
+        for tp, owed in self._owed.items():
+            self._owed[tp] = deque(e for e in owed if not e[1].done and users.get(e[1].user_id) is not e[1])
+        self._cursor.clear()
+        users.clear()
+
+    def _spill(self, db: sqlite3.Connection, helds: Sequence[Held]) -> None:
+        last: dict[str, tuple[int, int, int, bytes]] = {}
+        if self._rows:
+            query = f"SELECT uid, id, first, events, props FROM held WHERE uid IN ({_marks(len(helds))}) ORDER BY id"  # noqa: S608 - only placeholders
+            for uid, *row in db.execute(query, [h.user_id for h in helds]):
+                last[uid] = row  # type: ignore[assignment]
+        updates: list[tuple[int, int, dict[str, Any]]] = []
+        inserts: list[tuple[int, str, int, int, dict[str, Any]]] = []
+        owed: list[tuple[int, int, int]] = []
+        for held in helds:
+            row = last.get(held.user_id)
+            props = orjson.loads(row[3]) if row is not None else None
+            if props is not None and self._can_fold(props, held.props):
+                self._fold(props, held.props)
+                row_id = row[0]  # type: ignore[index]
+                updates.append((row_id, row[2] + held.events, props))  # type: ignore[index]
+            else:
+                self._next_row += 1
+                row_id = self._next_row
+                inserts.append((row_id, held.user_id, row_id if row is None else row[1], held.events, held.props))
+            for tp, offset in held.first.items():
+                owed.append((row_id, self._part_of(tp), offset))
+        # Serialised as written, not before: a list of orjson outputs takes 16 KB each.
+        db.executemany("UPDATE held SET events = ?, props = ? WHERE id = ?",
+                       ((events, orjson.dumps(props), row_id) for row_id, events, props in updates))  # fmt: skip
+        db.executemany("INSERT INTO held (id, uid, first, events, props) VALUES (?, ?, ?, ?, ?)",
+                       ((i, uid, first, events, orjson.dumps(props)) for i, uid, first, events, props in inserts))  # fmt: skip
+        # A row keeps its own earliest offset of a partition: it is older than the one folded in.
+        db.executemany("INSERT OR IGNORE INTO owed (id, part, offset) VALUES (?, ?, ?)", owed)
+        self._rows += len(inserts)
+
+    def _part_of(self, tp: Partition) -> int:
+        part = self._part.get(tp)
+        if part is None:
+            part = self._part[tp] = len(self._parts)
+            self._parts.append(tp)
+        return part
 
     def _read_back(self, into: Callable[[Held], None], uids: list[str]) -> None:
-        """Every spilled state of ``uids``, in spill order (per user, oldest first), off disk."""
-        assert self._db is not None
+        """Every row of ``uids`` (by first spill, then per user oldest first), off disk and into memory
+        (owed there until applied)."""
+        db = self._db
+        assert db is not None
         if not uids:
             return
-        marks = ",".join("?" * len(uids))
-        rows = self._db.execute(f"SELECT id, props FROM held WHERE uid IN ({marks}) ORDER BY id", uids).fetchall()  # noqa: S608 - only placeholders
-        for row_id, props in rows:
-            held = self._shells.pop(row_id)
-            held.props = orjson.loads(props)
+        rows = db.execute(f"SELECT id, uid, events, props FROM held WHERE uid IN ({_marks(len(uids))}) ORDER BY first, id", uids).fetchall()  # noqa: S608 - only placeholders
+        if not rows:
+            return
+        ids = [r[0] for r in rows]
+        marks = _marks(len(ids))
+        first: dict[int, dict[Partition, int]] = {}
+        for row_id, part, offset in db.execute(f"SELECT id, part, offset FROM owed WHERE id IN ({marks})", ids):  # noqa: S608
+            first.setdefault(row_id, {})[self._parts[part]] = offset
+        with db:
+            db.execute(f"DELETE FROM held WHERE id IN ({marks})", ids)  # noqa: S608
+            db.execute(f"DELETE FROM owed WHERE id IN ({marks})", ids)  # noqa: S608
+        self._rows -= len(rows)
+        for row_id, uid, events, props in rows:
+            held = Held.restored(uid, orjson.loads(props), first[row_id], events)
+            for tp, offset in held.first.items():
+                self._pushed += 1
+                heapq.heappush(self._back.setdefault(tp, []), (offset, self._pushed, held))
             into(held)
-        with self._db:
-            self._db.executemany("DELETE FROM held WHERE id = ?", [(r[0],) for r in rows])
-            self._db.executemany("DELETE FROM users WHERE uid = ?", [(u,) for u in uids])
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
@@ -381,12 +488,15 @@ class Backlog:
             # thrown away, so durability would only cost time.
             self._db.execute("PRAGMA journal_mode = OFF")
             self._db.execute("PRAGMA synchronous = OFF")
-            self._db.execute("CREATE TABLE held (id INTEGER PRIMARY KEY, uid TEXT NOT NULL, props BLOB NOT NULL)")
+            # One row per user (but where a fold would not be exact: then its rows in order);
+            # ``first``: the id of the user's first row, the order users are read back in.
+            self._db.execute("CREATE TABLE held (id INTEGER PRIMARY KEY, uid TEXT NOT NULL, first INTEGER NOT NULL,"
+                             " events INTEGER NOT NULL, props BLOB NOT NULL)")  # fmt: skip
             self._db.execute("CREATE INDEX held_uid ON held (uid)")
-            # Each spilled user once, by its first spill: read back in that order, so commits
-            # move forward as users are sent, with all of a user's states at once.
-            self._db.execute("CREATE TABLE users (uid TEXT PRIMARY KEY, first INTEGER NOT NULL)")
-            self._db.execute("CREATE INDEX users_first ON users (first)")
+            # Each row's earliest offset per partition: the commit floor is their minimum.
+            self._db.execute("CREATE TABLE owed (id INTEGER NOT NULL, part INTEGER NOT NULL, offset INTEGER NOT NULL,"
+                             " PRIMARY KEY (id, part)) WITHOUT ROWID")  # fmt: skip
+            self._db.execute("CREATE INDEX owed_floor ON owed (part, offset)")
         return self._db
 
     def close(self) -> None:
@@ -397,6 +507,7 @@ class Backlog:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+        self._rows = 0
 
     def handle(self, held: Held) -> HeldHandle:
         return HeldHandle(self, held)
@@ -405,12 +516,26 @@ class Backlog:
 
     def floor(self, tp: Partition) -> int | None:
         """The earliest offset of ``tp`` a not-yet-applied held user owes, or ``None``."""
+        low: int | None = None
         owed = self._owed.get(tp)
         while owed and owed[0][1].done:
             owed.popleft()
             if self._cursor.get(tp):
                 self._cursor[tp] -= 1
-        return owed[0][0] if owed else None
+        if owed:
+            low = owed[0][0]
+        back = self._back.get(tp)
+        while back and back[0][2].done:
+            heapq.heappop(back)
+        if back and (low is None or back[0][0] < low):
+            low = back[0][0]
+        part = self._part.get(tp)
+        if self._rows and part is not None:
+            assert self._db is not None
+            (spilled,) = self._db.execute("SELECT MIN(offset) FROM owed WHERE part = ?", (part,)).fetchone()
+            if spilled is not None and (low is None or spilled < low):
+                low = spilled
+        return low
 
     def committable(self, first_unresolved: Callable[[Partition], int | None]) -> dict[Partition, int]:
         """Commit positions that moved since :meth:`mark_committed`: per partition read, the
@@ -433,9 +558,10 @@ class Backlog:
 
     def freeze(self) -> None:
         """A partition left (revoked, lost) or rewound: what is held can no longer be sent nor
-        committed safely by this consumer. Everything is dropped, and no position is vouched
-        for again; the next run resumes from the last commit."""
+        committed safely by this consumer. Everything is dropped, the spill file too, and no
+        position is vouched for again; the next run resumes from the last commit."""
         self.frozen = True
         self._users.clear()
         self._owed.clear()
-        self._shells.clear()
+        self._back.clear()
+        self.close()
