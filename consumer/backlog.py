@@ -354,7 +354,7 @@ class Backlog:
                 self._disk_cursor[tp] = seen[-1][0], seen[-1][1]
                 uids = list(dict.fromkeys(uid for _, _, uid in seen))
                 owes: dict[str, set[int]] = {}
-                query = f"SELECT h.uid, o.part FROM held h JOIN owed o ON o.id = h.id WHERE h.uid IN ({_marks(len(uids))})"  # noqa: S608 - only placeholders
+                query = f"SELECT h.uid, o.part FROM held h JOIN owed o ON o.id = h.id WHERE h.uid IN ({_marks(len(uids))})"
                 for uid, p in db.execute(query, uids):
                     owes.setdefault(uid, set()).add(p)
                 ready = [uid for uid in uids if owes[uid] <= done]
@@ -417,21 +417,21 @@ class Backlog:
         users.clear()
 
     def _spill(self, db: sqlite3.Connection, helds: Sequence[Held]) -> None:
+        # Each user's last row: (id, first, events, props).
         last: dict[str, tuple[int, int, int, bytes]] = {}
         if self._rows:
-            query = f"SELECT uid, id, first, events, props FROM held WHERE uid IN ({_marks(len(helds))}) ORDER BY id"  # noqa: S608 - only placeholders
-            for uid, *row in db.execute(query, [h.user_id for h in helds]):
-                last[uid] = row  # type: ignore[assignment]
+            query = f"SELECT uid, id, first, events, props FROM held WHERE uid IN ({_marks(len(helds))}) ORDER BY id"
+            for uid, row_id, first, events, props in db.execute(query, [h.user_id for h in helds]):
+                last[uid] = row_id, first, events, props
         updates: list[tuple[int, int, dict[str, Any]]] = []
         inserts: list[tuple[int, str, int, int, dict[str, Any]]] = []
         owed: list[tuple[int, int, int]] = []
         for held in helds:
             row = last.get(held.user_id)
-            props = orjson.loads(row[3]) if row is not None else None
-            if props is not None and self._can_fold(props, held.props):
-                self._fold(props, held.props)
-                row_id = row[0]  # type: ignore[index]
-                updates.append((row_id, row[2] + held.events, props))  # type: ignore[index]
+            if row is not None and self._can_fold(folded := orjson.loads(row[3]), held.props):
+                self._fold(folded, held.props)
+                row_id = row[0]
+                updates.append((row_id, row[2] + held.events, folded))
             else:
                 self._next_row += 1
                 row_id = self._next_row
@@ -461,17 +461,17 @@ class Backlog:
         assert db is not None
         if not uids:
             return
-        rows = db.execute(f"SELECT id, uid, events, props FROM held WHERE uid IN ({_marks(len(uids))}) ORDER BY first, id", uids).fetchall()  # noqa: S608 - only placeholders
+        rows = db.execute(f"SELECT id, uid, events, props FROM held WHERE uid IN ({_marks(len(uids))}) ORDER BY first, id", uids).fetchall()
         if not rows:
             return
         ids = [r[0] for r in rows]
         marks = _marks(len(ids))
         first: dict[int, dict[Partition, int]] = {}
-        for row_id, part, offset in db.execute(f"SELECT id, part, offset FROM owed WHERE id IN ({marks})", ids):  # noqa: S608
+        for row_id, part, offset in db.execute(f"SELECT id, part, offset FROM owed WHERE id IN ({marks})", ids):
             first.setdefault(row_id, {})[self._parts[part]] = offset
         with db:
-            db.execute(f"DELETE FROM held WHERE id IN ({marks})", ids)  # noqa: S608
-            db.execute(f"DELETE FROM owed WHERE id IN ({marks})", ids)  # noqa: S608
+            db.execute(f"DELETE FROM held WHERE id IN ({marks})", ids)
+            db.execute(f"DELETE FROM owed WHERE id IN ({marks})", ids)
         self._rows -= len(rows)
         for row_id, uid, events, props in rows:
             held = Held.restored(uid, orjson.loads(props), first[row_id], events)

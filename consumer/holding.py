@@ -190,10 +190,11 @@ class Holding:
         was read."""
         backlog = self._backlog
         if backlog.over_budget():
-            n = len(backlog)
+            before = backlog.spilled
             backlog.spill()
             give_back_memory()
-            log.info("backfill: memory budget reached, %d held users now on disk", n)
+            log.info("backfill: memory budget reached, %d held users spilled, %d now on disk",
+                     backlog.spilled - before, backlog.rows)  # fmt: skip
         self._read_ahead.fetched(records, self._clock())
 
     def _add_held(self, held: Held) -> None:
