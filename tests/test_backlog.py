@@ -184,7 +184,7 @@ def test_spilling_folding_and_sending_equal_every_event_applied_alone(tmp_path, 
         usual = {"z": i} if mode == "deep" else i
         value = rng.choice([i, None, [i], {"a": i}, {"b": {"c": i}}]) if rng.random() < 0.1 else usual
         events[parts[int(uid[1:]) % 3]].append((uid, {f"k{rng.randrange(6)}": i, "o": value}))
-    b = Backlog(nested=mode, memory_bytes=30_000, work_dir=str(tmp_path))  # type: ignore[arg-type]
+    b = Backlog(nested=mode, memory_bytes=10_000, work_dir=str(tmp_path))  # type: ignore[arg-type]
     read: list[dict[str, Any]] = []  # every event, in the order read
     knock: dict[str, dict[str, Any]] = {}
     # Per user, its folded events not yet handed out, oldest first: a handed-out state takes
