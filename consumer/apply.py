@@ -35,6 +35,14 @@ log = logging.getLogger("knock_sink.apply")
 #: Plans applied side by side. Two hide the gap between one plan's end and the next one's
 #: first request (bulk operation polling, waiting for the limiter).
 PLANS_IN_FLIGHT = 2
+#: The interpreter's thread switch interval while the sink runs (``sys.setswitchinterval``;
+#: CPython's default is 5 ms). The loop's thread is busy reading most of the time, and every
+#: request a worker makes needs the interpreter lock a few times (to send, to read the answer,
+#: to take the next task): at 5 ms a wait, a plan's singles and its bulk call took longer than
+#: Knock's second. Measured on the benchmark's 1M-event default backfill, in alternated pairs:
+#: 157 and 161 s at 5 ms, 124 and 121 s at 1 ms (twice the bulk calls in the first 90 s); with
+#: limits off, 45 to 50 s either way.
+SWITCH_INTERVAL = 0.001
 #: Users remembered for the entity gap before the old ones are forgotten.
 PRUNE_AT = 200_000
 

@@ -296,6 +296,7 @@ def _repartition(args: argparse.Namespace) -> int:
 
 
 def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
+    from .apply import SWITCH_INTERVAL
     from .logs import setup
     from .records import Replay
     from .sink import Sink
@@ -309,6 +310,7 @@ def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
         group = f"{settings.kafka.group_id}-backfill-{stamp}"
         settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"group_id": group})})
     setup(settings.sink.log_level, settings.sink.log_format, secrets=settings.secrets())
+    sys.setswitchinterval(SWITCH_INTERVAL)  # the workers' requests wait less for the lock
     sink = Sink(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sink.stop())
