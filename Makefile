@@ -35,7 +35,7 @@ test: setup
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/test_events.py tests/test_mapping.py tests/test_plan.py \
 	    tests/test_tracker.py tests/test_policy.py tests/test_knock.py tests/test_apply.py \
-	    tests/test_errors.py tests/test_layout.py
+	    tests/test_errors.py tests/test_layout.py tests/test_backlog.py
 
 ## chaos: the full-length fault-injection runs (long)
 chaos: setup
