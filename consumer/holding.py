@@ -55,6 +55,7 @@ log = logging.getLogger("knock_sink")
 #: :func:`give_back_memory`).
 TRIM_EVERY: Final = 5.0
 
+
 class Holding:
     """Read-ahead, held users and focus for one backfill under Knock's limits.
 
