@@ -36,7 +36,7 @@ from .events import parse_event
 from .keying import KeyWatch
 from .mapping import Mapped
 from .metrics import Metrics
-from .ops import Identify, Op
+from .ops import Op
 from .ordering import PendingOrder
 from .plan import Pending, Planner
 from .records import Partition, Record, Source
@@ -176,21 +176,12 @@ class Intake:
             handle.release()
             return
         ops = mapped.ops
-        self._outcomes[(kind, "queued" if ops else "nothing_to_send")] += 1
-        for note in mapped.notes:
-            self._metrics.notes.labels(note).inc()
+        self.count(kind, mapped)
         if not ops:
             handle.release()  # zero-op events resolve here
             return
         handle.seen = time.time() if seen is None else seen
         handle.kafka_ms, handle.event_ts = rec.timestamp, stamp
-        first = ops[0]
-        if first.__class__ is Identify and len(ops) == 1:  # most events: one identify
-            self._keys.seen(first.user_id, tp)
-            # It takes over the intake's own hold (no hold and release of it), and is numbered
-            # as it leaves the order.
-            self._order.add(Pending(0, first, handle, tp), rec.key)
-            return
         key, seen_on, add = rec.key, self._keys.seen, self._order.add
         last = len(ops) - 1
         for i, op in enumerate(ops):

@@ -54,12 +54,7 @@ class PartitionTracker:
     def handle(self, offset: int) -> Handle:
         """:meth:`track` ``offset`` and return its :class:`Handle`, held once by the caller (the
         intake's per-record call: one instead of two)."""
-        last = self._last_tracked
-        if last is not None and offset <= last:
-            raise ValueError(f"offset {offset} tracked after {last}")
-        self._window.append(offset)
-        self._unresolved.add(offset)
-        self._last_tracked = offset
+        self.track(offset)
         return Handle(self, offset)
 
     def resolve(self, offset: int) -> None:
