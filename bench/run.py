@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import os
 import platform
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -55,6 +57,9 @@ from bench.generate import fill  # noqa: E402
 SEED = 7
 PARTITIONS = 4
 BULK, SINGLES = 1000, 60  # Knock's bulk size and single-identify budget per second
+#: Main when issue #9 was filed: case 6 runs its ``knock-sink run`` once beside today's, for the
+#: issue's "4x today's events/s, in the same run as the old figure is re-measured".
+ISSUE_REF = "2526dea"
 
 SCALES: dict[str, dict[str, Any]] = {
     # Seconds: the smoke test. Every case, tiny.
@@ -379,38 +384,71 @@ def case_scale(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
     n, users = sc["main"]
     topic = env.topic("main", n, users)
     ends = _ends(env.bootstrap, topic)
-    api = env.api["off"]
     rows = []
     for procs in sc["procs"]:
-        api.reset()
-        group = f"scale{procs}-{uuid.uuid4().hex[:6]}"
-        started = time.monotonic()
-        children = [subprocess.Popen([sys.executable, "-m", "consumer.cli",
-                                      *_sink_args(env, topic, group, "off", "run")],
-                                     cwd=ROOT, env={**os.environ, **env.child_env},
-                                     stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-                    for _ in range(procs)]
-        rss_probe = _PeakRss(children)
-        try:
-            while not _group_done(env.bootstrap, group, ends, topic):
-                if any(c.poll() is not None for c in children):
-                    raise RuntimeError("a sink process exited early")
-                time.sleep(0.2)
-            seconds = time.monotonic() - started
-        finally:
-            for c in children:
-                if c.returncode is None:
-                    c.send_signal(signal.SIGTERM)
-        cpu = 0.0
-        for c in children:
-            cpu += _reap(c)[1]
-        rss = rss_probe.stop()  # the largest process
-        r = {"events": n, "seconds": seconds, "cpu_s": cpu, "rss_mb": rss}
-        row = _row(f"scale-{procs}", f"6. sink run, {procs} process(es)", r, api.stats())
+        row = _row(f"scale-{procs}", f"6. sink run, {procs} process(es)", *_run_group(env, topic, ends, procs))
         row["processes"] = procs
         rows.append(row)
-        log(f"  {procs} process(es): {n / seconds:,.0f} events/s")
+        log(f"  {procs} process(es): {n / row['seconds']:,.0f} events/s")
+    ref = sc["issue_ref"]
+    code = _code_at(env, ref) if ref else None
+    if code is not None:
+        row = _row("scale-1-issue", f"6. sink run, 1 process, the issue's code ({ref})",
+                   *_run_group(env, topic, ends, 1, cwd=code))
+        row["processes"], row["code"] = 1, ref
+        rows.append(row)
+        log(f"  1 process, the code of {ref}: {n / row['seconds']:,.0f} events/s")
+    elif ref:
+        log(f"  the code of {ref} is not in this clone's history: its row is left out")
     return rows
+
+
+def _run_group(env: Env, topic: str, ends: dict[int, int], procs: int,
+               cwd: Path = ROOT) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``procs`` processes of ``knock-sink run`` (the package under ``cwd``) in a new group,
+    until the group has committed ``ends``; the run's figures and the emulator's stats."""
+    api = env.api["off"]
+    api.reset()
+    group = f"scale{procs}-{uuid.uuid4().hex[:6]}"
+    started = time.monotonic()
+    children = [subprocess.Popen([sys.executable, "-m", "consumer.cli",
+                                  *_sink_args(env, topic, group, "off", "run")],
+                                 cwd=cwd, env={**os.environ, **env.child_env},
+                                 stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                for _ in range(procs)]
+    rss_probe = _PeakRss(children)
+    try:
+        while not _group_done(env.bootstrap, group, ends, topic):
+            if any(c.poll() is not None for c in children):
+                raise RuntimeError("a sink process exited early")
+            time.sleep(0.2)
+        seconds = time.monotonic() - started
+    finally:
+        for c in children:
+            if c.returncode is None:
+                c.send_signal(signal.SIGTERM)
+    cpu = 0.0
+    for c in children:
+        cpu += _reap(c)[1]
+    rss = rss_probe.stop()  # the largest process
+    return {"events": sum(ends.values()), "seconds": seconds, "cpu_s": cpu, "rss_mb": rss}, api.stats()
+
+
+def _code_at(env: Env, ref: str) -> Path | None:
+    """The ``consumer`` package as it was at ``ref``, unpacked under the run's temporary
+    directory (``python -m consumer.cli`` run from there imports it before the installed one),
+    or ``None`` when this clone's history does not have ``ref``."""
+    dest = env.tmp / f"code-{ref}"
+    if not dest.exists():
+        try:
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "consumer"],
+                                     capture_output=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        dest.mkdir()
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(dest, filter="data")
+    return dest
 
 
 def _lag(bootstrap: str, group: str, topic: str) -> int:
@@ -537,6 +575,8 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if "scale-1" in rows and "scale-1-issue" in rows:
+        out["run_over_issue"] = round(rows["scale-1"]["events_per_s"] / rows["scale-1-issue"]["events_per_s"], 2)
     if "sink" in rows and "ceiling" in rows:
         out["sink_over_ceiling"] = round(rows["sink"]["events_per_s"] / rows["ceiling"]["events_per_s"], 3)
     if "sink" in rows and "naive" in rows:
@@ -564,7 +604,8 @@ TARGETS = {"sink_over_ceiling": (">=", 0.5), "sink_over_naive": (">=", 50),
            "backfill_sends_per_user": ("<=", 1.02), "backfill_peak_rss_mb": ("<=", 300),
            "backlog_peak_rss_mb": ("<=", 300), "sink_events_per_s": (">=", 50_000),
            "sink_over_decode": (">=", 0.35), "spill_over_bound": ("<=", 1.3),
-           "spill_sends_per_user": ("<=", 1.0), "spill_peak_rss_mb": ("<=", 400)}
+           "spill_sends_per_user": ("<=", 1.0), "spill_peak_rss_mb": ("<=", 400),
+           "run_over_issue": (">=", 4)}
 
 
 def render(report: dict[str, Any]) -> None:
@@ -641,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra knock-sink flags for case 7, e.g. '--flush-interval 2 --log-level DEBUG'")
     p.add_argument("--limits-args", default="",
                    help="extra knock-sink flags for case 4, e.g. '--max-pending 200000'")
+    p.add_argument("--issue-ref", default=ISSUE_REF,
+                   help=f"case 6 also runs this commit's `knock-sink run` once (default {ISSUE_REF}, "
+                        "main when issue #9 was filed; '' leaves it out)")
     args = p.parse_args(argv)
     sc = dict(SCALES[args.scale])
     if args.main_events:
@@ -649,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     sc["live_args"] = args.live_args.split()
     sc["live_bulk_ms"] = args.live_bulk_ms
     sc["live_users"] = args.live_users
+    sc["issue_ref"] = args.issue_ref
     if args.live_rates or args.live_seconds:
         rates, secs = sc["live"]
         sc["live"] = (args.live_rates or rates, args.live_seconds or secs)
