@@ -373,6 +373,13 @@ class KnockClient:
                     headers=self._headers if headers is None else {**self._headers, **headers},
                     timeout=self._timeout,
                 )  # fmt: skip
+                # httpx 0.28 binds a response's stream to the response (encode/httpx#3733): a
+                # cycle, freed only by the cyclic collector, with the request and its body (a
+                # bulk call's is 0.5 to 1 MB) inside. The loop runs that collector seldom
+                # (consumer.sink), so a backfill kept the bodies of the calls in flight at
+                # each collection: tens of MB. The body is read; a plain stream of it breaks
+                # the cycle, and the response goes when its last reference does.
+                response.stream = httpx.ByteStream(response.content)
                 if self._on_request is not None:
                     self._on_request(endpoint, response.status_code, time.monotonic() - sent)
             except httpx.TransportError as exc:
