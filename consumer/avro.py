@@ -43,14 +43,14 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 import fastavro
 import orjson
 
 from .config import Format, KafkaSettings
-from .decode import JsonDecoder, invalid_json
+from .decode import Decoder, JsonDecoder, invalid_json
 from .errors import (
     ConfigError,
     FatalRegistryError,
@@ -229,6 +229,12 @@ class PlainAvroDecoder:
             raise InvalidEvent("undecodable", "empty value (tombstone)")
         return self.schema.read(value)
 
+    def for_topic(self, topic: str | None) -> Callable[[bytes | None], object]:
+        return self.decode  # one schema for every topic
+
+    def check(self) -> bool:
+        return True  # the schema was read from its file at start
+
 
 class ConfluentAvroDecoder:
     """Confluent-framed Avro; writer schemas by id from a Schema Registry, cached.
@@ -289,6 +295,9 @@ class ConfluentAvroDecoder:
         if schema is None:
             schema = self._schemas[schema_id] = self._fetch(schema_id)
         return schema.read(value[HEADER_BYTES:])
+
+    def for_topic(self, topic: str | None) -> Callable[[bytes | None], object]:
+        return self.decode  # the schema id is in each value, whatever the topic
 
     def _fetch(self, schema_id: int) -> WriterSchema:
         label = f"schema id {schema_id}"
@@ -419,11 +428,15 @@ class AutoDecoder:
 
         return decode
 
+    def check(self) -> bool:
+        """The registry's check (see :meth:`ConfluentAvroDecoder.check`); ``True`` without one."""
+        return self.avro.check() if self.avro is not None else True
+
 
 class TopicDecoder:
     """The decoder of each topic's format. ``decode(value)`` alone uses ``kafka.format``."""
 
-    def __init__(self, settings: KafkaSettings, by_format: dict[Format, Callable[[bytes | None], object]],
+    def __init__(self, settings: KafkaSettings, by_format: dict[Format, Decoder],
                  confluent: ConfluentAvroDecoder | None = None) -> None:  # fmt: skip
         self._settings = settings
         self._by_format = by_format
@@ -432,18 +445,14 @@ class TopicDecoder:
         self._by_topic: dict[str | None, Callable[[bytes | None], object]] = {}
 
     def decode(self, value: bytes | None, topic: str | None = None) -> object:
-        try:
-            return self._by_topic[topic](value)
-        except KeyError:
-            pass
-        decode = self._by_topic[topic] = self._by_format[self._settings.format_for(topic)]
+        decode = self._by_topic.get(topic)
+        if decode is None:
+            decode = self._by_topic[topic] = self.for_topic(topic)
         return decode(value)
 
     def for_topic(self, topic: str | None) -> Callable[[bytes | None], object]:
-        """``topic``'s decode, found once (the intake keeps it per topic)."""
-        fn = self._by_format[self._settings.format_for(topic)]
-        owner_for = getattr(getattr(fn, "__self__", None), "for_topic", None)
-        return owner_for(topic) if owner_for is not None else fn
+        """The decode of ``topic``'s format (the intake keeps it per topic)."""
+        return self._by_format[self._settings.format_for(topic)].for_topic(topic)
 
     def check(self) -> bool:
         """The registry's start-up check (see :meth:`ConfluentAvroDecoder.check`); ``True``
@@ -459,12 +468,9 @@ def decoder_for(settings: KafkaSettings) -> TopicDecoder:
     confluent = ConfluentAvroDecoder.from_settings(settings) if settings.schema_registry_url else None
     plain = PlainAvroDecoder(settings.avro_schema_file) if settings.avro_schema_file else None
     auto = AutoDecoder(confluent)
-    by_format: dict[Format, Callable[[bytes | None], object]] = {
-        "auto": auto.decode,
-        "json": auto.json.decode,
-    }
+    by_format: dict[Format, Decoder] = {"auto": auto, "json": auto.json}
     if confluent is not None:
-        by_format["avro"] = confluent.decode
+        by_format["avro"] = confluent
     if plain is not None:
-        by_format["avro-plain"] = plain.decode
+        by_format["avro-plain"] = plain
     return TopicDecoder(settings, by_format, confluent)

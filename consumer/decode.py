@@ -1,18 +1,22 @@
 """Decode step: the bytes of a Kafka value into a JSON-shaped Python value.
 
-A decoder is any object with ``decode(value: bytes | None, topic: str | None = None) -> object``
-that raises :class:`~consumer.errors.InvalidEvent` for a value it cannot read (``topic`` is the
-record's topic, for decoders whose format is set per topic: :func:`consumer.avro.decoder_for`),
-and ``check() -> bool``, its start-up check (False: a service it needs does not answer yet).
+A decoder (:class:`Decoder`) has three methods:
+
+* ``decode(value: bytes | None, topic: str | None = None) -> object``, which raises
+  :class:`~consumer.errors.InvalidEvent` for a value it cannot read (``topic`` is the record's
+  topic, for decoders whose format is set per topic: :func:`consumer.avro.decoder_for`);
+* ``for_topic(topic) -> Callable[[bytes | None], object]``: ``topic``'s decode as one plain
+  function, found once. The intake keeps it per topic and calls it once per event, so a
+  decoder with layers folds them here (a plain JSON value of an ``auto`` topic costs two
+  Python calls around ``orjson.loads``, the size check and the Avro-or-JSON test, rather than
+  four layers); one with nothing to fold returns its ``decode``, bound with the topic when it
+  reads it;
+* ``check() -> bool``, its start-up check (False: a service it needs does not answer yet).
+
 The sink holds one decoder and never looks inside it, so Avro (or anything else) swaps in
 without touching the rest.
 :class:`SizeLimit` puts the rule every format shares in front of it: a value above
 ``kafka.max_message_bytes`` is not decoded at all.
-
-A decoder may also offer ``for_topic(topic) -> Callable[[bytes | None], object]``: one topic's
-decode, looked up once. The intake decodes through it (:meth:`SizeLimit.for_topic`), so a plain
-JSON value of an ``auto`` topic costs two Python calls around ``orjson.loads`` (the size check,
-the Avro-or-JSON test) rather than four layers.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ from .errors import InvalidEvent
 class Decoder(Protocol):
     def decode(self, value: bytes | None, topic: str | None = None) -> object:
         """Return the decoded value; raise :class:`InvalidEvent` with kind ``undecodable``."""
+        ...
+
+    def for_topic(self, topic: str | None) -> Callable[[bytes | None], object]:
+        """``topic``'s :meth:`decode` as one function of the value (see the module docstring)."""
         ...
 
     def check(self) -> bool:
@@ -81,15 +89,7 @@ class SizeLimit:
 
     def for_topic(self, topic: str | None) -> Callable[[bytes | None], object]:
         """``topic``'s decode behind the size check, in one call (see the module docstring)."""
-        inner_for = getattr(self._decoder, "for_topic", None)
-        if inner_for is not None:
-            inner: Callable[[bytes | None], object] = inner_for(topic)
-        else:
-            decoder = self._decoder
-
-            def inner(value: bytes | None) -> object:
-                return decoder.decode(value, topic)
-
+        inner = self._decoder.for_topic(topic)
         limit = self._max
 
         def decode(value: bytes | None) -> object:

@@ -194,8 +194,13 @@ class EventOrder:
     def add(self, item: Any, tp: Partition, offset: int, users: tuple[str, ...],
             time: Callable[[], float]) -> None:  # fmt: skip
         """Take in one item (an op, or an event's ops) read at ``tp``/``offset``, touching
-        ``users`` (entities); ``time`` gives its event time (asked only when it matters). In
-        exact mode, ask :meth:`as_read` first."""
+        ``users`` (entities); ``time`` gives its event time (asked only when it matters). An
+        item that goes on as read (:meth:`as_read`'s verdict) goes on at once. A caller that
+        has a record's key asks :meth:`as_read` first: in exact mode only it judges whether
+        the topic is keyed by user, and an item it lets through needs no handle nor time."""
+        if self._goes_on(tp[0], users):
+            self._release(item)
+            return
         if self._ends is None:
             self._add_windowed(item, tp, users, time)
             return
@@ -208,52 +213,26 @@ class EventOrder:
 
     def as_read(self, tp: Partition, offset: int, users: tuple[str, ...], key: bytes | None) -> bool:
         """Whether the ops of the record at ``tp``/``offset``, touching ``users``, with Kafka
-        ``key``, go on as read without waiting here: always in window mode (:meth:`add`
-        decides); in exact mode, once its topic counts as keyed by user (this record is judged
-        too; records whose ops touch no user, tenants and objects, are not)."""
-        if self._ends is None:
-            return False
-        topic = tp[0]
-        verdict = self._keyed.get(topic)
-        if verdict is False:
-            return False
-        people = users if len(users) == 1 and "/" not in users[0] else [u for u in users if "/" not in u]
-        if not people:
-            return bool(verdict)
-        matches = key is not None and key.decode("utf-8", "replace") in people
-        if matches and verdict:
-            return True
-        if verdict:
-            if not matches and topic not in self._warned:
-                self._warned.add(topic)
-                log.warning("topic %s was taken as keyed by user (its first %d records carry their "
-                            "user's id as key), but %s[%d]@%d does not: users whose events are on "
-                            "several partitions are applied in the order read", topic, KEYED_AFTER,
-                            tp[0], tp[1], offset)  # fmt: skip
-            return True
-        if not matches:
-            self._keyed[topic] = False
-            log.info("topic %s is not keyed by user (%s[%d]@%d): a backfill applies each user's "
-                     "events in event-time order across partitions", topic, tp[0], tp[1], offset)  # fmt: skip
-            return False
-        self._judged[topic] += 1
-        if self._judged[topic] < KEYED_AFTER:
-            return False
-        self._keyed[topic] = True
-        log.info("topic %s is keyed by user: a backfill reads its partitions one at a time", topic)
-        queues = self._queues.get(topic)
-        if queues:  # what waited goes on, in the order so far
-            self._release_topic(topic, queues, self._clock(), flush=True)
-        return True
+        ``key``, go on as read, without waiting here nor their time being read (ask once per
+        record, before :meth:`add`):
 
-    def goes_on(self, tp: Partition, users: tuple[str, ...]) -> bool:
-        """Window mode: whether :meth:`add` would hand these ops on at once without reading
-        their time (a topic where no user was seen on several partitions yet, nor any of
-        ``users`` now), so that the caller may hand them on itself. Never in exact mode."""
+        * window mode: while no user of its topic has been seen on several partitions, nor any
+          of ``users`` now (a topic keyed by user pays nothing), or once the sink is stopping;
+        * exact mode: once its topic counts as keyed by user; this record is judged too
+          (records whose ops touch no user, tenants and objects, are not).
+        """
         if self._ends is not None:
-            return False
-        topic = tp[0]
-        if topic in self._unkeyed and not self._flushed:
+            self._judge(tp, offset, users, key)
+        return self._goes_on(tp[0], users)
+
+    def _goes_on(self, topic: str, users: tuple[str, ...]) -> bool:
+        """The verdict of :meth:`as_read` as it stands, without judging a record (what
+        :meth:`add` consults)."""
+        if self._ends is not None:
+            return self._keyed.get(topic) is True
+        if self._flushed:
+            return True  # stopping: nothing waits any more
+        if topic in self._unkeyed:
             return False
         if self._lateness > 0:
             split = self._split
@@ -262,15 +241,46 @@ class EventOrder:
                     return False
         return True
 
+    def _judge(self, tp: Partition, offset: int, users: tuple[str, ...], key: bytes | None) -> None:
+        """Exact mode: one more record of ``tp``'s topic judged for :data:`KEYED_AFTER`; once it
+        counts as keyed, what waited of it goes on, in the order so far."""
+        topic = tp[0]
+        verdict = self._keyed.get(topic)
+        if verdict is False:
+            return
+        people = users if len(users) == 1 and "/" not in users[0] else [u for u in users if "/" not in u]
+        if not people:
+            return
+        matches = key is not None and key.decode("utf-8", "replace") in people
+        if verdict:
+            if not matches and topic not in self._warned:
+                self._warned.add(topic)
+                log.warning("topic %s was taken as keyed by user (its first %d records carry their "
+                            "user's id as key), but %s[%d]@%d does not: users whose events are on "
+                            "several partitions are applied in the order read", topic, KEYED_AFTER,
+                            tp[0], tp[1], offset)  # fmt: skip
+            return
+        if not matches:
+            self._keyed[topic] = False
+            log.info("topic %s is not keyed by user (%s[%d]@%d): a backfill applies each user's "
+                     "events in event-time order across partitions", topic, tp[0], tp[1], offset)  # fmt: skip
+            return
+        self._judged[topic] += 1
+        if self._judged[topic] < KEYED_AFTER:
+            return
+        self._keyed[topic] = True
+        log.info("topic %s is keyed by user: a backfill reads its partitions one at a time", topic)
+        queues = self._queues.get(topic)
+        if queues:  # what waited goes on, in the order so far
+            self._release_topic(topic, queues, self._clock(), flush=True)
+
     def _add_windowed(self, item: Any, tp: Partition, users: tuple[str, ...], time: Callable[[], float]) -> None:
+        # Only when it does not go on as read: its topic is unkeyed, or one of its users split.
         topic = tp[0]
         touched = self._touched
         split = self._lateness > 0 and any(self._split(u, topic) for u in users)
         if split:
             self._unkeyed.add(topic)
-        if topic not in self._unkeyed or self._flushed:
-            self._release(item)  # a topic keyed by user: nothing waits, no time is read
-            return
         t = time()
         self._note(tp, t)
         waits = any(touched[u] for u in users) if touched else False
@@ -503,12 +513,7 @@ class PendingOrder:
                 self._keys.seen(op.from_user_id, tp)  # type: ignore[union-attr]
             users = entities(op)
         order = self.order
-        if order.exact:
-            if order.as_read(tp, h.offset, users, key):
-                p.seq = self._next_seq()
-                self._add(p)
-                return
-        elif order.goes_on(tp, users):
+        if order.as_read(tp, h.offset, users, key):
             p.seq = self._next_seq()
             self._add(p)
             return

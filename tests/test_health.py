@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -86,6 +87,9 @@ class GatedDecoder:
         self.entered.set()
         self.open.wait()
         return self._json.decode(value)
+
+    def for_topic(self, topic: str | None) -> Callable[[bytes | None], object]:
+        return self.decode  # each event through the gate
 
     def check(self) -> bool:
         return True
