@@ -46,7 +46,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Set
 from itertools import islice
 from typing import Any, Final
 
@@ -67,9 +67,11 @@ PY_PER_JSON_BYTE: Final = 4.5
 PER_USER: Final = 400
 #: Users sampled to estimate the average size of a held user.
 SAMPLE: Final = 64
-#: Users a spill reads, folds and writes at a time (what it holds besides the users: their
-#: rows read back and folded, and orjson's output buffers of about 16 KB each, 3.13).
+#: States a spill writes at a time: its lists of rows stay small (and so do the interpreter's
+#: free lists of tuples they leave behind, up to 2,000 of each size).
 CHUNK: Final = 256
+#: Where a spill stops: the share of the budget the users left in memory are estimated at.
+LOW_WATER: Final = 0.5
 
 
 class Held:
@@ -227,16 +229,17 @@ class Backlog:
         self._parts: list[Partition] = []
         self._rows = 0
         self._next_row = 0
-        #: User states spilled so far (a user spilled twice counts twice, on one row).
+        #: User states spilled so far (a user spilled twice counts twice, on two rows).
         self.spilled = 0
 
     def __len__(self) -> int:
-        """Users held (not yet handed to the planner): in memory, plus rows on disk."""
+        """States held (not yet handed to the planner): users in memory, plus rows on disk (a
+        user with several counts several times)."""
         return len(self._users) + self._rows
 
     @property
     def rows(self) -> int:
-        """Rows in the spill file: one per spilled user, but where a fold would not be exact."""
+        """Rows in the spill file: one per spilled state."""
         return self._rows
 
     # -- reading ---------------------------------------------------------------------------
@@ -270,7 +273,10 @@ class Backlog:
             for op in ops:
                 for uid in entities(op):
                     if self._rows and uid not in self._barred:
-                        self._read_back(eject, [uid])
+                        back: list[Held] = []
+                        self._gather([uid], back, lambda held: False)
+                        for held in back:
+                            eject(held)
                     held = users.pop(uid, None)
                     if held is not None:
                         eject(held)
@@ -303,9 +309,14 @@ class Backlog:
         users = self._users
         if self._rows:
             assert self._db is not None
-            # A user's first row is numbered first: its number orders the users.
-            uids = [r[0] for r in self._db.execute("SELECT uid FROM held WHERE id = first ORDER BY id LIMIT ?", (n,))]
-            self._gather(uids, out, lambda held: True)
+            # A user's first row is numbered before its others: scanned by number, users come
+            # in the order of their first spill.
+            uids: dict[str, None] = {}
+            for (uid,) in self._db.execute("SELECT uid FROM held ORDER BY id"):
+                uids[uid] = None
+                if len(uids) == n:
+                    break
+            self._gather(list(uids), out, lambda held: True)
         for _ in range(min(n - len(out), len(users))):
             out.append(users.pop(next(iter(users))))
         return out
@@ -355,32 +366,47 @@ class Backlog:
                 self._disk_cursor[tp] = seen[-1][0], seen[-1][1]
                 uids = list(dict.fromkeys(uid for _, _, uid in seen))
                 owes: dict[str, set[int]] = {}
-                query = f"SELECT h.uid, o.part FROM held h JOIN owed o ON o.id = h.id WHERE h.uid IN ({_marks(len(uids))})"
-                for uid, p in db.execute(query, uids):
-                    owes.setdefault(uid, set()).add(p)
+                query = f"SELECT uid, part, more FROM held WHERE uid IN ({_marks(len(uids))})"
+                for uid, p, more in db.execute(query, uids):
+                    parts = owes.setdefault(uid, set())
+                    parts.add(p)
+                    if more is not None:
+                        parts.update(p for p, _ in orjson.loads(more))
                 ready = [uid for uid in uids if owes[uid] <= done]
                 self._gather(ready, out, lambda held: finished.issuperset(held.first))
 
     def _gather(self, uids: list[str], out: list[Held], newer_too: Callable[[Held], bool]) -> None:
-        """Read back every row of ``uids`` into ``out``: a user's rows folded into the oldest
-        where that is exact, then its state in memory too when ``newer_too`` allows it."""
+        """Read back every row of ``uids`` into ``out``: a user's rows folded, oldest first,
+        into one update where that is exact (else kept as updates in order), then its state in
+        memory too when ``newer_too`` allows it."""
         last: dict[str, Held] = {}
-
-        def gather(held: Held) -> None:
+        got: list[Held] = []
+        can_fold, fold = self._can_fold, self._fold
+        for held in self._read_back(uids):
             host = last.get(held.user_id)
-            if host is not None and self._can_fold(host.props, held.props):
-                host.absorb(held, self._fold)
-                return
+            if host is not None and can_fold(host.props, held.props):
+                # Not a rider: nothing else refers to a row read back, the host's offsets
+                # (older) cover it.
+                fold(host.props, held.props)
+                host.events += held.events
+                for tp, offset in held.first.items():
+                    host.first.setdefault(tp, offset)
+                continue
             last[held.user_id] = held
-            out.append(held)
-
-        self._read_back(gather, uids)
+            got.append(held)
         users = self._users
         for uid, host in last.items():
             later = users.get(uid)
             # The state in memory is newer than those on disk, all read back now.
-            if later is not None and newer_too(later) and self._can_fold(host.props, later.props):
-                host.absorb(users.pop(uid), self._fold)
+            if later is not None and newer_too(later) and can_fold(host.props, later.props):
+                host.absorb(users.pop(uid), fold)
+        back = self._back
+        for held in got:
+            # Owed from memory until applied.
+            for tp, offset in held.first.items():
+                self._pushed += 1
+                heapq.heappush(back.setdefault(tp, []), (offset, self._pushed, held))
+        out.extend(got)
 
     def _on_disk(self, uid: str) -> bool:
         assert self._db is not None
@@ -397,56 +423,71 @@ class Backlog:
         users = self._users
         if self._memory_bytes is None or not users:
             return False
-        sample = list(islice(users.values(), 0, None, max(1, len(users) // SAMPLE)))
-        average = sum(len(orjson.dumps(h.props)) for h in sample) / len(sample)
-        return len(users) * (average * PY_PER_JSON_BYTE + PER_USER) > self._memory_bytes
+        return len(users) * self._per_user() > self._memory_bytes
 
-    def spill(self) -> None:
-        """Move every user in memory to disk: folded into its row when it has one and the fold
-        is exact, else on a row of its own (after its others)."""
-        db = self._open()
+    def _per_user(self) -> float:
+        """Estimated bytes of a user in memory, from an even sample of them (see
+        :meth:`over_budget`)."""
         users = self._users
-        helds = list(users.values())
-        with db:
-            for i in range(0, len(helds), CHUNK):
-                self._spill(db, helds[i : i + CHUNK])
-        self.spilled += len(helds)
-        # Their offsets are on disk now: keep only the entries of users handed out, unapplied.
-        for tp, owed in self._owed.items():
-            self._owed[tp] = deque(e for e in owed if not e[1].done and users.get(e[1].user_id) is not e[1])
-        self._cursor.clear()
-        users.clear()
+        sample = list(islice(users.values(), 0, None, max(1, len(users) // SAMPLE)))
+        return sum(len(orjson.dumps(h.props)) for h in sample) / len(sample) * PY_PER_JSON_BYTE + PER_USER
 
-    def _spill(self, db: sqlite3.Connection, helds: Sequence[Held]) -> None:
-        # Each user's last row: (id, first, events, props).
-        last: dict[str, tuple[int, int, int, bytes]] = {}
-        if self._rows:
-            query = f"SELECT uid, id, first, events, props FROM held WHERE uid IN ({_marks(len(helds))}) ORDER BY id"
-            for uid, row_id, first, events, props in db.execute(query, [h.user_id for h in helds]):
-                last[uid] = row_id, first, events, props
-        updates: list[tuple[int, int, dict[str, Any]]] = []
-        inserts: list[tuple[int, str, int, int, dict[str, Any]]] = []
+    def spill(self, finished: Set[Partition] = frozenset()) -> None:
+        """Move users in memory to disk, each state on a row of its own: without a budget all
+        of them; else down to :data:`LOW_WATER` of it, first those whose events all came
+        from ``finished`` partitions (read to their end: they will not change, so each goes
+        to disk once), oldest first."""
+        users = self._users
+        if not users:
+            return
+        moving = list(users.values())
+        if self._memory_bytes is not None:
+            excess = len(users) - int(self._memory_bytes * LOW_WATER / self._per_user())
+            if excess <= 0:
+                return
+            if finished:
+                final = [h for h in moving if finished.issuperset(h.first)]
+                if len(final) < excess:
+                    final += [h for h in moving if not finished.issuperset(h.first)][: excess - len(final)]
+                moving = final
+            moving = moving[:excess]
+        db = self._open()
+        with db:
+            for i in range(0, len(moving), CHUNK):
+                self._append(db, moving[i : i + CHUNK])
+        self.spilled += len(moving)
+        for held in moving:
+            # Its offsets are on disk now: as good as applied for the partitions' deques.
+            held.done = True
+            held.props = None  # type: ignore[assignment]
+        # A new dict, not deletions: a dict keeps the table of its largest size.
+        self._users = {uid: held for uid, held in users.items() if not held.done} if len(moving) < len(users) else {}
+        for tp, owed in self._owed.items():
+            self._owed[tp] = deque(e for e in owed if not e[1].done)
+        self._cursor.clear()
+
+    def _append(self, db: sqlite3.Connection, helds: list[Held]) -> None:
+        """Each state on a row of its own: no row is read or rewritten (folding a state into
+        the user's row cost a read, a load, the fold, a dump and a rewrite at each spill;
+        rows of a user are folded when read back instead)."""
+        first = self._next_row + 1
+        self._next_row += len(helds)
+        part, part_of = self._part, self._part_of
+        rows: list[tuple[int, str, int, int, int, bytes | None, Held]] = []
         owed: list[tuple[int, int, int]] = []
-        for held in helds:
-            row = last.get(held.user_id)
-            if row is not None and self._can_fold(folded := orjson.loads(row[3]), held.props):
-                self._fold(folded, held.props)
-                row_id = row[0]
-                updates.append((row_id, row[2] + held.events, folded))
-            else:
-                self._next_row += 1
-                row_id = self._next_row
-                inserts.append((row_id, held.user_id, row_id if row is None else row[1], held.events, held.props))
-            for tp, offset in held.first.items():
-                owed.append((row_id, self._part_of(tp), offset))
+        for i, held in enumerate(helds, first):
+            # Its first partition in the row, any other (a topic not keyed by user) as JSON.
+            items = [(part[tp] if tp in part else part_of(tp), offset) for tp, offset in held.first.items()]
+            p, offset = items[0]
+            rows.append((i, held.user_id, held.events, p, offset, orjson.dumps(items[1:]) if len(items) > 1 else None, held))
+            for p, offset in items:
+                owed.append((p, offset, i))
         # Serialised as written, not before: a list of orjson outputs takes 16 KB each.
-        db.executemany("UPDATE held SET events = ?, props = ? WHERE id = ?",
-                       ((events, orjson.dumps(props), row_id) for row_id, events, props in updates))  # fmt: skip
-        db.executemany("INSERT INTO held (id, uid, first, events, props) VALUES (?, ?, ?, ?, ?)",
-                       ((i, uid, first, events, orjson.dumps(props)) for i, uid, first, events, props in inserts))  # fmt: skip
-        # A row keeps its own earliest offset of a partition: it is older than the one folded in.
-        db.executemany("INSERT OR IGNORE INTO owed (id, part, offset) VALUES (?, ?, ?)", owed)
-        self._rows += len(inserts)
+        dumps = orjson.dumps
+        db.executemany("INSERT INTO held (id, uid, events, part, offset, more, props) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       ((i, uid, events, p, offset, more, dumps(h.props)) for i, uid, events, p, offset, more, h in rows))  # fmt: skip
+        db.executemany("INSERT INTO owed (part, offset, id) VALUES (?, ?, ?)", owed)
+        self._rows += len(helds)
 
     def _part_of(self, tp: Partition) -> int:
         part = self._part.get(tp)
@@ -455,31 +496,33 @@ class Backlog:
             self._parts.append(tp)
         return part
 
-    def _read_back(self, into: Callable[[Held], None], uids: list[str]) -> None:
-        """Every row of ``uids`` (by first spill, then per user oldest first), off disk and into memory
-        (owed there until applied)."""
+    def _read_back(self, uids: list[str]) -> list[Held]:
+        """Every row of ``uids``, off disk (users by first spill, each user's rows oldest
+        first)."""
         db = self._db
         assert db is not None
         if not uids:
-            return
-        rows = db.execute(f"SELECT id, uid, events, props FROM held WHERE uid IN ({_marks(len(uids))}) ORDER BY first, id", uids).fetchall()
+            return []
+        rows = db.execute(f"SELECT id, uid, events, part, offset, more, props FROM held WHERE uid IN ({_marks(len(uids))})"
+                          " ORDER BY id", uids).fetchall()  # fmt: skip
         if not rows:
-            return
-        ids = [r[0] for r in rows]
-        marks = _marks(len(ids))
-        first: dict[int, dict[Partition, int]] = {}
-        for row_id, part, offset in db.execute(f"SELECT id, part, offset FROM owed WHERE id IN ({marks})", ids):
-            first.setdefault(row_id, {})[self._parts[part]] = offset
+            return []
+        parts = self._parts
+        out: list[Held] = []
+        owed: list[tuple[int, int, int]] = []
+        for row_id, uid, events, part, offset, more, props in rows:
+            first = {parts[part]: offset}
+            owed.append((part, offset, row_id))
+            if more is not None:
+                for p, o in orjson.loads(more):
+                    first[parts[p]] = o
+                    owed.append((p, o, row_id))
+            out.append(Held.restored(uid, orjson.loads(props), first, events))
         with db:
-            db.execute(f"DELETE FROM held WHERE id IN ({marks})", ids)
-            db.execute(f"DELETE FROM owed WHERE id IN ({marks})", ids)
+            db.execute(f"DELETE FROM held WHERE id IN ({_marks(len(rows))})", [r[0] for r in rows])
+            db.executemany("DELETE FROM owed WHERE part = ? AND offset = ? AND id = ?", owed)
         self._rows -= len(rows)
-        for row_id, uid, events, props in rows:
-            held = Held.restored(uid, orjson.loads(props), first[row_id], events)
-            for tp, offset in held.first.items():
-                self._pushed += 1
-                heapq.heappush(self._back.setdefault(tp, []), (offset, self._pushed, held))
-            into(held)
+        return out
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
@@ -489,15 +532,16 @@ class Backlog:
             # thrown away, so durability would only cost time.
             self._db.execute("PRAGMA journal_mode = OFF")
             self._db.execute("PRAGMA synchronous = OFF")
-            # One row per user (but where a fold would not be exact: then its rows in order);
-            # ``first``: the id of the user's first row, the order users are read back in.
-            self._db.execute("CREATE TABLE held (id INTEGER PRIMARY KEY, uid TEXT NOT NULL, first INTEGER NOT NULL,"
-                             " events INTEGER NOT NULL, props BLOB NOT NULL)")  # fmt: skip
+            # One row per spilled state, numbered in spill order; ``part``, ``offset``: its
+            # earliest offset in its first partition, ``more``: in any other, as JSON pairs
+            # (``owed`` has them all; here for the row read back, with it).
+            self._db.execute("CREATE TABLE held (id INTEGER PRIMARY KEY, uid TEXT NOT NULL, events INTEGER NOT NULL,"
+                             " part INTEGER NOT NULL, offset INTEGER NOT NULL, more BLOB, props BLOB NOT NULL)")  # fmt: skip
             self._db.execute("CREATE INDEX held_uid ON held (uid)")
-            # Each row's earliest offset per partition: the commit floor is their minimum.
-            self._db.execute("CREATE TABLE owed (id INTEGER NOT NULL, part INTEGER NOT NULL, offset INTEGER NOT NULL,"
-                             " PRIMARY KEY (id, part)) WITHOUT ROWID")  # fmt: skip
-            self._db.execute("CREATE INDEX owed_floor ON owed (part, offset)")
+            # Each row's earliest offset per partition: the commit floor is their minimum, and
+            # users of a partition read to their end are read back in its offset order.
+            self._db.execute("CREATE TABLE owed (part INTEGER NOT NULL, offset INTEGER NOT NULL, id INTEGER NOT NULL,"
+                             " PRIMARY KEY (part, offset, id)) WITHOUT ROWID")  # fmt: skip
         return self._db
 
     def close(self) -> None:
