@@ -381,19 +381,24 @@ class Backlog:
         memory too when ``newer_too`` allows it."""
         last: dict[str, Held] = {}
         got: list[Held] = []
-        can_fold, fold = self._can_fold, self._fold
-        for held in self._read_back(uids):
-            host = last.get(held.user_id)
-            if host is not None and can_fold(host.props, held.props):
-                # Not a rider: nothing else refers to a row read back, the host's offsets
-                # (older) cover it.
-                fold(host.props, held.props)
-                host.events += held.events
-                for tp, offset in held.first.items():
-                    host.first.setdefault(tp, offset)
-                continue
-            last[held.user_id] = held
-            got.append(held)
+        can_fold, fold, loads, parts = self._can_fold, self._fold, orjson.loads, self._parts
+        for _, uid, events, part, offset, more, raw in self._read_back(uids):
+            props = loads(raw)
+            host = last.get(uid)
+            if host is not None and can_fold(host.props, props):
+                # The row is no rider: nothing else refers to it, and the host's offsets
+                # (older) cover its own.
+                fold(host.props, props)
+                host.events += events
+                first = host.first
+                first.setdefault(parts[part], offset)
+            else:
+                first = {parts[part]: offset}
+                host = last[uid] = Held.restored(uid, props, first, events)
+                got.append(host)
+            if more is not None:
+                for p, o in loads(more):
+                    first.setdefault(parts[p], o)
         users = self._users
         for uid, host in last.items():
             later = users.get(uid)
@@ -496,9 +501,9 @@ class Backlog:
             self._parts.append(tp)
         return part
 
-    def _read_back(self, uids: list[str]) -> list[Held]:
-        """Every row of ``uids``, off disk (users by first spill, each user's rows oldest
-        first)."""
+    def _read_back(self, uids: list[str]) -> list[tuple[int, str, int, int, int, bytes | None, bytes]]:
+        """Every row of ``uids`` (users by first spill, each user's rows oldest first), taken
+        off disk: ``(id, uid, events, part, offset, more, props)``."""
         db = self._db
         assert db is not None
         if not uids:
@@ -507,22 +512,15 @@ class Backlog:
                           " ORDER BY id", uids).fetchall()  # fmt: skip
         if not rows:
             return []
-        parts = self._parts
-        out: list[Held] = []
-        owed: list[tuple[int, int, int]] = []
-        for row_id, uid, events, part, offset, more, props in rows:
-            first = {parts[part]: offset}
-            owed.append((part, offset, row_id))
+        owed = [(part, offset, row_id) for row_id, _, _, part, offset, _, _ in rows]
+        for row_id, _, _, _, _, more, _ in rows:
             if more is not None:
-                for p, o in orjson.loads(more):
-                    first[parts[p]] = o
-                    owed.append((p, o, row_id))
-            out.append(Held.restored(uid, orjson.loads(props), first, events))
+                owed += ((p, o, row_id) for p, o in orjson.loads(more))
         with db:
             db.execute(f"DELETE FROM held WHERE id IN ({_marks(len(rows))})", [r[0] for r in rows])
             db.executemany("DELETE FROM owed WHERE part = ? AND offset = ? AND id = ?", owed)
         self._rows -= len(rows)
-        return out
+        return rows
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
