@@ -379,12 +379,13 @@ class Backlog:
         """Read back every row of ``uids`` into ``out``: a user's rows folded, oldest first,
         into one update where that is exact (else kept as updates in order), then its state in
         memory too when ``newer_too`` allows it."""
-        last: dict[str, Held] = {}
-        got: list[Held] = []
+        # Per user, its updates: each row folded into the last where that is exact.
+        updates: dict[str, list[Held]] = {}
         can_fold, fold, loads, parts = self._can_fold, self._fold, orjson.loads, self._parts
         for _, uid, events, part, offset, more, raw in self._read_back(uids):
             props = loads(raw)
-            host = last.get(uid)
+            mine = updates.get(uid)
+            host = mine[-1] if mine else None
             if host is not None and can_fold(host.props, props):
                 # The row is no rider: nothing else refers to it, and the host's offsets
                 # (older) cover its own.
@@ -394,17 +395,17 @@ class Backlog:
                 first.setdefault(parts[part], offset)
             else:
                 first = {parts[part]: offset}
-                host = last[uid] = Held.restored(uid, props, first, events)
-                got.append(host)
+                updates.setdefault(uid, []).append(Held.restored(uid, props, first, events))
             if more is not None:
                 for p, o in loads(more):
                     first.setdefault(parts[p], o)
         users = self._users
-        for uid, host in last.items():
+        for uid, mine in updates.items():
             later = users.get(uid)
             # The state in memory is newer than those on disk, all read back now.
-            if later is not None and newer_too(later) and can_fold(host.props, later.props):
-                host.absorb(users.pop(uid), fold)
+            if later is not None and newer_too(later) and can_fold(mine[-1].props, later.props):
+                mine[-1].absorb(users.pop(uid), fold)
+        got = [held for mine in updates.values() for held in mine]
         back = self._back
         for held in got:
             # Owed from memory until applied.

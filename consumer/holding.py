@@ -187,14 +187,14 @@ class Holding:
             handle.release()
 
     def fetched(self, records: list[Record]) -> None:
-        """After a non-empty batch: spill past the memory budget, note how far each partition
-        was read."""
+        """After a non-empty batch: spill past the memory budget (users of the partitions read
+        to their end first: they will not change), note how far each partition was read."""
         backlog = self._backlog
         if backlog.over_budget():
             before = backlog.spilled
-            backlog.spill()
+            backlog.spill(self._read_ahead.finished())
             give_back_memory()
-            log.info("backfill: memory budget reached, %d held users spilled, %d now on disk",
+            log.info("backfill: memory budget reached, %d held users spilled, %d states now on disk",
                      backlog.spilled - before, backlog.rows)  # fmt: skip
         self._read_ahead.fetched(records, self._clock())
 

@@ -1,5 +1,6 @@
-"""A backfill's backlog past its memory budget (:mod:`consumer.backlog`): one row per user on
-disk, nothing of a spilled user left in memory, commit floors from disk. Pure logic: a real
+"""A backfill's backlog past its memory budget (:mod:`consumer.backlog`): one row per spilled
+state on disk, folded when read back, nothing of a spilled user left in memory, commit floors
+from disk, users of partitions read to their end spilled first. Pure logic: a real
 SQLite file, no broker. Exactness is checked against the independent model (events applied one
 by one, in order), the floors against the offsets of the events not yet applied."""
 
@@ -12,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from consumer.backlog import Backlog, Held, HeldHandle
+import orjson
+
+from consumer.backlog import LOW_WATER, PER_USER, PY_PER_JSON_BYTE, Backlog, Held, HeldHandle
 from consumer.ops import Identify, Merge, Op
 from tests.model import deep_merge, expected_state
 
@@ -23,7 +26,7 @@ def ident(uid: str, traits: dict[str, Any]) -> dict[str, Any]:
     return {"type": "identify", "userId": uid, "traits": traits}
 
 
-def test_a_user_spilled_again_and_again_keeps_one_row_and_is_sent_once(tmp_path) -> None:
+def test_a_user_spilled_again_and_again_is_read_back_as_one_update_sent_once(tmp_path) -> None:
     b = Backlog(work_dir=str(tmp_path))
     events: list[dict[str, Any]] = []
     off = 0
@@ -34,7 +37,7 @@ def test_a_user_spilled_again_and_again_keeps_one_row_and_is_sent_once(tmp_path)
             events.append(ident(f"u{u}", traits))
             off += 1
         b.spill()
-        assert b.rows == 50 and len(b) == 50  # folded into the rows already there
+        assert b.rows == 50 * (round_ + 1) and len(b) == b.rows  # a row per state, none rewritten
     assert b.spilled == 250
     out = b.take(100)
     assert [h.user_id for h in out] == [f"u{u}" for u in range(50)]  # the order of first spill
@@ -47,9 +50,10 @@ def test_a_user_spilled_again_and_again_keeps_one_row_and_is_sent_once(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_state_that_does_not_fold_into_the_row_gets_a_second_row_in_order(tmp_path) -> None:
+def test_rows_that_do_not_fold_into_the_earlier_ones_go_as_a_second_update_in_order(tmp_path) -> None:
     # Under deep, an object after a scalar at one path does not fold: the held state in memory
-    # is fresh (it folded), but it cannot join the row. Kept as a second row, sent after.
+    # is fresh (it folded), but it cannot join the rows before it. Read back as a second
+    # update, sent after the first, and the next row folds into that one.
     b = Backlog(work_dir=str(tmp_path))
     b.fold(TP0, 0, [Identify("u", {"o": 1, "a": 1})], lambda h: None)
     b.fold(TP0, 1, [Identify("v", {"o": 1})], lambda h: None)
@@ -58,10 +62,10 @@ def test_a_state_that_does_not_fold_into_the_row_gets_a_second_row_in_order(tmp_
     b.fold(TP0, 3, [Identify("u", {"b": 2})], lambda h: None)
     b.fold(TP0, 4, [Identify("v", {"p": 2})], lambda h: None)
     b.spill()
-    assert b.rows == 3
-    b.fold(TP1, 0, [Identify("u", {"o": {"y": 2}})], lambda h: None)  # folds into the second row
+    assert b.rows == 4
+    b.fold(TP1, 0, [Identify("u", {"o": {"y": 2}})], lambda h: None)  # folds into the second update
     b.spill()
-    assert b.rows == 3
+    assert b.rows == 5
     out = b.take(10)
     assert [(h.user_id, h.props, h.events) for h in out] == [
         ("u", {"o": 1, "a": 1}, 1),
@@ -121,6 +125,27 @@ def test_the_floor_holds_spilled_users_offsets_until_they_are_applied(tmp_path) 
     b.close()
 
 
+def test_a_spill_moves_users_of_finished_partitions_first_and_stops_at_the_low_water_mark(tmp_path) -> None:
+    b = Backlog(memory_bytes=40_000, work_dir=str(tmp_path))
+    off = dict.fromkeys([TP0, TP1], 0)
+    for i in range(100):  # interleaved: finished and unfinished users alike, oldest first
+        for tp in (TP0, TP1):
+            b.fold(tp, off[tp], [Identify(f"{tp[1]}-{i}", {"k": "x" * 20})], lambda h: None)
+            off[tp] += 1
+    assert b.over_budget()
+    # Users of one size: what the estimate keeps is exact.
+    keep = int(40_000 * LOW_WATER / (len(orjson.dumps({"k": "x" * 20})) * PY_PER_JSON_BYTE + PER_USER))
+    b.spill({TP0})  # partition 0 read to its end: its users go first, all of them
+    assert b.rows == 200 - keep and len(b) == 200
+    assert not b.over_budget()
+    # In memory: the newest of partition 1 (its oldest went after all of partition 0).
+    got = b.take_finished({TP0, TP1}, 1000)
+    on_disk = [h.user_id for h in got[: 200 - keep]]
+    assert on_disk == [f"0-{i}" for i in range(100)] + [f"1-{i}" for i in range(100 - keep)]
+    assert sorted(h.user_id for h in got[200 - keep :]) == sorted(f"1-{i}" for i in range(100 - keep, 100))
+    b.close()
+
+
 def test_users_on_disk_of_partitions_read_to_their_end_go_first_in_offset_order(tmp_path) -> None:
     b = Backlog(work_dir=str(tmp_path))
     for tp, off, uid in [(TP0, 0, "a"), (TP1, 0, "b"), (TP0, 1, "c"), (TP1, 1, "c"), (TP0, 2, "d")]:
@@ -171,8 +196,10 @@ def test_a_frozen_backlog_drops_its_spill_file(tmp_path) -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_spilling_folding_and_sending_equal_every_event_applied_alone(tmp_path, mode: str, seed: int) -> None:
     # A topic keyed by user over 3 partitions, read in random chunks; spills at random (and
-    # past a small budget), users handed out at random (of partitions read to their end, or
-    # any), applied at random. What Knock gets, in hand-out order, is the model of the events
+    # past a small budget; down to its low-water mark, users of partitions read to their end
+    # first, or not), so a user has several rows, some of which do not fold; barriers (an
+    # update that does not fold into the state in memory) after spills; users handed out at
+    # random (of partitions read to their end, or any), applied at random. What Knock gets, in hand-out order, is the model of the events
     # one by one; the commit floor never passes an event not yet applied, and reaches the end.
     rng = random.Random(seed)
     parts = [TP0, TP1, TP2]
@@ -193,6 +220,7 @@ def test_spilling_folding_and_sending_equal_every_event_applied_alone(tmp_path, 
     out: dict[int, tuple[HeldHandle, list[tuple[Any, int]]]] = {}
     cursor = dict.fromkeys(parts, 0)
     committed: dict[Any, int] = {}
+    barriers_on_disk = 0
 
     def send(held: Held) -> None:
         knock[held.user_id] = deep_merge(knock.get(held.user_id, {}), held.props)
@@ -220,16 +248,20 @@ def test_spilling_folding_and_sending_equal_every_event_applied_alone(tmp_path, 
             assert b.read(tp, off)
             read.append(ident(uid, traits))
             unsent[uid].append((tp, off))
-            for op in b.fold(tp, off, [Identify(uid, traits)], send):
+            rows = b.rows
+            rest = b.fold(tp, off, [Identify(uid, traits)], send)
+            barriers_on_disk += bool(rest) and b.rows < rows
+            for op in rest:
                 # The per-event path: sent after the ejected state, in order; the tracker's
                 # to hold, not the backlog's.
                 knock[uid] = deep_merge(knock.get(uid, {}), op.props)  # type: ignore[union-attr]
                 unsent[uid].pop()
+        finished = {t for t in parts if cursor[t] == len(events[t])}
         if b.over_budget() or rng.random() < 0.1:
-            b.spill()
+            b.spill(finished if rng.random() < 0.7 else set())
         r = rng.random()
         if r < 0.3:
-            for held in b.take_finished({t for t in parts if cursor[t] == len(events[t])}, rng.randrange(1, 20)):
+            for held in b.take_finished(finished, rng.randrange(1, 20)):
                 send(held)
         elif r < 0.4:
             for held in b.take(rng.randrange(1, 20)):
@@ -238,6 +270,7 @@ def test_spilling_folding_and_sending_equal_every_event_applied_alone(tmp_path, 
             out.pop(key)[0].release()
         check_floor()
     assert b.spilled > 300  # 90 users, each spilled several times over
+    assert barriers_on_disk > 5  # a barred user's rows read back and ejected before its event
     while len(b):
         for held in b.take(25):
             send(held)
