@@ -71,7 +71,7 @@ SAMPLE: Final = 64
 #: free lists of tuples they leave behind, up to 2,000 of each size).
 CHUNK: Final = 256
 #: Where a spill stops: the share of the budget the users left in memory are estimated at.
-LOW_WATER: Final = 0.5
+LOW_WATER: Final = 0.75
 
 
 class Held:
