@@ -11,9 +11,8 @@ import tracemalloc
 from collections import defaultdict
 from typing import Any
 
-import pytest
-
 import orjson
+import pytest
 
 from consumer.backlog import LOW_WATER, PER_USER, PY_PER_JSON_BYTE, Backlog, Held, HeldHandle
 from consumer.ops import Identify, Merge, Op
