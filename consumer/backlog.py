@@ -22,9 +22,9 @@ others, oldest first. Each spilled state is a row of its own, appended: a spill 
 and rewrites nothing (folding a state into the user's row at each spill, a read, a load, the
 fold, a dump and a rewrite, was most of a spilling backfill's cost, since with a budget holding
 a fraction of a partition's users most events read after the first spill start a state that
-is spilled). Nothing of a spilled user stays in memory: each row's earliest offset per
-partition is in a side table keyed by (partition, offset), and the commit floor takes their
-minimum by query. Spilled users are read back in the order they were first spilled (or, while
+is spilled). Nothing of a spilled user stays in memory: each row holds its state's earliest
+offset in a partition (a state of several partitions has a row without properties for each
+other), indexed by (partition, offset), and the commit floor takes their minimum by query. Spilled users are read back in the order they were first spilled (or, while
 reading ahead, those of the partitions read to their end, in offset order), each with all its
 rows, before its state in memory: a user's rows are older than its state in memory, so they
 fold, oldest first, into one update where that is exact (else they go as updates in order,
@@ -368,8 +368,8 @@ class Backlog:
                 # Past the cursor: a user skipped here owes an unfinished partition, and the
                 # last of its partitions to finish finds it.
                 seen = db.execute(
-                    "SELECT o.offset, o.id, h.uid FROM owed o JOIN held h ON h.id = o.id"
-                    " WHERE o.part = ? AND (o.offset, o.id) > (?, ?) ORDER BY o.offset, o.id LIMIT ?",
+                    "SELECT offset, id, uid FROM held INDEXED BY held_floor"
+                    " WHERE part = ? AND (offset, id) > (?, ?) ORDER BY offset, id LIMIT ?",
                     (part, offset, row, n - len(out)),
                 ).fetchall()  # fmt: skip
                 if not seen:
@@ -377,12 +377,9 @@ class Backlog:
                 self._disk_cursor[tp] = seen[-1][0], seen[-1][1]
                 uids = list(dict.fromkeys(uid for _, _, uid in seen))
                 owes: dict[str, set[int]] = {}
-                query = f"SELECT uid, part, more FROM held INDEXED BY held_uid WHERE uid IN {_EACH}"
-                for uid, p, more in db.execute(query, (orjson.dumps(uids),)):
-                    parts = owes.setdefault(uid, set())
-                    parts.add(p)
-                    if more is not None:
-                        parts.update(p for p, _ in orjson.loads(more))
+                query = f"SELECT uid, part FROM held INDEXED BY held_uid WHERE uid IN {_EACH}"
+                for uid, p in db.execute(query, (orjson.dumps(uids),)):
+                    owes.setdefault(uid, set()).add(p)
                 ready = [uid for uid in uids if owes[uid] <= done]
                 self._gather(ready, out, lambda held: finished.issuperset(held.first))
 
@@ -393,7 +390,10 @@ class Backlog:
         # Per user, its updates: each row folded into the last where that is exact.
         updates: dict[str, list[Held]] = {}
         can_fold, fold, loads, parts = self._can_fold, self._fold, orjson.loads, self._parts
-        for _, uid, events, part, offset, more, raw in self._read_back(uids):
+        for _, uid, events, part, offset, raw in self._read_back(uids):
+            if raw is None:  # the state above's offset in another partition
+                updates[uid][-1].first.setdefault(parts[part], offset)
+                continue
             props = loads(raw)
             mine = updates.get(uid)
             host = mine[-1] if mine else None
@@ -407,9 +407,6 @@ class Backlog:
             else:
                 first = {parts[part]: offset}
                 updates.setdefault(uid, []).append(Held.restored(uid, props, first, events))
-            if more is not None:
-                for p, o in loads(more):
-                    first.setdefault(parts[p], o)
         users = self._users
         for uid, mine in updates.items():
             later = users.get(uid)
@@ -486,24 +483,25 @@ class Backlog:
     def _append(self, db: sqlite3.Connection, helds: list[Held]) -> None:
         """Each state on a row of its own: no row is read or rewritten (folding a state into
         the user's row cost a read, a load, the fold, a dump and a rewrite at each spill;
-        rows of a user are folded when read back instead)."""
-        first = self._next_row + 1
-        self._next_row += len(helds)
+        rows of a user are folded when read back instead). A state with events in several
+        partitions (a topic not keyed by user) has a row without properties after it for each
+        other partition: every row owes one offset, indexed, which the commit floor and
+        :meth:`take_finished` read."""
         part, part_of = self._part, self._part_of
-        rows: list[tuple[int, str, int, int, int, bytes | None, Held]] = []
-        owed: list[tuple[int, int, int]] = []
-        for i, held in enumerate(helds, first):
-            # Its first partition in the row, any other (a topic not keyed by user) as JSON.
-            items = [(part[tp] if tp in part else part_of(tp), offset) for tp, offset in held.first.items()]
-            p, offset = items[0]
-            rows.append((i, held.user_id, held.events, p, offset, orjson.dumps(items[1:]) if len(items) > 1 else None, held))
-            for p, offset in items:
-                owed.append((p, offset, i))
+        rows: list[tuple[int, str, int, int, int, Held | None]] = []
+        i = self._next_row
+        for held in helds:
+            state: Held | None = held  # on the first row only
+            for tp, offset in held.first.items():
+                i += 1
+                rows.append((i, held.user_id, held.events, part[tp] if tp in part else part_of(tp), offset, state))
+                state = None
+        self._next_row = i
         # Serialised as written, not before: a list of orjson outputs takes 16 KB each.
         dumps = orjson.dumps
-        db.executemany("INSERT INTO held (id, uid, events, part, offset, more, props) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       ((i, uid, events, p, offset, more, dumps(h.props)) for i, uid, events, p, offset, more, h in rows))  # fmt: skip
-        db.executemany("INSERT INTO owed (part, offset, id) VALUES (?, ?, ?)", owed)
+        db.executemany("INSERT INTO held (id, uid, events, part, offset, props) VALUES (?, ?, ?, ?, ?, ?)",
+                       ((i, uid, events, p, offset, None if h is None else dumps(h.props))
+                        for i, uid, events, p, offset, h in rows))  # fmt: skip
         self._rows += len(helds)
 
     def _part_of(self, tp: Partition) -> int:
@@ -513,31 +511,28 @@ class Backlog:
             self._parts.append(tp)
         return part
 
-    def _read_back(self, uids: list[str]) -> Iterator[tuple[int, str, int, int, int, bytes | None, bytes]]:
+    def _read_back(self, uids: list[str]) -> Iterator[tuple[int, str, int, int, int, bytes | None]]:
         """Every row of ``uids`` (users by first spill, each user's rows oldest first), taken
-        off disk once the caller has taken the last: ``(id, uid, events, part, offset, more,
-        props)``. One at a time, not a list of them: a read-back of a plan's users is several
-        rows each, and their bytes would all be alive at once beside their folded states."""
+        off disk once the caller has taken the last: ``(id, uid, events, part, offset,
+        props)``, props ``None`` for another partition's offset of the state above. One at a
+        time, not a list of them: a read-back of a plan's users is several rows each, and
+        their bytes would all be alive at once beside their folded states."""
         db = self._db
         assert db is not None
         if not uids:
             return
         ids: list[int] = []
-        owed: list[tuple[int, int, int]] = []
-        query = f"SELECT id, uid, events, part, offset, more, props FROM held INDEXED BY held_uid WHERE uid IN {_EACH} ORDER BY id"
+        states = 0
+        query = f"SELECT id, uid, events, part, offset, props FROM held INDEXED BY held_uid WHERE uid IN {_EACH} ORDER BY id"
         for row in db.execute(query, (orjson.dumps(uids),)):
-            row_id, _, _, part, offset, more, _ = row
-            ids.append(row_id)
-            owed.append((part, offset, row_id))
-            if more is not None:
-                owed += ((p, o, row_id) for p, o in orjson.loads(more))
+            ids.append(row[0])
+            states += row[5] is not None
             yield row
         if not ids:
             return
         with db:
             db.execute(f"DELETE FROM held WHERE id IN {_EACH}", (orjson.dumps(ids),))
-            db.executemany("DELETE FROM owed WHERE part = ? AND offset = ? AND id = ?", owed)
-        self._rows -= len(ids)
+        self._rows -= states
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
@@ -547,16 +542,14 @@ class Backlog:
             # thrown away, so durability would only cost time.
             self._db.execute("PRAGMA journal_mode = OFF")
             self._db.execute("PRAGMA synchronous = OFF")
-            # One row per spilled state, numbered in spill order; ``part``, ``offset``: its
-            # earliest offset in its first partition, ``more``: in any other, as JSON pairs
-            # (``owed`` has them all; here for the row read back, with it).
+            # One row per spilled state, numbered in spill order, with its earliest offset in
+            # one partition (and a row without props after it for each other partition).
             self._db.execute("CREATE TABLE held (id INTEGER PRIMARY KEY, uid TEXT NOT NULL, events INTEGER NOT NULL,"
-                             " part INTEGER NOT NULL, offset INTEGER NOT NULL, more BLOB, props BLOB NOT NULL)")  # fmt: skip
+                             " part INTEGER NOT NULL, offset INTEGER NOT NULL, props BLOB)")  # fmt: skip
             self._db.execute("CREATE INDEX held_uid ON held (uid)")
-            # Each row's earliest offset per partition: the commit floor is their minimum, and
-            # users of a partition read to their end are read back in its offset order.
-            self._db.execute("CREATE TABLE owed (part INTEGER NOT NULL, offset INTEGER NOT NULL, id INTEGER NOT NULL,"
-                             " PRIMARY KEY (part, offset, id)) WITHOUT ROWID")  # fmt: skip
+            # The commit floor is the minimum per partition, and users of a partition read to
+            # their end are read back in its offset order.
+            self._db.execute("CREATE INDEX held_floor ON held (part, offset)")
         return self._db
 
     def close(self) -> None:
@@ -592,7 +585,7 @@ class Backlog:
         part = self._part.get(tp)
         if self._rows and part is not None:
             assert self._db is not None
-            (spilled,) = self._db.execute("SELECT MIN(offset) FROM owed WHERE part = ?", (part,)).fetchone()
+            (spilled,) = self._db.execute("SELECT MIN(offset) FROM held WHERE part = ?", (part,)).fetchone()
             if spilled is not None and (low is None or spilled < low):
                 low = spilled
         return low
