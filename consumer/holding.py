@@ -11,7 +11,8 @@ each stage:
 * each turn: :meth:`Holding.step` folds the events whose event-time turn has come
   (:mod:`consumer.ordering`; with ``sink.lateness`` 0, as read), focuses fetching (one partition
   at a time, unless a topic not keyed by user is being ordered: then its partitions are read
-  side by side), feeds held users to the planner and, every :data:`TRIM_EVERY` seconds,
+  side by side), packs the held users of partitions read to their end, feeds held users to
+  the planner and, every :data:`TRIM_EVERY` seconds,
   hands freed memory back to the system (:func:`give_back_memory`);
 * plans: :meth:`Holding.holds_back` says whether a due plan must still wait;
 * outcomes: :func:`applied_events` and :func:`dead_letter_record` count and dead-letter a held
@@ -205,12 +206,16 @@ class Holding:
     # -- each turn -------------------------------------------------------------------------
 
     def step(self) -> None:
-        """One turn of the loop: focus fetching, then top the planner up with held users."""
+        """One turn of the loop: focus fetching, pack the held users of partitions read to
+        their end (:meth:`~consumer.backlog.Backlog.compact`), then top the planner up with
+        held users."""
         if self._order is not None:
             self._order.step()
         self._focus()
         if len(self._backlog):
-            self._feed(self._read_ahead.finished() if self._reading_ahead(self._clock()) else None)
+            finished = self._read_ahead.finished()
+            self._backlog.compact(finished)
+            self._feed(finished if self._reading_ahead(self._clock()) else None)
         now = self._clock()
         if now - self._trimmed >= TRIM_EVERY:
             self._trimmed = now

@@ -182,6 +182,37 @@ def test_a_barrier_ejects_a_spilled_users_rows_then_its_memory(tmp_path) -> None
     b.close()
 
 
+def test_users_of_finished_partitions_wait_packed_and_come_out_as_they_went_in(tmp_path) -> None:
+    b = Backlog(work_dir=str(tmp_path), memory_bytes=150_000)
+    events: list[dict[str, Any]] = []
+
+    def fold(tp: Any, off: int, uid: str, traits: dict[str, Any]) -> None:
+        assert b.fold(tp, off, [Identify(uid, traits)], lambda h: None) == []
+        events.append(ident(uid, traits))
+
+    for u in range(100):
+        fold(TP0 if u < 90 else TP1, u, f"u{u}", {f"key{k}": f"value {k} of user {u}" for k in range(20)})
+        fold(TP0 if u < 90 else TP1, 100 + u, f"u{u}", {"o": {"a": u}})
+    assert b.over_budget()  # 100 users as Python objects: about 2.7 KB each, estimated
+    b.compact({TP0})
+    packed = {h.user_id for h in b._users.values() if h.props.__class__ is bytes}
+    assert packed == {f"u{u}" for u in range(90)}  # not those of the partition still read
+    assert not b.over_budget()  # packed: their JSON, about 0.9 KB each
+    # A later event of a packed user (a topic not keyed by user) folds into it, unpacked.
+    fold(TP1, 300, "u3", {"o": {"b": 3}, "key1": None})
+    assert b._users["u3"].props.__class__ is dict
+    b.compact({TP0, TP1})
+    for u in range(100, 160):
+        fold(TP2, 300 + u, f"u{u}", {f"key{k}": f"value {k} of user {u}" for k in range(20)})
+    assert b.over_budget()
+    b.spill({TP0, TP1})  # finished users first: packed, they go to disk as they are
+    assert b.rows and sum(h.props.__class__ is bytes for h in b._users.values()) < 100
+    out = {h.user_id: h for h in b.take(200)}
+    expected = expected_state(events)
+    assert {uid: h.props for uid, h in out.items()} == expected and expected["u3"]["o"] == {"a": 3, "b": 3}
+    b.close()
+
+
 def test_a_frozen_backlog_drops_its_spill_file(tmp_path) -> None:
     b = Backlog(work_dir=str(tmp_path))
     b.fold(TP0, 0, [Identify("u", {"a": 1})], lambda h: None)
@@ -222,6 +253,7 @@ def test_spilling_folding_and_sending_equal_every_event_applied_alone(tmp_path, 
     barriers_on_disk = 0
 
     def send(held: Held) -> None:
+        assert held.props.__class__ is dict  # handed out unpacked
         knock[held.user_id] = deep_merge(knock.get(held.user_id, {}), held.props)
         owed, unsent[held.user_id] = unsent[held.user_id][: held.events], unsent[held.user_id][held.events :]
         assert len(owed) == held.events
@@ -256,6 +288,8 @@ def test_spilling_folding_and_sending_equal_every_event_applied_alone(tmp_path, 
                 knock[uid] = deep_merge(knock.get(uid, {}), op.props)  # type: ignore[union-attr]
                 unsent[uid].pop()
         finished = {t for t in parts if cursor[t] == len(events[t])}
+        if rng.random() < 0.5:
+            b.compact(finished)
         if b.over_budget() or rng.random() < 0.1:
             b.spill(finished if rng.random() < 0.7 else set())
         r = rng.random()
