@@ -133,7 +133,7 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
                    "backfill does not order either)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--backfill-memory-mb", type=int,
-                   help="MiB of held users a backfill keeps in memory before spilling to disk (default 256)")
+                   help="MiB the backfill process may take before its held users spill to disk (default 256)")
     p.add_argument("--work-dir", help="where a backfill spills held users (default: the system temp dir)")
     p.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")
     p.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
