@@ -12,8 +12,8 @@ each stage:
   (:mod:`consumer.ordering`; with ``sink.lateness`` 0, as read), focuses fetching (one partition
   at a time, unless a topic not keyed by user is being ordered: then its partitions are read
   side by side), packs the held users of partitions read to their end, feeds held users to
-  the planner and, every :data:`TRIM_EVERY` seconds,
-  hands freed memory back to the system (:func:`give_back_memory`);
+  the planner and, every :data:`TRIM_EVERY` seconds, hands freed memory back to the system
+  (:func:`give_back_memory`);
 * plans: :meth:`Holding.holds_back` says whether a due plan must still wait;
 * outcomes: :func:`applied_events` and :func:`dead_letter_record` count and dead-letter a held
   user's folded update;
