@@ -73,7 +73,7 @@ H_FOLDED = "knock-sink.folded.events"
 #: takes nothing in memory (about 450 bytes a spilled state before: a shell per row).
 PY_PER_JSON_BYTE: Final = 4.5
 PER_USER: Final = 400
-#: Bytes of a compacted user (see :meth:`Backlog.compact`) beyond its JSON: the ``bytes`` header.
+#: Bytes of a packed user (see :meth:`Backlog.compact`) beyond its JSON: the ``bytes`` header.
 PER_BYTES: Final = 33
 #: Users sampled to estimate the average size of a held user.
 SAMPLE: Final = 64
