@@ -466,14 +466,17 @@ class Backlog:
         users = self._users
         if self._memory_bytes is None or not users:
             return False
-        return len(users) * self._per_user() > self._memory_bytes
+        return self._estimate()[0] > self._memory_bytes
 
-    def _per_user(self) -> float:
-        """Estimated bytes of a user in memory, from an even sample of them (see
-        :meth:`over_budget`)."""
+    def _estimate(self) -> tuple[float, float]:
+        """Estimated bytes of the users in memory, and of one of them not packed, from an even
+        sample of them (see :meth:`over_budget`)."""
         users = self._users
         sample = list(islice(users.values(), 0, None, max(1, len(users) // SAMPLE)))
-        return sum(_size(h.props) for h in sample) / len(sample)
+        sizes = [_size(h.props) for h in sample]
+        unpacked = [n for n, h in zip(sizes, sample, strict=True) if h.props.__class__ is not bytes]
+        average = sum(sizes) / len(sizes)
+        return len(users) * average, sum(unpacked) / len(unpacked) if unpacked else average
 
     def spill(self, finished: AbstractSet[Partition] = frozenset()) -> None:
         """Move users in memory to disk, each state on a row of its own: without a budget all
@@ -485,15 +488,21 @@ class Backlog:
             return
         moving = list(users.values())
         if self._memory_bytes is not None:
-            excess = len(users) - int(self._memory_bytes * LOW_WATER / self._per_user())
+            held, per_unpacked = self._estimate()
+            excess = held - self._memory_bytes * LOW_WATER
             if excess <= 0:
                 return
             if finished:
-                final = [h for h in moving if h.first.keys() <= finished]
-                if len(final) < excess:
-                    final += [h for h in moving if not h.first.keys() <= finished][: excess - len(final)]
-                moving = final
-            moving = moving[:excess]
+                moving = [h for h in moving if h.first.keys() <= finished] + [
+                    h for h in moving if not h.first.keys() <= finished]  # fmt: skip
+            # By bytes, not by count: the packed users of finished partitions, which go first,
+            # are a quarter of the size of the others (a count from the average moved too few).
+            freed, n = 0.0, 0
+            while n < len(moving) and freed < excess:
+                props = moving[n].props
+                freed += len(props) + PER_BYTES + PER_USER if props.__class__ is bytes else per_unpacked
+                n += 1
+            moving = moving[:n]
         db = self._open()
         with db:
             for i in range(0, len(moving), CHUNK):
