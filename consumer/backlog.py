@@ -493,8 +493,8 @@ class Backlog:
             if excess <= 0:
                 return
             if finished:
-                moving = [h for h in moving if h.first.keys() <= finished] + [
-                    h for h in moving if not h.first.keys() <= finished]  # fmt: skip
+                # Stable: users of finished partitions first, each group oldest first.
+                moving.sort(key=lambda h: not h.first.keys() <= finished)
             # By bytes, not by count: the packed users of finished partitions, which go first,
             # are a quarter of the size of the others (a count from the average moved too few).
             freed, n = 0.0, 0
