@@ -664,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", nargs="+", choices=ALL_CASES, default=ALL_CASES)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench.json"))
     p.add_argument("--profile", help="also write pyinstrument profiles of the sink case here (and of case 4 "
-                   "beside it, with '-limits' appended)")
+                   "beside it, with '-limits' appended, and of case 8 with '-spill')")
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
     p.add_argument("--main-events", type=int, help="override the main topic's size (users = events / 10)")
     p.add_argument("--limits-events", type=int,
@@ -746,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif case == "spill":
                     n = sc["spill"][0]
                     rows.append(case_limits(env, sc, case="spill",
-                                            title=f"8. sink, Knock limits, {n / 1e6:g}M-event backfill (spills)"))
+                                            title=f"8. sink, Knock limits, {n / 1e6:g}M-event backfill (spills)",
+                                            profile=Path(f"{args.profile}-spill") if args.profile else None))
                 elif case == "backlog":
                     rows.append(case_backlog(env, sc))
                 elif case == "scale":
