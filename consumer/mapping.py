@@ -126,6 +126,11 @@ class Mapper:
     def __init__(self, settings: MappingSettings) -> None:
         self.settings = settings
         self._region = settings.default_region
+        # Unless told to keep them (its own switch), phonenumbers compiles every metadata
+        # pattern it uses again on each parse, through the re module's cache: a fifth of a new
+        # number's parse (median 53.5 against 42.1 µs on the benchmark's numbers, 16 rounds
+        # alternated). The patterns come from its fixed metadata, so they are bounded.
+        phonenumbers.enable_pattern_cache()
         self._fields = [(f, tuple(keys)) for f, keys in settings.field_sources().items() if keys]
         self._consumed = frozenset(k for _, keys in self._fields for k in keys) - _ALWAYS_CUSTOM
         self._drop = frozenset(settings.drop)
