@@ -144,13 +144,15 @@ def _fold_deep(into: dict[str, Any], props: dict[str, Any]) -> None:
     """Deep-merge ``props`` into ``into`` (which the caller owns); nested dicts of ``into``
     come from ops and are copied before they change, never mutated."""
     for k, v in props.items():
-        old = into.get(k)
-        if isinstance(v, dict) and isinstance(old, dict):
-            merged = dict(old)
-            _fold_deep(merged, v)
-            into[k] = merged
-        else:
-            into[k] = v
+        # Most values are not objects: the earlier value is looked up only for those that are.
+        if isinstance(v, dict):
+            old = into.get(k)
+            if isinstance(old, dict):
+                merged = dict(old)
+                _fold_deep(merged, v)
+                into[k] = merged
+                continue
+        into[k] = v
 
 
 def folding(nested: NestedMerge) -> tuple[Callable[[dict[str, Any], dict[str, Any]], bool],
