@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer.backlog import LOW_WATER, PER_USER, PY_PER_JSON_BYTE, Backlog, Held, HeldHandle
+from consumer.backlog import LOW_WATER, PER_USER, PY_PER_JSON_BYTE, RESAMPLE_EVERY, Backlog, Held, HeldHandle
 from consumer.ops import Identify, Merge, Op
 from tests.model import deep_merge, expected_state
 
@@ -142,6 +142,22 @@ def test_a_spill_moves_users_of_finished_partitions_first_and_stops_at_the_low_w
     on_disk = [h.user_id for h in got[: 200 - keep]]
     assert on_disk == [f"0-{i}" for i in range(100)] + [f"1-{i}" for i in range(100 - keep)]
     assert sorted(h.user_id for h in got[200 - keep :]) == sorted(f"1-{i}" for i in range(100 - keep, 100))
+    b.close()
+
+
+def test_the_budget_check_samples_the_users_size_every_few_checks_and_after_a_spill(tmp_path) -> None:
+    b = Backlog(memory_bytes=1_000_000, work_dir=str(tmp_path))
+    for u in range(100):
+        b.fold(TP0, u, [Identify(f"u{u}", {"k": "x"})], lambda h: None)
+    assert not b.over_budget()  # sampled: 100 small users
+    for u in range(100):  # every user grows past the budget: the count alone does not say so
+        b.fold(TP0, 100 + u, [Identify(f"u{u}", {"big": "x" * 20_000})], lambda h: None)
+    assert [b.over_budget() for _ in range(RESAMPLE_EVERY)] == [False] * (RESAMPLE_EVERY - 1) + [True]
+    b.spill()
+    assert b.rows and not b.over_budget()  # sampled again after the spill
+    for u in range(100):
+        b.fold(TP1, u, [Identify(f"v{u}", {"big": "x" * 20_000})], lambda h: None)
+    assert b.over_budget()  # the average of a moment ago: as large
     b.close()
 
 
