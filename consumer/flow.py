@@ -15,7 +15,7 @@ reads a clock of its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .config import KnockSettings
@@ -100,10 +100,13 @@ class ReadAhead:
         user seen only there can no longer change before the end."""
         return {tp for tp, hi in self._ends.items() if self._fetched.get(tp, 0) >= hi}
 
-    def holding(self, now: float, *, full: bool) -> bool:
+    def holding(self, now: float, *, full: bool, short: Callable[[], bool] = lambda: False) -> bool:
         """True while the loop should keep reading before it sends. ``full``: the read-ahead
-        window (``sink.max_pending``) is used up, so sending must start."""
-        if self.done or full or now - self._last_fetch >= self._idle:
+        window (``sink.max_pending``) is used up, so sending must start. ``short`` (asked
+        only once nothing was fetched for ``idle`` seconds): whether the partitions being
+        read are still short of their ends by the consumer's position, so their records are
+        still to come (fetching is slow), not an end that is never delivered."""
+        if self.done or full or (now - self._last_fetch >= self._idle and not short()):
             return False
         if all(self._fetched.get(tp, 0) >= hi for tp, hi in self._ends.items()):
             self.done = True  # read to the end: from here on, send as usual

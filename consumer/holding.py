@@ -170,7 +170,10 @@ class Holding:
     def _fresh(self, ops: list[Op], tp: Partition, offset: int) -> list[Op]:
         """``ops`` without a merge repeating the ``messageId`` of one taken in elsewhere (the
         intake's memory of merges: one for both paths)."""
-        if not any(op.__class__ is Merge for op in ops):
+        for op in ops:  # a loop, not any() over a generator: this runs for every event
+            if op.__class__ is Merge:
+                break
+        else:
             return ops
         return [op for op in ops if not self._intake.repeats(op, tp, offset)]
 
@@ -262,7 +265,20 @@ class Holding:
 
     def _reading_ahead(self, now: float) -> bool:
         full = self._source.paused or self._tracker.pending() >= self._max_pending
-        return self._read_ahead.holding(now, full=full)
+        return self._read_ahead.holding(now, full=full, short=self._short)
+
+    def _short(self) -> bool:
+        """Whether a partition being read (the focused one, else every one not read to its end)
+        is short of its end target by the consumer's position. Why: a second without a record
+        alone stopped the read-ahead, and the users of the partition being read could go out
+        before their last events were read, to be sent again (a slow first fetch of the next
+        partition, or the loop itself away that long: a full collection, a large spill). Past
+        its end by position, a partition whose last record was a transaction marker (never
+        delivered) does not hold the backfill."""
+        ends, finished = self._read_ahead.ends, self._read_ahead.finished()
+        reading = [tp for tp in (self._focused if self._focused is not None else ends) if tp not in finished]
+        positions = self._source.positions(reading) if reading else {}
+        return any(positions.get(tp, -1) < ends[tp] for tp in reading)
 
     # -- commits, rebalances, shutdown -----------------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from consumer.flow import Backpressure
+from consumer.flow import Backpressure, ReadAhead
 from consumer.metrics import Summary
 from consumer.sink import Sink
 from tests.conftest import sink_settings
@@ -115,6 +115,21 @@ def test_backpressure_does_not_flap_between_half_and_full(pendings, expected):
         bp.update(n, src)  # type: ignore[arg-type]
         seen.append(src.paused)
     assert seen == expected
+
+
+def test_a_pause_in_fetching_ends_the_read_ahead_only_past_the_ends_by_position():
+    ra = ReadAhead({("t", 0): 10}, idle=1.0, now=0.0)
+    asked: list[float] = []
+
+    def short(answer: bool):
+        return lambda: asked.append(1) or answer
+
+    assert ra.holding(0.5, full=False, short=short(False)) and not asked  # not idle: not asked
+    # Idle for a second: still holding while the position is short of the end (records to come).
+    assert ra.holding(1.5, full=False, short=short(True)) and len(asked) == 1
+    # Past the end by position (a transaction marker, never delivered): it stops holding.
+    assert not ra.holding(1.5, full=False, short=short(False))
+    assert not ra.holding(0.5, full=True, short=short(True))  # the window is used up
 
 
 def test_a_revoked_partition_is_committed_then_forgotten_and_read_again_when_it_returns(api):
