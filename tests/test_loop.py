@@ -119,7 +119,7 @@ def test_backpressure_does_not_flap_between_half_and_full(pendings, expected):
 
 def test_a_pause_in_fetching_ends_the_read_ahead_only_past_the_ends_by_position():
     ra = ReadAhead({("t", 0): 10}, idle=1.0, now=0.0)
-    asked: list[float] = []
+    asked: list[int] = []
 
     def short(answer: bool):
         return lambda: asked.append(1) or answer
