@@ -70,8 +70,9 @@ class ReadAhead:
     """Whether a backfill is still reading ahead instead of sending.
 
     :param ends: each partition's end target (the high watermark seen at start).
-    :param idle: seconds without a record after which it stops holding (an end that is never
-        delivered, such as a transaction marker, must not hold the backfill forever).
+    :param idle: seconds without a record after which it stops holding, unless the partitions
+        being read are still short of their ends (see :meth:`holding`): an end that is never
+        delivered, such as a transaction marker, must not hold the backfill forever.
     """
 
     def __init__(self, ends: dict[Partition, int], *, idle: float, now: float) -> None:
@@ -100,7 +101,7 @@ class ReadAhead:
         user seen only there can no longer change before the end."""
         return {tp for tp, hi in self._ends.items() if self._fetched.get(tp, 0) >= hi}
 
-    def holding(self, now: float, *, full: bool, short: Callable[[], bool] = lambda: False) -> bool:
+    def holding(self, now: float, *, full: bool, short: Callable[[], bool]) -> bool:
         """True while the loop should keep reading before it sends. ``full``: the read-ahead
         window (``sink.max_pending``) is used up, so sending must start. ``short`` (asked
         only once nothing was fetched for ``idle`` seconds): whether the partitions being

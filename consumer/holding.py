@@ -277,7 +277,9 @@ class Holding:
         delivered) does not hold the backfill."""
         ends, finished = self._read_ahead.ends, self._read_ahead.finished()
         reading = [tp for tp in (self._focused if self._focused is not None else ends) if tp not in finished]
-        positions = self._source.positions(reading) if reading else {}
+        if not reading:
+            return False
+        positions = self._source.positions(reading)
         return any(positions.get(tp, -1) < ends[tp] for tp in reading)
 
     # -- commits, rebalances, shutdown -----------------------------------------------------

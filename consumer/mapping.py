@@ -80,6 +80,13 @@ def check_user_id(user_id: str) -> None:
         raise InvalidEvent("forbidden_user_id", f"user id {user_id[:80]!r} contains '/' or '#'")
 
 
+# Unless told to keep them (its own switch, process-wide), phonenumbers compiles every metadata
+# pattern it uses again on each parse, through the re module's cache: a fifth of a new number's
+# parse (median 53.5 against 42.1 µs on the benchmark's numbers, 16 rounds alternated). The
+# patterns come from its fixed metadata, so they are bounded.
+phonenumbers.enable_pattern_cache()
+
+
 @lru_cache(maxsize=65_536, typed=True)
 def normalize_phone(raw: str | int, region: str) -> str | None:
     """``raw`` in E.164 (``+14155550100``), or ``None`` when it is not a valid number.
@@ -126,11 +133,6 @@ class Mapper:
     def __init__(self, settings: MappingSettings) -> None:
         self.settings = settings
         self._region = settings.default_region
-        # Unless told to keep them (its own switch), phonenumbers compiles every metadata
-        # pattern it uses again on each parse, through the re module's cache: a fifth of a new
-        # number's parse (median 53.5 against 42.1 µs on the benchmark's numbers, 16 rounds
-        # alternated). The patterns come from its fixed metadata, so they are bounded.
-        phonenumbers.enable_pattern_cache()
         self._fields = [(f, tuple(keys)) for f, keys in settings.field_sources().items() if keys]
         self._consumed = frozenset(k for _, keys in self._fields for k in keys) - _ALWAYS_CUSTOM
         self._drop = frozenset(settings.drop)
