@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from .config import PREFETCH_KBYTES, KafkaSettings
+from .config import FETCH_QUEUE_BACKOFF_MS, PREFETCH_KBYTES, KafkaSettings
 from .deadletter import KafkaWriter, Originals
 from .errors import ConfigError
 from .records import Partition, RebalanceCallback, Record, Replay
@@ -54,6 +54,7 @@ class KafkaSource:
             "partition.assignment.strategy": "cooperative-sticky",
             "enable.partition.eof": False,
             "queued.max.messages.kbytes": PREFETCH_KBYTES,
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         }
         # The pass-through wins over our defaults except where the delivery guarantee rests on them.
         conf.update({k: v for k, v in settings.client.items() if k != "enable.auto.commit"})
