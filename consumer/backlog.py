@@ -391,6 +391,14 @@ class Backlog:
             self._cursor[tp] = cursor
         return out
 
+    def waiting(self, finished: AbstractSet[Partition]) -> int:
+        """About how many users in memory whose first events came from ``finished`` partitions
+        are still to be handed out: what a backfill reading ahead has ready to send. Those
+        on disk are left out, and since the last spill those handed out and not yet applied
+        count too."""
+        cursor = self._cursor
+        return sum(len(owed) - cursor.get(tp, 0) for tp, owed in self._owed.items() if tp in finished)
+
     def _take_finished_on_disk(self, finished: set[Partition], n: int, out: list[Held]) -> None:
         db = self._db
         assert db is not None

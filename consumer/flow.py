@@ -1,6 +1,6 @@
 """Flow control: how big a plan is, when fetching pauses, and when a backfill starts sending.
 
-The loop asks these three small policies and does what they say; none of them does I/O or
+The loop asks these small policies and does what they say; none of them does I/O or
 reads a clock of its own.
 
 * :class:`Sizing`: users per plan, levels per plan and single-identify overflow, derived from
@@ -11,10 +11,13 @@ reads a clock of its own.
   reading, and every send of a user before its last event is read is a send spent twice; so it
   reads (folding each user's events, see :meth:`consumer.plan.Planner.add`) up to the end
   targets before its first send, as far as ``sink.max_pending`` allows.
+* :class:`ReadRate`: how fast a backfill reads while it fetches, so that reading ahead can
+  pause once it has more ready to send than reading the rest of a partition takes.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -66,6 +69,35 @@ class Backpressure:
             source.resume()
 
 
+class ReadRate:
+    """Events read a second while fetching, averaged over about ``window`` seconds of it: a
+    pause of fetching neither counts nor ages it (a backfill's read-ahead, see
+    :meth:`consumer.holding.Holding.step`)."""
+
+    def __init__(self, window: float) -> None:
+        self._window = window
+        self._events = 0.0
+        self._seconds = 0.0
+        self._new = 0
+
+    def add(self, n: int) -> None:
+        """``n`` more events read."""
+        self._new += n
+
+    def tick(self, seconds: float, *, fetching: bool) -> None:
+        """``seconds`` went by since the last tick; ``fetching``: fetching was on (else what
+        came in was fetched before the pause, and is left out)."""
+        if fetching and seconds > 0:
+            decay = math.exp(-seconds / self._window)
+            self._events = self._events * decay + self._new
+            self._seconds = self._seconds * decay + seconds
+        self._new = 0
+
+    def per_second(self) -> float | None:
+        """The rate, or ``None`` before a fifth of the window of fetching."""
+        return self._events / self._seconds if self._seconds >= self._window / 5 and self._events > 0 else None
+
+
 class ReadAhead:
     """Whether a backfill is still reading ahead instead of sending.
 
@@ -95,6 +127,10 @@ class ReadAhead:
     def waiting_from(self, now: float) -> None:
         """Count idleness from ``now``: fetching just moved to other partitions."""
         self._last_fetch = now
+
+    def left(self, tp: Partition) -> int:
+        """Offsets of ``tp`` still to read before its end target."""
+        return max(0, self._ends[tp] - self._fetched.get(tp, 0))
 
     def finished(self) -> set[Partition]:
         """The partitions read to their end target: in a topic keyed by user, the state of a

@@ -11,7 +11,8 @@ each stage:
 * each turn: :meth:`Holding.step` folds the events whose event-time turn has come
   (:mod:`consumer.ordering`; with ``sink.lateness`` 0, as read), focuses fetching (one partition
   at a time, unless a topic not keyed by user is being ordered: then its partitions are read
-  side by side), packs the held users of partitions read to their end, feeds held users to
+  side by side; none while the users ready to send outlast reading the rest of the partition
+  being read, see :data:`AHEAD_MARGIN`), packs the held users of partitions read to their end, feeds held users to
   the planner and, every :data:`TRIM_EVERY` seconds, hands freed memory back to the system
   (:func:`give_back_memory`);
 * plans: :meth:`Holding.holds_back` says whether a due plan must still wait;
@@ -39,8 +40,9 @@ from .config import Settings
 from .deadletter import DeadLetters
 from .dispatch import Dispatch
 from .errors import InvalidEvent, RegistryUnavailable
-from .flow import ReadAhead
+from .flow import ReadAhead, ReadRate
 from .intake import Intake
+from .limits import per_second
 from .mapping import Mapped
 from .metrics import Metrics
 from .ops import Identify, Merge, Op
@@ -55,6 +57,14 @@ log = logging.getLogger("knock_sink")
 #: Seconds between two hand-backs of freed memory to the system during a backfill (see
 #: :func:`give_back_memory`).
 TRIM_EVERY: Final = 5.0
+#: While reading ahead, fetching pauses once the users ready to send (those of partitions read
+#: to their end) would keep Knock busy longer than reading the rest of the partition being
+#: read takes, plus this many seconds: reading further ahead sends no one sooner, it only holds
+#: more users (once reading got faster than sending, case 4 of the benchmark peaked 14 MB
+#: higher, with a second partition's users waiting).
+AHEAD_MARGIN: Final = 10.0
+#: Seconds of fetching the read rate is averaged over (see :class:`~consumer.flow.ReadRate`).
+RATE_WINDOW: Final = 5.0
 
 
 class Holding:
@@ -97,6 +107,11 @@ class Holding:
         # At least a second: moving from one partition to the next is a pause in fetching
         # too (see _focus), not an end that is never delivered.
         self._read_ahead = ReadAhead(ends, idle=max(1.0, sink.flush_interval), now=clock())
+        self._rate = ReadRate(RATE_WINDOW)
+        self._ticked = clock()
+        #: Users a second Knock takes: a full plan per bulk call (a group's share of the budget
+        #: makes it less, so reading ahead pauses later than it could, never too early).
+        self._send_rate = self._sizing.users_per_plan * per_second("bulk_identify")
         budget = held_budget(sink.backfill_memory_mb << 20, settings.kafka.prefetch_kbytes() << 10)
         self._backlog = Backlog(nested=settings.knock.nested_merge, work_dir=sink.work_dir,
                                 memory_bytes=budget)  # fmt: skip
@@ -201,6 +216,7 @@ class Holding:
             log.info("backfill: memory budget reached, %d held users spilled, %d states now on disk",
                      backlog.spilled - before, backlog.rows)  # fmt: skip
         self._read_ahead.fetched(records, self._clock())
+        self._rate.add(len(records))
 
     def _add_held(self, held: Held) -> None:
         """Queue a held user's folded state as one update (fed, or ejected at a barrier)."""
@@ -214,6 +230,9 @@ class Holding:
         held users."""
         if self._order is not None:
             self._order.step()
+        now = self._clock()
+        self._rate.tick(now - self._ticked, fetching=self._focused != set() and not self._source.paused)
+        self._ticked = now
         self._focus()
         if len(self._backlog):
             finished = self._read_ahead.finished()
@@ -232,17 +251,36 @@ class Holding:
 
     def _focus(self) -> None:
         """While a backfill reads ahead, read one partition at a time: each one read to its end
-        frees its users to be sent (topics are keyed by user) while the next is read."""
+        frees its users to be sent (topics are keyed by user) while the next is read; none
+        while the users ready to send outlast reading the rest of it (:meth:`_ahead`)."""
         now = self._clock()
         if self._reading_ahead(now) and self._read_apart():
-            left = sorted(tp for tp in self._read_ahead.ends if tp not in self._read_ahead.finished())
+            finished = self._read_ahead.finished()
+            left = sorted(tp for tp in self._read_ahead.ends if tp not in finished)
             keep = {left[0]} if left else None
-            if keep != self._focused:
+            if left and self._ahead(left[0], finished):
+                keep = set()  # a pause of its own: not idleness, which would end the read-ahead
+                self._read_ahead.waiting_from(now)
+            elif keep != self._focused:
                 self._read_ahead.waiting_from(now)
         else:
             keep = None
         self._focused = keep
         self._source.focus(keep)
+
+    def _ahead(self, reading: Partition, finished: set[Partition]) -> bool:
+        """Whether the users ready to send would keep Knock busy longer than reading the rest
+        of ``reading`` takes, by more than :data:`AHEAD_MARGIN` seconds (at the recent read
+        rate; never before a second of it, a fifth of :data:`RATE_WINDOW`)."""
+        rate = self._rate.per_second()
+        if rate is None:
+            return False
+        ready = self._backlog.waiting(finished) + len(self._planner)
+        # Two plans at least: while reading ahead a plan waits until it is full (holds_back),
+        # and a pause must not leave it waiting for users that are not being read.
+        if ready < 2 * self._sizing.users_per_plan:
+            return False
+        return ready / self._send_rate > self._read_ahead.left(reading) / rate + AHEAD_MARGIN
 
     def _feed(self, finished: set[Partition] | None) -> None:
         """Top the planner up with held users: two plans' worth, so a cut is always full. While

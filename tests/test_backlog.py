@@ -179,6 +179,19 @@ def test_users_on_disk_of_partitions_read_to_their_end_go_first_in_offset_order(
     b.close()
 
 
+def test_the_users_waiting_in_finished_partitions_are_counted_until_handed_out() -> None:
+    b = Backlog()
+    for off in range(6):
+        b.fold(TP0, off, [Identify(f"a{off}", {"x": off})], lambda h: None)
+    for off in range(3):
+        b.fold(TP1, off, [Identify(f"b{off}", {"x": off})], lambda h: None)
+    assert b.waiting(set()) == 0
+    assert b.waiting({TP0}) == 6 and b.waiting({TP0, TP1}) == 9
+    assert len(b.take_finished({TP0}, 4)) == 4
+    assert b.waiting({TP0}) == 2 and b.waiting({TP0, TP1}) == 5
+    b.close()
+
+
 def test_a_barrier_ejects_a_spilled_users_rows_then_its_memory(tmp_path) -> None:
     b = Backlog(work_dir=str(tmp_path))
     ejected: list[Held] = []

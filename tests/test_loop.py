@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from consumer.flow import Backpressure, ReadAhead
+from consumer.flow import Backpressure, ReadAhead, ReadRate
 from consumer.metrics import Summary
+from consumer.records import Record
 from consumer.sink import Sink
 from tests.conftest import sink_settings
 from tests.memory import Broker, MemoryEdge
@@ -130,6 +131,34 @@ def test_a_pause_in_fetching_ends_the_read_ahead_only_past_the_ends_by_position(
     # Past the end by position (a transaction marker, never delivered): it stops holding.
     assert not ra.holding(1.5, full=False, short=short(False))
     assert not ra.holding(0.5, full=True, short=short(True))  # the window is used up
+
+
+def test_the_read_rate_counts_only_time_spent_fetching():
+    rate = ReadRate(5.0)
+    rate.add(1000)
+    rate.tick(0.5, fetching=True)
+    assert rate.per_second() is None  # not a fifth of the window yet
+    rate.add(1500)
+    rate.tick(0.75, fetching=True)
+    assert rate.per_second() == pytest.approx(2000.0)
+    # A pause neither counts what it delivers (fetched before it) nor ages the rate.
+    rate.add(500)
+    rate.tick(30.0, fetching=False)
+    assert rate.per_second() == pytest.approx(2000.0)
+    # Slower reading weighs in over the window.
+    for _ in range(50):
+        rate.add(100)
+        rate.tick(0.5, fetching=True)
+    assert rate.per_second() == pytest.approx(200.0, rel=0.05)
+
+
+def test_what_is_left_to_read_of_a_partition_counts_down_to_its_end():
+    ra = ReadAhead({("t", 0): 10, ("t", 1): 4}, idle=1.0, now=0.0)
+    assert ra.left(("t", 0)) == 10
+    ra.fetched([Record("t", 0, 6)], 0.1)
+    assert ra.left(("t", 0)) == 3 and ra.left(("t", 1)) == 4
+    ra.fetched([Record("t", 0, 9), Record("t", 1, 3)], 0.2)
+    assert ra.left(("t", 0)) == 0 and ra.finished() == {("t", 0), ("t", 1)}
 
 
 def test_a_revoked_partition_is_committed_then_forgotten_and_read_again_when_it_returns(api):

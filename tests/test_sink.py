@@ -9,7 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
+from consumer import holding
 from consumer.sink import Sink
+from consumer.source import KafkaSource
 from tests.conftest import wait_for
 from tests.model import actual_state, expected_state
 
@@ -275,6 +277,31 @@ def test_a_backfill_under_knocks_limits_reads_ahead_and_sends_each_user_once(kaf
     assert api.stats()["identify_entries"] == summary.users_sent == 40
     assert summary.applied == 400
     assert sum(kafka.committed(f"g-{topic}", topic).values()) == 400
+
+
+def test_reading_ahead_pauses_while_more_is_ready_to_send_than_the_rest_takes_to_read(
+    kafka, api, settings_for, monkeypatch
+):
+    # Partition 0's 3,000 users take Knock about 2.8 s, reading partition 1 a fraction of it:
+    # fetching pauses (no partition kept), then reads partition 1 and each user goes once.
+    monkeypatch.setattr(holding, "AHEAD_MARGIN", 0.0)
+    monkeypatch.setattr(holding, "RATE_WINDOW", 0.5)  # a rate after 0.1 s of fetching
+    kept: list[set | None] = []
+    focus = KafkaSource.focus
+    monkeypatch.setattr(KafkaSource, "focus", lambda self, keep: kept.append(keep) or focus(self, keep))
+    topic = kafka.topic(2)
+    sizes = {0: (3000, 12_000), 1: (1000, 2000)}  # users, events: a rate before partition 0 ends
+    events = {p: [{"type": "identify", "userId": f"p{p}-u{i % n}", "traits": {"n": i, "p": {"i": i}}}
+                  for i in range(m)] for p, (n, m) in sizes.items()}  # fmt: skip
+    for p, evs in events.items():
+        kafka.produce(topic, evs, partition=p)
+    summary = backfill(settings_for(topic, knock__rate_limits="knock"))
+    assert actual_state(api.users()) == expected_state(events[0] + events[1])
+    assert api.stats()["identify_entries"] == summary.users_sent == 4000
+    assert kafka.committed(f"g-{topic}", topic) == {0: 12_000, 1: 2000}
+    focused = [k for i, k in enumerate(kept) if i == 0 or k != kept[i - 1]]
+    i = focused.index(set())
+    assert focused[i - 1 : i + 2] == [{(topic, 0)}, set(), {(topic, 1)}]
 
 
 def test_a_user_knock_rejects_everywhere_is_dead_lettered_whole_under_knocks_pacing(kafka, api, settings_for):
