@@ -30,6 +30,8 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer
 
+from consumer.config import FETCH_QUEUE_BACKOFF_MS, PREFETCH_KBYTES
+
 
 def peak_rss_mb(pid: int) -> float:
     """Peak RSS of ``pid`` since its exec (``VmHWM``). Not ``ru_maxrss``: Linux carries the
@@ -51,6 +53,8 @@ def _consumer(bootstrap: str, group: str, topic: str) -> Consumer:
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         "enable.partition.eof": False,
+        "queued.max.messages.kbytes": PREFETCH_KBYTES,
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
     })  # fmt: skip
     c.subscribe([topic])
     return c
