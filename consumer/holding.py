@@ -60,8 +60,8 @@ TRIM_EVERY: Final = 5.0
 #: While reading ahead, fetching pauses once the users ready to send (those of partitions read
 #: to their end) would keep Knock busy longer than reading the rest of the partition being
 #: read takes, plus this many seconds: reading further ahead sends no one sooner, it only holds
-#: more users (once reading got faster than sending, case 4 of the benchmark peaked 14 MB
-#: higher, with a second partition's users waiting).
+#: more users (once reading got faster than sending, case 4 of the benchmark peaked 31 MB
+#: higher without it, with a second partition's users waiting). Not once users spilled.
 AHEAD_MARGIN: Final = 10.0
 #: Seconds of fetching the read rate is averaged over (see :class:`~consumer.flow.ReadRate`).
 RATE_WINDOW: Final = 5.0
@@ -273,7 +273,10 @@ class Holding:
         of ``reading`` takes, by more than :data:`AHEAD_MARGIN` seconds (at the recent read
         rate; never before a second of it, a fifth of :data:`RATE_WINDOW`)."""
         rate = self._rate.per_second()
-        if rate is None:
+        # Once held users spill, the budget bounds the memory, and reading slows with each
+        # spill below the rate measured: paused on it, a 2M-event backfill of the benchmark
+        # ran its sends dry while it read (281 s against 216 s without the pause).
+        if rate is None or self._backlog.spilled:
             return False
         ready = self._backlog.waiting(finished) + len(self._planner)
         # Two plans at least: while reading ahead a plan waits until it is full (holds_back),
