@@ -95,7 +95,9 @@ class ReadRate:
 
     def per_second(self) -> float | None:
         """The rate, or ``None`` before a fifth of the window of fetching."""
-        return self._events / self._seconds if self._seconds >= self._window / 5 and self._events > 0 else None
+        if self._seconds < self._window / 5 or self._events <= 0:
+            return None
+        return self._events / self._seconds
 
 
 class ReadAhead:

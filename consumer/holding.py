@@ -12,9 +12,9 @@ each stage:
   (:mod:`consumer.ordering`; with ``sink.lateness`` 0, as read), focuses fetching (one partition
   at a time, unless a topic not keyed by user is being ordered: then its partitions are read
   side by side; none while the users ready to send outlast reading the rest of the partition
-  being read, see :data:`AHEAD_MARGIN`), packs the held users of partitions read to their end, feeds held users to
-  the planner and, every :data:`TRIM_EVERY` seconds, hands freed memory back to the system
-  (:func:`give_back_memory`);
+  being read, see :data:`AHEAD_MARGIN`), packs the held users of partitions read to their end,
+  feeds held users to the planner and, every :data:`TRIM_EVERY` seconds, hands freed memory
+  back to the system (:func:`give_back_memory`);
 * plans: :meth:`Holding.holds_back` says whether a due plan must still wait;
 * outcomes: :func:`applied_events` and :func:`dead_letter_record` count and dead-letter a held
   user's folded update;
@@ -275,7 +275,7 @@ class Holding:
         rate = self._rate.per_second()
         # Once held users spill, the budget bounds the memory, and reading slows with each
         # spill below the rate measured: paused on it, a 2M-event backfill of the benchmark
-        # ran its sends dry while it read (281 s against 216 s without the pause).
+        # ran its sends dry while it read (277 to 284 s in four runs, against 221 s without).
         if rate is None or self._backlog.spilled:
             return False
         ready = self._backlog.waiting(finished) + len(self._planner)
