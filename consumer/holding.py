@@ -12,7 +12,7 @@ each stage:
   (:mod:`consumer.ordering`; with ``sink.lateness`` 0, as read), focuses fetching (one partition
   at a time, unless a topic not keyed by user is being ordered: then its partitions are read
   side by side; none while the users ready to send outlast reading the rest of the partition
-  being read, see :data:`AHEAD_MARGIN`), packs the held users of partitions read to their end,
+  being read, until a user spills, see :data:`AHEAD_MARGIN`), packs the held users of partitions read to their end,
   feeds held users to the planner and, every :data:`TRIM_EVERY` seconds, hands freed memory
   back to the system (:func:`give_back_memory`);
 * plans: :meth:`Holding.holds_back` says whether a due plan must still wait;
@@ -233,12 +233,11 @@ class Holding:
         now = self._clock()
         self._rate.tick(now - self._ticked, fetching=self._focused != set() and not self._source.paused)
         self._ticked = now
-        self._focus()
+        finished = self._read_ahead.finished()
+        reading_ahead = self._focus(now, finished)
         if len(self._backlog):
-            finished = self._read_ahead.finished()
             self._backlog.compact(finished)
-            self._feed(finished if self._reading_ahead(self._clock()) else None)
-        now = self._clock()
+            self._feed(finished if reading_ahead else None)
         if now - self._trimmed >= TRIM_EVERY:
             self._trimmed = now
             give_back_memory()
@@ -249,13 +248,13 @@ class Holding:
         order = self._order
         return order is None or all(order.keyed(topic) for topic in {tp[0] for tp in self._read_ahead.ends})
 
-    def _focus(self) -> None:
+    def _focus(self, now: float, finished: set[Partition]) -> bool:
         """While a backfill reads ahead, read one partition at a time: each one read to its end
-        frees its users to be sent (topics are keyed by user) while the next is read; none
-        while the users ready to send outlast reading the rest of it (:meth:`_ahead`)."""
-        now = self._clock()
-        if self._reading_ahead(now) and self._read_apart():
-            finished = self._read_ahead.finished()
+        (``finished``) frees its users to be sent (topics are keyed by user) while the next is
+        read; none while the users ready to send outlast reading the rest of it
+        (:meth:`_ahead`). Returns whether it is reading ahead."""
+        reading_ahead = self._reading_ahead(now)
+        if reading_ahead and self._read_apart():
             left = sorted(tp for tp in self._read_ahead.ends if tp not in finished)
             keep = {left[0]} if left else None
             if left and self._ahead(left[0], finished):
@@ -267,16 +266,19 @@ class Holding:
             keep = None
         self._focused = keep
         self._source.focus(keep)
+        return reading_ahead
 
     def _ahead(self, reading: Partition, finished: set[Partition]) -> bool:
         """Whether the users ready to send would keep Knock busy longer than reading the rest
         of ``reading`` takes, by more than :data:`AHEAD_MARGIN` seconds (at the recent read
         rate; never before a second of it, a fifth of :data:`RATE_WINDOW`)."""
-        rate = self._rate.per_second()
         # Once held users spill, the budget bounds the memory, and reading slows with each
         # spill below the rate measured: paused on it, a 2M-event backfill of the benchmark
         # ran its sends dry while it read (277 to 284 s in four runs, against 221 s without).
-        if rate is None or self._backlog.spilled:
+        if self._backlog.spilled:
+            return False
+        rate = self._rate.per_second()
+        if rate is None:
             return False
         ready = self._backlog.waiting(finished) + len(self._planner)
         # Two plans at least: while reading ahead a plan waits until it is full (holds_back),
