@@ -158,8 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     back = sub.add_parser(
         "backfill", help="replay topics and exit once everything up to their end is applied",
         description="Replay topics and exit 0 once every event up to the end offsets seen at start "
-        "(or up to --until-timestamp) is applied and committed. Under Knock's rate limits it reads "
-        "ahead before it sends, "
+        "(or up to --until-timestamp) is applied and committed. It reads ahead before it sends, "
         "holding each user's updates folded into one (spilled to disk past --backfill-memory-mb), "
         "so each user is sent once; killed, it resumes from its commit. A user's events from several "
         "partitions are applied in event-time order (--lateness 0: in the order read).")

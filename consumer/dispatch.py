@@ -33,6 +33,7 @@ class Dispatch:
 
     def __init__(self, settings: Settings, knock: KnockClient, metrics: Metrics,
                  clock: Callable[[], float]) -> None:  # fmt: skip
+        self._settings = settings.knock
         self.sizing = sizing = Sizing.of(settings.knock)
         self.planner = Planner(nested=settings.knock.nested_merge)
         self._flight = Flight(Applier(
@@ -45,6 +46,10 @@ class Dispatch:
         self._plan_users = metrics.plan_users
         self._clock = clock
         self._last_cut = clock()
+
+    def hold(self) -> None:
+        """A backfill holds its users: plans sized for held users (see :class:`~consumer.flow.Sizing`)."""
+        self.sizing = Sizing.of(self._settings, held=True)
 
     @property
     def idle(self) -> bool:

@@ -32,7 +32,10 @@ class Sizing:
 
     :ivar users_per_plan: under Knock's limits, one bulk call's worth (a second of tier-1
         budget) plus the single-identify overflow; without limits, one bulk call per worker,
-        sent side by side.
+        sent side by side, but for a backfill's held users (``held``) one bulk call: they wait
+        for a plan unpacked, several KB each, and sending them outruns reading with two calls
+        side by side (two plans in flight) already; with a plan per worker, a 2M-event backfill
+        of the benchmark peaked 389 MB.
     :ivar max_levels: under Knock's limits each level is a paced bulk call of its own, so a plan
         is one level: a user's next non-foldable update waits for the next (full) call, not a
         near-empty one. ``None``: no limit.
@@ -48,11 +51,11 @@ class Sizing:
     entity_gap: float
 
     @classmethod
-    def of(cls, knock: KnockSettings) -> Sizing:
+    def of(cls, knock: KnockSettings, *, held: bool = False) -> Sizing:
         if knock.rate_limits == "knock":
             singles = per_second("identify")
             return cls(knock.bulk_size + singles, 1, singles, ENTITY_GAP)
-        return cls(knock.bulk_size * knock.concurrency, None, 0, 0.0)
+        return cls(knock.bulk_size * (1 if held else knock.concurrency), None, 0, 0.0)
 
 
 class Backpressure:

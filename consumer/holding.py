@@ -1,7 +1,8 @@
 """A backfill's holding: read ahead, fold each user's events, send each user once.
 
-Under Knock's limits (``knock.rate_limits = "knock"``) a backfill (``--until-end``) does not
-send events as they are read: :class:`Holding` owns the read-ahead policy
+A backfill (``--until-end``) does not send events as they are read: under Knock's limits it is
+bounded by the users it sends, and without them (a local Knock) folding each user's events
+into one update still saves most of the sends (case 2 of the benchmark: 50 calls against 475). :class:`Holding` owns the read-ahead policy
 (:class:`~consumer.flow.ReadAhead`), the per-user folded state (:class:`~consumer.backlog.Backlog`)
 and which partition fetching is focused on, and the loop (:mod:`consumer.sink`) asks it at
 each stage:
@@ -68,7 +69,7 @@ RATE_WINDOW: Final = 5.0
 
 
 class Holding:
-    """Read-ahead, held users and focus for one backfill under Knock's limits.
+    """Read-ahead, held users and focus for one backfill.
 
     :param ends: each partition's end target (:func:`end_targets`).
     :param dispatch: the loop's plans: held users go to its planner, sized by its sizing.
@@ -111,7 +112,9 @@ class Holding:
         self._ticked = clock()
         #: Users a second Knock takes: a full plan per bulk call (a group's share of the budget
         #: makes it less, so reading ahead pauses later than it could, never too early).
-        self._send_rate = self._sizing.users_per_plan * per_second("bulk_identify")
+        #: ``None`` without Knock's limits: sending never outlasts reading, so no pause.
+        self._send_rate = (self._sizing.users_per_plan * per_second("bulk_identify")
+                           if settings.knock.rate_limits == "knock" else None)  # fmt: skip
         budget = held_budget(sink.backfill_memory_mb << 20, settings.kafka.prefetch_kbytes() << 10)
         self._backlog = Backlog(nested=settings.knock.nested_merge, work_dir=sink.work_dir,
                                 memory_bytes=budget)  # fmt: skip
@@ -275,7 +278,7 @@ class Holding:
         # Once held users spill, the budget bounds the memory, and reading slows with each
         # spill below the rate measured: paused on it, a 2M-event backfill of the benchmark
         # ran its sends dry while it read (277 to 284 s in four runs, against 221 s without).
-        if self._backlog.spilled:
+        if self._backlog.spilled or self._send_rate is None:
             return False
         rate = self._rate.per_second()
         if rate is None:

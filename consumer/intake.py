@@ -139,12 +139,6 @@ class Intake:
         if records:
             self._metrics.consumed.inc(len(records))
 
-    def until_end(self, ends: dict[Partition, int] | None) -> None:
-        """A backfill on the per-event path (``ends``: its end targets): every op waits for its
-        exact event-time turn (:mod:`consumer.ordering`); ``None``: a live sink's window."""
-        assert self._source is not None
-        self._order.until_end(ends, self._source.positions)
-
     def release(self, *, flush: bool = False) -> None:
         """Hand on to the planner the ops whose event-time turn has come (``flush``: the sink
         stops, every op waiting goes on)."""

@@ -449,7 +449,8 @@ class EventOrder:
 class PendingOrder:
     """The intake's side of :class:`EventOrder`: each consumed :class:`~consumer.plan.Pending`
     (its ``seq`` set as it leaves, so the planner's consume order is the event-time order),
-    and merges repeating a ``messageId`` skipped. Window mode until :meth:`until_end`.
+    and merges repeating a ``messageId`` skipped: a live sink's window (a backfill orders in
+    :mod:`consumer.holding`).
 
     :param add: the planner's ``add``.
     :param next_seq: the loop's sequence of pending numbers.
@@ -464,23 +465,12 @@ class PendingOrder:
         self._add, self._next_seq = add, next_seq
         self._keys = keys
         self._lateness = settings.sink.lateness
-        # Well below where fetching as a whole resumes (half of max_pending): what waits here
-        # for a partition must never by itself keep that partition from being fetched.
-        self._limit = max(1, settings.sink.max_pending // 4)
         self._metrics = metrics
-        self._io = {"pause": pause, "resume": resume, "may_resume": may_resume, "clock": clock}
         self.order = EventOrder(self._hand_on, lateness=self._lateness, split=keys.split,
-                                on_late=metrics.late_events.inc, **self._io)  # type: ignore[arg-type]
+                                on_late=metrics.late_events.inc, pause=pause, resume=resume,
+                                may_resume=may_resume, clock=clock)  # fmt: skip
         size = settings.sink.merge_ids
         self._merges = RecentIds(size) if size else None
-
-    def until_end(self, ends: dict[Partition, int] | None,
-                  positions: Callable[[list[Partition]], dict[Partition, int]]) -> None:
-        """A backfill (``ends``: its end targets) without holding: every op in exact order
-        (unless ``sink.lateness`` is 0). ``None``: stay as is."""
-        if ends is not None and self._lateness > 0:
-            self.order = EventOrder(self._hand_on, ends=ends, positions=positions, limit=self._limit,
-                                    on_late=self._metrics.late_events.inc, **self._io)  # type: ignore[arg-type]
 
     def _hand_on(self, p: Pending) -> None:
         p.seq = self._next_seq()

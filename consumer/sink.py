@@ -75,7 +75,7 @@ class Sink:
                               metrics=metrics, forget=self._forget, decoder=decoder, clock=clock)  # fmt: skip
         self._backpressure = Backpressure(settings.sink.max_pending)
         self._budget = Budget(self._knock.limits, settings.knock.budget_share, metrics.budget_share)
-        #: A backfill's read-ahead and held users (:mod:`consumer.holding`), under Knock's limits.
+        #: A backfill's read-ahead and held users (:mod:`consumer.holding`).
         self._holding: Holding | None = None
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
@@ -134,13 +134,13 @@ class Sink:
         ends = end_targets(self._source, kafka.topics, from_beginning, replay) if until_end else None
         for (topic, partition), target in (ends or {}).items():
             self.metrics.target.labels(topic, str(partition)).set(target)
-        if ends is not None and self.settings.knock.rate_limits == "knock":
+        if ends is not None:
+            self._dispatch.hold()
             self._holding = Holding(
                 ends, settings=self.settings, dispatch=self._dispatch, intake=self._intake,
                 source=self._source, tracker=self._tracker, dlq=self._dlq, metrics=self.metrics,
                 forget=self._forget, stop=self._stop, clock=self._clock,
             )  # fmt: skip
-        self._intake.until_end(ends if self._holding is None else None)
         # The loop allocates a few small objects per event and keeps them until Knock applied
         # them: with the default thresholds the collector rescans that young, live heap every
         # 700 allocations (up to a tenth of the loop's time in profiles).

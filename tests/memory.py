@@ -40,6 +40,8 @@ class Broker:
     #: (paused, the sink's pending gauge) at each consume call, when ``probe`` is set.
     log: list[tuple[bool, float]] = field(default_factory=list)
     probe: Callable[[], float] | None = None
+    #: Called at each consume call, when set (a test stopping a live sink on a condition).
+    tick: Callable[[], None] | None = None
     #: (what, commits before, commits after) of each scheduled rebalance, as it ran.
     rebalances: list[tuple[str, dict[Partition, int], dict[Partition, int]]] = field(
         default_factory=list)
@@ -90,6 +92,8 @@ class MemorySource:
         b = self._broker
         if b.probe is not None:
             b.log.append((self._paused, b.probe()))
+        if b.tick is not None:
+            b.tick()
         if not self._joined:
             self._joined = True
             self._assign([tp for tp in b.partitions if tp[0] in self._topics])

@@ -53,6 +53,16 @@ def backfill(api: Any, broker: Broker, **over: Any) -> Summary:
     return sink.run(from_beginning=True, until_end=True)
 
 
+def live(api: Any, broker: Broker, sink: Sink | None = None, **over: Any) -> Summary:
+    """``run``, the per-event path (a backfill holds users instead), stopped once every
+    partition is committed to its end."""
+    if sink is None:
+        sink = Sink(settings(api, **over), edge=MemoryEdge(broker, [TOPIC]))
+    ends = broker.ends()
+    broker.tick = lambda: sink.stop() if broker.commits == ends else None
+    return sink.run(from_beginning=True)
+
+
 def test_a_backfill_ends_exact_committed_to_the_end_with_poison_parked(api):
     broker, events = stream()
     bad = [broker.produce(TOPIC, 1, b"{not json", b"k", [("origin", b"x")]),
@@ -79,7 +89,7 @@ def test_backpressure_pauses_at_max_pending_and_resumes_at_half(api):
     sink = Sink(settings(api, sink__max_pending=40, kafka__consume_batch=10),
                 edge=MemoryEdge(broker, [TOPIC]))  # fmt: skip
     broker.probe = lambda: sink.metrics.pending._value.get()
-    sink.run(from_beginning=True, until_end=True)
+    live(api, broker, sink)
     assert actual_state(api.users()) == expected_state(events)
     # Each entry: whether fetching was paused at a consume, and the pending count it was
     # decided on.
@@ -169,7 +179,7 @@ def test_a_revoked_partition_is_committed_then_forgotten_and_read_again_when_it_
     broker.schedule = [(40, "revoke", [tp]), (60, "assign", [tp])]
     # The revoke comes once Knock has applied some of what was read, with more in flight.
     broker.when = lambda: api.stats()["identify_entries"] > 0
-    summary = backfill(api, broker, kafka__consume_batch=5)
+    summary = live(api, broker, kafka__consume_batch=5)
     assert actual_state(api.users()) == expected_state(events)
     assert broker.commits == broker.ends()
     # The revoke finished what was in flight and committed it while the partition was ours.
@@ -183,7 +193,7 @@ def test_a_lost_partition_is_not_committed_and_is_read_again(api):
     api.set_faults(latency_ms=20)
     lost = (TOPIC, 2)
     broker.schedule = [(30, "lost", [lost]), (31, "assign", [lost])]
-    summary = backfill(api, broker, kafka__consume_batch=5)
+    summary = live(api, broker, kafka__consume_batch=5)
     assert actual_state(api.users()) == expected_state(events)
     assert broker.commits == broker.ends()
     # A lost partition may be someone else's already: the loss commits nothing...
@@ -200,7 +210,7 @@ def test_a_rewound_partition_is_read_again_and_stale_results_never_count(api):
     broker, events = stream()
     api.set_faults(latency_ms=20)
     broker.schedule = [(25, "rewind", [(TOPIC, 0)]), (50, "rewind", [(TOPIC, 1), (TOPIC, 2)])]
-    summary = backfill(api, broker, kafka__consume_batch=5)
+    summary = live(api, broker, kafka__consume_batch=5)
     assert actual_state(api.users()) == expected_state(events)
     assert broker.commits == broker.ends()
     assert summary.consumed > sum(len(log) for log in broker.partitions.values())
