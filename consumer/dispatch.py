@@ -48,7 +48,7 @@ class Dispatch:
         self._last_cut = clock()
 
     def hold(self) -> None:
-        """A backfill holds its users: plans sized for held users (see :class:`~consumer.flow.Sizing`)."""
+        """A backfill holds its users: plans sized for them (:meth:`~consumer.flow.Sizing.of`)."""
         self.sizing = Sizing.of(self._settings, held=True)
 
     @property

@@ -2,10 +2,10 @@
 
 A backfill (``--until-end``) does not send events as they are read: under Knock's limits it is
 bounded by the users it sends, and without them (a local Knock) folding each user's events
-into one update still saves most of the sends (case 2 of the benchmark: 50 calls against 475). :class:`Holding` owns the read-ahead policy
-(:class:`~consumer.flow.ReadAhead`), the per-user folded state (:class:`~consumer.backlog.Backlog`)
-and which partition fetching is focused on, and the loop (:mod:`consumer.sink`) asks it at
-each stage:
+into one update still saves most of the sends (case 2 of the benchmark: 50 calls against
+475). :class:`Holding` owns the read-ahead policy (:class:`~consumer.flow.ReadAhead`), the
+per-user folded state (:class:`~consumer.backlog.Backlog`) and which partition fetching is
+focused on, and the loop (:mod:`consumer.sink`) asks it at each stage:
 
 * ingest: :meth:`Holding.ingest` takes each record instead of the per-event path, and
   :meth:`Holding.fetched` each batch;

@@ -75,7 +75,8 @@ def test_an_unkeyed_topic_is_detected_by_the_sink(kafka, api, settings_for, capl
     with caplog.at_level(logging.WARNING, "knock_sink.keying"):
         runner.start()
         try:
-            wait_for(lambda: kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic), 60, "commits")
+            ends = kafka.end_offsets(topic)
+            wait_for(lambda: kafka.committed(f"g-{topic}", topic) == ends, 60, "commits")
         finally:
             sink.stop()
             runner.join(60)

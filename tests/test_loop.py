@@ -83,6 +83,29 @@ def test_a_backfill_ends_exact_committed_to_the_end_with_poison_parked(api):
     assert summary.committed == broker.ends()
 
 
+def test_a_backfill_without_knocks_limits_holds_users_sent_once_in_plans_of_one_bulk_call(api):
+    broker = Broker()
+    broker.create(TOPIC, PARTITIONS)
+    events = []
+    for i in range(10):
+        for u in range(30):
+            traits = {"i": i, f"k{i % 3}": u, "nested": {f"n{i % 2}": i}}
+            e = {"type": "identify", "userId": f"u{u}", "traits": traits}
+            events.append(e)
+            broker.produce(TOPIC, u % PARTITIONS, e, f"u{u}".encode())
+    sink = Sink(settings(api, knock__bulk_size=10, knock__concurrency=4),
+                edge=MemoryEdge(broker, [TOPIC]))  # fmt: skip
+    summary = sink.run(from_beginning=True, until_end=True)
+    assert actual_state(api.users()) == expected_state(events)
+    assert broker.commits == broker.ends()
+    assert summary.applied == len(events)
+    # Each user once (not once per batch it came in), ten to a plan: each partition's users
+    # go in one plan once it is read to its end (a plan per worker, 40, would wait for more).
+    assert api.stats()["identify_entries"] == 30
+    plans = {s.name: s.value for s in sink.metrics.plan_users.collect()[0].samples}
+    assert (plans["knock_sink_plan_users_count"], plans["knock_sink_plan_users_sum"]) == (3, 30)
+
+
 def test_backpressure_pauses_at_max_pending_and_resumes_at_half(api):
     broker, events = stream(users=30, per_user=10)
     api.set_faults(latency_ms=30)  # Knock slower than reading: pending piles up
