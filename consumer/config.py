@@ -342,14 +342,14 @@ class SinkSettings(_Section):
     #: (about once a second); longer intervals send fewer, fuller calls and add up to that long
     #: to each event's latency (README, Freshness).
     flush_interval: float = Field(0.5, gt=0)
-    #: Events buffered or in flight before fetching pauses (a backfill under Knock's limits
-    #: holds folded users instead, bounded by ``backfill_memory_mb``).
+    #: Events buffered or in flight before fetching pauses (a backfill holds folded users
+    #: instead, bounded by ``backfill_memory_mb``).
     max_pending: int = Field(20_000, ge=1)
     #: Seconds allowed on shutdown or partition revoke to finish in-flight work.
     drain_timeout: float = Field(30.0, gt=0)
     #: Attempts at one item Knock rejected inside a bulk operation before it is dead-lettered.
     item_attempts: int = Field(5, ge=1)
-    #: A backfill's memory under Knock's limits, in MiB: the process's, held users included.
+    #: A backfill's memory, in MiB: the process's, held users included.
     #: Held users spill to disk once their estimated size reaches what is left of it after
     #: the process's own (its peak resident size when the backfill starts, plus librdkafka's
     #: prefetch allowance; see consumer.holding.held_budget).

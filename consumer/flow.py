@@ -8,9 +8,10 @@ reads a clock of its own.
 * :class:`Backpressure`: pause fetching at ``sink.max_pending`` unresolved events, resume at
   half, so memory stays bounded while polling (and group membership) goes on.
 * :class:`ReadAhead`: under Knock's limits a backfill is bounded by the bulk budget, not by
-  reading, and every send of a user before its last event is read is a send spent twice; so it
-  reads (folding each user's events, see :meth:`consumer.plan.Planner.add`) up to the end
-  targets before its first send, as far as ``sink.max_pending`` allows.
+  reading, and every send of a user before its last event is read is a send spent twice (and
+  without the limits, an entry more); so it reads (folding each user's events, see
+  :mod:`consumer.backlog`) up to the end targets before its first send, as far as
+  ``sink.max_pending`` allows the events that do not fold.
 * :class:`ReadRate`: how fast a backfill reads while it fetches, so that reading ahead can
   pause once it has more ready to send than reading the rest of a partition takes.
 """
