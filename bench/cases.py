@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer
 
-from consumer.config import FETCH_QUEUE_BACKOFF_MS, PREFETCH_KBYTES
+from consumer.source import CONSUMER_DEFAULTS
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -46,16 +46,8 @@ def peak_rss_mb(pid: int) -> float:
 
 def _consumer(bootstrap: str, group: str, topic: str) -> Consumer:
     # The sink's own consumer settings (consumer/source.py), minus the callbacks.
-    c = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": group,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "enable.partition.eof": False,
-        "queued.max.messages.kbytes": PREFETCH_KBYTES,
-        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
-    })  # fmt: skip
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                  **CONSUMER_DEFAULTS})  # fmt: skip
     c.subscribe([topic])
     return c
 

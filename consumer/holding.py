@@ -12,10 +12,10 @@ focused on, and the loop (:mod:`consumer.sink`) asks it at each stage:
 * each turn: :meth:`Holding.step` folds the events whose event-time turn has come
   (:mod:`consumer.ordering`; with ``sink.lateness`` 0, as read), focuses fetching (one partition
   at a time, unless a topic not keyed by user is being ordered: then its partitions are read
-  side by side; none while the users ready to send outlast reading the rest of the partition
-  being read, until a user spills, see :data:`AHEAD_MARGIN`), packs the held users of partitions read to their end,
-  feeds held users to the planner and, every :data:`TRIM_EVERY` seconds, hands freed memory
-  back to the system (:func:`give_back_memory`);
+  side by side; under Knock's limits none while the users ready to send outlast reading the
+  rest of the partition being read, until a user spills, see :data:`AHEAD_MARGIN`), packs the
+  held users of partitions read to their end, feeds held users to the planner and, every
+  :data:`TRIM_EVERY` seconds, hands freed memory back to the system (:func:`give_back_memory`);
 * plans: :meth:`Holding.holds_back` says whether a due plan must still wait;
 * outcomes: :func:`applied_events` and :func:`dead_letter_record` count and dead-letter a held
   user's folded update;
@@ -72,7 +72,8 @@ class Holding:
     """Read-ahead, held users and focus for one backfill.
 
     :param ends: each partition's end target (:func:`end_targets`).
-    :param dispatch: the loop's plans: held users go to its planner, sized by its sizing.
+    :param dispatch: the loop's plans: held users go to its planner, in plans sized for held
+        users (:meth:`~consumer.dispatch.Dispatch.hold`, set here).
     :param intake: the loop's intake: it maps records, counts outcomes and queues ops.
     :param forget: the loop's forget, called with a partition that rewound.
     :param stop: the loop's stop event: a registry wait ends when it is set.
@@ -95,6 +96,7 @@ class Holding:
     ) -> None:
         sink = settings.sink
         self._max_pending = sink.max_pending
+        dispatch.hold()
         self._sizing = dispatch.sizing
         self._planner = dispatch.planner
         self._intake = intake

@@ -135,7 +135,6 @@ class Sink:
         for (topic, partition), target in (ends or {}).items():
             self.metrics.target.labels(topic, str(partition)).set(target)
         if ends is not None:
-            self._dispatch.hold()
             self._holding = Holding(
                 ends, settings=self.settings, dispatch=self._dispatch, intake=self._intake,
                 source=self._source, tracker=self._tracker, dlq=self._dlq, metrics=self.metrics,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -29,6 +29,18 @@ COMMITTED_ATTEMPTS = 12
 #: straight to stderr, so they take the sink's format and level.
 KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
 
+
+
+#: The consumer settings the sink sets itself (the benchmark's ceilings take them too, so that
+#: they read as the sink does).
+CONSUMER_DEFAULTS: Final[dict[str, Any]] = {
+    "enable.auto.commit": False,
+    # Rebalances move only the partitions that change owner: the others keep flowing.
+    "partition.assignment.strategy": "cooperative-sticky",
+    "enable.partition.eof": False,
+    "queued.max.messages.kbytes": PREFETCH_KBYTES,
+    "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+}
 
 class KafkaSource:
     """A subscribed consumer. ``on_assign`` / ``on_revoke`` / ``on_lost`` are called from inside
@@ -48,13 +60,8 @@ class KafkaSource:
         conf: dict[str, Any] = {
             **settings.librdkafka(),
             "group.id": settings.group_id,
-            "enable.auto.commit": False,
             "auto.offset.reset": settings.auto_offset_reset,
-            # Rebalances move only the partitions that change owner: the others keep flowing.
-            "partition.assignment.strategy": "cooperative-sticky",
-            "enable.partition.eof": False,
-            "queued.max.messages.kbytes": PREFETCH_KBYTES,
-            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+            **CONSUMER_DEFAULTS,
         }
         # The pass-through wins over our defaults except where the delivery guarantee rests on them.
         conf.update({k: v for k, v in settings.client.items() if k != "enable.auto.commit"})

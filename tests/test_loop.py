@@ -55,7 +55,8 @@ def backfill(api: Any, broker: Broker, **over: Any) -> Summary:
 
 def live(api: Any, broker: Broker, sink: Sink | None = None, **over: Any) -> Summary:
     """``run``, the per-event path (a backfill holds users instead), stopped once every
-    partition is committed to its end."""
+    partition is committed to its end. ``over``: settings for a sink made here."""
+    assert sink is None or not over, "settings go to the sink given"
     if sink is None:
         sink = Sink(settings(api, **over), edge=MemoryEdge(broker, [TOPIC]))
     ends = broker.ends()
