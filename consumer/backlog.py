@@ -258,7 +258,9 @@ class Backlog:
         self._compacted: set[Partition] = set()
         #: Set when a partition was revoked, lost or rewound: nothing held is trusted any more.
         self.frozen = False
-        self._memory_bytes = memory_bytes
+        #: Estimated bytes the users in memory may take (``None``: no bound); the holding lowers
+        #: it as the process grows (see :class:`consumer.holding.HeldShare`).
+        self.memory_bytes = memory_bytes
         self._work_dir = work_dir
         self._dir: str | None = None
         self._db: sqlite3.Connection | None = None
@@ -480,13 +482,13 @@ class Backlog:
         1M-event backfill (py-spy). So the average is sampled every :data:`RESAMPLE_EVERY`
         checks, and after a spill or a packing; in between, the count times that average."""
         users = self._users
-        if self._memory_bytes is None or not users:
+        if self.memory_bytes is None or not users:
             return False
         self._checks -= 1
         if self._checks < 0:
             self._checks = RESAMPLE_EVERY - 1
             self._average = self._estimate()[0] / len(users)
-        return len(users) * self._average > self._memory_bytes
+        return len(users) * self._average > self.memory_bytes
 
     def _estimate(self) -> tuple[float, float]:
         """Estimated bytes of the users in memory, and of one of them not packed, from an even
@@ -507,9 +509,9 @@ class Backlog:
         if not users:
             return
         moving = list(users.values())
-        if self._memory_bytes is not None:
+        if self.memory_bytes is not None:
             held, per_unpacked = self._estimate()
-            excess = held - self._memory_bytes * LOW_WATER
+            excess = held - self.memory_bytes * LOW_WATER
             if excess <= 0:
                 return
             if finished:

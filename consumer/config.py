@@ -351,8 +351,9 @@ class SinkSettings(_Section):
     item_attempts: int = Field(5, ge=1)
     #: A backfill's memory, in MiB: the process's, held users included.
     #: Held users spill to disk once their estimated size reaches what is left of it after
-    #: the process's own (its peak resident size when the backfill starts, plus librdkafka's
-    #: prefetch allowance; see consumer.holding.held_budget).
+    #: the process's own (its resident size when the backfill starts, plus librdkafka's
+    #: prefetch allowance), less however far the process has since gone past the budget
+    #: (see consumer.holding.held_budget and HeldShare).
     backfill_memory_mb: int = Field(256, ge=1)
     #: Where a backfill spills held users (a fresh directory inside it, removed at the end);
     #: ``None``: the system's temporary directory.

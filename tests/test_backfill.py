@@ -279,6 +279,28 @@ def test_the_memory_budget_is_the_processs() -> None:
     assert held_budget(64 * mib, 16 * mib, rss=60 * mib) == 16 * mib
 
 
+def test_the_held_share_shrinks_by_how_far_the_process_went_past_the_budget() -> None:
+    from consumer.holding import HeldShare
+
+    mib = 1 << 20
+    resident = [60 * mib]
+    share = HeldShare(256 * mib, 16 * mib, read=lambda: resident[0])
+    assert share.now() == 164 * mib
+    resident[0] = 250 * mib  # within the budget: nothing changes
+    assert share.now() == 164 * mib
+    resident[0] = 270 * mib  # 14 MiB past it
+    assert share.now() == 150 * mib
+    # Seen past it again by less, or back under it: the share stays where the peak put it.
+    resident[0] = 262 * mib
+    assert share.now() == 150 * mib
+    resident[0] = 200 * mib
+    assert share.now() == 150 * mib
+    resident[0] = 300 * mib  # a new peak, 44 MiB past
+    assert share.now() == 120 * mib
+    resident[0] = 500 * mib  # never below a quarter of the budget
+    assert share.now() == 64 * mib
+
+
 def test_a_spill_frees_the_budget_it_spills(tmp_path) -> None:
     b = Backlog(memory_bytes=50_000, work_dir=str(tmp_path))
     sizes = []
