@@ -343,7 +343,7 @@ def _progress(sink: Any, settings: Any) -> Any:
     from .progress import Progress
 
     bound = None
-    if settings.knock.rate_limits == "knock":
+    if settings.knock.paced:
         bound = settings.knock.bulk_size * per_second("bulk_identify") * (settings.knock.budget_share or 1.0)
     return Progress(sink.metrics, sys.stderr, bulk_per_second=bound)
 

@@ -195,6 +195,12 @@ class KnockSettings(_Section):
     #: group split it by the partitions they hold.
     budget_share: float | None = Field(None, gt=0, le=1)
 
+    @property
+    def paced(self) -> bool:
+        """Whether requests are paced to Knock's limits (``rate_limits = "knock"``): what plan
+        sizes, the plans' cadence, a backfill's read-ahead and the progress bound ask."""
+        return self.rate_limits == "knock"
+
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str) -> str:

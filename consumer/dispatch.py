@@ -41,7 +41,7 @@ class Dispatch:
             item_attempts=settings.sink.item_attempts, singles=sizing.singles,
             entity_gap=sizing.entity_gap, clock=clock,
         ))  # fmt: skip
-        self._cadence = Cadence(settings.sink.flush_interval, settings.knock.rate_limits == "knock")
+        self._cadence = Cadence(settings.sink.flush_interval, settings.knock.paced)
         self._knock = knock
         self._plan_users = metrics.plan_users
         self._clock = clock

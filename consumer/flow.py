@@ -53,7 +53,7 @@ class Sizing:
 
     @classmethod
     def of(cls, knock: KnockSettings, *, held: bool = False) -> Sizing:
-        if knock.rate_limits == "knock":
+        if knock.paced:
             singles = per_second("identify")
             return cls(knock.bulk_size + singles, 1, singles, ENTITY_GAP)
         return cls(knock.bulk_size * (1 if held else knock.concurrency), None, 0, 0.0)

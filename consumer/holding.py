@@ -116,7 +116,7 @@ class Holding:
         #: makes it less, so reading ahead pauses later than it could, never too early).
         #: ``None`` without Knock's limits: sending never outlasts reading, so no pause.
         self._send_rate = (self._sizing.users_per_plan * per_second("bulk_identify")
-                           if settings.knock.rate_limits == "knock" else None)  # fmt: skip
+                           if settings.knock.paced else None)  # fmt: skip
         self._share = HeldShare(sink.backfill_memory_mb << 20, settings.kafka.prefetch_kbytes() << 10)
         budget = self._share.now()
         self._backlog = Backlog(nested=settings.knock.nested_merge, work_dir=sink.work_dir,
