@@ -382,7 +382,7 @@ class HeldShare:
 
     Why: the held users' size is an estimate of them alone. Beside them the process holds
     users out for sending and their request bodies, the allocator's free blocks, caches; with
-    them a 2M-event backfill of the benchmark (case 5) peaked at 322 MB on a 256 MB budget.
+    them a 2M-event backfill of the benchmark (case 5) peaked at 322 MB on its 256 MiB budget.
     Lowered only, never raised back: freed memory stays with the process (the allocator keeps
     most of it), so its resident size does not come down as users spill, and a share raised
     again would chase it.
