@@ -281,6 +281,11 @@ class Backlog:
         return len(self._users) + self._rows
 
     @property
+    def in_memory(self) -> int:
+        """Users held in memory (not yet handed out)."""
+        return len(self._users)
+
+    @property
     def rows(self) -> int:
         """Rows in the spill file: one per spilled state."""
         return self._rows

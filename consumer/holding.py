@@ -219,6 +219,7 @@ class Holding:
         if backlog.over_budget():
             before = backlog.spilled
             backlog.spill(self._read_ahead.finished())
+            self._metrics.spilled_states.inc(backlog.spilled - before)
             give_back_memory()
             log.info("backfill: memory budget reached, %d held users spilled, %d states now on disk "
                      "(%d MiB left for held users)", backlog.spilled - before, backlog.rows,
@@ -234,8 +235,8 @@ class Holding:
 
     def step(self) -> None:
         """One turn of the loop: focus fetching, pack the held users of partitions read to
-        their end (:meth:`~consumer.backlog.Backlog.compact`), then top the planner up with
-        held users."""
+        their end (:meth:`~consumer.backlog.Backlog.compact`), top the planner up with held
+        users, and show what is held in the metrics."""
         if self._order is not None:
             self._order.step()
         now = self._clock()
@@ -243,9 +244,14 @@ class Holding:
         self._ticked = now
         finished = self._read_ahead.finished()
         reading_ahead = self._focus(now, finished)
-        if len(self._backlog):
-            self._backlog.compact(finished)
+        backlog = self._backlog
+        if len(backlog):
+            backlog.compact(finished)
             self._feed(finished if reading_ahead else None)
+        metrics = self._metrics
+        metrics.held_states.labels("memory").set(backlog.in_memory)
+        metrics.held_states.labels("disk").set(backlog.rows)
+        metrics.held_budget.set(backlog.memory_bytes or 0)
         if now - self._trimmed >= TRIM_EVERY:
             self._trimmed = now
             give_back_memory()

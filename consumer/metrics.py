@@ -98,6 +98,19 @@ class Metrics:
             "knock_sink_backfill_target_offset", "Position a backfill runs up to, per partition",
             ["topic", "partition"], registry=r,
         )  # fmt: skip
+        self.held_states = Gauge(
+            "knock_sink_backfill_held_states", "User states a backfill holds, not yet handed out "
+            "for sending, in memory or on disk (a user spilled twice has two states on disk)",
+            ["where"], registry=r,
+        )  # fmt: skip
+        self.spilled_states = Counter(
+            "knock_sink_backfill_spilled_states", "User states a backfill spilled to disk",
+            registry=r,
+        )  # fmt: skip
+        self.held_budget = Gauge(
+            "knock_sink_backfill_held_budget_bytes", "What of the backfill's memory budget its "
+            "held users may take now (lowered as the process grows past the budget)", registry=r,
+        )  # fmt: skip
         #: How fresh Knock is when an event is applied (three histograms of their own).
         self.freshness = Freshness(r)
 

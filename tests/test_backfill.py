@@ -166,9 +166,18 @@ def test_a_backfill_whose_held_users_spill_to_disk_ends_exact(kafka, api, settin
     events = mixed_backlog(users=2500, per_user=4, seed=2)
     kafka.produce(topic, events)
     caplog.set_level("INFO", logger="knock_sink")
-    summary = backfill(settings_for(topic, knock__rate_limits="knock", sink__backfill_memory_mb=1,
-                                    sink__work_dir=str(tmp_path)))
-    assert any("now on disk" in r.getMessage() for r in caplog.records)
+    sink = Sink(settings_for(topic, knock__rate_limits="knock", sink__backfill_memory_mb=1,
+                             sink__work_dir=str(tmp_path)))
+    summary = sink.run(from_beginning=True, until_end=True)
+    spills = [r.args for r in caplog.records if "now on disk" in r.getMessage()]
+    assert spills
+    # The metrics say what the log does: every state spilled, and at the end nothing held. The
+    # test process is past a 1 MiB budget from the start: its held users get the floor, a quarter.
+    registry = sink.metrics.registry
+    assert registry.get_sample_value("knock_sink_backfill_spilled_states_total") == sum(a[0] for a in spills)
+    assert registry.get_sample_value("knock_sink_backfill_held_states", {"where": "memory"}) == 0
+    assert registry.get_sample_value("knock_sink_backfill_held_states", {"where": "disk"}) == 0
+    assert registry.get_sample_value("knock_sink_backfill_held_budget_bytes") == (1 << 20) // 4
     assert actual_state(api.users()) == expected_state(events)
     assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
     assert summary.applied == len(events)
