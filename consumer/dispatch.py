@@ -33,7 +33,7 @@ class Dispatch:
 
     def __init__(self, settings: Settings, knock: KnockClient, metrics: Metrics,
                  clock: Callable[[], float]) -> None:  # fmt: skip
-        self._settings = settings.knock
+        self._knock_settings = settings.knock
         self.sizing = sizing = Sizing.of(settings.knock)
         self.planner = Planner(nested=settings.knock.nested_merge)
         self._flight = Flight(Applier(
@@ -49,7 +49,7 @@ class Dispatch:
 
     def hold(self) -> None:
         """A backfill holds its users: plans sized for them (:meth:`~consumer.flow.Sizing.of`)."""
-        self.sizing = Sizing.of(self._settings, held=True)
+        self.sizing = Sizing.of(self._knock_settings, held=True)
 
     @property
     def idle(self) -> bool:

@@ -118,6 +118,9 @@ class Holding:
         self._send_rate = (self._sizing.users_per_plan * per_second("bulk_identify")
                            if settings.knock.paced else None)  # fmt: skip
         self._share = HeldShare(sink.backfill_memory_mb << 20, settings.kafka.prefetch_kbytes() << 10)
+        # Set at every turn: the labelled gauges looked up once.
+        self._held_gauges = (metrics.held_states.labels("memory"), metrics.held_states.labels("disk"),
+                             metrics.held_budget)  # fmt: skip
         budget = self._share.now()
         self._backlog = Backlog(nested=settings.knock.nested_merge, work_dir=sink.work_dir,
                                 memory_bytes=budget)  # fmt: skip
@@ -248,10 +251,10 @@ class Holding:
         if len(backlog):
             backlog.compact(finished)
             self._feed(finished if reading_ahead else None)
-        metrics = self._metrics
-        metrics.held_states.labels("memory").set(backlog.in_memory)
-        metrics.held_states.labels("disk").set(backlog.rows)
-        metrics.held_budget.set(backlog.memory_bytes or 0)
+        in_memory, on_disk, share = self._held_gauges
+        in_memory.set(backlog.in_memory)
+        on_disk.set(backlog.rows)
+        share.set(backlog.memory_bytes or 0)
         if now - self._trimmed >= TRIM_EVERY:
             self._trimmed = now
             give_back_memory()

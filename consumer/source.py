@@ -29,8 +29,6 @@ COMMITTED_ATTEMPTS = 12
 #: straight to stderr, so they take the sink's format and level.
 KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
 
-
-
 #: The consumer settings the sink sets itself (the benchmark's ceilings take them too, so that
 #: they read as the sink does).
 CONSUMER_DEFAULTS: Final[dict[str, Any]] = {
@@ -41,6 +39,7 @@ CONSUMER_DEFAULTS: Final[dict[str, Any]] = {
     "queued.max.messages.kbytes": PREFETCH_KBYTES,
     "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
 }
+
 
 class KafkaSource:
     """A subscribed consumer. ``on_assign`` / ``on_revoke`` / ``on_lost`` are called from inside
