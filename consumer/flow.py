@@ -108,14 +108,17 @@ class ReadAhead:
     """Whether a backfill is still reading ahead instead of sending.
 
     :param ends: each partition's end target (the high watermark seen at start).
+    :param starts: the offset each partition's reading starts from (default 0): until a
+        record of it is fetched, what is left of it is counted from there.
     :param idle: seconds without a record after which it stops holding, unless the partitions
         being read are still short of their ends (see :meth:`holding`): an end that is never
         delivered, such as a transaction marker, must not hold the backfill forever.
     """
 
-    def __init__(self, ends: dict[Partition, int], *, idle: float, now: float) -> None:
+    def __init__(self, ends: dict[Partition, int], *, idle: float, now: float,
+                 starts: dict[Partition, int] | None = None) -> None:  # fmt: skip
         self._ends = dict(ends)
-        self._fetched: dict[Partition, int] = {}
+        self._fetched: dict[Partition, int] = {tp: at for tp, at in (starts or {}).items() if tp in ends}
         self._idle = idle
         self._last_fetch = now
         self.done = not ends

@@ -11,7 +11,7 @@ focused on, and the loop (:mod:`consumer.sink`) asks it at each stage:
   :meth:`Holding.fetched` each batch;
 * each turn: :meth:`Holding.step` folds the events whose event-time turn has come
   (:mod:`consumer.ordering`; with ``sink.lateness`` 0, as read), focuses fetching (one partition
-  at a time, unless a topic not keyed by user is being ordered: then its partitions are read
+  at a time, the one with the fewest events left to its end first, unless a topic not keyed by user is being ordered: then its partitions are read
   side by side; under Knock's limits none while the users ready to send outlast reading the
   rest of the partition being read, until a user spills, see :data:`AHEAD_MARGIN`), packs the
   held users of partitions read to their end, feeds held users to the planner and, every
@@ -22,7 +22,7 @@ focused on, and the loop (:mod:`consumer.sink`) asks it at each stage:
 * commits: :meth:`Holding.committable` and :meth:`Holding.mark_committed`;
 * rebalances: :meth:`Holding.forget` (True: the backfill must stop); shutdown: :meth:`Holding.close`.
 
-It also computes where a backfill ends (:func:`end_targets`) and whether it got there
+It also computes where a backfill starts and ends (:func:`read_targets`) and whether it got there
 (:func:`reached`), with or without holding. The loop's thread owns it: not thread-safe.
 """
 
@@ -71,7 +71,8 @@ RATE_WINDOW: Final = 5.0
 class Holding:
     """Read-ahead, held users and focus for one backfill.
 
-    :param ends: each partition's end target (:func:`end_targets`).
+    :param ends: each partition's end target (:func:`read_targets`).
+    :param starts: the offset each partition's reading starts from (:func:`read_targets`).
     :param dispatch: the loop's plans: held users go to its planner, in plans sized for held
         users (:meth:`~consumer.dispatch.Dispatch.hold`, set here).
     :param intake: the loop's intake: it maps records, counts outcomes and queues ops.
@@ -82,6 +83,7 @@ class Holding:
     def __init__(
         self,
         ends: dict[Partition, int],
+        starts: dict[Partition, int],
         *,
         settings: Settings,
         dispatch: Dispatch,
@@ -109,7 +111,7 @@ class Holding:
         self._clock = clock
         # At least a second: moving from one partition to the next is a pause in fetching
         # too (see _focus), not an end that is never delivered.
-        self._read_ahead = ReadAhead(ends, idle=max(1.0, sink.flush_interval), now=clock())
+        self._read_ahead = ReadAhead(ends, starts=starts, idle=max(1.0, sink.flush_interval), now=clock())
         self._rate = ReadRate(RATE_WINDOW)
         self._ticked = clock()
         #: Users a second Knock takes: a full plan per bulk call (a group's share of the budget
@@ -269,12 +271,19 @@ class Holding:
         """While a backfill reads ahead, read one partition at a time: each one read to its end
         (``finished``) frees its users to be sent (topics are keyed by user) while the next is
         read; none while the users ready to send outlast reading the rest of it
-        (:meth:`_ahead`). Returns whether it is reading ahead."""
+        (:meth:`_ahead`). Returns whether it is reading ahead.
+
+        The partition with the fewest events left to its end goes first. Why: Knock has nothing
+        to do until the first partition is read to its end, so a skewed topic's smallest
+        partition (or, resuming, the one nearest its end) shortens that wait. The one being
+        read only gets nearer its end, so it stays first until it is finished."""
         reading_ahead = self._reading_ahead(now)
         if reading_ahead and self._read_apart():
-            left = sorted(tp for tp in self._read_ahead.ends if tp not in finished)
-            keep = {left[0]} if left else None
-            if left and self._ahead(left[0], finished):
+            read_ahead = self._read_ahead
+            left = [tp for tp in read_ahead.ends if tp not in finished]
+            first = min(left, key=lambda tp: (read_ahead.left(tp), tp)) if left else None
+            keep = None if first is None else {first}
+            if first is not None and self._ahead(first, finished):
                 keep = set()  # a pause of its own: not idleness, which would end the read-ahead
                 self._read_ahead.waiting_from(now)
             elif keep != self._focused:
@@ -466,17 +475,21 @@ def dead_letter_record(p: Pending) -> Record | None:
 # -- a backfill's end ---------------------------------------------------------------------
 
 
-def end_targets(source: Source, topics: Iterable[str], from_beginning: bool,
-                replay: Replay | None = None) -> dict[Partition, int]:
-    """Each partition's end target for ``--until-end``: the high watermark seen now (or the
-    replay's stop), for the partitions with something left to read from where the run starts."""
+def read_targets(source: Source, topics: Iterable[str], from_beginning: bool,
+                 replay: Replay | None = None) -> tuple[dict[Partition, int], dict[Partition, int]]:
+    """``(ends, starts)`` for ``--until-end``: each partition's end target, the high watermark
+    seen now (or the replay's stop), and the offset its reading starts from (the replay's
+    start, else the group's commit unless ``from_beginning``, and never below the low
+    watermark), for the partitions with something left to read between the two."""
     marks = source.end_offsets(topics)
     start = {} if from_beginning else source.committed(marks)
     if replay is not None:
         start.update(source.start_offsets())
         stops = source.stop_offsets()
         marks = {tp: (lo, min(hi, stops.get(tp, hi))) for tp, (lo, hi) in marks.items()}
-    return {tp: hi for tp, (lo, hi) in marks.items() if hi > max(lo, start.get(tp, 0))}
+    starts = {tp: max(lo, start.get(tp, 0)) for tp, (lo, _) in marks.items()}
+    ends = {tp: hi for tp, (_, hi) in marks.items() if hi > starts[tp]}
+    return ends, {tp: starts[tp] for tp in ends}
 
 
 def reached(ends: dict[Partition, int], committed: dict[Partition, int], source: Source,

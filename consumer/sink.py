@@ -28,7 +28,7 @@ from .dispatch import Dispatch
 from .errors import ConfigError, FatalKnockError, RetryableError
 from .flow import Backpressure
 from .health import Health
-from .holding import Holding, applied_events, dead_letter_record, end_targets, reached
+from .holding import Holding, applied_events, dead_letter_record, read_targets, reached
 from .intake import Intake
 from .knock import KnockClient
 from .metrics import Metrics, Summary
@@ -131,12 +131,12 @@ class Sink:
             raise
         self.health.checked()
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
-        ends = end_targets(self._source, kafka.topics, from_beginning, replay) if until_end else None
+        ends, starts = read_targets(self._source, kafka.topics, from_beginning, replay) if until_end else (None, {})
         for (topic, partition), target in (ends or {}).items():
             self.metrics.target.labels(topic, str(partition)).set(target)
         if ends is not None:
             self._holding = Holding(
-                ends, settings=self.settings, dispatch=self._dispatch, intake=self._intake,
+                ends, starts, settings=self.settings, dispatch=self._dispatch, intake=self._intake,
                 source=self._source, tracker=self._tracker, dlq=self._dlq, metrics=self.metrics,
                 forget=self._forget, stop=self._stop, clock=self._clock,
             )  # fmt: skip

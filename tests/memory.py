@@ -74,6 +74,7 @@ class MemorySource:
         self._paused = False
         #: Partitions paused one by one (a stall, the event-time order's balance).
         self._held: set[Partition] = set()
+        self._focus: set[Partition] | None = None  # as KafkaSource.focus: None reads every partition
         self._delivered = 0
         self._joined = False
         self._idle = threading.Event()  # never set: waiting on it is a consumer's poll timeout
@@ -122,7 +123,8 @@ class MemorySource:
         while progress and len(out) < limit:  # round robin, as a fetch spans partitions
             progress = False
             for tp, pos in list(self._position.items()):
-                if len(out) < limit and pos < len(b.partitions[tp]) and tp not in self._held:
+                if (len(out) < limit and pos < len(b.partitions[tp]) and tp not in self._held
+                        and (self._focus is None or tp in self._focus)):
                     out.append(b.partitions[tp][pos])
                     self._position[tp] = pos + 1
                     progress = True
@@ -147,7 +149,7 @@ class MemorySource:
         self._held.difference_update(tps)
 
     def focus(self, keep: set[Partition] | None) -> None:
-        pass  # the loop's tests read every partition alike; the real broker's tests focus
+        self._focus = None if keep is None else set(keep)
 
     def commit(self, positions: dict[Partition, int]) -> bool:
         for tp, offset in positions.items():

@@ -107,6 +107,31 @@ def test_a_backfill_without_knocks_limits_holds_users_sent_once_in_plans_of_one_
     assert (plans["knock_sink_plan_users_count"], plans["knock_sink_plan_users_sum"]) == (3, 30)
 
 
+def test_a_backfill_reads_the_partition_with_the_fewest_events_left_first(api):
+    # Partition 1 has the fewest events, partition 2 the most: Knock gets its first plan once
+    # partition 1 is read, then partition 0's, then partition 2's (in partition order, 0 would
+    # come first). The emulator keeps users in the order they were first identified.
+    broker = Broker()
+    broker.create(TOPIC, PARTITIONS)
+    users = {0: [f"a{u}" for u in range(10)], 1: [f"b{u}" for u in range(5)], 2: [f"c{u}" for u in range(15)]}
+    events = []
+    for i in range(2):
+        for partition, ids in users.items():
+            for uid in ids:
+                e = {"type": "identify", "userId": uid, "traits": {"i": i, "p": partition}}
+                events.append(e)
+                broker.produce(TOPIC, partition, e, uid.encode())
+    # Batches of 3: the first fetch reads one record of each partition, before any focus;
+    # lateness 0: no event-time order, so the partitions are read one at a time from the start.
+    sink = Sink(settings(api, knock__bulk_size=5, knock__concurrency=1, kafka__consume_batch=3, sink__lateness=0),
+                edge=MemoryEdge(broker, [TOPIC]))  # fmt: skip
+    sink.run(from_beginning=True, until_end=True)
+    assert actual_state(api.users()) == expected_state(events)
+    assert broker.commits == broker.ends()
+    order = [u["id"][0] for u in api.users()]
+    assert order == ["b"] * 5 + ["a"] * 10 + ["c"] * 15
+
+
 def test_backpressure_pauses_at_max_pending_and_resumes_at_half(api):
     broker, events = stream(users=30, per_user=10)
     api.set_faults(latency_ms=30)  # Knock slower than reading: pending piles up
@@ -193,6 +218,9 @@ def test_what_is_left_to_read_of_a_partition_counts_down_to_its_end():
     assert ra.left(("t", 0)) == 3 and ra.left(("t", 1)) == 4
     ra.fetched([Record("t", 0, 9), Record("t", 1, 3)], 0.2)
     assert ra.left(("t", 0)) == 0 and ra.finished() == {("t", 0), ("t", 1)}
+    # Resumed from a commit: what is left is counted from where reading starts.
+    ra = ReadAhead({("t", 0): 10, ("t", 1): 4}, starts={("t", 0): 8, ("t", 1): 0}, idle=1.0, now=0.0)
+    assert ra.left(("t", 0)) == 2 and ra.left(("t", 1)) == 4 and ra.finished() == set()
 
 
 def test_a_revoked_partition_is_committed_then_forgotten_and_read_again_when_it_returns(api):
