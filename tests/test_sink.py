@@ -282,15 +282,16 @@ def test_a_backfill_under_knocks_limits_reads_ahead_and_sends_each_user_once(kaf
 def test_reading_ahead_pauses_while_more_is_ready_to_send_than_the_rest_takes_to_read(
     kafka, api, settings_for, monkeypatch
 ):
-    # Partition 0's 3,000 users take Knock about 2.8 s, reading partition 1 a fraction of it:
-    # fetching pauses (no partition kept), then reads partition 1 and each user goes once.
+    # Partition 0 has fewer events left, so it is read first; its 3,000 users take Knock about
+    # 2.8 s, reading partition 1's 13,000 events (1,000 users) a fraction of it: fetching pauses
+    # (no partition kept), then reads partition 1 and each user goes once.
     monkeypatch.setattr(holding, "AHEAD_MARGIN", 0.0)
     monkeypatch.setattr(holding, "RATE_WINDOW", 0.5)  # a rate after 0.1 s of fetching
     kept: list[set | None] = []
     focus = KafkaSource.focus
     monkeypatch.setattr(KafkaSource, "focus", lambda self, keep: kept.append(keep) or focus(self, keep))
     topic = kafka.topic(2)
-    sizes = {0: (3000, 12_000), 1: (1000, 2000)}  # users, events: a rate before partition 0 ends
+    sizes = {0: (3000, 12_000), 1: (1000, 13_000)}  # users, events: a rate before partition 0 ends
     events = {p: [{"type": "identify", "userId": f"p{p}-u{i % n}", "traits": {"n": i, "p": {"i": i}}}
                   for i in range(m)] for p, (n, m) in sizes.items()}  # fmt: skip
     for p, evs in events.items():
@@ -298,7 +299,7 @@ def test_reading_ahead_pauses_while_more_is_ready_to_send_than_the_rest_takes_to
     summary = backfill(settings_for(topic, knock__rate_limits="knock"))
     assert actual_state(api.users()) == expected_state(events[0] + events[1])
     assert api.stats()["identify_entries"] == summary.users_sent == 4000
-    assert kafka.committed(f"g-{topic}", topic) == {0: 12_000, 1: 2000}
+    assert kafka.committed(f"g-{topic}", topic) == {0: 12_000, 1: 13_000}
     focused = [k for i, k in enumerate(kept) if i == 0 or k != kept[i - 1]]
     i = focused.index(set())
     assert focused[i - 1 : i + 2] == [{(topic, 0)}, set(), {(topic, 1)}]
