@@ -11,9 +11,10 @@ focused on, and the loop (:mod:`consumer.sink`) asks it at each stage:
   :meth:`Holding.fetched` each batch;
 * each turn: :meth:`Holding.step` folds the events whose event-time turn has come
   (:mod:`consumer.ordering`; with ``sink.lateness`` 0, as read), focuses fetching (one partition
-  at a time, the one with the fewest events left to its end first, unless a topic not keyed by user is being ordered: then its partitions are read
-  side by side; under Knock's limits none while the users ready to send outlast reading the
-  rest of the partition being read, until a user spills, see :data:`AHEAD_MARGIN`), packs the
+  at a time, the one with the fewest events left to its end first, unless a topic not keyed by
+  user is being ordered: then its partitions are read side by side; under Knock's limits none
+  while the users ready to send outlast reading the rest of the partition being read, until a
+  user spills, see :data:`AHEAD_MARGIN`), packs the
   held users of partitions read to their end, feeds held users to the planner and, every
   :data:`TRIM_EVERY` seconds, hands freed memory back to the system (:func:`give_back_memory`);
 * plans: :meth:`Holding.holds_back` says whether a due plan must still wait;
