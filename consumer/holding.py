@@ -14,9 +14,9 @@ focused on, and the loop (:mod:`consumer.sink`) asks it at each stage:
   at a time, the one with the fewest events left to its end first, unless a topic not keyed by
   user is being ordered: then its partitions are read side by side; under Knock's limits none
   while the users ready to send outlast reading the rest of the partition being read, until a
-  user spills, see :data:`AHEAD_MARGIN`), packs the
-  held users of partitions read to their end, feeds held users to the planner and, every
-  :data:`TRIM_EVERY` seconds, hands freed memory back to the system (:func:`give_back_memory`);
+  user spills, see :data:`AHEAD_MARGIN`), packs the held users of partitions read to their end,
+  feeds held users to the planner and, every :data:`TRIM_EVERY` seconds, hands freed memory
+  back to the system (:func:`give_back_memory`);
 * plans: :meth:`Holding.holds_back` says whether a due plan must still wait;
 * outcomes: :func:`applied_events` and :func:`dead_letter_record` count and dead-letter a held
   user's folded update;
