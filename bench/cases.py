@@ -46,8 +46,14 @@ def peak_rss_mb(pid: int) -> float:
 
 def _consumer(bootstrap: str, group: str, topic: str) -> Consumer:
     # The sink's own consumer settings (consumer/source.py), minus the callbacks.
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
-                  **CONSUMER_DEFAULTS})  # fmt: skip
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            **CONSUMER_DEFAULTS,
+        }
+    )
     c.subscribe([topic])
     return c
 
@@ -131,9 +137,18 @@ def live(args: argparse.Namespace) -> dict[str, Any]:
             stamp = now.isoformat(timespec="microseconds").replace("+00:00", "Z")
             # The stamp twice: as the event's timestamp, and as a trait that Knock stores, so
             # the benchmark reads each user's production time back beside its updated_at.
-            event = {"type": "identify", "userId": uid, "messageId": f"m-{uid}", "timestamp": stamp,
-                     "traits": {"email": f"{uid}@example.com", "name": f"Live {n}", "plan": "pro",
-                                "produced_at": stamp}}
+            event = {
+                "type": "identify",
+                "userId": uid,
+                "messageId": f"m-{uid}",
+                "timestamp": stamp,
+                "traits": {
+                    "email": f"{uid}@example.com",
+                    "name": f"Live {n}",
+                    "plan": "pro",
+                    "produced_at": stamp,
+                },
+            }
             producer.produce(args.topic, orjson.dumps(event), uid.encode())
             n += 1
         producer.poll(0)
@@ -184,7 +199,9 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--prefix", default="live-")
-    p.add_argument("--users", type=int, default=0, help="live: cycle over this many users (0: new ones)")
+    p.add_argument(
+        "--users", type=int, default=0, help="live: cycle over this many users (0: new ones)"
+    )
     argv = sys.argv[1:]
     rest: list[str] = []
     if "--" in argv:

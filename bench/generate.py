@@ -28,14 +28,35 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 _FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim"]
 _LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson"]
-_CITIES = [("Berlin", "DE", 52.52, 13.40), ("Paris", "FR", 48.85, 2.35), ("Austin", "US", 30.27, -97.74),
-           ("Tokyo", "JP", 35.68, 139.69), ("Lagos", "NG", 6.52, 3.38), ("Lima", "PE", -12.05, -77.04)]
+_CITIES = [
+    ("Berlin", "DE", 52.52, 13.40),
+    ("Paris", "FR", 48.85, 2.35),
+    ("Austin", "US", 30.27, -97.74),
+    ("Tokyo", "JP", 35.68, 139.69),
+    ("Lagos", "NG", 6.52, 3.38),
+    ("Lima", "PE", -12.05, -77.04),
+]
 _AREAS = [212, 310, 415, 512, 617, 646, 206, 303, 404, 312]
-_TZ = ["Europe/Berlin", "Europe/Paris", "America/Chicago", "Asia/Tokyo", "Africa/Lagos", "America/Lima"]
+_TZ = [
+    "Europe/Berlin",
+    "Europe/Paris",
+    "America/Chicago",
+    "Asia/Tokyo",
+    "Africa/Lagos",
+    "America/Lima",
+]
 _LOCALES = ["de-DE", "fr-FR", "en-US", "ja-JP", "en-NG", "es-PE"]
 _PLANS = ["free", "starter", "pro", "enterprise"]
-_EVENTS = ["Order Completed", "Product Viewed", "Signed In", "Feature Used", "Invite Sent",
-           "Subscription Renewed", "Report Exported", "Checkout Started"]
+_EVENTS = [
+    "Order Completed",
+    "Product Viewed",
+    "Signed In",
+    "Feature Used",
+    "Invite Sent",
+    "Subscription Renewed",
+    "Report Exported",
+    "Checkout Started",
+]
 _AGENTS = [
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) "
     "Version/17.5 Safari/605.1.15",
@@ -44,16 +65,59 @@ _AGENTS = [
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like "
     "Gecko) Mobile/15E148",
 ]
-_LIBS = [{"name": "analytics-node", "version": "2.1.2"}, {"name": "analytics.js", "version": "5.2.0"},
-         {"name": "analytics-python", "version": "2.3.2"}]
+_LIBS = [
+    {"name": "analytics-node", "version": "2.1.2"},
+    {"name": "analytics.js", "version": "5.2.0"},
+    {"name": "analytics-python", "version": "2.3.2"},
+]
 #: Profile keys an identify may send besides the always-present email.
 _OPTIONAL = [
-    "name", "firstName", "lastName", "phone", "avatar", "createdAt", "plan", "seats", "title",
-    "industry", "employees", "website", "description", "age", "gender", "birthday", "username",
-    "logins", "active", "score", "tags", "referrer", "timezone", "locale", "company", "address",
-    "preferences", "utm_source", "utm_campaign", "mrr", "trial", "last_seen_at", "newsletter",
+    "name",
+    "firstName",
+    "lastName",
+    "phone",
+    "avatar",
+    "createdAt",
+    "plan",
+    "seats",
+    "title",
+    "industry",
+    "employees",
+    "website",
+    "description",
+    "age",
+    "gender",
+    "birthday",
+    "username",
+    "logins",
+    "active",
+    "score",
+    "tags",
+    "referrer",
+    "timezone",
+    "locale",
+    "company",
+    "address",
+    "preferences",
+    "utm_source",
+    "utm_campaign",
+    "mrr",
+    "trial",
+    "last_seen_at",
+    "newsletter",
 ]
-_SCALAR = ["email", "name", "plan", "seats", "title", "username", "logins", "active", "score", "mrr"]
+_SCALAR = [
+    "email",
+    "name",
+    "plan",
+    "seats",
+    "title",
+    "username",
+    "logins",
+    "active",
+    "score",
+    "mrr",
+]
 
 
 def user_id(n: int) -> str:
@@ -87,15 +151,28 @@ def _profile(rng: random.Random, n: int) -> dict[str, Any]:
         "logins": rng.randint(0, 5_000),
         "active": rng.random() < 0.8,
         "score": round(rng.random() * 100, 2),
-        "tags": rng.sample(["beta", "vip", "churn-risk", "admin", "partner", "edu"], rng.randint(0, 3)),
+        "tags": rng.sample(
+            ["beta", "vip", "churn-risk", "admin", "partner", "edu"], rng.randint(0, 3)
+        ),
         "referrer": rng.choice(["google", "newsletter", "friend", "ads", None]),
         "timezone": _TZ[k],
         "locale": _LOCALES[k],
-        "company": {"id": f"c{n % 5_000}", "name": f"Company {n % 5_000}", "plan": rng.choice(_PLANS),
-                    "employee_count": rng.randint(5, 50_000)},
-        "address": {"street": f"{rng.randint(1, 200)} Main St", "city": city, "country": country,
-                    "geo": {"lat": lat, "lon": lon}},
-        "preferences": {"newsletter": rng.random() < 0.5, "digest": rng.choice(["daily", "weekly"])},
+        "company": {
+            "id": f"c{n % 5_000}",
+            "name": f"Company {n % 5_000}",
+            "plan": rng.choice(_PLANS),
+            "employee_count": rng.randint(5, 50_000),
+        },
+        "address": {
+            "street": f"{rng.randint(1, 200)} Main St",
+            "city": city,
+            "country": country,
+            "geo": {"lat": lat, "lon": lon},
+        },
+        "preferences": {
+            "newsletter": rng.random() < 0.5,
+            "digest": rng.choice(["daily", "weekly"]),
+        },
         "utm_source": rng.choice(["newsletter", "twitter", "linkedin"]),
         "utm_campaign": f"spring-{rng.randint(1, 40)}",
         "mrr": rng.randint(0, 20_000),
@@ -127,7 +204,9 @@ def events(n: int, users: int, seed: int = 7) -> Iterator[tuple[bytes, bytes]]:
         stamp = ts_cache.get(second)
         if stamp is None:
             ts_cache.clear()
-            stamp = ts_cache[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(base_ts + second))
+            stamp = ts_cache[second] = time.strftime(
+                "%Y-%m-%dT%H:%M:%S", time.gmtime(base_ts + second)
+            )
         ts = f"{stamp}.{i % 1000:03d}Z"
         k = _LOCALES.index(profile["locale"])
         context: dict[str, Any] = {
@@ -136,8 +215,12 @@ def events(n: int, users: int, seed: int = 7) -> Iterator[tuple[bytes, bytes]]:
             "userAgent": _AGENTS[u % 3],
             "locale": _LOCALES[k],
             "timezone": _TZ[k],
-            "page": {"path": "/app/dashboard", "url": "https://app.example.com/app/dashboard",
-                     "title": "Dashboard", "referrer": ""},
+            "page": {
+                "path": "/app/dashboard",
+                "url": "https://app.example.com/app/dashboard",
+                "title": "Dashboard",
+                "referrer": "",
+            },
         }
         msg: dict[str, Any] = {
             "messageId": f"ajs-{seed:x}-{i:010d}",
@@ -170,8 +253,12 @@ def events(n: int, users: int, seed: int = 7) -> Iterator[tuple[bytes, bytes]]:
             context["traits"] = {key: profile[key] for key in order}
             msg["type"] = "track"
             msg["event"] = _EVENTS[i % len(_EVENTS)]
-            msg["properties"] = {"revenue": round(rand() * 300, 2), "currency": "USD",
-                                 "sku": f"sku-{int(rand() * 10_000)}", "quantity": 1 + i % 5}
+            msg["properties"] = {
+                "revenue": round(rand() * 300, 2),
+                "currency": "USD",
+                "sku": f"sku-{int(rand() * 10_000)}",
+                "quantity": 1 + i % 5,
+            }
         else:
             msg["type"] = "page"
             msg["name"] = "Dashboard"
@@ -191,17 +278,21 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
         time.sleep(0.1)
 
 
-def fill(bootstrap: str, topic: str, n: int, users: int, *, seed: int = 7, partitions: int = 4) -> dict[str, Any]:
+def fill(
+    bootstrap: str, topic: str, n: int, users: int, *, seed: int = 7, partitions: int = 4
+) -> dict[str, Any]:
     """Create ``topic`` and produce ``events(n, users, seed)`` to it; returns sizes and time."""
     ensure_topic(bootstrap, topic, partitions)
-    producer = Producer({
-        "bootstrap.servers": bootstrap,
-        "linger.ms": 20,
-        "batch.size": 1_000_000,
-        "queue.buffering.max.messages": 500_000,
-        "queue.buffering.max.kbytes": 1_048_576,
-        "acks": 1,
-    })  # fmt: skip
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 500_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "acks": 1,
+        }
+    )
     started = time.monotonic()
     total = 0
     produce, poll = producer.produce, producer.poll
@@ -217,5 +308,11 @@ def fill(bootstrap: str, topic: str, n: int, users: int, *, seed: int = 7, parti
             poll(0)
     if producer.flush(120) != 0:
         raise RuntimeError(f"{topic}: messages left unsent")
-    return {"topic": topic, "events": n, "users": users, "bytes": total,
-            "avg_bytes": round(total / max(n, 1)), "seconds": round(time.monotonic() - started, 1)}
+    return {
+        "topic": topic,
+        "events": n,
+        "users": users,
+        "bytes": total,
+        "avg_bytes": round(total / max(n, 1)),
+        "seconds": round(time.monotonic() - started, 1),
+    }

@@ -63,17 +63,35 @@ ISSUE_REF = "2526dea"
 
 SCALES: dict[str, dict[str, Any]] = {
     # Seconds: the smoke test. Every case, tiny.
-    "small": {"main": (20_000, 2_000), "naive": 200, "limits": (1_000, 200),
-              "backlog": (30_000, 3_000), "procs": [1, 2], "ceiling_s": 0,
-              "live": ([100], 4.0), "spill": (2_000, 400)},
+    "small": {
+        "main": (20_000, 2_000),
+        "naive": 200,
+        "limits": (1_000, 200),
+        "backlog": (30_000, 3_000),
+        "procs": [1, 2],
+        "ceiling_s": 0,
+        "live": ([100], 4.0),
+        "spill": (2_000, 400),
+    },
     # The issue's sizes (see README, Performance, for the run times on the reference machine).
-    "full": {"main": (500_000, 50_000), "naive": 5_000, "limits": (1_000_000, 100_000),
-             "backlog": (2_000_000, 200_000), "procs": [1, 2, 4], "ceiling_s": 20,
-             "live": ([300, 900], 60.0), "spill": (5_000_000, 500_000)},
+    "full": {
+        "main": (500_000, 50_000),
+        "naive": 5_000,
+        "limits": (1_000_000, 100_000),
+        "backlog": (2_000_000, 200_000),
+        "procs": [1, 2, 4],
+        "ceiling_s": 20,
+        "live": ([300, 900], 60.0),
+        "spill": (5_000_000, 500_000),
+    },
 }
 ALL_CASES = ["ceiling", "decode", "sink", "naive", "limits", "backlog", "scale", "live", "spill"]
 LIVE_PARTITIONS = 3
-WRITES = ("POST /v1/users/bulk/identify", "PUT /v1/users/{user_id}", "POST /v1/users/{user_id}/merge")
+WRITES = (
+    "POST /v1/users/bulk/identify",
+    "PUT /v1/users/{user_id}",
+    "POST /v1/users/{user_id}/merge",
+)
 
 
 def log(text: str) -> None:
@@ -93,13 +111,19 @@ def _die_with_parent() -> None:
         pass
 
 
-def _spawn(kind: str, result: Path, args: list[str], env: dict[str, str] | None = None,
-           rest: list[str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    kind: str,
+    result: Path,
+    args: list[str],
+    env: dict[str, str] | None = None,
+    rest: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "bench.cases", kind, "--result", str(result), *args]
     if rest:
         cmd += ["--", *rest]
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
-                            preexec_fn=_die_with_parent)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent
+    )
 
 
 def emulator_process(api_key: str, rate_limits: str) -> Any:
@@ -114,17 +138,30 @@ def emulator_process(api_key: str, rate_limits: str) -> Any:
     class EmulatorProcess(EmulatorServer):
         def start(self) -> None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "consumer.emulator", "--port", "0", "--rate-limits", rate_limits],
-                cwd=ROOT, env={**os.environ, "KNOCK_API_KEY": api_key}, stdout=subprocess.PIPE,
-                text=True, preexec_fn=_die_with_parent)  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "consumer.emulator",
+                    "--port",
+                    "0",
+                    "--rate-limits",
+                    rate_limits,
+                ],
+                cwd=ROOT,
+                env={**os.environ, "KNOCK_API_KEY": api_key},
+                stdout=subprocess.PIPE,
+                text=True,
+                preexec_fn=_die_with_parent,
+            )
             assert self._proc.stdout is not None
             line = self._proc.stdout.readline()  # "... listening on URL", once it is bound
             if "listening on " not in line:
                 self._proc.kill()
                 raise RuntimeError(f"emulator did not start: {line!r}")
             self.url = line.rsplit(" ", 1)[1].strip()
-            self._client = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {api_key}"},
-                                        timeout=30)  # fmt: skip
+            self._client = httpx.Client(
+                base_url=self.url, headers={"authorization": f"Bearer {api_key}"}, timeout=30
+            )
             deadline = time.monotonic() + 10
             while True:
                 try:
@@ -181,8 +218,13 @@ class _PeakRss:
         return max(self.peak.values())
 
 
-def _run_child(kind: str, args: list[str], tmp: Path, env: dict[str, str] | None = None,
-               rest: list[str] | None = None) -> dict[str, Any]:
+def _run_child(
+    kind: str,
+    args: list[str],
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    rest: list[str] | None = None,
+) -> dict[str, Any]:
     result = tmp / f"{kind}-{uuid.uuid4().hex[:8]}.json"
     proc = _spawn(kind, result, args, env, rest)
     try:
@@ -197,9 +239,24 @@ def _run_child(kind: str, args: list[str], tmp: Path, env: dict[str, str] | None
     return out
 
 
-def _sink_args(env: Env, topic: str, group: str, limits: str, command: str = "backfill") -> list[str]:
-    args = [command, "--topic", topic, "--bootstrap-servers", env.bootstrap, "--group-id", group,
-            "--knock-base-url", env.api[limits].url, "--rate-limits", limits, "--log-level", "WARNING"]
+def _sink_args(
+    env: Env, topic: str, group: str, limits: str, command: str = "backfill"
+) -> list[str]:
+    args = [
+        command,
+        "--topic",
+        topic,
+        "--bootstrap-servers",
+        env.bootstrap,
+        "--group-id",
+        group,
+        "--knock-base-url",
+        env.api[limits].url,
+        "--rate-limits",
+        limits,
+        "--log-level",
+        "WARNING",
+    ]
     return args + (["--from-beginning"] if command == "backfill" else [])
 
 
@@ -222,9 +279,12 @@ class Env:
             self.topics[topic] = {"topic": topic, "events": events, "users": users, "reused": True}
         if topic not in self.topics:
             log(f"producing {events:,} events over {users:,} users to {topic}")
-            self.topics[topic] = info = fill(self.bootstrap, topic, events, users, seed=SEED,
-                                             partitions=PARTITIONS)
-            log(f"  {info['bytes'] / 1e6:,.0f} MB (avg {info['avg_bytes']} B) in {info['seconds']} s")
+            self.topics[topic] = info = fill(
+                self.bootstrap, topic, events, users, seed=SEED, partitions=PARTITIONS
+            )
+            log(
+                f"  {info['bytes'] / 1e6:,.0f} MB (avg {info['avg_bytes']} B) in {info['seconds']} s"
+            )
         return topic
 
 
@@ -235,8 +295,12 @@ def _filled(bootstrap: str, topic: str) -> int:
         meta = c.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
             return 0
-        return sum(hi - lo for lo, hi in (c.get_watermark_offsets(TopicPartition(topic, p), 10)
-                                          for p in meta.partitions))  # fmt: skip
+        return sum(
+            hi - lo
+            for lo, hi in (
+                c.get_watermark_offsets(TopicPartition(topic, p), 10) for p in meta.partitions
+            )
+        )
     finally:
         c.close()
 
@@ -253,17 +317,28 @@ def _knock(stats: dict[str, Any]) -> tuple[int, int, int]:
 
 def _row(case: str, title: str, r: dict[str, Any], stats: dict[str, Any] | None) -> dict[str, Any]:
     events, seconds = r["events"], r["seconds"]
-    row = {"case": case, "title": title, "events": events, "seconds": round(seconds, 2),
-           "events_per_s": round(events / seconds, 1),
-           "cpu_s": round(r["cpu_s"], 2),
-           "cpu_s_per_m_events": round(r["cpu_s"] / events * 1e6, 1),
-           "peak_rss_mb": round(r["rss_mb"], 1)}
+    row = {
+        "case": case,
+        "title": title,
+        "events": events,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(events / seconds, 1),
+        "cpu_s": round(r["cpu_s"], 2),
+        "cpu_s_per_m_events": round(r["cpu_s"] / events * 1e6, 1),
+        "peak_rss_mb": round(r["rss_mb"], 1),
+    }
     if stats is not None:
         calls, limited, entries = _knock(stats)
-        row.update({"knock_calls": calls, "knock_429": limited, "users_sent": entries,
-                    "users_per_s": round(entries / seconds, 1),
-                    "distinct_users": stats["users"],
-                    "requests": stats["requests"]})
+        row.update(
+            {
+                "knock_calls": calls,
+                "knock_429": limited,
+                "users_sent": entries,
+                "users_per_s": round(entries / seconds, 1),
+                "distinct_users": stats["users"],
+                "requests": stats["requests"],
+            }
+        )
     if "summary" in r:
         row["sink_summary"] = r["summary"]
     return row
@@ -275,18 +350,45 @@ def _row(case: str, title: str, r: dict[str, Any], stats: dict[str, Any] | None)
 def case_ceiling(env: Env, sc: dict[str, Any]) -> dict[str, Any]:
     n, users = sc["main"]
     topic = env.topic("main", n, users)
-    r = _run_child("ceiling", ["--bootstrap", env.bootstrap, "--topic", topic,
-                               "--group", f"ceiling-{uuid.uuid4().hex[:6]}", "--events", str(n),
-                               "--min-seconds", str(sc["ceiling_s"])], env.tmp)
+    r = _run_child(
+        "ceiling",
+        [
+            "--bootstrap",
+            env.bootstrap,
+            "--topic",
+            topic,
+            "--group",
+            f"ceiling-{uuid.uuid4().hex[:6]}",
+            "--events",
+            str(n),
+            "--min-seconds",
+            str(sc["ceiling_s"]),
+        ],
+        env.tmp,
+    )
     return _row("ceiling", "1. ceiling (consume + discard)", r, None)
 
 
 def case_decode(env: Env, sc: dict[str, Any]) -> dict[str, Any]:
     n, users = sc["main"]
     topic = env.topic("main", n, users)
-    r = _run_child("ceiling", ["--bootstrap", env.bootstrap, "--topic", topic, "--decode",
-                               "--group", f"decode-{uuid.uuid4().hex[:6]}", "--events", str(n),
-                               "--min-seconds", str(sc["ceiling_s"])], env.tmp)
+    r = _run_child(
+        "ceiling",
+        [
+            "--bootstrap",
+            env.bootstrap,
+            "--topic",
+            topic,
+            "--decode",
+            "--group",
+            f"decode-{uuid.uuid4().hex[:6]}",
+            "--events",
+            str(n),
+            "--min-seconds",
+            str(sc["ceiling_s"]),
+        ],
+        env.tmp,
+    )
     return _row("decode", "1. decode ceiling (consume + orjson.loads)", r, None)
 
 
@@ -296,8 +398,13 @@ def case_sink(env: Env, sc: dict[str, Any], profile: Path | None = None) -> dict
     api = env.api["off"]
     api.reset()
     extra = ["--profile", str(profile)] if profile else []
-    r = _run_child("sink", extra, env.tmp, env.child_env,
-                   _sink_args(env, topic, f"sink-{uuid.uuid4().hex[:6]}", "off"))
+    r = _run_child(
+        "sink",
+        extra,
+        env.tmp,
+        env.child_env,
+        _sink_args(env, topic, f"sink-{uuid.uuid4().hex[:6]}", "off"),
+    )
     return _row("sink", "2. sink, limits off", r, api.stats())
 
 
@@ -306,14 +413,33 @@ def case_naive(env: Env, sc: dict[str, Any]) -> dict[str, Any]:
     topic = env.topic("main", n, users)
     api = env.api["off"]
     api.reset()
-    r = _run_child("naive", ["--bootstrap", env.bootstrap, "--topic", topic,
-                             "--group", f"naive-{uuid.uuid4().hex[:6]}", "--events", str(sc["naive"]),
-                             "--base-url", api.url], env.tmp, env.child_env)
+    r = _run_child(
+        "naive",
+        [
+            "--bootstrap",
+            env.bootstrap,
+            "--topic",
+            topic,
+            "--group",
+            f"naive-{uuid.uuid4().hex[:6]}",
+            "--events",
+            str(sc["naive"]),
+            "--base-url",
+            api.url,
+        ],
+        env.tmp,
+        env.child_env,
+    )
     return _row("naive", "3. naive (SDK PUT + commit per event)", r, api.stats())
 
 
-def case_limits(env: Env, sc: dict[str, Any], profile: Path | None = None, case: str = "limits",
-                title: str = "4. sink, Knock limits (backfill)") -> dict[str, Any]:
+def case_limits(
+    env: Env,
+    sc: dict[str, Any],
+    profile: Path | None = None,
+    case: str = "limits",
+    title: str = "4. sink, Knock limits (backfill)",
+) -> dict[str, Any]:
     n, users = sc[case]
     topic = env.topic(case, n, users)
     # Default settings: the backfill holds folded users (README, Running) and deep-folds the
@@ -334,8 +460,13 @@ def case_limits(env: Env, sc: dict[str, Any], profile: Path | None = None, case:
     watcher.start()
     try:
         extra = ["--profile", str(profile)] if profile else []
-        r = _run_child("sink", extra, env.tmp, env.child_env,
-                       _sink_args(env, topic, f"limits-{uuid.uuid4().hex[:6]}", "knock") + flags)
+        r = _run_child(
+            "sink",
+            extra,
+            env.tmp,
+            env.child_env,
+            _sink_args(env, topic, f"limits-{uuid.uuid4().hex[:6]}", "knock") + flags,
+        )
     finally:
         stop.set()
         watcher.join()
@@ -357,8 +488,13 @@ def case_backlog(env: Env, sc: dict[str, Any]) -> dict[str, Any]:
     topic = env.topic("backlog", n, users)
     api = env.api["off"]
     api.reset()
-    r = _run_child("sink", [], env.tmp, env.child_env,
-                   _sink_args(env, topic, f"backlog-{uuid.uuid4().hex[:6]}", "off"))
+    r = _run_child(
+        "sink",
+        [],
+        env.tmp,
+        env.child_env,
+        _sink_args(env, topic, f"backlog-{uuid.uuid4().hex[:6]}", "off"),
+    )
     return _row("backlog", f"5. sink, {n / 1e6:g}M-event backlog", r, api.stats())
 
 
@@ -375,7 +511,9 @@ def _ends(bootstrap: str, topic: str) -> dict[int, int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-probe"})
     try:
         meta = c.list_topics(topic, timeout=10).topics[topic]
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in meta.partitions}
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in meta.partitions
+        }
     finally:
         c.close()
 
@@ -386,15 +524,22 @@ def case_scale(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
     ends = _ends(env.bootstrap, topic)
     rows = []
     for procs in sc["procs"]:
-        row = _row(f"scale-{procs}", f"6. sink run, {procs} process(es)", *_run_group(env, topic, ends, procs))
+        row = _row(
+            f"scale-{procs}",
+            f"6. sink run, {procs} process(es)",
+            *_run_group(env, topic, ends, procs),
+        )
         row["processes"] = procs
         rows.append(row)
         log(f"  {procs} process(es): {n / row['seconds']:,.0f} events/s")
     ref = sc["issue_ref"]
     code = _code_at(env, ref) if ref else None
     if code is not None:
-        row = _row("scale-1-issue", f"6. sink run, 1 process, the issue's code ({ref})",
-                   *_run_group(env, topic, ends, 1, cwd=code))
+        row = _row(
+            "scale-1-issue",
+            f"6. sink run, 1 process, the issue's code ({ref})",
+            *_run_group(env, topic, ends, 1, cwd=code),
+        )
         row["processes"], row["code"] = 1, ref
         rows.append(row)
         log(f"  1 process, the code of {ref}: {n / row['seconds']:,.0f} events/s")
@@ -403,19 +548,25 @@ def case_scale(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _run_group(env: Env, topic: str, ends: dict[int, int], procs: int,
-               cwd: Path = ROOT) -> tuple[dict[str, Any], dict[str, Any]]:
+def _run_group(
+    env: Env, topic: str, ends: dict[int, int], procs: int, cwd: Path = ROOT
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """``procs`` processes of ``knock-sink run`` (the package under ``cwd``) in a new group,
     until the group has committed ``ends``; the run's figures and the emulator's stats."""
     api = env.api["off"]
     api.reset()
     group = f"scale{procs}-{uuid.uuid4().hex[:6]}"
     started = time.monotonic()
-    children = [subprocess.Popen([sys.executable, "-m", "consumer.cli",
-                                  *_sink_args(env, topic, group, "off", "run")],
-                                 cwd=cwd, env={**os.environ, **env.child_env},
-                                 stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-                for _ in range(procs)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "consumer.cli", *_sink_args(env, topic, group, "off", "run")],
+            cwd=cwd,
+            env={**os.environ, **env.child_env},
+            stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        for _ in range(procs)
+    ]
     rss_probe = _PeakRss(children)
     try:
         while not _group_done(env.bootstrap, group, ends, topic):
@@ -431,7 +582,12 @@ def _run_group(env: Env, topic: str, ends: dict[int, int], procs: int,
     for c in children:
         cpu += _reap(c)[1]
     rss = rss_probe.stop()  # the largest process
-    return {"events": sum(ends.values()), "seconds": seconds, "cpu_s": cpu, "rss_mb": rss}, api.stats()
+    return {
+        "events": sum(ends.values()),
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "rss_mb": rss,
+    }, api.stats()
 
 
 def _code_at(env: Env, ref: str) -> Path | None:
@@ -441,8 +597,11 @@ def _code_at(env: Env, ref: str) -> Path | None:
     dest = env.tmp / f"code-{ref}"
     if not dest.exists():
         try:
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "consumer"],
-                                     capture_output=True, check=True).stdout
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", ref, "consumer"],
+                capture_output=True,
+                check=True,
+            ).stdout
         except (OSError, subprocess.CalledProcessError):
             return None
         dest.mkdir()
@@ -475,8 +634,10 @@ def _caught_up(names: dict[str, str], prefix: str, events: int, pool: int) -> bo
     """Whether each user of a ``pool`` holds its last event (event n is named "Live n")."""
     if not pool:
         return True
-    final = {f"{prefix}{k:07d}": (events - 1) - ((events - 1 - k) % pool)
-             for k in range(min(pool, events))}  # fmt: skip
+    final = {
+        f"{prefix}{k:07d}": (events - 1) - ((events - 1 - k) % pool)
+        for k in range(min(pool, events))
+    }
     return all(names.get(uid) == f"Live {n}" for uid, n in final.items())
 
 
@@ -494,17 +655,48 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
         topic, group, prefix = f"bench-live-{run}", f"live-{run}", f"live-{run}-"
         ensure_topic(env.bootstrap, topic, LIVE_PARTITIONS)
         # Every default: only where to read and where Knock is.
-        sink = subprocess.Popen([sys.executable, "-m", "consumer.cli", "run", "--topic", topic,
-                                 "--bootstrap-servers", env.bootstrap, "--group-id", group,
-                                 "--knock-base-url", api.url, "--log-level", "WARNING",
-                                 *sc.get("live_args", [])],
-                                cwd=ROOT, env={**os.environ, **env.child_env},
-                                stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        sink = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "consumer.cli",
+                "run",
+                "--topic",
+                topic,
+                "--bootstrap-servers",
+                env.bootstrap,
+                "--group-id",
+                group,
+                "--knock-base-url",
+                api.url,
+                "--log-level",
+                "WARNING",
+                *sc.get("live_args", []),
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env.child_env},
+            stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
         rss_probe = _PeakRss([sink])
         try:
             # Warm up: one user, applied, says the sink has joined its group and sends.
-            _run_child("live", ["--bootstrap", env.bootstrap, "--topic", topic, "--rate", "1",
-                                "--seconds", "0.5", "--prefix", f"warm-{run}-"], env.tmp)
+            _run_child(
+                "live",
+                [
+                    "--bootstrap",
+                    env.bootstrap,
+                    "--topic",
+                    topic,
+                    "--rate",
+                    "1",
+                    "--seconds",
+                    "0.5",
+                    "--prefix",
+                    f"warm-{run}-",
+                ],
+                env.tmp,
+            )
             deadline = time.monotonic() + 60
             while not api.users():
                 if sink.poll() is not None or time.monotonic() > deadline:
@@ -522,23 +714,46 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
 
             watcher = threading.Thread(target=watch, args=(stop, lags, group, topic), daemon=True)
             watcher.start()
-            r = _run_child("live", ["--bootstrap", env.bootstrap, "--topic", topic, "--rate",
-                                    str(rate), "--seconds", str(seconds), "--prefix", prefix,
-                                    "--users", str(sc.get("live_users", 0))], env.tmp)
+            r = _run_child(
+                "live",
+                [
+                    "--bootstrap",
+                    env.bootstrap,
+                    "--topic",
+                    topic,
+                    "--rate",
+                    str(rate),
+                    "--seconds",
+                    str(seconds),
+                    "--prefix",
+                    prefix,
+                    "--users",
+                    str(sc.get("live_users", 0)),
+                ],
+                env.tmp,
+            )
             expected = min(r["events"], sc.get("live_users") or r["events"])
             stop.set()
             watcher.join()
             lag_end = _lag(env.bootstrap, group, topic)
             stats = api.stats()
             calls, limited, entries = (a - b for a, b in zip(_knock(stats), before, strict=True))
-            bulk = sum(stats["requests"].get("POST /v1/users/bulk/identify", {}).values()) - bulk_before
+            bulk = (
+                sum(stats["requests"].get("POST /v1/users/bulk/identify", {}).values())
+                - bulk_before
+            )
             deadline = time.monotonic() + 60
             while True:
                 users = [u for u in api.users() if u["id"].startswith(prefix)]
                 names = {u["id"]: u["name"] for u in users}
-                if (len(users) >= expected and _caught_up(names, prefix, r["events"],
-                                                          sc.get("live_users") or 0)) \
-                        or time.monotonic() > deadline or sink.poll() is not None:
+                if (
+                    (
+                        len(users) >= expected
+                        and _caught_up(names, prefix, r["events"], sc.get("live_users") or 0)
+                    )
+                    or time.monotonic() > deadline
+                    or sink.poll() is not None
+                ):
                     break
                 time.sleep(0.5)
         finally:
@@ -548,25 +763,42 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
         rss = rss_probe.stop()
         # The event's timestamp is its production time (wall clock, the same machine's).
         lat = sorted(_iso(u["updated_at"]) - _iso(u["produced_at"]) for u in users)
-        row = {"case": f"live-{rate:g}", "title": f"7. sink run, live {rate:g} users/s",
-               "sink_flags": " ".join(sc.get("live_args", [])), "bulk_ms": sc.get("live_bulk_ms", 0),
-               "pool": sc.get("live_users", 0), "caught_up": _caught_up(
-                   {u["id"]: u["name"] for u in users}, prefix, r["events"], sc.get("live_users") or 0),
-               "events": r["events"], "seconds": round(r["seconds"], 2),
-               "events_per_s": round(r["events"] / r["seconds"], 1),
-               "cpu_s": round(cpu, 2), "cpu_s_per_m_events": round(cpu / max(1, r["events"]) * 1e6, 1),
-               "peak_rss_mb": round(rss, 1), "users_per_s": round(entries / r["seconds"], 1),
-               "applied": len(lat), "p50_s": round(_pct(lat, 0.50), 3),
-               "p99_s": round(_pct(lat, 0.99), 3), "max_s": round(lat[-1] if lat else 0.0, 3),
-               "knock_calls": calls, "knock_calls_per_s": round(calls / r["seconds"], 2),
-               "knock_429": limited, "users_sent": entries,
-               "bulk_calls": bulk, "users_per_bulk": round(entries / max(1, bulk), 1),
-               "lag_at_end": lag_end, "lag_max": max(lags, default=lag_end),
-               "lag_samples": lags}
+        row = {
+            "case": f"live-{rate:g}",
+            "title": f"7. sink run, live {rate:g} users/s",
+            "sink_flags": " ".join(sc.get("live_args", [])),
+            "bulk_ms": sc.get("live_bulk_ms", 0),
+            "pool": sc.get("live_users", 0),
+            "caught_up": _caught_up(
+                {u["id"]: u["name"] for u in users}, prefix, r["events"], sc.get("live_users") or 0
+            ),
+            "events": r["events"],
+            "seconds": round(r["seconds"], 2),
+            "events_per_s": round(r["events"] / r["seconds"], 1),
+            "cpu_s": round(cpu, 2),
+            "cpu_s_per_m_events": round(cpu / max(1, r["events"]) * 1e6, 1),
+            "peak_rss_mb": round(rss, 1),
+            "users_per_s": round(entries / r["seconds"], 1),
+            "applied": len(lat),
+            "p50_s": round(_pct(lat, 0.50), 3),
+            "p99_s": round(_pct(lat, 0.99), 3),
+            "max_s": round(lat[-1] if lat else 0.0, 3),
+            "knock_calls": calls,
+            "knock_calls_per_s": round(calls / r["seconds"], 2),
+            "knock_429": limited,
+            "users_sent": entries,
+            "bulk_calls": bulk,
+            "users_per_bulk": round(entries / max(1, bulk), 1),
+            "lag_at_end": lag_end,
+            "lag_max": max(lags, default=lag_end),
+            "lag_samples": lags,
+        }
         rows.append(row)
-        log(f"  live {rate:g}/s: p50 {row['p50_s']} s, p99 {row['p99_s']} s, max {row['max_s']} s, "
+        log(
+            f"  live {rate:g}/s: p50 {row['p50_s']} s, p99 {row['p99_s']} s, max {row['max_s']} s, "
             f"{row['knock_calls_per_s']} calls/s, {row['users_per_bulk']} users/bulk, "
-            f"{limited} 429s, lag at end {lag_end}")
+            f"{limited} 429s, lag at end {lag_end}"
+        )
     return rows
 
 
@@ -576,11 +808,17 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
 def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "scale-1" in rows and "scale-1-issue" in rows:
-        out["run_over_issue"] = round(rows["scale-1"]["events_per_s"] / rows["scale-1-issue"]["events_per_s"], 2)
+        out["run_over_issue"] = round(
+            rows["scale-1"]["events_per_s"] / rows["scale-1-issue"]["events_per_s"], 2
+        )
     if "sink" in rows and "ceiling" in rows:
-        out["sink_over_ceiling"] = round(rows["sink"]["events_per_s"] / rows["ceiling"]["events_per_s"], 3)
+        out["sink_over_ceiling"] = round(
+            rows["sink"]["events_per_s"] / rows["ceiling"]["events_per_s"], 3
+        )
     if "sink" in rows and "naive" in rows:
-        out["sink_over_naive"] = round(rows["sink"]["events_per_s"] / rows["naive"]["events_per_s"], 1)
+        out["sink_over_naive"] = round(
+            rows["sink"]["events_per_s"] / rows["naive"]["events_per_s"], 1
+        )
     if "limits" in rows:
         out["backfill_over_bound"] = rows["limits"]["time_over_bound"]
         out["backfill_429_after_1s"] = rows["limits"]["knock_429_after_1s"]
@@ -589,7 +827,9 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if "sink" in rows:
         out["sink_events_per_s"] = rows["sink"]["events_per_s"]
     if "sink" in rows and "decode" in rows:
-        out["sink_over_decode"] = round(rows["sink"]["events_per_s"] / rows["decode"]["events_per_s"], 3)
+        out["sink_over_decode"] = round(
+            rows["sink"]["events_per_s"] / rows["decode"]["events_per_s"], 3
+        )
     if "backlog" in rows:
         out["backlog_peak_rss_mb"] = rows["backlog"]["peak_rss_mb"]
     if "spill" in rows:
@@ -599,13 +839,21 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-TARGETS = {"sink_over_ceiling": (">=", 0.5), "sink_over_naive": (">=", 50),
-           "backfill_over_bound": ("<=", 1.1), "backfill_429_after_1s": ("<=", 0),
-           "backfill_sends_per_user": ("<=", 1.02), "backfill_peak_rss_mb": ("<=", 300),
-           "backlog_peak_rss_mb": ("<=", 300), "sink_events_per_s": (">=", 50_000),
-           "sink_over_decode": (">=", 0.35), "spill_over_bound": ("<=", 1.3),
-           "spill_sends_per_user": ("<=", 1.0), "spill_peak_rss_mb": ("<=", 400),
-           "run_over_issue": (">=", 4)}
+TARGETS = {
+    "sink_over_ceiling": (">=", 0.5),
+    "sink_over_naive": (">=", 50),
+    "backfill_over_bound": ("<=", 1.1),
+    "backfill_429_after_1s": ("<=", 0),
+    "backfill_sends_per_user": ("<=", 1.02),
+    "backfill_peak_rss_mb": ("<=", 300),
+    "backlog_peak_rss_mb": ("<=", 300),
+    "sink_events_per_s": (">=", 50_000),
+    "sink_over_decode": (">=", 0.35),
+    "spill_over_bound": ("<=", 1.3),
+    "spill_sends_per_user": ("<=", 1.0),
+    "spill_peak_rss_mb": ("<=", 400),
+    "run_over_issue": (">=", 4),
+}
 
 
 def render(report: dict[str, Any]) -> None:
@@ -613,15 +861,28 @@ def render(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"knock-sink benchmark — {report['machine']['summary']}, {report['date']}")
-    for col in ("case", "events", "s", "events/s", "users/s", "Knock calls", "CPU s / M events",
-                "peak RSS MB"):
+    for col in (
+        "case",
+        "events",
+        "s",
+        "events/s",
+        "users/s",
+        "Knock calls",
+        "CPU s / M events",
+        "peak RSS MB",
+    ):
         table.add_column(col, justify="left" if col == "case" else "right")
     for row in report["rows"]:
-        table.add_row(row["title"], f"{row['events']:,}", f"{row['seconds']:,.1f}",
-                      f"{row['events_per_s']:,.0f}",
-                      f"{row['users_per_s']:,.0f}" if "users_per_s" in row else "—",
-                      f"{row['knock_calls']:,}" if "knock_calls" in row else "—",
-                      f"{row['cpu_s_per_m_events']:,.0f}", f"{row['peak_rss_mb']:,.0f}")
+        table.add_row(
+            row["title"],
+            f"{row['events']:,}",
+            f"{row['seconds']:,.1f}",
+            f"{row['events_per_s']:,.0f}",
+            f"{row['users_per_s']:,.0f}" if "users_per_s" in row else "—",
+            f"{row['knock_calls']:,}" if "knock_calls" in row else "—",
+            f"{row['cpu_s_per_m_events']:,.0f}",
+            f"{row['peak_rss_mb']:,.0f}",
+        )
     console = Console(width=160)
     console.print(table)
     for name, value in report["ratios"].items():
@@ -629,16 +890,20 @@ def render(report: dict[str, Any]) -> None:
         ok = value >= target if op == ">=" else value <= target
         console.print(f"  {name}: {value}  (target {op} {target}: {'met' if ok else 'NOT met'})")
     for lim in (r for r in report["rows"] if r["case"] in ("limits", "spill")):
-        console.print(f"  {lim['case']}: {lim['distinct_users']:,} users, lower bound {lim['lower_bound_s']} s, "
-                      f"took {lim['seconds']} s; {lim['sends_per_user']} sends per user; "
-                      f"429s: {lim['knock_429']} in all, {lim['knock_429_after_1s']} after the first second; "
-                      f"peak RSS {lim['peak_rss_mb']:,.0f} MB; sink flags: {lim['sink_flags'] or '(defaults)'}")
+        console.print(
+            f"  {lim['case']}: {lim['distinct_users']:,} users, lower bound {lim['lower_bound_s']} s, "
+            f"took {lim['seconds']} s; {lim['sends_per_user']} sends per user; "
+            f"429s: {lim['knock_429']} in all, {lim['knock_429_after_1s']} after the first second; "
+            f"peak RSS {lim['peak_rss_mb']:,.0f} MB; sink flags: {lim['sink_flags'] or '(defaults)'}"
+        )
     for live in (r for r in report["rows"] if r["case"].startswith("live")):
-        console.print(f"  {live['case']}: {live['applied']:,} of {live['events']:,} users applied; produce -> "
-                      f"applied p50 {live['p50_s']} s, p99 {live['p99_s']} s, max {live['max_s']} s; "
-                      f"{live['knock_calls_per_s']} Knock calls/s, {live['users_per_bulk']} users per bulk "
-                      f"call, {live['knock_429']} 429s; lag at end {live['lag_at_end']}, "
-                      f"max {live['lag_max']}")
+        console.print(
+            f"  {live['case']}: {live['applied']:,} of {live['events']:,} users applied; produce -> "
+            f"applied p50 {live['p50_s']} s, p99 {live['p99_s']} s, max {live['max_s']} s; "
+            f"{live['knock_calls_per_s']} Knock calls/s, {live['users_per_bulk']} users per bulk "
+            f"call, {live['knock_429']} 429s; lag at end {live['lag_at_end']}, "
+            f"max {live['lag_max']}"
+        )
 
 
 def machine() -> dict[str, Any]:
@@ -654,8 +919,13 @@ def machine() -> dict[str, Any]:
         pass
     cores = os.cpu_count()
     mem = psutil.virtual_memory().total / 2**30
-    return {"cpu": cpu, "cores": cores, "memory_gb": round(mem, 1), "python": platform.python_version(),
-            "summary": f"{cores} cores ({cpu}), {mem:.0f} GB, Python {platform.python_version()}"}
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "memory_gb": round(mem, 1),
+        "python": platform.python_version(),
+        "summary": f"{cores} cores ({cpu}), {mem:.0f} GB, Python {platform.python_version()}",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -663,28 +933,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
     p.add_argument("--cases", nargs="+", choices=ALL_CASES, default=ALL_CASES)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench.json"))
-    p.add_argument("--profile", help="also write pyinstrument profiles of the sink case here (and of case 4 "
-                   "beside it, with '-limits' appended, and of case 8 with '-spill')")
+    p.add_argument(
+        "--profile",
+        help="also write pyinstrument profiles of the sink case here (and of case 4 "
+        "beside it, with '-limits' appended, and of case 8 with '-spill')",
+    )
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
-    p.add_argument("--main-events", type=int, help="override the main topic's size (users = events / 10)")
-    p.add_argument("--limits-events", type=int,
-                   help="override case 4's topic size (users = events / 10)")
-    p.add_argument("--spill-events", type=int,
-                   help="override case 8's topic size (users = events / 10)")
-    p.add_argument("--live-rates", type=float, nargs="+",
-                   help="override case 7's producer rates (new users a second)")
+    p.add_argument(
+        "--main-events", type=int, help="override the main topic's size (users = events / 10)"
+    )
+    p.add_argument(
+        "--limits-events", type=int, help="override case 4's topic size (users = events / 10)"
+    )
+    p.add_argument(
+        "--spill-events", type=int, help="override case 8's topic size (users = events / 10)"
+    )
+    p.add_argument(
+        "--live-rates",
+        type=float,
+        nargs="+",
+        help="override case 7's producer rates (new users a second)",
+    )
     p.add_argument("--live-seconds", type=float, help="override case 7's producing time")
-    p.add_argument("--live-users", type=int, default=0,
-                   help="case 7: update this many users over and over instead of new ones")
-    p.add_argument("--live-bulk-ms", type=int, default=0,
-                   help="case 7: keep each bulk operation queued this long in the emulator")
-    p.add_argument("--live-args", default="",
-                   help="extra knock-sink flags for case 7, e.g. '--flush-interval 2 --log-level DEBUG'")
-    p.add_argument("--limits-args", default="",
-                   help="extra knock-sink flags for case 4, e.g. '--max-pending 200000'")
-    p.add_argument("--issue-ref", default=ISSUE_REF,
-                   help=f"case 6 also runs this commit's `knock-sink run` once (default {ISSUE_REF}, "
-                        "main when issue #9 was filed; '' leaves it out)")
+    p.add_argument(
+        "--live-users",
+        type=int,
+        default=0,
+        help="case 7: update this many users over and over instead of new ones",
+    )
+    p.add_argument(
+        "--live-bulk-ms",
+        type=int,
+        default=0,
+        help="case 7: keep each bulk operation queued this long in the emulator",
+    )
+    p.add_argument(
+        "--live-args",
+        default="",
+        help="extra knock-sink flags for case 7, e.g. '--flush-interval 2 --log-level DEBUG'",
+    )
+    p.add_argument(
+        "--limits-args",
+        default="",
+        help="extra knock-sink flags for case 4, e.g. '--max-pending 200000'",
+    )
+    p.add_argument(
+        "--issue-ref",
+        default=ISSUE_REF,
+        help=f"case 6 also runs this commit's `knock-sink run` once (default {ISSUE_REF}, "
+        "main when issue #9 was filed; '' leaves it out)",
+    )
     args = p.parse_args(argv)
     sc = dict(SCALES[args.scale])
     if args.main_events:
@@ -704,8 +1002,11 @@ def main(argv: list[str] | None = None) -> int:
 
     key = "sk_test_bench_" + uuid.uuid4().hex[:8]
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="knock-bench-") as tmpdir, \
-            emulator_process(key, "off") as api_off, emulator_process(key, "knock") as api_knock:
+    with (
+        tempfile.TemporaryDirectory(prefix="knock-bench-") as tmpdir,
+        emulator_process(key, "off") as api_off,
+        emulator_process(key, "knock") as api_knock,
+    ):
         broker = None
         if args.bootstrap:
             bootstrap = args.bootstrap
@@ -739,15 +1040,26 @@ def main(argv: list[str] | None = None) -> int:
                 elif case == "naive":
                     rows.append(case_naive(env, sc))
                 elif case == "limits":
-                    rows.append(case_limits(env, sc, profile=Path(f"{args.profile}-limits")
-                                            if args.profile else None))
+                    rows.append(
+                        case_limits(
+                            env,
+                            sc,
+                            profile=Path(f"{args.profile}-limits") if args.profile else None,
+                        )
+                    )
                 elif case == "decode":
                     rows.append(case_decode(env, sc))
                 elif case == "spill":
                     n = sc["spill"][0]
-                    rows.append(case_limits(env, sc, case="spill",
-                                            title=f"8. sink, Knock limits, {n / 1e6:g}M-event backfill (spills)",
-                                            profile=Path(f"{args.profile}-spill") if args.profile else None))
+                    rows.append(
+                        case_limits(
+                            env,
+                            sc,
+                            case="spill",
+                            title=f"8. sink, Knock limits, {n / 1e6:g}M-event backfill (spills)",
+                            profile=Path(f"{args.profile}-spill") if args.profile else None,
+                        )
+                    )
                 elif case == "backlog":
                     rows.append(case_backlog(env, sc))
                 elif case == "scale":
@@ -755,15 +1067,25 @@ def main(argv: list[str] | None = None) -> int:
                 elif case == "live":
                     rows.extend(case_live(env, sc))
                 r = rows[-1]
-                log(f"  {r['events']:,} events in {r['seconds']:.1f} s: {r['events_per_s']:,.0f}/s, "
-                    f"peak RSS {r['peak_rss_mb']:.0f} MB")
+                log(
+                    f"  {r['events']:,} events in {r['seconds']:.1f} s: {r['events_per_s']:,.0f}/s, "
+                    f"peak RSS {r['peak_rss_mb']:.0f} MB"
+                )
         finally:
             if broker is not None:
                 broker.close()
     by_case = {r["case"]: r for r in rows}
-    report = {"date": dt.date.today().isoformat(), "scale": args.scale, "seed": SEED,
-              "partitions": PARTITIONS, "machine": machine(), "topics": env.topics,
-              "wall_s": round(time.monotonic() - started, 1), "rows": rows, "ratios": ratios(by_case)}
+    report = {
+        "date": dt.date.today().isoformat(),
+        "scale": args.scale,
+        "seed": SEED,
+        "partitions": PARTITIONS,
+        "machine": machine(),
+        "topics": env.topics,
+        "wall_s": round(time.monotonic() - started, 1),
+        "rows": rows,
+        "ratios": ratios(by_case),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -87,8 +87,12 @@ class Actions:
     :param clock: wall-clock seconds, for the trigger window.
     """
 
-    def __init__(self, settings: Settings, mapper: Mapper | None = None,
-                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        mapper: Mapper | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._mapper = mapper or Mapper(settings.mapping)
         self._wf = settings.workflows
         self._groups = settings.groups
@@ -292,10 +296,18 @@ class Actions:
             if actor is not None:
                 check_user_id(actor)
             tenant = self._id_at(message, rule.tenant)
-            out.ops.append(Trigger(
-                rule.key, user_id, recipient, data, actor, tenant,
-                idempotency_key(rule.key, event.message_id, rec), when,
-            ))  # fmt: skip
+            out.ops.append(
+                Trigger(
+                    rule.key,
+                    user_id,
+                    recipient,
+                    data,
+                    actor,
+                    tenant,
+                    idempotency_key(rule.key, event.message_id, rec),
+                    when,
+                )
+            )
 
     @staticmethod
     def _id_at(message: dict[str, Any], path: str | None) -> str | None:

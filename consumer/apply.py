@@ -108,9 +108,15 @@ class Applier:
         self._last_bulk: dict[str, float] = {}
         self._last_bulk_lock = threading.Lock()
         self._actions = ActionRunner(
-            knock, self._pool, bulk_size=bulk_size, entity_gap=entity_gap,
-            last_bulk=self._last_bulk, lock=self._last_bulk_lock, failed=self._failed, clock=clock,
-        )  # fmt: skip
+            knock,
+            self._pool,
+            bulk_size=bulk_size,
+            entity_gap=entity_gap,
+            last_bulk=self._last_bulk,
+            lock=self._last_bulk_lock,
+            failed=self._failed,
+            clock=clock,
+        )
         # Users whose last op Knock rejected until it was dead-lettered. Their later ops get one
         # attempt each until one applies: a fresh backoff series per op would hold the
         # partition's commits for (that user's ops) x (the whole series).
@@ -169,7 +175,7 @@ class Applier:
             # Wait for every task even after a failure: none may still be writing to `out`.
             try:
                 t.result()
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
+            except BaseException as exc:
                 error = error or exc
         if error is not None:
             raise error
@@ -189,7 +195,9 @@ class Applier:
     # Tasks run on the pool; list.append and set.add are atomic under the GIL, which is all
     # the sharing they do.
 
-    def _failed(self, entry_items: list[Pending], user: str, why: str, blocked: set[str], out: Outcome) -> None:
+    def _failed(
+        self, entry_items: list[Pending], user: str, why: str, blocked: set[str], out: Outcome
+    ) -> None:
         blocked.add(user)
         rejected_before = user in self._rejected
         for p in entry_items:
@@ -310,7 +318,7 @@ class Flight:
                 del self._plans[future]
                 try:
                     out = future.result()
-                except BaseException as exc:  # noqa: BLE001 - re-raised once the rest is taken
+                except BaseException as exc:
                     error = error or exc
                 else:
                     take(out)

@@ -115,7 +115,7 @@ class ActionRunner:
             for t in tasks:
                 try:
                     t.result()
-                except BaseException as exc:  # noqa: BLE001 - re-raised once all are done
+                except BaseException as exc:
                     error = error or exc
             if error is not None:
                 raise error
@@ -248,8 +248,14 @@ class ActionRunner:
         self, target: tuple[str, str], chunk: list[Pending], blocked: set[str], out: Outcome
     ) -> None:
         recipients = [_inline(p.op.user_id, p.op.props) for p in chunk]  # type: ignore[union-attr]
-        self._call(lambda: self._knock.add_subscriptions(*target, recipients), "add_subscriptions",
-                   chunk, lambda p: self._subscribe(target, [p], blocked, out), blocked, out)  # fmt: skip
+        self._call(
+            lambda: self._knock.add_subscriptions(*target, recipients),
+            "add_subscriptions",
+            chunk,
+            lambda p: self._subscribe(target, [p], blocked, out),
+            blocked,
+            out,
+        )
 
     def _audience(
         self, target: tuple[str, bool], chunk: list[Pending], blocked: set[str], out: Outcome
@@ -257,8 +263,14 @@ class ActionRunner:
         key, add = target
         users = [_inline(p.op.user_id, p.op.props) for p in chunk]  # type: ignore[union-attr]
         name = "add_audience_members" if add else "remove_audience_members"
-        self._call(lambda: self._knock.audience_members(key, users, add=add), name,
-                   chunk, lambda p: self._audience(target, [p], blocked, out), blocked, out)  # fmt: skip
+        self._call(
+            lambda: self._knock.audience_members(key, users, add=add),
+            name,
+            chunk,
+            lambda p: self._audience(target, [p], blocked, out),
+            blocked,
+            out,
+        )
 
     def _trigger(self, p: Pending, blocked: set[str], out: Outcome) -> None:
         op = p.op
@@ -271,8 +283,14 @@ class ActionRunner:
             body["actor"] = op.actor
         if op.tenant is not None:
             body["tenant"] = op.tenant
-        self._call(lambda: self._knock.trigger(op.workflow, body, op.idempotency_key),
-                   "trigger_workflow", [p], None, blocked, out)  # fmt: skip
+        self._call(
+            lambda: self._knock.trigger(op.workflow, body, op.idempotency_key),
+            "trigger_workflow",
+            [p],
+            None,
+            blocked,
+            out,
+        )
 
     def _call(
         self,

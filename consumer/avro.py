@@ -91,7 +91,7 @@ class WriterSchema:
             # return_record_name: a record inside a union comes back as (name, value), which
             # tells a record (nulls left out) from a map (nulls kept) without guessing.
             raw = fastavro.schemaless_reader(buf, self.parsed, None, return_record_name=True)
-        except Exception as exc:  # noqa: BLE001 - fastavro raises anything on bad bytes
+        except Exception as exc:
             raise InvalidEvent(
                 "undecodable", f"not Avro of {self.label}: {type(exc).__name__}: {exc}"[:300]
             ) from None
@@ -162,7 +162,9 @@ def _scalar(value: Any) -> Any:
     if cls is date:
         return value.isoformat()
     if cls is time:
-        return value.isoformat(timespec="milliseconds" if value.microsecond % 1000 == 0 else "microseconds")
+        return value.isoformat(
+            timespec="milliseconds" if value.microsecond % 1000 == 0 else "microseconds"
+        )
     if cls is Decimal:
         # JSON has one number type and a JSON producer would have sent one; Knock stores JSON.
         # An integral decimal becomes an int so that 10.00 compares equal to the JSON 10;
@@ -311,10 +313,12 @@ class ConfluentAvroDecoder:
             self._load_references(registered.references or [], named, label)
             return WriterSchema(json.loads(registered.schema_str), label, named)
         except (ValueError, fastavro.schema.SchemaParseException) as exc:
-            raise InvalidEvent("undecodable", f"{label} is not a usable Avro schema: {exc}") from None
+            raise InvalidEvent(
+                "undecodable", f"{label} is not a usable Avro schema: {exc}"
+            ) from None
         except (InvalidEvent, RegistryError):
             raise
-        except Exception as exc:  # noqa: BLE001 - translated once, here, or re-raised
+        except Exception as exc:
             raise self._translate(exc, label) from None
 
     def check(self) -> bool:
@@ -326,11 +330,13 @@ class ConfluentAvroDecoder:
         """
         try:
             self._client.get_subjects()
-        except Exception as exc:  # noqa: BLE001 - translated like a schema lookup
+        except Exception as exc:
             err = self._translate(exc, "the subject list")
             if isinstance(err, FatalRegistryError):
                 auth = err.status in (401, 403)
-                setting = "kafka.schema_registry_basic_auth" if auth else "kafka.schema_registry_url"
+                setting = (
+                    "kafka.schema_registry_basic_auth" if auth else "kafka.schema_registry_url"
+                )
                 raise ConfigError(setting, str(err)) from None
             if isinstance(err, RegistryUnavailable):
                 return False
@@ -352,14 +358,22 @@ class ConfluentAvroDecoder:
         where = f"schema registry {self._url}"
         if isinstance(exc, SchemaRegistryError):
             status, code = exc.http_status_code, exc.error_code
-            detail = self._redact(f"{where} answered HTTP {status} ({code}) for {label}: {exc.error_message}")
+            detail = self._redact(
+                f"{where} answered HTTP {status} ({code}) for {label}: {exc.error_message}"
+            )
             if status == 404 and code in _NOT_FOUND_CODES:
-                return InvalidEvent("undecodable", f"{label} not found in the schema registry ({code})")
+                return InvalidEvent(
+                    "undecodable", f"{label} not found in the schema registry ({code})"
+                )
             if status in (408, 429) or status >= 500:
                 return RegistryUnavailable(detail, status=status)
             if status in (401, 403):
-                return FatalRegistryError(f"the schema registry rejected the credentials: {detail}", status=status)
-            return FatalRegistryError(f"unexpected answer, is the URL right? {detail}", status=status)
+                return FatalRegistryError(
+                    f"the schema registry rejected the credentials: {detail}", status=status
+                )
+            return FatalRegistryError(
+                f"unexpected answer, is the URL right? {detail}", status=status
+            )
         if _no_answer(exc):
             return RegistryUnavailable(self._redact(f"{where}: {type(exc).__name__}: {exc}"))
         return exc
@@ -391,7 +405,9 @@ def _no_answer(exc: Exception) -> bool:
 class AutoDecoder:
     """Per value: Confluent Avro when the first byte is 0, JSON otherwise."""
 
-    def __init__(self, avro: ConfluentAvroDecoder | None, json_decoder: JsonDecoder | None = None) -> None:
+    def __init__(
+        self, avro: ConfluentAvroDecoder | None, json_decoder: JsonDecoder | None = None
+    ) -> None:
         self.avro = avro
         self.json = json_decoder or JsonDecoder()
 
@@ -436,8 +452,12 @@ class AutoDecoder:
 class TopicDecoder:
     """The decoder of each topic's format. ``decode(value)`` alone uses ``kafka.format``."""
 
-    def __init__(self, settings: KafkaSettings, by_format: dict[Format, Decoder],
-                 confluent: ConfluentAvroDecoder | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        by_format: dict[Format, Decoder],
+        confluent: ConfluentAvroDecoder | None = None,
+    ) -> None:
         self._settings = settings
         self._by_format = by_format
         self.confluent = confluent
@@ -465,7 +485,9 @@ def decoder_for(settings: KafkaSettings) -> TopicDecoder:
 
     :raises ConfigError: a format's requirement is missing, the schema file does not parse.
     """
-    confluent = ConfluentAvroDecoder.from_settings(settings) if settings.schema_registry_url else None
+    confluent = (
+        ConfluentAvroDecoder.from_settings(settings) if settings.schema_registry_url else None
+    )
     plain = PlainAvroDecoder(settings.avro_schema_file) if settings.avro_schema_file else None
     auto = AutoDecoder(confluent)
     by_format: dict[Format, Decoder] = {"auto": auto, "json": auto.json}

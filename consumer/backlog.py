@@ -98,7 +98,7 @@ class Held:
     :ivar events: how many events were folded in (for the applied count).
     """
 
-    __slots__ = ("user_id", "props", "first", "events", "done", "owned", "riders")
+    __slots__ = ("done", "events", "first", "owned", "props", "riders", "user_id")
 
     def __init__(self, user_id: str, props: dict[str, Any], tp: Partition, offset: int) -> None:
         self.user_id = user_id
@@ -112,7 +112,9 @@ class Held:
         self.riders: list[Held] | None = None
 
     @classmethod
-    def restored(cls, user_id: str, props: dict[str, Any], first: dict[Partition, int], events: int) -> Held:
+    def restored(
+        cls, user_id: str, props: dict[str, Any], first: dict[Partition, int], events: int
+    ) -> Held:
         """A user's row read back from the spill file (its props are our own copy)."""
         held = cls.__new__(cls)
         held.user_id, held.props, held.first, held.events = user_id, props, first, events
@@ -140,8 +142,14 @@ class Held:
             return None
         (topic, partition), offset = min(self.first.items(), key=lambda kv: kv[1])
         value = orjson.dumps({"type": "identify", "userId": self.user_id, "traits": self.props})
-        return Record(topic, partition, offset, key=self.user_id.encode(), value=value,
-                      headers=[(H_FOLDED, str(self.events).encode())])  # fmt: skip
+        return Record(
+            topic,
+            partition,
+            offset,
+            key=self.user_id.encode(),
+            value=value,
+            headers=[(H_FOLDED, str(self.events).encode())],
+        )
 
 
 def unpacked(held: Held) -> dict[str, Any]:
@@ -166,7 +174,7 @@ class HeldHandle:
     is to one event, for all of a user's folded events. Released as often as held; the last
     release marks the user applied, so its offsets stop holding back the commit."""
 
-    __slots__ = ("held", "_backlog", "_owed", "_dead")
+    __slots__ = ("_backlog", "_dead", "_owed", "held")
 
     def __init__(self, backlog: Backlog, held: Held) -> None:
         self.held = held
@@ -404,7 +412,9 @@ class Backlog:
         on disk are left out, and since the last spill those handed out and not yet applied
         count too."""
         cursor = self._cursor
-        return sum(len(owed) - cursor.get(tp, 0) for tp, owed in self._owed.items() if tp in finished)
+        return sum(
+            len(owed) - cursor.get(tp, 0) for tp, owed in self._owed.items() if tp in finished
+        )
 
     def _take_finished_on_disk(self, finished: set[Partition], n: int, out: list[Held]) -> None:
         db = self._db
@@ -420,7 +430,7 @@ class Backlog:
                     "SELECT offset, id, uid FROM held INDEXED BY held_floor"
                     " WHERE part = ? AND (offset, id) > (?, ?) ORDER BY offset, id LIMIT ?",
                     (part, offset, row, n - len(out)),
-                ).fetchall()  # fmt: skip
+                ).fetchall()
                 if not seen:
                     break
                 self._disk_cursor[tp] = seen[-1][0], seen[-1][1]
@@ -473,7 +483,10 @@ class Backlog:
 
     def _on_disk(self, uid: str) -> bool:
         assert self._db is not None
-        return self._db.execute("SELECT 1 FROM held WHERE uid = ? LIMIT 1", (uid,)).fetchone() is not None
+        return (
+            self._db.execute("SELECT 1 FROM held WHERE uid = ? LIMIT 1", (uid,)).fetchone()
+            is not None
+        )
 
     # -- spilling --------------------------------------------------------------------------
 
@@ -527,7 +540,9 @@ class Backlog:
             freed, n = 0.0, 0
             while n < len(moving) and freed < excess:
                 props = moving[n].props
-                freed += len(props) + PER_BYTES + PER_USER if props.__class__ is bytes else per_unpacked
+                freed += (
+                    len(props) + PER_BYTES + PER_USER if props.__class__ is bytes else per_unpacked
+                )
                 n += 1
             moving = moving[:n]
         db = self._open()
@@ -540,7 +555,11 @@ class Backlog:
             held.done = True
             held.props = None  # type: ignore[assignment]
         # A new dict, not deletions: a dict keeps the table of its largest size.
-        self._users = {uid: held for uid, held in users.items() if not held.done} if len(moving) < len(users) else {}
+        self._users = (
+            {uid: held for uid, held in users.items() if not held.done}
+            if len(moving) < len(users)
+            else {}
+        )
         for tp, owed in self._owed.items():
             self._owed[tp] = deque(e for e in owed if not e[1].done)
         self._cursor.clear()
@@ -560,14 +579,38 @@ class Backlog:
             state: Held | None = held  # on the first row only
             for tp, offset in held.first.items():
                 i += 1
-                rows.append((i, held.user_id, held.events, part[tp] if tp in part else part_of(tp), offset, state))
+                rows.append(
+                    (
+                        i,
+                        held.user_id,
+                        held.events,
+                        part[tp] if tp in part else part_of(tp),
+                        offset,
+                        state,
+                    )
+                )
                 state = None
         self._next_row = i
         # Serialised as written, not before: a list of orjson outputs takes 16 KB each.
         dumps = orjson.dumps
-        db.executemany("INSERT INTO held (id, uid, events, part, offset, props) VALUES (?, ?, ?, ?, ?, ?)",
-                       ((i, uid, events, p, offset, None if h is None else h.props if h.props.__class__ is bytes else dumps(h.props))
-                        for i, uid, events, p, offset, h in rows))  # fmt: skip
+        db.executemany(
+            "INSERT INTO held (id, uid, events, part, offset, props) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    i,
+                    uid,
+                    events,
+                    p,
+                    offset,
+                    None
+                    if h is None
+                    else h.props
+                    if h.props.__class__ is bytes
+                    else dumps(h.props),
+                )
+                for i, uid, events, p, offset, h in rows
+            ),
+        )
         self._rows += len(helds)
 
     def compact(self, finished: AbstractSet[Partition]) -> None:
@@ -582,7 +625,11 @@ class Backlog:
         for tp in finished - self._compacted:
             self._compacted.add(tp)
             for _, held in self._owed.get(tp, ()):
-                if held.props.__class__ is dict and users.get(held.user_id) is held and held.first.keys() <= finished:
+                if (
+                    held.props.__class__ is dict
+                    and users.get(held.user_id) is held
+                    and held.first.keys() <= finished
+                ):
                     # A copy: orjson 3.13 hands its output out in its ~16 KB buffer, not cut to size.
                     held.props = memoryview(orjson.dumps(held.props)).tobytes()  # type: ignore[assignment]
                     held.owned = True
@@ -628,8 +675,10 @@ class Backlog:
             self._db.execute("PRAGMA synchronous = OFF")
             # One row per spilled state, numbered in spill order, with its earliest offset in
             # one partition (and a row without props after it for each other partition).
-            self._db.execute("CREATE TABLE held (id INTEGER PRIMARY KEY, uid TEXT NOT NULL, events INTEGER NOT NULL,"
-                             " part INTEGER NOT NULL, offset INTEGER NOT NULL, props BLOB)")  # fmt: skip
+            self._db.execute(
+                "CREATE TABLE held (id INTEGER PRIMARY KEY, uid TEXT NOT NULL, events INTEGER NOT NULL,"
+                " part INTEGER NOT NULL, offset INTEGER NOT NULL, props BLOB)"
+            )
             self._db.execute("CREATE INDEX held_uid ON held (uid)")
             # The commit floor is the minimum per partition, and users of a partition read to
             # their end are read back in its offset order.
@@ -669,12 +718,16 @@ class Backlog:
         part = self._part.get(tp)
         if self._rows and part is not None:
             assert self._db is not None
-            (spilled,) = self._db.execute("SELECT MIN(offset) FROM held WHERE part = ?", (part,)).fetchone()
+            (spilled,) = self._db.execute(
+                "SELECT MIN(offset) FROM held WHERE part = ?", (part,)
+            ).fetchone()
             if spilled is not None and (low is None or spilled < low):
                 low = spilled
         return low
 
-    def committable(self, first_unresolved: Callable[[Partition], int | None]) -> dict[Partition, int]:
+    def committable(
+        self, first_unresolved: Callable[[Partition], int | None]
+    ) -> dict[Partition, int]:
         """Commit positions that moved since :meth:`mark_committed`: per partition read, the
         smallest of its held users' earliest offsets, ``first_unresolved(tp)`` (the per-event
         path's) and one past the last offset read."""

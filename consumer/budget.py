@@ -68,15 +68,21 @@ class Budget:
             self.stale = True
         ordered = sorted(self._all | self._owned)
         index = {tp: i for i, tp in enumerate(ordered)}
-        slots = Slots(frozenset(index[tp] for tp in self._owned), len(ordered) or 1,
-                      settle=SLOT_USABLE)  # fmt: skip
+        slots = Slots(
+            frozenset(index[tp] for tp in self._owned), len(ordered) or 1, settle=SLOT_USABLE
+        )
         if slots.fraction == 1 and self._group == 1:
             self._limits.share(1.0)  # alone: no turns to take
         else:
             self._limits.share(self._group, slots)
         share = self._group * slots.fraction
         if share != self.share:
-            log.info("Knock budget share %.3f (%d of %d partitions)", share, len(slots.owned), len(ordered))
+            log.info(
+                "Knock budget share %.3f (%d of %d partitions)",
+                share,
+                len(slots.owned),
+                len(ordered),
+            )
         self.share = share
         self._gauge.set(share)
         return share

@@ -65,21 +65,44 @@ def _kafka_option(text: str) -> tuple[str, str]:
 def _topic_format(text: str) -> tuple[str, str]:
     topic, value = _kafka_option(text)
     if value not in FORMATS:
-        raise argparse.ArgumentTypeError(f"format must be one of {', '.join(FORMATS)}, got {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"format must be one of {', '.join(FORMATS)}, got {value!r}"
+        )
     return topic, value
 
 
 def _add_format_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--schema-registry-url", help="Confluent-compatible Schema Registry (env "
-                   "SCHEMA_REGISTRY_URL; its user:password only in env SCHEMA_REGISTRY_BASIC_AUTH)")
-    p.add_argument("--format", choices=FORMATS, help="how values are read (default auto: "
-                   "Confluent Avro when the first byte is 0, JSON otherwise)")
-    p.add_argument("--topic-format", action="append", type=_topic_format, default=[],
-                   metavar="TOPIC=FORMAT", help="the format of one topic (repeatable)")
-    p.add_argument("--avro-schema-file", metavar="FILE", help="writer schema (.avsc) of avro-plain values")
-    p.add_argument("--schema-registry-ca", metavar="FILE", help="CA bundle (PEM) for the registry's TLS")
-    p.add_argument("--schema-registry-cert", metavar="FILE", help="client certificate (PEM) for the registry")
-    p.add_argument("--schema-registry-key", metavar="FILE", help="the client certificate's key (PEM)")
+    p.add_argument(
+        "--schema-registry-url",
+        help="Confluent-compatible Schema Registry (env "
+        "SCHEMA_REGISTRY_URL; its user:password only in env SCHEMA_REGISTRY_BASIC_AUTH)",
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="how values are read (default auto: "
+        "Confluent Avro when the first byte is 0, JSON otherwise)",
+    )
+    p.add_argument(
+        "--topic-format",
+        action="append",
+        type=_topic_format,
+        default=[],
+        metavar="TOPIC=FORMAT",
+        help="the format of one topic (repeatable)",
+    )
+    p.add_argument(
+        "--avro-schema-file", metavar="FILE", help="writer schema (.avsc) of avro-plain values"
+    )
+    p.add_argument(
+        "--schema-registry-ca", metavar="FILE", help="CA bundle (PEM) for the registry's TLS"
+    )
+    p.add_argument(
+        "--schema-registry-cert", metavar="FILE", help="client certificate (PEM) for the registry"
+    )
+    p.add_argument(
+        "--schema-registry-key", metavar="FILE", help="the client certificate's key (PEM)"
+    )
 
 
 def _timestamp(text: str) -> int:
@@ -108,39 +131,84 @@ def _offsets(text: str) -> dict[tuple[str, int], int]:
 
 def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML settings file (see README)")
-    p.add_argument("--topic", dest="topics", action="append", metavar="TOPIC",
-                   help="topic to read (repeatable; env KNOCK_SINK_TOPICS, comma-separated)")
+    p.add_argument(
+        "--topic",
+        dest="topics",
+        action="append",
+        metavar="TOPIC",
+        help="topic to read (repeatable; env KNOCK_SINK_TOPICS, comma-separated)",
+    )
     p.add_argument("--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--group-id", help="consumer group (env KNOCK_SINK_GROUP_ID; default knock-sink)")
-    p.add_argument("--dlq-topic", help="dead-letter topic (env KNOCK_SINK_DLQ_TOPIC; default <topic>.dlq)")
-    p.add_argument("--kafka-option", action="append", type=_kafka_option, default=[],
-                   metavar="KEY=VALUE", help="librdkafka setting passed through (TLS, SASL...); repeatable")
-    p.add_argument("--knock-base-url", help="Knock API (env KNOCK_BASE_URL; default https://api.knock.app)")
+    p.add_argument(
+        "--group-id", help="consumer group (env KNOCK_SINK_GROUP_ID; default knock-sink)"
+    )
+    p.add_argument(
+        "--dlq-topic", help="dead-letter topic (env KNOCK_SINK_DLQ_TOPIC; default <topic>.dlq)"
+    )
+    p.add_argument(
+        "--kafka-option",
+        action="append",
+        type=_kafka_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="librdkafka setting passed through (TLS, SASL...); repeatable",
+    )
+    p.add_argument(
+        "--knock-base-url", help="Knock API (env KNOCK_BASE_URL; default https://api.knock.app)"
+    )
     p.add_argument("--bulk-size", type=int, help="users per bulk identify call (default 1000)")
-    p.add_argument("--rate-limits", choices=["knock", "off"], help="pace requests to Knock's tiers (default knock)")
-    p.add_argument("--budget-share", type=float, metavar="SHARE",
-                   help="share (0-1] of Knock's rate limits this group uses (default all of it)")
-    p.add_argument("--nested-merge", choices=["either", "deep"],
-                   help="fold updates carrying objects under one key, as Knock deep-merges them "
-                   "(deep, the default), or keep them apart, exact either way (either)")
-    p.add_argument("--flush-interval", type=float,
-                   help="least seconds between two batches sent; longer: fewer, fuller Knock "
-                   "calls, staler data in Knock (default 0.5)")
+    p.add_argument(
+        "--rate-limits",
+        choices=["knock", "off"],
+        help="pace requests to Knock's tiers (default knock)",
+    )
+    p.add_argument(
+        "--budget-share",
+        type=float,
+        metavar="SHARE",
+        help="share (0-1] of Knock's rate limits this group uses (default all of it)",
+    )
+    p.add_argument(
+        "--nested-merge",
+        choices=["either", "deep"],
+        help="fold updates carrying objects under one key, as Knock deep-merges them "
+        "(deep, the default), or keep them apart, exact either way (either)",
+    )
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        help="least seconds between two batches sent; longer: fewer, fuller Knock "
+        "calls, staler data in Knock (default 0.5)",
+    )
     p.add_argument("--max-pending", type=int, help="events buffered before fetching pauses")
-    p.add_argument("--lateness", type=float, metavar="SECONDS",
-                   help="run: seconds of event time the updates of a user seen on several partitions "
-                   "wait, to be applied in event-time order (default 5; 0: arrival order, and a "
-                   "backfill does not order either)")
+    p.add_argument(
+        "--lateness",
+        type=float,
+        metavar="SECONDS",
+        help="run: seconds of event time the updates of a user seen on several partitions "
+        "wait, to be applied in event-time order (default 5; 0: arrival order, and a "
+        "backfill does not order either)",
+    )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    p.add_argument("--backfill-memory-mb", type=int,
-                   help="MiB the backfill process may take before its held users spill to disk (default 256)")
-    p.add_argument("--work-dir", help="where a backfill spills held users (default: the system temp dir)")
+    p.add_argument(
+        "--backfill-memory-mb",
+        type=int,
+        help="MiB the backfill process may take before its held users spill to disk (default 256)",
+    )
+    p.add_argument(
+        "--work-dir", help="where a backfill spills held users (default: the system temp dir)"
+    )
     p.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")
-    p.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
+    p.add_argument(
+        "--default-region", help="region for phone numbers without a country code (default US)"
+    )
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _add_format_arguments(p)
-    p.add_argument("--log-format", choices=["auto", "json", "text"],
-                   help="log lines as JSON objects or text (default auto: text on a terminal, else JSON)")
+    p.add_argument(
+        "--log-format",
+        choices=["auto", "json", "text"],
+        help="log lines as JSON objects or text (default auto: text on a terminal, else JSON)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,77 +221,149 @@ def build_parser() -> argparse.ArgumentParser:
         "process lists and shell history).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="consume continuously (stop with SIGTERM/SIGINT: drains, commits, exits 0)")
+    run = sub.add_parser(
+        "run", help="consume continuously (stop with SIGTERM/SIGINT: drains, commits, exits 0)"
+    )
     _add_sink_arguments(run)
     back = sub.add_parser(
-        "backfill", help="replay topics and exit once everything up to their end is applied",
+        "backfill",
+        help="replay topics and exit once everything up to their end is applied",
         description="Replay topics and exit 0 once every event up to the end offsets seen at start "
         "(or up to --until-timestamp) is applied and committed. It reads ahead before it sends, "
         "holding each user's updates folded into one (spilled to disk past --backfill-memory-mb), "
         "so each user is sent once; killed, it resumes from its commit. A user's events from several "
-        "partitions are applied in event-time order (--lateness 0: in the order read).")
+        "partitions are applied in event-time order (--lateness 0: in the order read).",
+    )
     _add_sink_arguments(back)
-    back.add_argument("--from-beginning", action="store_true",
-                      help="rewind every partition to its first offset (else start from the backfill "
-                      "group's commit: the earliest offset for a new group)")
-    back.epilog = ("A backfill runs in a consumer group of its own, <group>-backfill-<UTC time>, unless "
-                   "--group-id is given, so the live group's offsets are untouched.")
+    back.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="rewind every partition to its first offset (else start from the backfill "
+        "group's commit: the earliest offset for a new group)",
+    )
+    back.epilog = (
+        "A backfill runs in a consumer group of its own, <group>-backfill-<UTC time>, unless "
+        "--group-id is given, so the live group's offsets are untouched."
+    )
     start = back.add_mutually_exclusive_group()
-    start.add_argument("--from-timestamp", type=_timestamp, metavar="ISO-8601",
-                       help="start each partition at its first event at or after this time")
-    start.add_argument("--from-offsets", type=_offsets, metavar="TOPIC:PARTITION:OFFSET,...",
-                       help="start these partitions at these offsets (the others as without it)")
+    start.add_argument(
+        "--from-timestamp",
+        type=_timestamp,
+        metavar="ISO-8601",
+        help="start each partition at its first event at or after this time",
+    )
+    start.add_argument(
+        "--from-offsets",
+        type=_offsets,
+        metavar="TOPIC:PARTITION:OFFSET,...",
+        help="start these partitions at these offsets (the others as without it)",
+    )
     stop = back.add_mutually_exclusive_group()
-    stop.add_argument("--until-end", action="store_true", default=True,
-                      help="stop at the end offsets seen at start (the default)")
-    stop.add_argument("--until-timestamp", type=_timestamp, metavar="ISO-8601",
-                      help="stop once every partition is applied up to its first event at or after this time")
-    back.add_argument("--trigger-workflows", action="store_true", default=None,
-                      help="trigger the mapped workflows too (default: a backfill triggers none)")
-    back.add_argument("--trigger-since", metavar="ISO-TIME",
-                      help="with --trigger-workflows, only events newer than this (default and "
-                      "earliest: 24 h before the backfill starts)")
-    back.add_argument("--dry-run", action="store_true",
-                      help="read, decode and map up to the end, print the Knock calls each event "
-                      "would make (or why it would be dead-lettered); call nothing in Knock, commit "
-                      "nothing, join no group. Exit 0 when every event maps, 1 otherwise")
+    stop.add_argument(
+        "--until-end",
+        action="store_true",
+        default=True,
+        help="stop at the end offsets seen at start (the default)",
+    )
+    stop.add_argument(
+        "--until-timestamp",
+        type=_timestamp,
+        metavar="ISO-8601",
+        help="stop once every partition is applied up to its first event at or after this time",
+    )
+    back.add_argument(
+        "--trigger-workflows",
+        action="store_true",
+        default=None,
+        help="trigger the mapped workflows too (default: a backfill triggers none)",
+    )
+    back.add_argument(
+        "--trigger-since",
+        metavar="ISO-TIME",
+        help="with --trigger-workflows, only events newer than this (default and "
+        "earliest: 24 h before the backfill starts)",
+    )
+    back.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read, decode and map up to the end, print the Knock calls each event "
+        "would make (or why it would be dead-lettered); call nothing in Knock, commit "
+        "nothing, join no group. Exit 0 when every event maps, 1 otherwise",
+    )
     val = sub.add_parser(
-        "validate", help="print the Knock calls each message of a file would make, calling nothing",
+        "validate",
+        help="print the Knock calls each message of a file would make, calling nothing",
         description="Print, for each message of FILE, the Knock calls the sink would make (method, "
         "route, JSON body) or why it would dead-letter it, then a summary. No call to Knock (the "
         "schema registry may be asked for schemas). Exit 0 when every message maps, 1 when some "
-        "would be dead-lettered (or could not be checked), 2 on bad usage.")
+        "would be dead-lettered (or could not be checked), 2 on bad usage.",
+    )
     val.add_argument("file", metavar="FILE", help="the messages (see --input)")
-    val.add_argument("--input", choices=["auto", "ndjson", "avro-container", "base64"], default="auto",
-                     help="ndjson: one JSON event per line; avro-container: an Avro object container "
-                     "file; base64: one Kafka value per line, base64 (Confluent-framed Avro with "
-                     "--schema-registry-url). auto (default): a container file by its magic bytes, "
-                     "else ndjson")
-    val.add_argument("--config", metavar="FILE", help="TOML settings file (its [mapping] and [kafka] formats apply)")
+    val.add_argument(
+        "--input",
+        choices=["auto", "ndjson", "avro-container", "base64"],
+        default="auto",
+        help="ndjson: one JSON event per line; avro-container: an Avro object container "
+        "file; base64: one Kafka value per line, base64 (Confluent-framed Avro with "
+        "--schema-registry-url). auto (default): a container file by its magic bytes, "
+        "else ndjson",
+    )
+    val.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML settings file (its [mapping] and [kafka] formats apply)",
+    )
     val.add_argument("--anonymous", choices=["skip", "anonymous_id"], help="events without userId")
-    val.add_argument("--default-region", help="region for phone numbers without a country code (default US)")
+    val.add_argument(
+        "--default-region", help="region for phone numbers without a country code (default US)"
+    )
     _add_format_arguments(val)
     rep = sub.add_parser(
-        "repartition", help="copy a topic into one keyed by user id, exactly once (transactions)",
+        "repartition",
+        help="copy a topic into one keyed by user id, exactly once (transactions)",
         description="Copy --from into --to keyed by user id (userId, else anonymousId), merging the "
         "source partitions by event time, in Kafka transactions (a crash neither loses nor "
         "duplicates; rerun to resume). --to is created with the source's partition count. Then "
-        "point the sink at --to. Stops at the end of --from unless --follow.")
-    rep.add_argument("--from", dest="source", required=True, metavar="RAW", help="the unkeyed topic")
+        "point the sink at --to. Stops at the end of --from unless --follow.",
+    )
+    rep.add_argument(
+        "--from", dest="source", required=True, metavar="RAW", help="the unkeyed topic"
+    )
     rep.add_argument("--to", dest="target", required=True, metavar="KEYED", help="the keyed topic")
-    rep.add_argument("--follow", action="store_true", help="keep copying new events (stop with SIGTERM/SIGINT)")
-    rep.add_argument("--batch", type=int, default=1000, help="records per transaction at most (default 1000)")
-    rep.add_argument("--config", metavar="FILE", help="TOML settings file (its [kafka] section applies)")
+    rep.add_argument(
+        "--follow", action="store_true", help="keep copying new events (stop with SIGTERM/SIGINT)"
+    )
+    rep.add_argument(
+        "--batch", type=int, default=1000, help="records per transaction at most (default 1000)"
+    )
+    rep.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (its [kafka] section applies)"
+    )
     rep.add_argument("--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS)")
-    rep.add_argument("--kafka-option", action="append", type=_kafka_option, default=[],
-                     metavar="KEY=VALUE", help="librdkafka setting passed through (TLS, SASL...); repeatable")
+    rep.add_argument(
+        "--kafka-option",
+        action="append",
+        type=_kafka_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="librdkafka setting passed through (TLS, SASL...); repeatable",
+    )
     _add_format_arguments(rep)
     emu = sub.add_parser("emulator", help="serve a local Knock-compatible API")
     emulator_cli.add_arguments(emu)
-    demo = sub.add_parser("demo", help="local broker + local Knock API + sample events + the sink, then print the users")
-    demo.add_argument("--events", type=int, default=0, help="extra generated identify events (default 0)")
-    demo.add_argument("--avro", action="store_true", help="also write Avro events through a Schema Registry "
-                      "(SCHEMA_REGISTRY_URL, else the local Apicurio of deploy/local/registry)")
+    demo = sub.add_parser(
+        "demo",
+        help="local broker + local Knock API + sample events + the sink, then print the users",
+    )
+    demo.add_argument(
+        "--events", type=int, default=0, help="extra generated identify events (default 0)"
+    )
+    demo.add_argument(
+        "--avro",
+        action="store_true",
+        help="also write Avro events through a Schema Registry "
+        "(SCHEMA_REGISTRY_URL, else the local Apicurio of deploy/local/registry)",
+    )
     return parser
 
 
@@ -286,7 +426,8 @@ def _repartition(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         counts = Repartitioner(settings.kafka, args.source, args.target, batch=args.batch).run(
-            until_end=not args.follow, stop=stop)
+            until_end=not args.follow, stop=stop
+        )
     except FatalRegistryError as exc:
         print(f"knock-sink: stopped: {exc}", file=sys.stderr)
         return EXIT_FATAL
@@ -307,20 +448,28 @@ def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
         # A group of its own: the live group's commits stay where they are.
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         group = f"{settings.kafka.group_id}-backfill-{stamp}"
-        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"group_id": group})})
+        settings = settings.model_copy(
+            update={"kafka": settings.kafka.model_copy(update={"group_id": group})}
+        )
     setup(settings.sink.log_level, settings.sink.log_format, secrets=settings.secrets())
     sys.setswitchinterval(SWITCH_INTERVAL)  # the workers' requests wait less for the lock
     sink = Sink(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sink.stop())
     replay = None
-    if backfill and (args.from_timestamp is not None or args.from_offsets or args.until_timestamp is not None):
-        replay = Replay(from_offsets=args.from_offsets, from_time_ms=args.from_timestamp,
-                        until_time_ms=args.until_timestamp)  # fmt: skip
+    if backfill and (
+        args.from_timestamp is not None or args.from_offsets or args.until_timestamp is not None
+    ):
+        replay = Replay(
+            from_offsets=args.from_offsets,
+            from_time_ms=args.from_timestamp,
+            until_time_ms=args.until_timestamp,
+        )
     progress = _progress(sink, settings) if backfill else None
     try:
-        summary = sink.run(from_beginning=backfill and args.from_beginning, until_end=backfill,
-                           replay=replay)  # fmt: skip
+        summary = sink.run(
+            from_beginning=backfill and args.from_beginning, until_end=backfill, replay=replay
+        )
     except (FatalKnockError, FatalRegistryError) as exc:
         if progress is not None:
             progress.close()
@@ -344,7 +493,11 @@ def _progress(sink: Any, settings: Any) -> Any:
 
     bound = None
     if settings.knock.paced:
-        bound = settings.knock.bulk_size * per_second("bulk_identify") * (settings.knock.budget_share or 1.0)
+        bound = (
+            settings.knock.bulk_size
+            * per_second("bulk_identify")
+            * (settings.knock.budget_share or 1.0)
+        )
     return Progress(sink.metrics, sys.stderr, bulk_per_second=bound)
 
 

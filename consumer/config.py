@@ -138,7 +138,9 @@ class KafkaSettings(_Section):
                 "format avro (Confluent framing) needs a schema registry (SCHEMA_REGISTRY_URL)",
             )
         if "avro-plain" in used and not self.avro_schema_file:
-            raise ConfigError("kafka.avro_schema_file", "format avro-plain needs a writer schema file")
+            raise ConfigError(
+                "kafka.avro_schema_file", "format avro-plain needs a writer schema file"
+            )
         if (self.schema_registry_cert is None) != (self.schema_registry_key is None):
             raise ConfigError(
                 "kafka.schema_registry_cert", "a client certificate and its key go together"

@@ -92,8 +92,15 @@ class DeadLetters:
         handle.hold()
         self._metrics.dead_lettered.labels(kind).inc()
         topic, partition = handle.partition
-        log.warning("dead-lettering %s[%d]@%d: %s: %s", topic, partition, handle.offset, kind, reason,
-                    extra={"topic": topic, "partition": partition, "offset": handle.offset})  # fmt: skip
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s: %s",
+            topic,
+            partition,
+            handle.offset,
+            kind,
+            reason,
+            extra={"topic": topic, "partition": partition, "offset": handle.offset},
+        )
         if record is None:
             self._unread.append((handle, kind, reason))
             self._read_back_at = 0.0  # read the new ones back on the next pump, all in one go
@@ -122,8 +129,11 @@ class DeadLetters:
                 reason = f"{reason} (the original is no longer in {pos[0]})"
             self._write(record, kind, reason, handle)
         if self._unread:
-            log.warning("%d rejected events could not be read back for the dead-letter topic "
-                        "yet; their offsets stay uncommitted", len(self._unread))  # fmt: skip
+            log.warning(
+                "%d rejected events could not be read back for the dead-letter topic "
+                "yet; their offsets stay uncommitted",
+                len(self._unread),
+            )
 
     def flush(self, timeout: float) -> None:
         """Read back what is parked and confirm every write, within ``timeout`` seconds."""
@@ -153,8 +163,9 @@ class KafkaWriter:
         except KafkaException as exc:
             raise ConfigError("kafka.client", exc.args[0].str()) from None
 
-    def ensure_topics(self, source_topics: Iterable[str], dlq_for: Callable[[str], str],
-                      timeout: float = 15.0) -> None:  # fmt: skip
+    def ensure_topics(
+        self, source_topics: Iterable[str], dlq_for: Callable[[str], str], timeout: float = 15.0
+    ) -> None:
         """Create missing dead-letter topics with the partition count of their source topic.
         Where the broker does not let us, the first write will say so."""
         admin = AdminClient({**self._settings.librdkafka(), "logger": KAFKA_LOG})
@@ -164,13 +175,20 @@ class KafkaWriter:
                 meta = admin.list_topics(timeout=timeout / 3)
                 break
             except KafkaException as exc:
-                log.warning("Kafka unreachable at %s (attempt %d of 3 to check the dead-letter "
-                            "topics): %s", self._settings.bootstrap_servers, attempt, exc.args[0].str())  # fmt: skip
+                log.warning(
+                    "Kafka unreachable at %s (attempt %d of 3 to check the dead-letter topics): %s",
+                    self._settings.bootstrap_servers,
+                    attempt,
+                    exc.args[0].str(),
+                )
         if meta is None:
             # An unreachable broker is transient: the consumer keeps trying to join on its own,
             # and a dead-letter write to a topic that does not exist yet will say so then.
-            log.error("dead-letter topics not checked: Kafka unreachable at %s; going on, the "
-                      "consumer retries", self._settings.bootstrap_servers)  # fmt: skip
+            log.error(
+                "dead-letter topics not checked: Kafka unreachable at %s; going on, the "
+                "consumer retries",
+                self._settings.bootstrap_servers,
+            )
             return
         wanted = {}
         for topic in source_topics:
@@ -188,8 +206,9 @@ class KafkaWriter:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     log.warning("could not create dead-letter topic %s: %s", name, exc.args[0])
 
-    def write(self, record: Record, topic: str, headers: Headers,
-              on_delivered: Callable[[], object]) -> None:  # fmt: skip
+    def write(
+        self, record: Record, topic: str, headers: Headers, on_delivered: Callable[[], object]
+    ) -> None:
         def delivered(err: KafkaError | None, _m: Message) -> None:
             if err is None:
                 on_delivered()
@@ -199,12 +218,18 @@ class KafkaWriter:
 
         self._produce(topic, record, headers, delivered)
 
-    def _produce(self, topic: str, record: Record, headers: Headers,
-                 cb: Callable[[KafkaError | None, Message], None]) -> None:  # fmt: skip
+    def _produce(
+        self,
+        topic: str,
+        record: Record,
+        headers: Headers,
+        cb: Callable[[KafkaError | None, Message], None],
+    ) -> None:
         while True:
             try:
-                self._producer.produce(topic, record.value, record.key, headers=headers,
-                                       on_delivery=cb)  # fmt: skip
+                self._producer.produce(
+                    topic, record.value, record.key, headers=headers, on_delivery=cb
+                )
                 return
             except BufferError:
                 self._producer.poll(0.1)
@@ -235,7 +260,9 @@ class Originals:
         self._settings = settings
         self._consumer: Consumer | None = None
 
-    def fetch(self, wanted: Iterable[Position], timeout: float = 10.0) -> dict[Position, Record | None]:
+    def fetch(
+        self, wanted: Iterable[Position], timeout: float = 10.0
+    ) -> dict[Position, Record | None]:
         """Read back ``(topic, partition, offset)`` positions. The answer maps each position
         read to its record, or to ``None`` when the topic no longer holds it (retention,
         compaction); positions missing from the answer could not be read within ``timeout``
@@ -263,18 +290,22 @@ class Originals:
                     out[(topic, partition, todo.popleft())] = None  # gone from the topic
                 if todo and todo[0] == msg.offset():
                     out[(topic, partition, todo.popleft())] = Record(
-                        topic, partition, msg.offset(), msg.key(), msg.value(), msg.headers())
+                        topic, partition, msg.offset(), msg.key(), msg.value(), msg.headers()
+                    )
         return out
 
     def _open(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = Consumer({
-                **self._settings.librdkafka(),
-                "group.id": self._settings.group_id,  # required; assign() never joins it
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": False,
-            }, logger=KAFKA_LOG)  # fmt: skip
+            self._consumer = Consumer(
+                {
+                    **self._settings.librdkafka(),
+                    "group.id": self._settings.group_id,  # required; assign() never joins it
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "enable.partition.eof": False,
+                },
+                logger=KAFKA_LOG,
+            )
         return self._consumer
 
     def close(self) -> None:

@@ -28,31 +28,73 @@ from rich.table import Table
 TOPIC = "segment-events"
 
 SAMPLE_EVENTS: list[dict[str, Any]] = [
-    {"type": "identify", "userId": "ada", "traits": {
-        "email": "ada@example.com", "firstName": "Ada", "lastName": "Lovelace",
-        "phone": "(415) 555-0100", "plan": "pro", "createdAt": "2024-03-01T09:30:00+01:00",
-        "company": {"name": "Analytical Engines", "employees": 12}},
-     "context": {"locale": "en-GB", "timezone": "Europe/London"}},
-    {"type": "identify", "userId": "grace", "traits": {
-        "name": "Grace Hopper", "email": "grace@example.com", "phone": "+44 20 7946 0958",
-        "avatar": "https://example.com/grace.png", "plan": "free"}},
-    {"type": "track", "userId": "ada", "event": "Upgraded",
-     "properties": {"plan": "enterprise"}, "context": {"traits": {"plan": "enterprise"}}},
-    {"type": "identify", "anonymousId": "anon-42", "userId": "anon-visitor",
-     "traits": {"email": "visitor@example.com", "utm_source": "newsletter"}},
+    {
+        "type": "identify",
+        "userId": "ada",
+        "traits": {
+            "email": "ada@example.com",
+            "firstName": "Ada",
+            "lastName": "Lovelace",
+            "phone": "(415) 555-0100",
+            "plan": "pro",
+            "createdAt": "2024-03-01T09:30:00+01:00",
+            "company": {"name": "Analytical Engines", "employees": 12},
+        },
+        "context": {"locale": "en-GB", "timezone": "Europe/London"},
+    },
+    {
+        "type": "identify",
+        "userId": "grace",
+        "traits": {
+            "name": "Grace Hopper",
+            "email": "grace@example.com",
+            "phone": "+44 20 7946 0958",
+            "avatar": "https://example.com/grace.png",
+            "plan": "free",
+        },
+    },
+    {
+        "type": "track",
+        "userId": "ada",
+        "event": "Upgraded",
+        "properties": {"plan": "enterprise"},
+        "context": {"traits": {"plan": "enterprise"}},
+    },
+    {
+        "type": "identify",
+        "anonymousId": "anon-42",
+        "userId": "anon-visitor",
+        "traits": {"email": "visitor@example.com", "utm_source": "newsletter"},
+    },
     {"type": "alias", "previousId": "anon-visitor", "userId": "linus"},
-    {"type": "identify", "userId": "linus", "version": "1.1",
-     "traits": {"name": "Linus", "phone": "not a phone", "timezone": "America/Los_Angeles"}},
+    {
+        "type": "identify",
+        "userId": "linus",
+        "version": "1.1",
+        "traits": {"name": "Linus", "phone": "not a phone", "timezone": "America/Los_Angeles"},
+    },
     {"type": "identify", "userId": "ada", "traits": {"company": {"employees": 13}}},
-]  # fmt: skip
+]
 POISON = [b"{not json", orjson.dumps({"type": "identify", "userId": "a/b", "traits": {}})]
 #: Written as Avro with ``--avro``: free-form parts as JSON strings, as the shipped schemas say.
 AVRO_EVENTS: list[dict[str, Any]] = [
-    {"type": "identify", "userId": "hedy", "messageId": "avro-1",
-     "traits": orjson.dumps({"name": "Hedy Lamarr", "email": "hedy@example.com", "plan": "pro"}).decode()},
-    {"type": "track", "userId": "grace", "event": "Upgraded", "messageId": "avro-2",
-     "properties": '{"plan": "team"}', "context": orjson.dumps({"traits": {"plan": "team"}}).decode()},
-]  # fmt: skip
+    {
+        "type": "identify",
+        "userId": "hedy",
+        "messageId": "avro-1",
+        "traits": orjson.dumps(
+            {"name": "Hedy Lamarr", "email": "hedy@example.com", "plan": "pro"}
+        ).decode(),
+    },
+    {
+        "type": "track",
+        "userId": "grace",
+        "event": "Upgraded",
+        "messageId": "avro-2",
+        "properties": '{"plan": "team"}',
+        "context": orjson.dumps({"traits": {"plan": "team"}}).decode(),
+    },
+]
 
 
 def _broker(stack: ExitStack) -> str:
@@ -89,8 +131,12 @@ def _avro_values(url: str, topic: str) -> list[bytes]:
     for event in AVRO_EVENTS:
         schema = (schemas / f"{event['type']}.avsc").read_text()
         # One subject per event type (record name strategy): several schemas on one topic.
-        ser = AvroSerializer(client, schema, conf={"subject.name.strategy": lambda ctx, name: f"demo-{name}"})
-        out.append(ser(json.loads(orjson.dumps(event)), SerializationContext(topic, MessageField.VALUE)))
+        ser = AvroSerializer(
+            client, schema, conf={"subject.name.strategy": lambda ctx, name: f"demo-{name}"}
+        )
+        out.append(
+            ser(json.loads(orjson.dumps(event)), SerializationContext(topic, MessageField.VALUE))
+        )
     return out
 
 
@@ -102,7 +148,7 @@ def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     admin.create_topics([NewTopic(topic, 3)])[topic].result(30)
     producer = Producer({"bootstrap.servers": bootstrap})
     for v in values:
-        key = orjson.loads(v).get("userId") if v.startswith(b"{\"") else None
+        key = orjson.loads(v).get("userId") if v.startswith(b'{"') else None
         if v[:1] == b"\x00":  # Avro: the demo's Avro events are all grace's or hedy's
             key = "grace" if b"grace" in v else "hedy"
         producer.produce(topic, v, key=key)
@@ -111,9 +157,16 @@ def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
 
 def _events(extra: int) -> list[bytes]:
     out = [orjson.dumps(e) for e in SAMPLE_EVENTS] + POISON
-    out += [orjson.dumps({"type": "identify", "userId": f"user-{i % 500}",
-                          "traits": {"email": f"user{i % 500}@example.com", "visits": i}})
-            for i in range(extra)]  # fmt: skip
+    out += [
+        orjson.dumps(
+            {
+                "type": "identify",
+                "userId": f"user-{i % 500}",
+                "traits": {"email": f"user{i % 500}@example.com", "visits": i},
+            }
+        )
+        for i in range(extra)
+    ]
     return out
 
 
@@ -126,7 +179,9 @@ def run_demo(extra_events: int = 0, avro: bool = False) -> int:
     console = Console(width=None if sys.stdout.isatty() else 140)
     key = "sk_test_" + uuid.uuid4().hex
     with ExitStack() as stack:
-        console.print("[bold]1.[/] starting a local Kafka broker (first start fetches it from Maven Central)…")
+        console.print(
+            "[bold]1.[/] starting a local Kafka broker (first start fetches it from Maven Central)…"
+        )
         bootstrap = _broker(stack)
         console.print(f"   broker on {bootstrap}")
         api = stack.enter_context(EmulatorServer(api_key=key, rate_limits="knock"))
@@ -135,26 +190,41 @@ def run_demo(extra_events: int = 0, avro: bool = False) -> int:
         values = _events(extra_events)
         registry = None
         if avro:
-            console.print("   starting a Schema Registry (local Apicurio unless SCHEMA_REGISTRY_URL)…")
+            console.print(
+                "   starting a Schema Registry (local Apicurio unless SCHEMA_REGISTRY_URL)…"
+            )
             registry = _registry(stack)
             values += _avro_values(registry, topic)
         _produce(bootstrap, topic, values)
         what = f", {len(AVRO_EVENTS)} in Avro through {registry}" if registry else ""
-        console.print(f"[bold]3.[/] wrote {len(values)} events to {topic} (2 of them malformed{what})")
+        console.print(
+            f"[bold]3.[/] wrote {len(values)} events to {topic} (2 of them malformed{what})"
+        )
         if not avro:
-            console.print("   Avro too: `knock-sink demo --avro` writes Confluent-framed Avro events "
-                          "through a local Schema Registry (Java 21+)")
-        settings = load_settings(environ={}, overrides={
-            "kafka.bootstrap_servers": bootstrap, "kafka.topics": [topic],
-            "kafka.group_id": f"demo-{topic}", "knock.api_key": key, "knock.base_url": api.url,
-            "sink.flush_interval": 0.2, "sink.log_level": "WARNING",
-            "kafka.schema_registry_url": registry,
-        })  # fmt: skip
+            console.print(
+                "   Avro too: `knock-sink demo --avro` writes Confluent-framed Avro events "
+                "through a local Schema Registry (Java 21+)"
+            )
+        settings = load_settings(
+            environ={},
+            overrides={
+                "kafka.bootstrap_servers": bootstrap,
+                "kafka.topics": [topic],
+                "kafka.group_id": f"demo-{topic}",
+                "knock.api_key": key,
+                "knock.base_url": api.url,
+                "sink.flush_interval": 0.2,
+                "sink.log_level": "WARNING",
+                "kafka.schema_registry_url": registry,
+            },
+        )
         summary = Sink(settings).run(from_beginning=True, until_end=True)
-        console.print(f"[bold]4.[/] sink done: {summary.consumed} read, {summary.applied} applied, "
-                      f"{sum(summary.dead_lettered.values())} dead-lettered to {topic}.dlq "
-                      f"({', '.join(sorted(summary.dead_lettered))}), offsets committed "
-                      f"{ {f'{t}[{p}]': o for (t, p), o in sorted(summary.committed.items())} }")
+        console.print(
+            f"[bold]4.[/] sink done: {summary.consumed} read, {summary.applied} applied, "
+            f"{sum(summary.dead_lettered.values())} dead-lettered to {topic}.dlq "
+            f"({', '.join(sorted(summary.dead_lettered))}), offsets committed "
+            f"{ {f'{t}[{p}]': o for (t, p), o in sorted(summary.committed.items())} }"
+        )
         _print_users(console, api.url, key)
     return 0
 
@@ -167,7 +237,9 @@ def _print_users(console: Console, url: str, key: str) -> None:
     after = None
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
         while True:
-            page = http.get("/v1/users", params={"page_size": 50, **({"after": after} if after else {})}).json()
+            page = http.get(
+                "/v1/users", params={"page_size": 50, **({"after": after} if after else {})}
+            ).json()
             users += page["entries"]
             after = page["page_info"]["after"]
             if not after:

@@ -31,16 +31,23 @@ class Dispatch:
     :ivar sizing: plan sizes under the ``[knock]`` settings.
     """
 
-    def __init__(self, settings: Settings, knock: KnockClient, metrics: Metrics,
-                 clock: Callable[[], float]) -> None:  # fmt: skip
+    def __init__(
+        self, settings: Settings, knock: KnockClient, metrics: Metrics, clock: Callable[[], float]
+    ) -> None:
         self._knock_settings = settings.knock
         self.sizing = sizing = Sizing.of(settings.knock)
         self.planner = Planner(nested=settings.knock.nested_merge)
-        self._flight = Flight(Applier(
-            knock, bulk_size=settings.knock.bulk_size, concurrency=settings.knock.concurrency,
-            item_attempts=settings.sink.item_attempts, singles=sizing.singles,
-            entity_gap=sizing.entity_gap, clock=clock,
-        ))  # fmt: skip
+        self._flight = Flight(
+            Applier(
+                knock,
+                bulk_size=settings.knock.bulk_size,
+                concurrency=settings.knock.concurrency,
+                item_attempts=settings.sink.item_attempts,
+                singles=sizing.singles,
+                entity_gap=sizing.entity_gap,
+                clock=clock,
+            )
+        )
         self._cadence = Cadence(settings.sink.flush_interval, settings.knock.paced)
         self._knock = knock
         self._plan_users = metrics.plan_users
@@ -64,15 +71,26 @@ class Dispatch:
             return
         t = self._clock()
         size = self.sizing.users_per_plan
-        due = self._cadence.due(t, pending=len(self.planner), full_at=size, last_cut=self._last_cut,
-                                bulk_ready_in=self._knock.ready_in("bulk_identify"))  # fmt: skip
+        due = self._cadence.due(
+            t,
+            pending=len(self.planner),
+            full_at=size,
+            last_cut=self._last_cut,
+            bulk_ready_in=self._knock.ready_in("bulk_identify"),
+        )
         if not now and (not due or (wait is not None and wait(t))):
             return
-        plan = self.planner.cut(t, max_users=size, busy=self._flight.busy(), max_levels=self.sizing.max_levels)
+        plan = self.planner.cut(
+            t, max_users=size, busy=self._flight.busy(), max_levels=self.sizing.max_levels
+        )
         if plan:
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("plan cut: %d users, %.3f s after the last, %d ops left pending",
-                          len(plan.users()), t - self._last_cut, len(self.planner))  # fmt: skip
+                log.debug(
+                    "plan cut: %d users, %.3f s after the last, %d ops left pending",
+                    len(plan.users()),
+                    t - self._last_cut,
+                    len(self.planner),
+                )
             self._last_cut = t
             self._plan_users.observe(len(plan.users()))
             self._flight.start(plan)

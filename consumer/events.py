@@ -43,10 +43,23 @@ _MS_THRESHOLD = 100_000_000_000
 _NO_STAMPS: list[datetime | None] = []
 
 _FIELDS = (
-    "type", "user_id", "anonymous_id", "previous_id", "group_id", "message_id", "event",
-    "traits", "group_traits", "context", "channel", "version",
-    "timestamp", "original_timestamp", "sent_at", "received_at",
-)  # fmt: skip
+    "type",
+    "user_id",
+    "anonymous_id",
+    "previous_id",
+    "group_id",
+    "message_id",
+    "event",
+    "traits",
+    "group_traits",
+    "context",
+    "channel",
+    "version",
+    "timestamp",
+    "original_timestamp",
+    "sent_at",
+    "received_at",
+)
 
 
 class Event:
@@ -64,13 +77,25 @@ class Event:
     """
 
     __slots__ = (
-        "type", "user_id", "anonymous_id", "previous_id", "group_id", "message_id", "event",
-        "traits", "group_traits", "context", "channel", "version", "_stamps", "_raw_stamps",
-    )  # fmt: skip
+        "_raw_stamps",
+        "_stamps",
+        "anonymous_id",
+        "channel",
+        "context",
+        "event",
+        "group_id",
+        "group_traits",
+        "message_id",
+        "previous_id",
+        "traits",
+        "type",
+        "user_id",
+        "version",
+    )
 
     def __init__(
         self,
-        type: str,  # noqa: A002 - the Segment field's name
+        type: str,
         user_id: str | None = None,
         anonymous_id: str | None = None,
         previous_id: str | None = None,
@@ -129,7 +154,9 @@ class Event:
         stamps = raw if raw is not None else self._stamps
         return stamps[0] if stamps[0] is not None else stamps[1]
 
-    original_timestamp = property(lambda self: self._stamp(1), lambda self, v: self._set_stamp(1, v))
+    original_timestamp = property(
+        lambda self: self._stamp(1), lambda self, v: self._set_stamp(1, v)
+    )
     sent_at = property(lambda self: self._stamp(2), lambda self, v: self._set_stamp(2, v))
     received_at = property(lambda self: self._stamp(3), lambda self, v: self._set_stamp(3, v))
 
@@ -319,12 +346,16 @@ def parse_event(obj: object) -> Event:
     event.type = kind
     event.user_id = user_id
     v = get("anonymousId")
-    event.anonymous_id = v if v.__class__ is str and v else None if v is None else _id_of(v, "anonymousId")
+    event.anonymous_id = (
+        v if v.__class__ is str and v else None if v is None else _id_of(v, "anonymousId")
+    )
     event.previous_id = previous_id
     v = get("groupId")
     event.group_id = v if v.__class__ is str and v else None if v is None else _id_of(v, "groupId")
     v = get("messageId")
-    event.message_id = v if v.__class__ is str and v else None if v is None else _id_of(v, "messageId")
+    event.message_id = (
+        v if v.__class__ is str and v else None if v is None else _id_of(v, "messageId")
+    )
     v = get("event")
     event.event = v if v.__class__ is str and v else None if v is None else _id_of(v, "event")
     event.traits = traits
@@ -333,5 +364,10 @@ def parse_event(obj: object) -> Event:
     event.channel = channel if type(channel) is str else None
     event.version = _version(get("version"))
     event._stamps = _NO_STAMPS  # replaced on first access, from the raw values
-    event._raw_stamps = (get("timestamp"), get("originalTimestamp"), get("sentAt"), get("receivedAt"))
+    event._raw_stamps = (
+        get("timestamp"),
+        get("originalTimestamp"),
+        get("sentAt"),
+        get("receivedAt"),
+    )
     return event

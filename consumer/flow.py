@@ -115,10 +115,18 @@ class ReadAhead:
         delivered, such as a transaction marker, must not hold the backfill forever.
     """
 
-    def __init__(self, ends: dict[Partition, int], *, idle: float, now: float,
-                 starts: dict[Partition, int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ends: dict[Partition, int],
+        *,
+        idle: float,
+        now: float,
+        starts: dict[Partition, int] | None = None,
+    ) -> None:
         self._ends = dict(ends)
-        self._fetched: dict[Partition, int] = {tp: at for tp, at in (starts or {}).items() if tp in ends}
+        self._fetched: dict[Partition, int] = {
+            tp: at for tp, at in (starts or {}).items() if tp in ends
+        }
         self._idle = idle
         self._last_fetch = now
         self.done = not ends

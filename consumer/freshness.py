@@ -31,8 +31,27 @@ from .plan import Pending
 #: Events observed per outcome at most.
 SAMPLE: Final = 256
 #: Seconds: sub-second steps where a live sink lives, then minutes to hours for backfills.
-BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
-                  300.0, 900.0, 3600.0, 21600.0, 86400.0)  # fmt: skip
+BUCKETS: Final = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    1.25,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    21600.0,
+    86400.0,
+)
 
 
 class Freshness:
@@ -40,15 +59,18 @@ class Freshness:
         self.age = Histogram(
             "knock_sink_event_age_seconds",
             "Age of an event when Knock has applied it, by the event's or the Kafka record's clock",
-            ["clock"], buckets=BUCKETS, registry=registry,
-        )  # fmt: skip
+            ["clock"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
         self._by_event = self.age.labels("event")
         self._by_kafka = self.age.labels("kafka")
         self.consume_to_apply = Histogram(
             "knock_sink_consume_to_apply_seconds",
             "Seconds from consuming an event to Knock having applied it",
-            buckets=BUCKETS, registry=registry,
-        )  # fmt: skip
+            buckets=BUCKETS,
+            registry=registry,
+        )
 
     def applied(self, done: Sequence[Pending], now: float) -> None:
         """Observe a sample of ``done`` (pendings whose ``source`` is a tracker handle with its

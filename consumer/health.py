@@ -125,17 +125,23 @@ class HealthServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` (0: any free port, see
     :attr:`port`), served from a daemon thread until :meth:`close`."""
 
-    def __init__(self, registry: CollectorRegistry, health: Health, port: int,
-                 addr: str = "0.0.0.0") -> None:  # fmt: skip
+    def __init__(
+        self, registry: CollectorRegistry, health: Health, port: int, addr: str = "0.0.0.0"
+    ) -> None:
         self._metrics = make_wsgi_app(registry)
         self._health = health
         try:
-            self._server = make_server(addr, port, self._app, server_class=_Server,
-                                       handler_class=_QuietHandler)  # fmt: skip
+            self._server = make_server(
+                addr, port, self._app, server_class=_Server, handler_class=_QuietHandler
+            )
         except OSError as exc:
-            raise ConfigError("sink.metrics_port", f"cannot listen on {addr}:{port}: {exc.strerror}") from None
+            raise ConfigError(
+                "sink.metrics_port", f"cannot listen on {addr}:{port}: {exc.strerror}"
+            ) from None
         self.port: int = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="health", daemon=True
+        )
         self._thread.start()
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

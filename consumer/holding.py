@@ -112,33 +112,56 @@ class Holding:
         self._clock = clock
         # At least a second: moving from one partition to the next is a pause in fetching
         # too (see _focus), not an end that is never delivered.
-        self._read_ahead = ReadAhead(ends, starts=starts, idle=max(1.0, sink.flush_interval), now=clock())
+        self._read_ahead = ReadAhead(
+            ends, starts=starts, idle=max(1.0, sink.flush_interval), now=clock()
+        )
         self._rate = ReadRate(RATE_WINDOW)
         self._ticked = clock()
         #: Users a second Knock takes: a full plan per bulk call (a group's share of the budget
         #: makes it less, so reading ahead pauses later than it could, never too early).
         #: ``None`` without Knock's limits: sending never outlasts reading, so no pause.
-        self._send_rate = (self._sizing.users_per_plan * per_second("bulk_identify")
-                           if settings.knock.paced else None)  # fmt: skip
-        self._share = HeldShare(sink.backfill_memory_mb << 20, settings.kafka.prefetch_kbytes() << 10)
+        self._send_rate = (
+            self._sizing.users_per_plan * per_second("bulk_identify")
+            if settings.knock.paced
+            else None
+        )
+        self._share = HeldShare(
+            sink.backfill_memory_mb << 20, settings.kafka.prefetch_kbytes() << 10
+        )
         # Set at every turn: the labelled gauges looked up once.
-        self._held_gauges = (metrics.held_states.labels("memory"), metrics.held_states.labels("disk"),
-                             metrics.held_budget)  # fmt: skip
+        self._held_gauges = (
+            metrics.held_states.labels("memory"),
+            metrics.held_states.labels("disk"),
+            metrics.held_budget,
+        )
         budget = self._share.now()
-        self._backlog = Backlog(nested=settings.knock.nested_merge, work_dir=sink.work_dir,
-                                memory_bytes=budget)  # fmt: skip
-        log.info("backfill: %d MiB of the %d MiB memory budget left for held users",
-                 budget >> 20, sink.backfill_memory_mb)  # fmt: skip
+        self._backlog = Backlog(
+            nested=settings.knock.nested_merge, work_dir=sink.work_dir, memory_bytes=budget
+        )
+        log.info(
+            "backfill: %d MiB of the %d MiB memory budget left for held users",
+            budget >> 20,
+            sink.backfill_memory_mb,
+        )
         self._focused: set[Partition] | None = None
         self._trimmed = clock()
         # Topics not keyed by user: events fold in event-time order across partitions (see
         # consumer.ordering), so the partitions are read side by side, not one at a time (the
         # limit: see consumer.ordering.PendingOrder).
-        self._order = EventOrder(
-            self._fold, ends=ends, positions=source.positions, limit=max(1, sink.max_pending // 4),
-            pause=source.pause_partitions, resume=source.resume_partitions,
-            on_late=metrics.late_events.inc, clock=clock,
-        ) if sink.lateness > 0 else None  # fmt: skip
+        self._order = (
+            EventOrder(
+                self._fold,
+                ends=ends,
+                positions=source.positions,
+                limit=max(1, sink.max_pending // 4),
+                pause=source.pause_partitions,
+                resume=source.resume_partitions,
+                on_late=metrics.late_events.inc,
+                clock=clock,
+            )
+            if sink.lateness > 0
+            else None
+        )
 
     # -- ingest ----------------------------------------------------------------------------
 
@@ -169,8 +192,13 @@ class Holding:
                 if self._stop.wait(delay):
                     return False
         if not backlog.read(tp, rec.offset):
-            log.warning("%s[%d] rewound to %d during a backfill: stopping (the next run resumes "
-                        "from the last commit)", tp[0], tp[1], rec.offset)  # fmt: skip
+            log.warning(
+                "%s[%d] rewound to %d during a backfill: stopping (the next run resumes "
+                "from the last commit)",
+                tp[0],
+                tp[1],
+                rec.offset,
+            )
             self._forget([tp])
             return False
         if bad is not None:
@@ -190,8 +218,13 @@ class Holding:
         # Tracked while it waits, so that no commit passes it before it is folded.
         handle = self._tracker.track(tp, rec.offset)
         seen = self._clock()
-        order.add((tp, rec.offset, ops, handle), tp, rec.offset, users,
-                  lambda: event_time(stamp, rec.timestamp, seen))  # fmt: skip
+        order.add(
+            (tp, rec.offset, ops, handle),
+            tp,
+            rec.offset,
+            users,
+            lambda: event_time(stamp, rec.timestamp, seen),
+        )
         return True
 
     def _fresh(self, ops: list[Op], tp: Partition, offset: int) -> list[Op]:
@@ -227,9 +260,13 @@ class Holding:
             backlog.spill(self._read_ahead.finished())
             self._metrics.spilled_states.inc(backlog.spilled - before)
             give_back_memory()
-            log.info("backfill: memory budget reached, %d held users spilled, %d states now on disk "
-                     "(%d MiB left for held users)", backlog.spilled - before, backlog.rows,
-                     backlog.memory_bytes >> 20)  # fmt: skip
+            log.info(
+                "backfill: memory budget reached, %d held users spilled, %d states now on disk "
+                "(%d MiB left for held users)",
+                backlog.spilled - before,
+                backlog.rows,
+                backlog.memory_bytes >> 20,
+            )
         self._read_ahead.fetched(records, self._clock())
         self._rate.add(len(records))
 
@@ -246,7 +283,9 @@ class Holding:
         if self._order is not None:
             self._order.step()
         now = self._clock()
-        self._rate.tick(now - self._ticked, fetching=self._focused != set() and not self._source.paused)
+        self._rate.tick(
+            now - self._ticked, fetching=self._focused != set() and not self._source.paused
+        )
         self._ticked = now
         finished = self._read_ahead.finished()
         reading_ahead = self._focus(now, finished)
@@ -266,7 +305,9 @@ class Holding:
         """Whether partitions may be read one at a time: no event-time order, or every topic
         keyed by user (see :data:`consumer.ordering.KEYED_AFTER`)."""
         order = self._order
-        return order is None or all(order.keyed(topic) for topic in {tp[0] for tp in self._read_ahead.ends})
+        return order is None or all(
+            order.keyed(topic) for topic in {tp[0] for tp in self._read_ahead.ends}
+        )
 
     def _focus(self, now: float, finished: set[Partition]) -> bool:
         """While a backfill reads ahead, read one partition at a time: each one read to its end
@@ -320,7 +361,11 @@ class Holding:
         room = 2 * self._sizing.users_per_plan - len(self._planner)
         if room <= 0 or finished == set():
             return
-        taken = self._backlog.take(room) if finished is None else self._backlog.take_finished(finished, room)
+        taken = (
+            self._backlog.take(room)
+            if finished is None
+            else self._backlog.take_finished(finished, room)
+        )
         for held in taken:
             self._add_held(held)
 
@@ -346,7 +391,11 @@ class Holding:
         its end by position, a partition whose last record was a transaction marker (never
         delivered) does not hold the backfill."""
         ends, finished = self._read_ahead.ends, self._read_ahead.finished()
-        reading = [tp for tp in (self._focused if self._focused is not None else ends) if tp not in finished]
+        reading = [
+            tp
+            for tp in (self._focused if self._focused is not None else ends)
+            if tp not in finished
+        ]
         if not reading:
             return False
         positions = self._source.positions(reading)
@@ -371,8 +420,11 @@ class Holding:
         # A held user may span partitions, and its folded state cannot be split back into
         # events: a backfill that loses a partition stops, with what it committed so far.
         if not self._stop.is_set():  # else the consumer closing, or a drain
-            log.warning("backfill: %s left this consumer; stopping (the next run resumes "
-                        "from the last commit)", sorted(gone))  # fmt: skip
+            log.warning(
+                "backfill: %s left this consumer; stopping (the next run resumes "
+                "from the last commit)",
+                sorted(gone),
+            )
         self._backlog.freeze()
         if self._order is not None:
             self._order.drop(list(self._read_ahead.ends))
@@ -476,8 +528,9 @@ def dead_letter_record(p: Pending) -> Record | None:
 # -- a backfill's end ---------------------------------------------------------------------
 
 
-def read_targets(source: Source, topics: Iterable[str], from_beginning: bool,
-                 replay: Replay | None = None) -> tuple[dict[Partition, int], dict[Partition, int]]:
+def read_targets(
+    source: Source, topics: Iterable[str], from_beginning: bool, replay: Replay | None = None
+) -> tuple[dict[Partition, int], dict[Partition, int]]:
     """``(ends, starts)`` for ``--until-end``: each partition's end target, the high watermark
     seen now (or the replay's stop), and the offset its reading starts from (the replay's
     start, else the group's commit unless ``from_beginning``, and never below the low
@@ -493,8 +546,12 @@ def read_targets(source: Source, topics: Iterable[str], from_beginning: bool,
     return ends, {tp: starts[tp] for tp in ends}
 
 
-def reached(ends: dict[Partition, int], committed: dict[Partition, int], source: Source,
-            busy: Callable[[], bool]) -> bool:
+def reached(
+    ends: dict[Partition, int],
+    committed: dict[Partition, int],
+    source: Source,
+    busy: Callable[[], bool],
+) -> bool:
     """Whether every end target is committed. ``busy``: whether events are still pending,
     queued or in flight (asked only when some target is not committed)."""
     short = [tp for tp, hi in ends.items() if committed.get(tp, -1) < hi]

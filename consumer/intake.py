@@ -54,10 +54,20 @@ class Intake:
     :raises ConfigError: a format or a mapping rule is misconfigured.
     """
 
-    def __init__(self, settings: Settings, *, planner: Planner, tracker: OffsetTracker,
-                 metrics: Metrics, forget: Callable[[list[Partition]], None],
-                 decoder: Decoder | None = None, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        self._decoder = SizeLimit(decoder or decoder_for(settings.kafka), settings.kafka.max_message_bytes)
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        planner: Planner,
+        tracker: OffsetTracker,
+        metrics: Metrics,
+        forget: Callable[[list[Partition]], None],
+        decoder: Decoder | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._decoder = SizeLimit(
+            decoder or decoder_for(settings.kafka), settings.kafka.max_message_bytes
+        )
         #: Each topic's decode, size check included, looked up once (see consumer.decode).
         self._decoders: dict[str, Callable[[bytes | None], object]] = {}
         self.actions = Actions(settings)
@@ -67,13 +77,26 @@ class Intake:
         self._metrics = metrics
         self._forget = forget
         self._keys = KeyWatch(clock=clock, on_split=metrics.users_on_several_partitions.inc)
-        self._stalls = Stalls(REGISTRY_BACKOFF, clock=clock, pause=self._pause, resume=self._resume,
-                              on_wait=metrics.retries.labels("registry").inc)  # fmt: skip
+        self._stalls = Stalls(
+            REGISTRY_BACKOFF,
+            clock=clock,
+            pause=self._pause,
+            resume=self._resume,
+            on_wait=metrics.retries.labels("registry").inc,
+        )
         self._seq = itertools.count(1)  # Pending numbers: the planner's order of arrival
         #: Topics not keyed by user: ops in event-time order across partitions, repeated merges skipped.
-        self._order = PendingOrder(settings, add=planner.add, next_seq=self._seq.__next__, keys=self._keys,
-                                   metrics=metrics, pause=self._pause, resume=self._resume,
-                                   may_resume=lambda tp: not self._stalls.holds(tp), clock=clock)  # fmt: skip
+        self._order = PendingOrder(
+            settings,
+            add=planner.add,
+            next_seq=self._seq.__next__,
+            keys=self._keys,
+            metrics=metrics,
+            pause=self._pause,
+            resume=self._resume,
+            may_resume=lambda tp: not self._stalls.holds(tp),
+            clock=clock,
+        )
         #: Events read this batch by (type, outcome), added to the metrics once a batch.
         self._outcomes: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._source: Source | None = None
@@ -96,7 +119,9 @@ class Intake:
 
     # -- the per-event path ------------------------------------------------------------------
 
-    def ingest(self, records: list[Record], take: Callable[[Record, Partition], bool] | None = None) -> None:
+    def ingest(
+        self, records: list[Record], take: Callable[[Record, Partition], bool] | None = None
+    ) -> None:
         """Track and process ``records``, in order. ``take`` (a backfill's holding) takes each
         record instead; it returns False to stop taking in the batch."""
         tracker = self._tracker
@@ -107,7 +132,9 @@ class Intake:
                 if tracker.owns(tp) and not take(rec, tp):
                     break
         else:
-            seen = time.time()  # wall time, once a batch: the freshness metrics compare it to stamps
+            seen = (
+                time.time()
+            )  # wall time, once a batch: the freshness metrics compare it to stamps
             stalls, process = self._stalls, self._process
             for rec in records:
                 tp = (rec.topic, rec.partition)
@@ -119,8 +146,13 @@ class Intake:
                     # The consumer went back (a partition revoked and given back within one
                     # fetch, a reset): the events from here on come again, so start the
                     # partition afresh.
-                    log.info("%s[%d] rewound to %d: reading it again", tp[0], tp[1], offset,
-                             extra={"topic": tp[0], "partition": tp[1], "offset": offset})  # fmt: skip
+                    log.info(
+                        "%s[%d] rewound to %d: reading it again",
+                        tp[0],
+                        tp[1],
+                        offset,
+                        extra={"topic": tp[0], "partition": tp[1], "offset": offset},
+                    )
                     self._forget([tp])
                     tracker.add([tp])
                     partition = tracker.partition(tp)
@@ -154,8 +186,9 @@ class Intake:
         self._stalls.drop(tps)
         self._order.drop(tps)
 
-    def _process(self, rec: Record, handle: Handle, seen: float | None = None,
-                 tp: Partition | None = None) -> None:  # fmt: skip
+    def _process(
+        self, rec: Record, handle: Handle, seen: float | None = None, tp: Partition | None = None
+    ) -> None:
         """Decode, parse and map one tracked record (read at wall time ``seen``, default now;
         ``tp``: its partition, when the caller has it); queue its ops or park it. Raises
         :class:`RegistryError` with the handle still held (the record must wait)."""

@@ -38,8 +38,13 @@ class KeyWatch:
     :param on_split: called once per user found on a second partition (the metrics count it).
     """
 
-    def __init__(self, *, clock: Callable[[], float], on_split: Callable[[], object] = lambda: None,
-                 remembered: int = REMEMBERED) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        on_split: Callable[[], object] = lambda: None,
+        remembered: int = REMEMBERED,
+    ) -> None:
         self._clock = clock
         self._on_split = on_split
         self._max = remembered
@@ -87,8 +92,13 @@ class KeyWatch:
                 "one. Key the topic by userId (Segment: set the Kafka destination's message key "
                 "to userId), or re-key it with `knock-sink repartition` and point the sink at "
                 "the keyed topic.",
-                topic, self.users_split, topic, before, topic, partition,
-            )  # fmt: skip
+                topic,
+                self.users_split,
+                topic,
+                before,
+                topic,
+                partition,
+            )
 
     def split(self, user_id: str, topic: str) -> bool:
         """Whether ``user_id`` has been seen on more than one partition of ``topic`` (among the

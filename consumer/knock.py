@@ -208,8 +208,9 @@ class KnockClient:
 
     def identify(self, user_id: str, props: JSON) -> JSON:
         """Upsert one user (``PUT /v1/users/{id}``); returns the User Knock now holds."""
-        return self._json(self._send("identify", "PUT", f"/v1/users/{_path_id(user_id)}", props,
-                                     user=user_id))  # fmt: skip
+        return self._json(
+            self._send("identify", "PUT", f"/v1/users/{_path_id(user_id)}", props, user=user_id)
+        )
 
     def get_user(self, user_id: str) -> JSON | None:
         """The user, or ``None`` when Knock answers 404."""
@@ -245,7 +246,9 @@ class KnockClient:
 
     def _merge_once(self, user_id: str, from_user_id: str) -> JSON:
         path = f"/v1/users/{_path_id(user_id)}/merge"
-        return self._json(self._send("merge", "POST", path, {"from_user_id": from_user_id}, user=user_id))
+        return self._json(
+            self._send("merge", "POST", path, {"from_user_id": from_user_id}, user=user_id)
+        )
 
     def bulk_identify(self, users: list[JSON]) -> BulkResult:
         """Upsert up to ``bulk_size`` users (each a dict with ``id``) and wait until Knock has
@@ -258,7 +261,9 @@ class KnockClient:
 
     def bulk_delete_users(self, user_ids: list[str]) -> BulkResult:
         """Delete up to ``bulk_size`` users and wait for the bulk operation to finish."""
-        return self._bulk("bulk_delete_users", "/v1/users/bulk/delete", {"user_ids": user_ids}, user_ids)
+        return self._bulk(
+            "bulk_delete_users", "/v1/users/bulk/delete", {"user_ids": user_ids}, user_ids
+        )
 
     def bulk_set_tenants(self, tenants: list[JSON]) -> BulkResult:
         """Set up to ``bulk_size`` tenants (each a dict with ``id``), waiting for the operation."""
@@ -268,7 +273,9 @@ class KnockClient:
     def bulk_set_objects(self, collection: str, objects: list[JSON]) -> BulkResult:
         """Set up to ``bulk_size`` objects of ``collection``, waiting for the operation."""
         path = f"/v1/objects/{_path_id(collection)}/bulk/set"
-        return self._bulk("bulk_set_objects", path, {"objects": objects}, [o["id"] for o in objects])
+        return self._bulk(
+            "bulk_set_objects", path, {"objects": objects}, [o["id"] for o in objects]
+        )
 
     def add_subscriptions(self, collection: str, object_id: str, recipients: list[JSON]) -> None:
         """Subscribe recipients (inline-identified users) to an object."""
@@ -288,8 +295,9 @@ class KnockClient:
         """Trigger ``workflow`` with ``Idempotency-Key``: a replay within Knock's 24 h window
         answers the first run instead of running again."""
         path = f"/v1/workflows/{_path_id(workflow)}/trigger"
-        response = self._send("trigger_workflow", "POST", path, body,
-                              headers={"Idempotency-Key": idempotency_key})  # fmt: skip
+        response = self._send(
+            "trigger_workflow", "POST", path, body, headers={"Idempotency-Key": idempotency_key}
+        )
         return self._json(response)
 
     def _bulk(self, endpoint: str, path: str, body: JSON, ids: list[Any]) -> BulkResult:
@@ -308,8 +316,13 @@ class KnockClient:
         op = self._follow(self._json(response))
         if debug:
             # The freshness trace (README, Freshness): limiter wait + POST, then polling.
-            log.debug("%s of %d ids: limiter and POST %.3f s, polling %.3f s",
-                      endpoint, len(ids), posted - started, time.monotonic() - posted)  # fmt: skip
+            log.debug(
+                "%s of %d ids: limiter and POST %.3f s, polling %.3f s",
+                endpoint,
+                len(ids),
+                posted - started,
+                time.monotonic() - posted,
+            )
         return _bulk_result(op, list(dict.fromkeys(ids)), skipped)
 
     def _follow(self, op: JSON) -> JSON:
@@ -360,7 +373,9 @@ class KnockClient:
         attempt = 0
         while True:
             asked = time.monotonic()
-            slot = None if self._stop is not None and self._stop.is_set() else limiter.take(self._stop)
+            slot = (
+                None if self._stop is not None and self._stop.is_set() else limiter.take(self._stop)
+            )
             if slot is None:
                 raise RetryableError("stopped")
             sent = time.monotonic()
@@ -369,10 +384,13 @@ class KnockClient:
             error: RetryableError
             try:
                 response = self._http.request(
-                    method, self.base_url + path, content=content, params=params,
+                    method,
+                    self.base_url + path,
+                    content=content,
+                    params=params,
                     headers=self._headers if headers is None else {**self._headers, **headers},
                     timeout=self._timeout,
-                )  # fmt: skip
+                )
                 # httpx 0.28 binds a response's stream to the response (encode/httpx#3733): a
                 # cycle, freed only by the cyclic collector, with the request and its body (a
                 # bulk call's is 0.5 to 1 MB) inside. The loop runs that collector seldom
@@ -396,7 +414,9 @@ class KnockClient:
                     # request would fail alike. Stop rather than dead-letter all traffic.
                     raise FatalKnockError(
                         f"{where} answered 404: is the base URL {self.base_url} right?",
-                        status=404, code=status_error.code, body=status_error.body,
+                        status=404,
+                        code=status_error.code,
+                        body=status_error.body,
                     )
                 if not isinstance(status_error, RetryableError):
                     raise status_error
@@ -408,8 +428,14 @@ class KnockClient:
                 # Knock limits per endpoint: every thread must hold off, not only this one.
                 limiter.penalize(delay)
             attempt += 1
-            log.warning("retry %d of %s in %.2fs: %s", attempt, where, delay, error,
-                        extra={"user": user} if user else None)  # fmt: skip
+            log.warning(
+                "retry %d of %s in %.2fs: %s",
+                attempt,
+                where,
+                delay,
+                error,
+                extra={"user": user} if user else None,
+            )
             if self._on_retry is not None:
                 self._on_retry(endpoint, error)
             if self._stop is not None and self._stop.is_set():

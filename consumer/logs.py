@@ -68,8 +68,13 @@ class JsonFormatter(_Redacting):
         return self.redact(json.dumps(line, default=str, ensure_ascii=False))
 
 
-def setup(level: str, fmt: LogFormat = "auto", *, secrets: Iterable[str] = (),
-          stream: TextIO | None = None) -> logging.Handler:  # fmt: skip
+def setup(
+    level: str,
+    fmt: LogFormat = "auto",
+    *,
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> logging.Handler:
     """Send every logger's records at ``level`` and above to ``stream`` (stderr) in ``fmt``;
     returns the handler installed on the root logger (replacing any earlier one)."""
     stream = stream or sys.stderr

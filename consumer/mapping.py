@@ -143,15 +143,24 @@ class Mapper:
         # dropped ones (a dropped source is skipped, as if absent), and what to do when none is
         # present. ``_reserved`` only for the fields that convert their value.
         self._plan: list[tuple[str, tuple[str, ...], bool, int]] = [
-            (fname, tuple(k for k in keys if k not in self._drop),
-             fname in ("phone_number", "created_at"),
-             _FALLBACK_CONTEXT if fname in _CONTEXT_FALLBACK else _FALLBACK_NAME if fname == "name" else 0)
+            (
+                fname,
+                tuple(k for k in keys if k not in self._drop),
+                fname in ("phone_number", "created_at"),
+                _FALLBACK_CONTEXT
+                if fname in _CONTEXT_FALLBACK
+                else _FALLBACK_NAME
+                if fname == "name"
+                else 0,
+            )
             for fname, keys in self._fields
-        ]  # fmt: skip
+        ]
         # Keys never copied as custom properties; with no rename this is all the copy loop needs.
         self._skip = self._consumed | self._drop | {"id"}
         self._name_parts = [
-            (first, last) for first, last in _NAME_PARTS if first not in self._drop and last not in self._drop
+            (first, last)
+            for first, last in _NAME_PARTS
+            if first not in self._drop and last not in self._drop
         ]
 
     def map(self, event: Event) -> Mapped:
@@ -207,7 +216,9 @@ class Mapper:
         if previous_id == user_id:
             out.notes.append("self_alias")
             return
-        out.ops.append(Merge(user_id=user_id, from_user_id=previous_id, message_id=event.message_id))
+        out.ops.append(
+            Merge(user_id=user_id, from_user_id=previous_id, message_id=event.message_id)
+        )
 
     def props(
         self, traits: dict[str, Any], context: dict[str, Any], notes: list[str]

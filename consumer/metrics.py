@@ -25,13 +25,17 @@ class Metrics:
             "knock_sink_events_applied", "Events whose changes Knock applied", registry=r
         )
         self.dead_lettered = Counter(
-            "knock_sink_events_dead_lettered", "Events parked in the dead-letter topic",
-            ["kind"], registry=r,
-        )  # fmt: skip
+            "knock_sink_events_dead_lettered",
+            "Events parked in the dead-letter topic",
+            ["kind"],
+            registry=r,
+        )
         self.notes = Counter(
-            "knock_sink_mapping_notes", "Events skipped or partly mapped, by reason",
-            ["note"], registry=r,
-        )  # fmt: skip
+            "knock_sink_mapping_notes",
+            "Events skipped or partly mapped, by reason",
+            ["note"],
+            registry=r,
+        )
         self.knock_calls = Counter(
             "knock_sink_knock_calls", "Knock operations sent", ["operation"], registry=r
         )
@@ -43,9 +47,11 @@ class Metrics:
         )
         self.commits = Counter("knock_sink_commits", "Offset commits", registry=r)
         self.committed = Gauge(
-            "knock_sink_committed_offset", "Last committed position (next offset to read)",
-            ["topic", "partition"], registry=r,
-        )  # fmt: skip
+            "knock_sink_committed_offset",
+            "Last committed position (next offset to read)",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.pending = Gauge(
             "knock_sink_pending_events", "Events read but not yet committable", registry=r
         )
@@ -54,63 +60,85 @@ class Metrics:
             "knock_sink_users_on_several_partitions",
             "Users whose events came on more than one partition of a topic (not keyed by user)",
             registry=r,
-        )  # fmt: skip
+        )
         self.late_events = Counter(
             "knock_sink_late_events",
             "Ops of a user split over partitions handed on in arrival order: older than one of the user's already handed on",
             registry=r,
-        )  # fmt: skip
+        )
         self.duplicate_merges = Counter(
             "knock_sink_duplicate_merges",
             "Merges (alias) skipped: their messageId repeats one taken in from another position",
             registry=r,
-        )  # fmt: skip
+        )
         self.budget_share = Gauge(
-            "knock_sink_budget_share", "Share of each Knock rate-limit tier this process uses",
+            "knock_sink_budget_share",
+            "Share of each Knock rate-limit tier this process uses",
             registry=r,
-        )  # fmt: skip
+        )
         self.budget_share.set(1)
         self.events = Counter(
-            "knock_sink_events", "Events read, by type and what became of them at reading "
-            "(queued for Knock, nothing to send, dead-lettered)", ["type", "outcome"], registry=r,
-        )  # fmt: skip
-        self.plan_users = Histogram(
-            "knock_sink_plan_users", "Users per plan sent to Knock", registry=r,
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 4000, 8000),
-        )  # fmt: skip
-        self.knock_requests = Counter(
-            "knock_sink_knock_requests", "HTTP requests to Knock, by route and status "
-            "(error: no answer)", ["route", "status"], registry=r,
-        )  # fmt: skip
-        self.knock_latency = Histogram(
-            "knock_sink_knock_request_seconds", "Time of one HTTP request to Knock", ["route"],
-            registry=r, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-        )  # fmt: skip
-        self.rate_limit_wait = Counter(
-            "knock_sink_rate_limit_wait_seconds", "Seconds requests waited for their rate limit",
-            ["route"], registry=r,
-        )  # fmt: skip
-        self.lag = Gauge(
-            "knock_sink_consumer_lag", "Events after the committed position, per partition held",
-            ["topic", "partition"], registry=r,
-        )  # fmt: skip
-        self.target = Gauge(
-            "knock_sink_backfill_target_offset", "Position a backfill runs up to, per partition",
-            ["topic", "partition"], registry=r,
-        )  # fmt: skip
-        self.held_states = Gauge(
-            "knock_sink_backfill_held_states", "User states a backfill holds, not yet handed out "
-            "for sending, in memory or on disk (a user spilled twice has two states on disk)",
-            ["where"], registry=r,
-        )  # fmt: skip
-        self.spilled_states = Counter(
-            "knock_sink_backfill_spilled_states", "User states a backfill spilled to disk",
+            "knock_sink_events",
+            "Events read, by type and what became of them at reading "
+            "(queued for Knock, nothing to send, dead-lettered)",
+            ["type", "outcome"],
             registry=r,
-        )  # fmt: skip
+        )
+        self.plan_users = Histogram(
+            "knock_sink_plan_users",
+            "Users per plan sent to Knock",
+            registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 4000, 8000),
+        )
+        self.knock_requests = Counter(
+            "knock_sink_knock_requests",
+            "HTTP requests to Knock, by route and status (error: no answer)",
+            ["route", "status"],
+            registry=r,
+        )
+        self.knock_latency = Histogram(
+            "knock_sink_knock_request_seconds",
+            "Time of one HTTP request to Knock",
+            ["route"],
+            registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.rate_limit_wait = Counter(
+            "knock_sink_rate_limit_wait_seconds",
+            "Seconds requests waited for their rate limit",
+            ["route"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "knock_sink_consumer_lag",
+            "Events after the committed position, per partition held",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.target = Gauge(
+            "knock_sink_backfill_target_offset",
+            "Position a backfill runs up to, per partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.held_states = Gauge(
+            "knock_sink_backfill_held_states",
+            "User states a backfill holds, not yet handed out "
+            "for sending, in memory or on disk (a user spilled twice has two states on disk)",
+            ["where"],
+            registry=r,
+        )
+        self.spilled_states = Counter(
+            "knock_sink_backfill_spilled_states",
+            "User states a backfill spilled to disk",
+            registry=r,
+        )
         self.held_budget = Gauge(
-            "knock_sink_backfill_held_budget_bytes", "What of the backfill's memory budget its "
-            "held users may take now (lowered as the process grows past the budget)", registry=r,
-        )  # fmt: skip
+            "knock_sink_backfill_held_budget_bytes",
+            "What of the backfill's memory budget its "
+            "held users may take now (lowered as the process grows past the budget)",
+            registry=r,
+        )
         #: How fresh Knock is when an event is applied (three histograms of their own).
         self.freshness = Freshness(r)
 
@@ -126,7 +154,9 @@ class Metrics:
         self.lag.clear()
         for (topic, partition), hi in high_watermarks.items():
             if (topic, partition) in committed:
-                self.lag.labels(topic, str(partition)).set(max(0, hi - committed[(topic, partition)]))
+                self.lag.labels(topic, str(partition)).set(
+                    max(0, hi - committed[(topic, partition)])
+                )
 
     def knock_wait(self, route: str, seconds: float) -> None:
         if seconds > 0:
@@ -134,12 +164,16 @@ class Metrics:
 
     def committed_positions(self) -> dict[Partition, int]:
         """The last position committed for each partition this process ever committed."""
-        return {(labels["topic"], int(labels["partition"])): int(v)
-                for labels, v in _samples(self.committed, "_offset")}  # fmt: skip
+        return {
+            (labels["topic"], int(labels["partition"])): int(v)
+            for labels, v in _samples(self.committed, "_offset")
+        }
 
 
 def _samples(metric: Counter | Gauge, suffix: str) -> list[tuple[dict[str, str], float]]:
-    return [(s.labels, s.value) for m in metric.collect() for s in m.samples if s.name.endswith(suffix)]
+    return [
+        (s.labels, s.value) for m in metric.collect() for s in m.samples if s.name.endswith(suffix)
+    ]
 
 
 def total(counter: Counter) -> int:

@@ -109,7 +109,9 @@ class RecentIds:
 class _Unit:
     __slots__ = ("at", "item", "n", "time", "tp", "users")
 
-    def __init__(self, time: float, n: int, tp: Partition, users: tuple[str, ...], item: Any, at: float) -> None:
+    def __init__(
+        self, time: float, n: int, tp: Partition, users: tuple[str, ...], item: Any, at: float
+    ) -> None:
         self.time, self.n, self.tp, self.users, self.item, self.at = time, n, tp, users, item, at
 
 
@@ -191,8 +193,14 @@ class EventOrder:
         """Exact mode: whether ``topic`` counts as keyed by user (see :data:`KEYED_AFTER`)."""
         return self._keyed.get(topic) is True
 
-    def add(self, item: Any, tp: Partition, offset: int, users: tuple[str, ...],
-            time: Callable[[], float]) -> None:  # fmt: skip
+    def add(
+        self,
+        item: Any,
+        tp: Partition,
+        offset: int,
+        users: tuple[str, ...],
+        time: Callable[[], float],
+    ) -> None:
         """Take in one item (an op, or an event's ops) read at ``tp``/``offset``, touching
         ``users`` (entities); ``time`` gives its event time (asked only when it matters). An
         item that goes on as read (:meth:`as_read`'s verdict) goes on at once. A caller that
@@ -211,7 +219,9 @@ class EventOrder:
             self._on_late()
         self._queue(item, tp, users, t)
 
-    def as_read(self, tp: Partition, offset: int, users: tuple[str, ...], key: bytes | None) -> bool:
+    def as_read(
+        self, tp: Partition, offset: int, users: tuple[str, ...], key: bytes | None
+    ) -> bool:
         """Whether the ops of the record at ``tp``/``offset``, touching ``users``, with Kafka
         ``key``, go on as read, without waiting here nor their time being read (ask once per
         record, before :meth:`add`):
@@ -248,22 +258,36 @@ class EventOrder:
         verdict = self._keyed.get(topic)
         if verdict is False:
             return
-        people = users if len(users) == 1 and "/" not in users[0] else [u for u in users if "/" not in u]
+        people = (
+            users if len(users) == 1 and "/" not in users[0] else [u for u in users if "/" not in u]
+        )
         if not people:
             return
         matches = key is not None and key.decode("utf-8", "replace") in people
         if verdict:
             if not matches and topic not in self._warned:
                 self._warned.add(topic)
-                log.warning("topic %s was taken as keyed by user (its first %d records carry their "
-                            "user's id as key), but %s[%d]@%d does not: users whose events are on "
-                            "several partitions are applied in the order read", topic, KEYED_AFTER,
-                            tp[0], tp[1], offset)  # fmt: skip
+                log.warning(
+                    "topic %s was taken as keyed by user (its first %d records carry their "
+                    "user's id as key), but %s[%d]@%d does not: users whose events are on "
+                    "several partitions are applied in the order read",
+                    topic,
+                    KEYED_AFTER,
+                    tp[0],
+                    tp[1],
+                    offset,
+                )
             return
         if not matches:
             self._keyed[topic] = False
-            log.info("topic %s is not keyed by user (%s[%d]@%d): a backfill applies each user's "
-                     "events in event-time order across partitions", topic, tp[0], tp[1], offset)  # fmt: skip
+            log.info(
+                "topic %s is not keyed by user (%s[%d]@%d): a backfill applies each user's "
+                "events in event-time order across partitions",
+                topic,
+                tp[0],
+                tp[1],
+                offset,
+            )
             return
         self._judged[topic] += 1
         if self._judged[topic] < KEYED_AFTER:
@@ -274,7 +298,9 @@ class EventOrder:
         if queues:  # what waited goes on, in the order so far
             self._release_topic(topic, queues, self._clock(), flush=True)
 
-    def _add_windowed(self, item: Any, tp: Partition, users: tuple[str, ...], time: Callable[[], float]) -> None:
+    def _add_windowed(
+        self, item: Any, tp: Partition, users: tuple[str, ...], time: Callable[[], float]
+    ) -> None:
         # Only when it does not go on as read: its topic is unkeyed, or one of its users split.
         topic = tp[0]
         touched = self._touched
@@ -335,14 +361,20 @@ class EventOrder:
         if self._ends is not None:
             self._balance()
 
-    def _release_topic(self, topic: str, queues: dict[Partition, deque[_Unit]], now: float, flush: bool) -> None:
+    def _release_topic(
+        self, topic: str, queues: dict[Partition, deque[_Unit]], now: float, flush: bool
+    ) -> None:
         asked = False
         while True:
             best: _Unit | None = None
             for q in queues.values():
                 if q:
                     head = q[0]
-                    if best is None or head.time < best.time or (head.time == best.time and head.n < best.n):
+                    if (
+                        best is None
+                        or head.time < best.time
+                        or (head.time == best.time and head.n < best.n)
+                    ):
                         best = head
             if best is None:
                 return
@@ -366,7 +398,9 @@ class EventOrder:
             self._hand(best.users, best.time, topic)
             self._release(best.item)
 
-    def _turn(self, topic: str, queues: dict[Partition, deque[_Unit]], best: _Unit, now: float) -> bool:
+    def _turn(
+        self, topic: str, queues: dict[Partition, deque[_Unit]], best: _Unit, now: float
+    ) -> bool:
         """Whether no partition of ``topic`` can still bring an op earlier than ``best``."""
         if self._ends is None:
             late = self._lateness
@@ -458,17 +492,33 @@ class PendingOrder:
     :param may_resume: whether a partition may be resumed (not waiting for the registry).
     """
 
-    def __init__(self, settings: Settings, *, add: Callable[[Pending], None], next_seq: Callable[[], int],
-                 keys: KeyWatch, metrics: Metrics, pause: Callable[[list[Partition]], None],
-                 resume: Callable[[list[Partition]], None], may_resume: Callable[[Partition], bool],
-                 clock: Callable[[], float]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        add: Callable[[Pending], None],
+        next_seq: Callable[[], int],
+        keys: KeyWatch,
+        metrics: Metrics,
+        pause: Callable[[list[Partition]], None],
+        resume: Callable[[list[Partition]], None],
+        may_resume: Callable[[Partition], bool],
+        clock: Callable[[], float],
+    ) -> None:
         self._add, self._next_seq = add, next_seq
         self._keys = keys
         self._lateness = settings.sink.lateness
         self._metrics = metrics
-        self.order = EventOrder(self._hand_on, lateness=self._lateness, split=keys.split,
-                                on_late=metrics.late_events.inc, pause=pause, resume=resume,
-                                may_resume=may_resume, clock=clock)  # fmt: skip
+        self.order = EventOrder(
+            self._hand_on,
+            lateness=self._lateness,
+            split=keys.split,
+            on_late=metrics.late_events.inc,
+            pause=pause,
+            resume=resume,
+            may_resume=may_resume,
+            clock=clock,
+        )
         size = settings.sink.merge_ids
         self._merges = RecentIds(size) if size else None
 

@@ -155,8 +155,12 @@ def _fold_deep(into: dict[str, Any], props: dict[str, Any]) -> None:
         into[k] = v
 
 
-def folding(nested: NestedMerge) -> tuple[Callable[[dict[str, Any], dict[str, Any]], bool],
-                                          Callable[[dict[str, Any], dict[str, Any]], None]]:
+def folding(
+    nested: NestedMerge,
+) -> tuple[
+    Callable[[dict[str, Any], dict[str, Any]], bool],
+    Callable[[dict[str, Any], dict[str, Any]], None],
+]:
     """``(can_fold, fold)`` for a nested-merge mode: whether a later update folds exactly into
     an earlier one, and how (the planner's and a backfill's held users' one rule)."""
     if nested == "deep":
@@ -172,13 +176,13 @@ class Planner:
     ``add`` is O(1); ``cut`` and ``drop`` are O(pending); ``retry`` sorts.
     """
 
-    __slots__ = ("_queue", "_last_seq", "_can_fold", "_fold", "_open")
+    __slots__ = ("_can_fold", "_fold", "_last_seq", "_open", "_queue")
 
     def __init__(self, *, nested: NestedMerge = "either") -> None:
         """:param nested: what Knock does with nested objects. ``either`` (default) folds only
-            what is exact whether Knock deep-merges them or replaces them (two updates that both
-            carry an object under one key stay apart); ``deep`` relies on Knock's documented
-            deep merge and folds such objects into one deep-merged entry.
+        what is exact whether Knock deep-merges them or replaces them (two updates that both
+        carry an object under one key stay apart); ``deep`` relies on Knock's documented
+        deep merge and folds such objects into one deep-merged entry.
         """
         self._queue: list[Pending] = []
         self._last_seq: int | None = None

@@ -162,11 +162,12 @@ class Slots:
         nothing.
     """
 
-    def __init__(self, owned: frozenset[int], total: int, *, wall: Clock = time.time,
-                 settle: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self, owned: frozenset[int], total: int, *, wall: Clock = time.time, settle: float = 0.0
+    ) -> None:
         """:param settle: seconds from now before the first request: after a rebalance, the
-            member that held these slots before (alone, it took no turns) may have sent until
-            its revoke, so the new owner waits out one usable stretch (:data:`SLOT_USABLE`)."""
+        member that held these slots before (alone, it took no turns) may have sent until
+        its revoke, so the new owner waits out one usable stretch (:data:`SLOT_USABLE`)."""
         if total < 1:
             raise ValueError("total must be at least 1")
         self.owned = frozenset(i for i in owned if 0 <= i < total)
@@ -350,7 +351,10 @@ class RateLimits:
         self.mode = mode
         self._limiters = {
             name: RateLimiter(
-                TIERS[tier] if mode == "knock" else None, window=KNOCK_WINDOW, clock=clock, sleep=sleep
+                TIERS[tier] if mode == "knock" else None,
+                window=KNOCK_WINDOW,
+                clock=clock,
+                sleep=sleep,
             )
             for name, tier in ENDPOINT_TIER.items()
         }

@@ -42,8 +42,9 @@ class Snapshot:
         return sum(self.lag.values())
 
 
-def snapshot(metrics: Metrics, started: float, *, bulk_per_second: float | None,
-             now: float | None = None) -> Snapshot:  # fmt: skip
+def snapshot(
+    metrics: Metrics, started: float, *, bulk_per_second: float | None, now: float | None = None
+) -> Snapshot:
     """The run so far. ``bulk_per_second``: users a second Knock's bulk budget allows this
     process (``None``: limits off)."""
     now = time.monotonic() if now is None else now
@@ -52,7 +53,11 @@ def snapshot(metrics: Metrics, started: float, *, bulk_per_second: float | None,
     for labels, target in _gauge(metrics.target):
         tp = (labels["topic"], int(labels["partition"]))
         lag[tp] = max(0, int(target) - committed.get(tp, 0))
-    consumed, applied, users = total(metrics.consumed), total(metrics.applied), total(metrics.users_sent)
+    consumed, applied, users = (
+        total(metrics.consumed),
+        total(metrics.applied),
+        total(metrics.users_sent),
+    )
     elapsed = max(now - started, 1e-9)
     remaining = sum(lag.values())
     eta: float | None = None
@@ -63,8 +68,17 @@ def snapshot(metrics: Metrics, started: float, *, bulk_per_second: float | None,
     elif applied:
         eta = remaining / (applied / elapsed)
     wait = getattr(metrics, "rate_limit_wait", None)
-    return Snapshot(consumed, applied, users, by_label(metrics.knock_calls), by_label(metrics.dead_lettered),
-                    _sum(wait) if wait is not None else 0.0, lag, elapsed, eta)  # fmt: skip
+    return Snapshot(
+        consumed,
+        applied,
+        users,
+        by_label(metrics.knock_calls),
+        by_label(metrics.dead_lettered),
+        _sum(wait) if wait is not None else 0.0,
+        lag,
+        elapsed,
+        eta,
+    )
 
 
 def _gauge(metric: Any) -> list[tuple[dict[str, str], float]]:
@@ -72,7 +86,14 @@ def _gauge(metric: Any) -> list[tuple[dict[str, str], float]]:
 
 
 def _sum(metric: Any) -> float:
-    return float(sum(s.value for m in metric.collect() for s in m.samples if s.name.endswith(("_total", "_sum"))))
+    return float(
+        sum(
+            s.value
+            for m in metric.collect()
+            for s in m.samples
+            if s.name.endswith(("_total", "_sum"))
+        )
+    )
 
 
 def _duration(seconds: float | None) -> str:
@@ -85,16 +106,20 @@ def _duration(seconds: float | None) -> str:
 
 def plain_line(snap: Snapshot) -> str:
     calls = sum(snap.calls.values())
-    return (f"backfill: {snap.consumed} read, {snap.applied} applied, {snap.remaining} to go over "
-            f"{len(snap.lag)} partitions, {snap.users_sent} users sent in {calls} Knock calls, "
-            f"{snap.rate_limit_wait:.1f} s waiting on rate limits, {sum(snap.dead_lettered.values())} "
-            f"dead-lettered, ETA {_duration(snap.eta)}")  # fmt: skip
+    return (
+        f"backfill: {snap.consumed} read, {snap.applied} applied, {snap.remaining} to go over "
+        f"{len(snap.lag)} partitions, {snap.users_sent} users sent in {calls} Knock calls, "
+        f"{snap.rate_limit_wait:.1f} s waiting on rate limits, {sum(snap.dead_lettered.values())} "
+        f"dead-lettered, ETA {_duration(snap.eta)}"
+    )
 
 
 def table(snap: Snapshot) -> Any:
     from rich.table import Table
 
-    t = Table(title=f"knock-sink backfill, {_duration(snap.elapsed)} elapsed, ETA {_duration(snap.eta)}")
+    t = Table(
+        title=f"knock-sink backfill, {_duration(snap.elapsed)} elapsed, ETA {_duration(snap.eta)}"
+    )
     t.add_column("")
     t.add_column("", justify="right")
     t.add_row("events read", str(snap.consumed))
@@ -102,7 +127,9 @@ def table(snap: Snapshot) -> Any:
     t.add_row("users sent", str(snap.users_sent))
     t.add_row("Knock calls", ", ".join(f"{k} {v}" for k, v in sorted(snap.calls.items())) or "0")
     t.add_row("rate-limit waits", f"{snap.rate_limit_wait:.1f} s")
-    t.add_row("dead-lettered", ", ".join(f"{k} {v}" for k, v in sorted(snap.dead_lettered.items())) or "0")
+    t.add_row(
+        "dead-lettered", ", ".join(f"{k} {v}" for k, v in sorted(snap.dead_lettered.items())) or "0"
+    )
     for (topic, partition), lag in sorted(snap.lag.items()):
         t.add_row(f"lag {topic}[{partition}]", str(lag))
     return t
@@ -114,8 +141,15 @@ class Progress:
     :param terminal: live table (``True``) or plain log lines; default: ``stream.isatty()``.
     """
 
-    def __init__(self, metrics: Metrics, stream: TextIO, *, bulk_per_second: float | None,
-                 terminal: bool | None = None, every: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        metrics: Metrics,
+        stream: TextIO,
+        *,
+        bulk_per_second: float | None,
+        terminal: bool | None = None,
+        every: float | None = None,
+    ) -> None:
         self._metrics = metrics
         self._stream = stream
         self._bulk = bulk_per_second
@@ -133,8 +167,11 @@ class Progress:
             self._live.start()
             # Log lines go above the table rather than through it: rich swapped sys.stderr for a
             # proxy that prints there, but the logging handler holds the stream it was given.
-            self._handlers = [h for h in logging.getLogger().handlers
-                              if isinstance(h, logging.StreamHandler) and h.stream is stream]  # fmt: skip
+            self._handlers = [
+                h
+                for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and h.stream is stream
+            ]
             for h in self._handlers:
                 h.setStream(sys.stderr)
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
@@ -162,11 +199,14 @@ class Progress:
         self._thread.join()
         snap = self._snap()
         out = {
-            "events": snap.consumed, "applied": snap.applied, "users_sent": snap.users_sent,
-            "knock_calls": snap.calls, "dead_lettered": snap.dead_lettered,
+            "events": snap.consumed,
+            "applied": snap.applied,
+            "users_sent": snap.users_sent,
+            "knock_calls": snap.calls,
+            "dead_lettered": snap.dead_lettered,
             "rate_limit_wait_seconds": round(snap.rate_limit_wait, 3),
             "duration_seconds": round(snap.elapsed, 3),
-        }  # fmt: skip
+        }
         if self._live is not None:
             self._live.update(table(snap), refresh=True)
             self._live.stop()
@@ -175,9 +215,11 @@ class Progress:
         if not report:
             return out
         if self._live is not None:
-            self._console.print(f"backfill done in {_duration(snap.elapsed)}: {snap.consumed} events, "
-                                f"{snap.users_sent} users, {sum(snap.calls.values())} Knock calls, "
-                                f"dead-lettered {snap.dead_lettered or 0}")  # fmt: skip
+            self._console.print(
+                f"backfill done in {_duration(snap.elapsed)}: {snap.consumed} events, "
+                f"{snap.users_sent} users, {sum(snap.calls.values())} Knock calls, "
+                f"dead-lettered {snap.dead_lettered or 0}"
+            )
         else:
             log.info(plain_line(snap))
         return out

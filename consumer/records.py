@@ -26,7 +26,7 @@ class Record:
     """One consumed Kafka message: where it sits, its key, value, headers and timestamp (ms
     since the epoch, or ``None`` when the broker gave none)."""
 
-    __slots__ = ("topic", "partition", "offset", "key", "value", "headers", "timestamp")
+    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
 
     def __init__(
         self,
@@ -128,8 +128,9 @@ class DeadLetterWriter(Protocol):
     """Writes dead-letter records; ``on_delivered`` runs (inside :meth:`poll` or :meth:`flush`)
     once the broker has confirmed the write."""
 
-    def write(self, record: Record, topic: str, headers: Headers,
-              on_delivered: Callable[[], object]) -> None: ...  # fmt: skip
+    def write(
+        self, record: Record, topic: str, headers: Headers, on_delivered: Callable[[], object]
+    ) -> None: ...
 
     def ensure_topics(self, source_topics: Iterable[str], dlq_for: Callable[[str], str]) -> None:
         """Create missing dead-letter topics with their source's partition count."""
@@ -158,8 +159,14 @@ class RecordReader(Protocol):
 class Edge(Protocol):
     """Builds the three Kafka clients of one sink run."""
 
-    def source(self, *, on_assign: RebalanceCallback, on_revoke: RebalanceCallback,
-               on_lost: RebalanceCallback, from_beginning: bool) -> Source: ...  # fmt: skip
+    def source(
+        self,
+        *,
+        on_assign: RebalanceCallback,
+        on_revoke: RebalanceCallback,
+        on_lost: RebalanceCallback,
+        from_beginning: bool,
+    ) -> Source: ...
 
     def writer(self) -> DeadLetterWriter: ...
 

@@ -53,8 +53,12 @@ class Counts:
     transactions: int = 0
 
     def describe(self) -> dict[str, int]:
-        return {"read": self.read, "written": self.written, "unkeyed": self.unkeyed,
-                "transactions": self.transactions}  # fmt: skip
+        return {
+            "read": self.read,
+            "written": self.written,
+            "unkeyed": self.unkeyed,
+            "transactions": self.transactions,
+        }
 
 
 def user_key(obj: object) -> str | None:
@@ -87,8 +91,15 @@ class Repartitioner:
         yields records to write.
     """
 
-    def __init__(self, settings: KafkaSettings, source: str, target: str, *, batch: int = 1000,
-                 decoder: Decoder | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        source: str,
+        target: str,
+        *,
+        batch: int = 1000,
+        decoder: Decoder | None = None,
+    ) -> None:
         if source == target:
             raise ConfigError("--to", "the keyed topic must differ from the source topic")
         self._settings = settings
@@ -99,14 +110,22 @@ class Repartitioner:
         base = {**settings.librdkafka()}
         try:
             self._admin = AdminClient(base)
-            self._consumer = Consumer({
-                **base, "group.id": name, "enable.auto.commit": False,
-                "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-            }, logger=KAFKA_LOG)  # fmt: skip
+            self._consumer = Consumer(
+                {
+                    **base,
+                    "group.id": name,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": True,
+                },
+                logger=KAFKA_LOG,
+            )
             # A stable transactional id: a rerun fences the previous process (a zombie cannot
             # commit after it) and continues from its last committed transaction.
-            self._producer = Producer({**base, "transactional.id": name, "linger.ms": 5}, logger=KAFKA_LOG)
+            self._producer = Producer(
+                {**base, "transactional.id": name, "linger.ms": 5}, logger=KAFKA_LOG
+            )
         except KafkaException as exc:
             raise ConfigError("kafka.client", exc.args[0].str()) from None
         self._buffers: dict[Partition, deque[tuple[float, Message, str | None]]] = {}
@@ -121,7 +140,9 @@ class Repartitioner:
             raise ConfigError("--from", f"topic {self.source!r} does not exist")
         if self.target not in meta.topics:
             # As many partitions as the source: the same parallelism for the sink group.
-            fut = self._admin.create_topics([NewTopic(self.target, len(src.partitions))])[self.target]
+            fut = self._admin.create_topics([NewTopic(self.target, len(src.partitions))])[
+                self.target
+            ]
             try:
                 fut.result(30)
             except KafkaException as exc:
@@ -134,16 +155,19 @@ class Repartitioner:
         self._stop = stop
         self._ensure_target()
         self._producer.init_transactions(30)
-        self._consumer.subscribe([self.source], on_assign=self._assigned, on_revoke=self._revoked,
-                                 on_lost=self._revoked)  # fmt: skip
+        self._consumer.subscribe(
+            [self.source], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+        )
         try:
             while stop is None or not stop.is_set():
                 self._take(self._consumer.consume(self._batch, 0.5))
                 out = self._merge()
                 if out:
                     self._write(out)
-                if until_end and self._buffers and all(
-                    self._at_end[tp] and not q for tp, q in self._buffers.items()
+                if (
+                    until_end
+                    and self._buffers
+                    and all(self._at_end[tp] and not q for tp, q in self._buffers.items())
                 ):
                     break
         finally:
@@ -221,14 +245,21 @@ class Repartitioner:
                 if user is None:
                     self.counts.unkeyed += 1
                 ts_type, ts = msg.timestamp()
-                self._producer.produce(self.target, msg.value(), key=key, headers=msg.headers(),
-                                       timestamp=ts if ts_type else 0)  # 0: now  # fmt: skip
+                self._producer.produce(
+                    self.target,
+                    msg.value(),
+                    key=key,
+                    headers=msg.headers(),
+                    timestamp=ts if ts_type else 0,
+                )  # 0: now
                 self._producer.poll(0)
                 topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
                 assert topic is not None and partition is not None and offset is not None
                 positions[(topic, partition)] = offset + 1
             offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-            self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
+            self._producer.send_offsets_to_transaction(
+                offsets, self._consumer.consumer_group_metadata(), 30
+            )
             self._producer.commit_transaction(30)
         except KafkaException as exc:
             if exc.args[0].txn_requires_abort():

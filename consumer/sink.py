@@ -28,7 +28,7 @@ from .dispatch import Dispatch
 from .errors import ConfigError, FatalKnockError, RetryableError
 from .flow import Backpressure
 from .health import Health
-from .holding import Holding, applied_events, dead_letter_record, read_targets, reached
+from .holding import Holding, applied_events, dead_letter_record, reached, read_targets
 from .intake import Intake
 from .knock import KnockClient
 from .metrics import Metrics, Summary
@@ -67,12 +67,22 @@ class Sink:
         self._tracker = OffsetTracker()
         self._stop = threading.Event()
         self._knock_stop = threading.Event()
-        self._knock = KnockClient.from_settings(settings.knock, stop=self._knock_stop,
-                                                on_request=metrics.knock_request,
-                                                on_wait=metrics.knock_wait)  # fmt: skip
+        self._knock = KnockClient.from_settings(
+            settings.knock,
+            stop=self._knock_stop,
+            on_request=metrics.knock_request,
+            on_wait=metrics.knock_wait,
+        )
         self._dispatch = Dispatch(settings, self._knock, metrics, clock)
-        self._intake = Intake(settings, planner=self._dispatch.planner, tracker=self._tracker,
-                              metrics=metrics, forget=self._forget, decoder=decoder, clock=clock)  # fmt: skip
+        self._intake = Intake(
+            settings,
+            planner=self._dispatch.planner,
+            tracker=self._tracker,
+            metrics=metrics,
+            forget=self._forget,
+            decoder=decoder,
+            clock=clock,
+        )
         self._backpressure = Backpressure(settings.sink.max_pending)
         self._budget = Budget(self._knock.limits, settings.knock.budget_share, metrics.budget_share)
         #: A backfill's read-ahead and held users (:mod:`consumer.holding`).
@@ -81,7 +91,9 @@ class Sink:
         self._dlq: DeadLetters | None = None
         self._last_commit = clock()
         # The revoke's settle blocks the loop for up to the drain budget: never a stall.
-        self.health = Health(max(settings.sink.stall_timeout, settings.sink.drain_timeout + 5), clock)
+        self.health = Health(
+            max(settings.sink.stall_timeout, settings.sink.drain_timeout + 5), clock
+        )
 
     def stop(self) -> None:
         """Ask the loop to stop fetching, drain and exit (safe from signal handlers). Before
@@ -93,8 +105,9 @@ class Sink:
 
     # -- run -------------------------------------------------------------------------------
 
-    def run(self, *, from_beginning: bool = False, until_end: bool = False,
-            replay: Replay | None = None) -> Summary:
+    def run(
+        self, *, from_beginning: bool = False, until_end: bool = False, replay: Replay | None = None
+    ) -> Summary:
         """Consume until :meth:`stop` (or, with ``until_end``, until every event up to the end
         offsets seen at start is applied and committed). Raises :class:`FatalKnockError` after
         committing what is safe when Knock rejects the configuration at run time,
@@ -110,9 +123,12 @@ class Sink:
         writer = self._edge.writer()
         self._dlq = DeadLetters(kafka, writer, self._edge.reader(), self.metrics, clock=self._clock)
         self._source = self._edge.source(
-            on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
-            from_beginning=from_beginning, **({"replay": replay} if replay else {}),
-        )  # fmt: skip
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+            from_beginning=from_beginning,
+            **({"replay": replay} if replay else {}),
+        )
         self._intake.open(self._source, self._dlq)
         try:
             self._knock.check()
@@ -131,15 +147,28 @@ class Sink:
             raise
         self.health.checked()
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
-        ends, starts = read_targets(self._source, kafka.topics, from_beginning, replay) if until_end else (None, {})
+        ends, starts = (
+            read_targets(self._source, kafka.topics, from_beginning, replay)
+            if until_end
+            else (None, {})
+        )
         for (topic, partition), target in (ends or {}).items():
             self.metrics.target.labels(topic, str(partition)).set(target)
         if ends is not None:
             self._holding = Holding(
-                ends, starts, settings=self.settings, dispatch=self._dispatch, intake=self._intake,
-                source=self._source, tracker=self._tracker, dlq=self._dlq, metrics=self.metrics,
-                forget=self._forget, stop=self._stop, clock=self._clock,
-            )  # fmt: skip
+                ends,
+                starts,
+                settings=self.settings,
+                dispatch=self._dispatch,
+                intake=self._intake,
+                source=self._source,
+                tracker=self._tracker,
+                dlq=self._dlq,
+                metrics=self.metrics,
+                forget=self._forget,
+                stop=self._stop,
+                clock=self._clock,
+            )
         # The loop allocates a few small objects per event and keeps them until Knock applied
         # them: with the default thresholds the collector rescans that young, live heap every
         # 700 allocations (up to a tenth of the loop's time in profiles).
@@ -150,7 +179,10 @@ class Sink:
                 self._step()
             self._drain()
             if self._intake.fatal is not None:  # stopped fetching; what was mapped is applied
-                log.critical("the schema registry rejected the configuration, stopped: %s", self._intake.fatal)
+                log.critical(
+                    "the schema registry rejected the configuration, stopped: %s",
+                    self._intake.fatal,
+                )
                 raise self._intake.fatal
         except FatalKnockError as exc:
             self.health.fatal(str(exc))
@@ -198,8 +230,9 @@ class Sink:
     def _start_plan(self) -> None:
         self._intake.release()
         holding = self._holding
-        self._dispatch.start(wait=holding.holds_back if holding is not None else None,
-                             now=self._stop.is_set())  # fmt: skip
+        self._dispatch.start(
+            wait=holding.holds_back if holding is not None else None, now=self._stop.is_set()
+        )
 
     def _take(self, out: Outcome) -> None:
         """Resolve what Knock applied, park what it rejected, give back what must be retried."""
@@ -234,7 +267,9 @@ class Sink:
             return False
         self._last_commit = now
         holding = self._holding
-        positions = self._tracker.committable() if holding is None else holding.committable(self._tracker)
+        positions = (
+            self._tracker.committable() if holding is None else holding.committable(self._tracker)
+        )
         if not positions or not self._source.commit(positions):
             return False
         self._tracker.mark_committed(positions)
@@ -272,8 +307,11 @@ class Sink:
         """Partitions are leaving: settle while they are still ours, then forget them, so that
         no late result can commit for them."""
         if not self._settle(self._clock() + self.settings.sink.drain_timeout):
-            log.warning("revoke: plans still in flight after the drain budget; their results "
-                        "for %s will be ignored", tps)  # fmt: skip
+            log.warning(
+                "revoke: plans still in flight after the drain budget; their results "
+                "for %s will be ignored",
+                tps,
+            )
         self._forget(tps)
         self.health.unassigned(tps)
         self._budget.update(self.health.partitions)
@@ -306,15 +344,21 @@ class Sink:
             self._take_in(0.01)
             self._dlq.pump()
         if not self._dispatch.idle:
-            log.warning("drain budget spent: %d events will be replayed by the next run",
-                        self._tracker.pending())  # fmt: skip
+            log.warning(
+                "drain budget spent: %d events will be replayed by the next run",
+                self._tracker.pending(),
+            )
         self._knock_stop.set()
         self._settle(max(deadline, self._clock() + 1.0))
 
     def _reached(self, ends: dict[Partition, int]) -> bool:
         assert self._source is not None
-        return reached(ends, self.metrics.committed_positions(), self._source,
-                       lambda: bool(self._tracker.pending() or not self._dispatch.idle))
+        return reached(
+            ends,
+            self.metrics.committed_positions(),
+            self._source,
+            lambda: bool(self._tracker.pending() or not self._dispatch.idle),
+        )
 
     def _close(self) -> None:
         self.health.close()

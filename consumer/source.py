@@ -80,7 +80,9 @@ class KafkaSource:
         if replay.from_time_ms is not None:
             self._start.update(self.offsets_at(self._topics, replay.from_time_ms))
         self._stop_at: dict[Partition, int] = (
-            {} if replay.until_time_ms is None else self.offsets_at(self._topics, replay.until_time_ms)
+            {}
+            if replay.until_time_ms is None
+            else self.offsets_at(self._topics, replay.until_time_ms)
         )
         self._consumer.subscribe(
             list(settings.topics),
@@ -136,8 +138,17 @@ class KafkaSource:
                 if stop_at and offset >= stop_at.get((topic, partition), offset + 1):
                     continue  # at or past --until-timestamp: not this backfill's
                 ts_type, ts = msg.timestamp()
-                out.append(Record(topic, partition, offset, msg.key(), msg.value(), msg.headers(),
-                                  ts if ts_type else None))  # fmt: skip
+                out.append(
+                    Record(
+                        topic,
+                        partition,
+                        offset,
+                        msg.key(),
+                        msg.value(),
+                        msg.headers(),
+                        ts if ts_type else None,
+                    )
+                )
             elif err.fatal():
                 raise KafkaException(err)
             elif err.code() != KafkaError._PARTITION_EOF:
@@ -151,8 +162,13 @@ class KafkaSource:
 
     def resume(self) -> None:
         if self._paused:
-            self._consumer.resume([p for p in self._consumer.assignment()
-                                   if (p.topic, p.partition) not in self._held_back])  # fmt: skip
+            self._consumer.resume(
+                [
+                    p
+                    for p in self._consumer.assignment()
+                    if (p.topic, p.partition) not in self._held_back
+                ]
+            )
             self._paused = False
 
     def positions(self, tps: list[Partition]) -> dict[Partition, int]:
@@ -177,7 +193,9 @@ class KafkaSource:
             if back - self._held_back:
                 self._consumer.pause([TopicPartition(*tp) for tp in back - self._held_back])
             if self._held_back - back:
-                self._consumer.resume([TopicPartition(*tp) for tp in (self._held_back - back) & assigned])
+                self._consumer.resume(
+                    [TopicPartition(*tp) for tp in (self._held_back - back) & assigned]
+                )
         self._held_back = back
 
     @property
@@ -198,8 +216,13 @@ class KafkaSource:
             return False
         bad = [tp for tp in result or [] if tp.error is not None]
         for tp in bad:
-            log.warning("commit of %s[%d] failed: %s", tp.topic, tp.partition, tp.error,
-                        extra={"topic": tp.topic, "partition": tp.partition})  # fmt: skip
+            log.warning(
+                "commit of %s[%d] failed: %s",
+                tp.topic,
+                tp.partition,
+                tp.error,
+                extra={"topic": tp.topic, "partition": tp.partition},
+            )
         return not bad
 
     def committed(self, tps: Iterable[Partition], timeout: float = 10.0) -> dict[Partition, int]:
@@ -216,10 +239,14 @@ class KafkaSource:
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError._TIMED_OUT or attempt == COMMITTED_ATTEMPTS:
                     raise
-                log.warning("reading the group's commits timed out (attempt %d); trying again", attempt)
+                log.warning(
+                    "reading the group's commits timed out (attempt %d); trying again", attempt
+                )
         return {(tp.topic, tp.partition): tp.offset for tp in res if tp.offset >= 0}
 
-    def end_offsets(self, topics: Iterable[str], timeout: float = 10.0) -> dict[Partition, tuple[int, int]]:
+    def end_offsets(
+        self, topics: Iterable[str], timeout: float = 10.0
+    ) -> dict[Partition, tuple[int, int]]:
         """``(low, high)`` watermarks of every partition of ``topics``, read now."""
         meta = self._consumer.list_topics(timeout=timeout)
         out: dict[Partition, tuple[int, int]] = {}
@@ -232,7 +259,9 @@ class KafkaSource:
                 out[(topic, pid)] = (lo, hi)
         return out
 
-    def offsets_at(self, topics: Iterable[str], time_ms: int, timeout: float = 10.0) -> dict[Partition, int]:
+    def offsets_at(
+        self, topics: Iterable[str], time_ms: int, timeout: float = 10.0
+    ) -> dict[Partition, int]:
         """Each partition's first offset whose timestamp is at or after ``time_ms`` (its high
         watermark when there is none yet)."""
         meta = self._consumer.list_topics(timeout=timeout)
@@ -254,13 +283,21 @@ class KafkaSource:
                     errors.append(tp.error)
                     continue
                 key = (tp.topic, tp.partition)
-                out[key] = tp.offset if tp.offset >= 0 else self._consumer.get_watermark_offsets(tp, timeout)[1]
+                out[key] = (
+                    tp.offset
+                    if tp.offset >= 0
+                    else self._consumer.get_watermark_offsets(tp, timeout)[1]
+                )
             if not failed:
                 return out
             if attempt == COMMITTED_ATTEMPTS:
                 raise KafkaException(errors[0])
-            log.warning("reading offsets by time failed for %d partition(s) (attempt %d): %s; trying "
-                        "again", len(failed), attempt, errors[0])  # fmt: skip
+            log.warning(
+                "reading offsets by time failed for %d partition(s) (attempt %d): %s; trying again",
+                len(failed),
+                attempt,
+                errors[0],
+            )
             wanted = failed
             time.sleep(min(2.0, 0.1 * 2**attempt))
         return out
@@ -296,11 +333,23 @@ class KafkaEdge:
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
 
-    def source(self, *, on_assign: RebalanceCallback, on_revoke: RebalanceCallback,
-               on_lost: RebalanceCallback, from_beginning: bool,
-               replay: Replay | None = None) -> KafkaSource:  # fmt: skip
-        return KafkaSource(self._settings, on_assign=on_assign, on_revoke=on_revoke,
-                           on_lost=on_lost, from_beginning=from_beginning, replay=replay)  # fmt: skip
+    def source(
+        self,
+        *,
+        on_assign: RebalanceCallback,
+        on_revoke: RebalanceCallback,
+        on_lost: RebalanceCallback,
+        from_beginning: bool,
+        replay: Replay | None = None,
+    ) -> KafkaSource:
+        return KafkaSource(
+            self._settings,
+            on_assign=on_assign,
+            on_revoke=on_revoke,
+            on_lost=on_lost,
+            from_beginning=from_beginning,
+            replay=replay,
+        )
 
     def writer(self) -> KafkaWriter:
         return KafkaWriter(self._settings)
@@ -309,7 +358,9 @@ class KafkaEdge:
         return Originals(self._settings)
 
 
-def read_to_end(settings: KafkaSettings, *, from_beginning: bool, timeout: float = 10.0) -> Iterator[Record]:
+def read_to_end(
+    settings: KafkaSettings, *, from_beginning: bool, timeout: float = 10.0
+) -> Iterator[Record]:
     """Every record of ``settings.topics`` from the group's committed positions (or the first
     offsets) up to the end offsets seen now, for ``backfill --dry-run``.
 
@@ -337,16 +388,23 @@ def read_to_end(settings: KafkaSettings, *, from_beginning: bool, timeout: float
             if tmeta is None or tmeta.error is not None:
                 raise ConfigError("kafka.topics", f"topic {topic!r} does not exist")
             parts += [TopicPartition(topic, pid) for pid in sorted(tmeta.partitions)]
-        committed = {} if from_beginning else {
-            (tp.topic, tp.partition): tp.offset for tp in consumer.committed(parts, timeout=timeout)
-            if tp.offset >= 0
-        }  # fmt: skip
+        committed = (
+            {}
+            if from_beginning
+            else {
+                (tp.topic, tp.partition): tp.offset
+                for tp in consumer.committed(parts, timeout=timeout)
+                if tp.offset >= 0
+            }
+        )
         todo: dict[Partition, int] = {}
         assign = []
         for tp in parts:
             key = (tp.topic, tp.partition)
             lo, hi = consumer.get_watermark_offsets(tp, timeout)
-            start = committed.get(key, lo if settings.auto_offset_reset == "earliest" or from_beginning else hi)
+            start = committed.get(
+                key, lo if settings.auto_offset_reset == "earliest" or from_beginning else hi
+            )
             if max(start, lo) < hi:
                 todo[key] = hi
                 assign.append(TopicPartition(tp.topic, tp.partition, max(start, lo)))
@@ -360,8 +418,15 @@ def read_to_end(settings: KafkaSettings, *, from_beginning: bool, timeout: float
                 key = (msg.topic(), msg.partition())
                 if key in todo and msg.offset() < todo[key]:
                     ts_type, ts = msg.timestamp()
-                    yield Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                 msg.headers(), ts if ts_type else None)  # fmt: skip
+                    yield Record(
+                        msg.topic(),
+                        msg.partition(),
+                        msg.offset(),
+                        msg.key(),
+                        msg.value(),
+                        msg.headers(),
+                        ts if ts_type else None,
+                    )
             # By position, not by the last record: an end that is a transaction marker is
             # never delivered as a message.
             for tp in consumer.position([TopicPartition(t, p) for t, p in todo]):

@@ -42,10 +42,15 @@ class Stalls:
     :param on_wait: called for each decode attempt that found the registry away.
     """
 
-    def __init__(self, backoff: Backoff, *, clock: Callable[[], float],
-                 pause: Callable[[list[Partition]], None],
-                 resume: Callable[[list[Partition]], None],
-                 on_wait: Callable[[], object] = lambda: None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backoff: Backoff,
+        *,
+        clock: Callable[[], float],
+        pause: Callable[[list[Partition]], None],
+        resume: Callable[[list[Partition]], None],
+        on_wait: Callable[[], object] = lambda: None,
+    ) -> None:
         self._backoff = backoff
         self._clock = clock
         self._pause = pause
@@ -116,7 +121,10 @@ class Stalls:
         self._on_wait()
         delay = self._backoff.delay(self._attempt)
         if self._attempt == 0:
-            log.warning("schema registry unavailable, holding %d partition(s) and retrying: %s",
-                        len(self._held), exc)  # fmt: skip
+            log.warning(
+                "schema registry unavailable, holding %d partition(s) and retrying: %s",
+                len(self._held),
+                exc,
+            )
         self._attempt += 1
         self._next_try = self._clock() + delay

@@ -26,7 +26,7 @@ class PartitionTracker:
     popped while it is resolved.
     """
 
-    __slots__ = ("key", "retired", "_window", "_unresolved", "_last_tracked", "_position")
+    __slots__ = ("_last_tracked", "_position", "_unresolved", "_window", "key", "retired")
 
     def __init__(self, key: Partition = ("", -1)) -> None:
         self.key = key
@@ -98,7 +98,7 @@ class Handle:
     rewound since) resolves nothing: the event will be read again.
     """
 
-    __slots__ = ("_partition", "offset", "_owed", "_dead", "seen", "kafka_ms", "event_ts")
+    __slots__ = ("_dead", "_owed", "_partition", "event_ts", "kafka_ms", "offset", "seen")
 
     def __init__(self, partition: PartitionTracker, offset: int) -> None:
         self._partition = partition
@@ -162,7 +162,7 @@ class OffsetTracker:
     (or :meth:`restart` ed) can never resolve the same offset number tracked again since.
     """
 
-    __slots__ = ("_partitions", "_committed")
+    __slots__ = ("_committed", "_partitions")
 
     def __init__(self) -> None:
         self._partitions: dict[Partition, PartitionTracker] = {}

@@ -71,10 +71,14 @@ class Checker:
     """The sink's decode and mapping steps, with the ops rendered as calls."""
 
     def __init__(self, settings: Settings, decoder: Decoder | None = None) -> None:
-        self._decoder = SizeLimit(decoder or decoder_for(settings.kafka), settings.kafka.max_message_bytes)
+        self._decoder = SizeLimit(
+            decoder or decoder_for(settings.kafka), settings.kafka.max_message_bytes
+        )
         self._mapper = Mapper(settings.mapping)
 
-    def check(self, value: bytes | None | Decoded | InvalidEvent, topic: str | None = None) -> Verdict:
+    def check(
+        self, value: bytes | Decoded | InvalidEvent | None, topic: str | None = None
+    ) -> Verdict:
         """:raises FatalRegistryError: the registry refuses us (every message would fail)."""
         try:
             if isinstance(value, InvalidEvent):
@@ -180,7 +184,7 @@ def _container(path: Path) -> Iterator[Message]:
     with path.open("rb") as f:
         try:
             reader = fastavro.reader(f, return_record_name=True)
-        except Exception as exc:  # noqa: BLE001 - fastavro raises anything on a bad header
+        except Exception as exc:
             raise ValueError(f"{path}: not an Avro container file: {exc}") from None
         schema = WriterSchema(reader.writer_schema, f"the writer schema of {path.name}")
         n = 0
@@ -190,8 +194,12 @@ def _container(path: Path) -> Iterator[Message]:
                 datum = next(reader)
             except StopIteration:
                 return
-            except Exception as exc:  # noqa: BLE001 - a corrupt block ends what can be read
-                yield f"record {n}", InvalidEvent("undecodable", f"not Avro of {schema.label}: {exc}"[:300]), None
+            except Exception as exc:
+                yield (
+                    f"record {n}",
+                    InvalidEvent("undecodable", f"not Avro of {schema.label}: {exc}"[:300]),
+                    None,
+                )
                 return
             try:
                 yield f"record {n}", Decoded(schema.value_of(datum)), None

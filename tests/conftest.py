@@ -42,7 +42,7 @@ def _docker_answers() -> bool:
 
         docker.from_env(timeout=2).ping()
         return True
-    except Exception:  # noqa: BLE001 - any failure means "no engine here"
+    except Exception:
         return False
 
 
@@ -60,13 +60,24 @@ class Kafka:
         wait_for(lambda: name in self.admin.list_topics(timeout=5).topics, 30, f"topic {name}")
         return name
 
-    def produce(self, topic: str, values: list[Any], key: Callable[[Any], Any] | None = None,
-                partition: int | None = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        values: list[Any],
+        key: Callable[[Any], Any] | None = None,
+        partition: int | None = None,
+    ) -> None:
         """Produce JSON-encoded events (bytes are sent as they are), keyed by userId by default."""
         p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
         for v in values:
             raw = v if isinstance(v, bytes) else orjson.dumps(v)
-            k = key(v) if key else (v.get("userId") or v.get("anonymousId")) if isinstance(v, dict) else None
+            k = (
+                key(v)
+                if key
+                else (v.get("userId") or v.get("anonymousId"))
+                if isinstance(v, dict)
+                else None
+            )
             kw = {} if partition is None else {"partition": partition}
             if k is not None and not isinstance(k, bytes):
                 k = str(k).encode()
@@ -82,7 +93,9 @@ class Kafka:
         try:
             while True:
                 try:
-                    res = c.committed([TopicPartition(topic, p) for p in meta.partitions], timeout=10)
+                    res = c.committed(
+                        [TopicPartition(topic, p) for p in meta.partitions], timeout=10
+                    )
                     break
                 except KafkaException as exc:
                     # After a SIGKILL the broker holds the group's offsets back while a
@@ -98,15 +111,23 @@ class Kafka:
         meta = self.admin.list_topics(topic, timeout=10).topics[topic]
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "probe"})
         try:
-            marks = {p: c.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in meta.partitions}
+            marks = {
+                p: c.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in meta.partitions
+            }
             return {p: hi for p, hi in marks.items() if hi > 0}
         finally:
             c.close()
 
     def read_all(self, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
         """Read ``expected`` messages of ``topic`` from the beginning (confluent Message objects)."""
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         c.subscribe([topic])
         out: list[Any] = []
         deadline = time.monotonic() + timeout
@@ -179,14 +200,16 @@ def settings_for(kafka: Kafka, api: Any) -> Callable[..., Any]:
 def sink_env(kafka: Kafka, api: Any, topic: str, **extra: str) -> dict[str, str]:
     """Environment for a ``knock-sink`` subprocess (settings through the documented variables)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KNOCK_", "KAFKA_"))}
-    env.update({
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
-        "KNOCK_API_KEY": api.api_key,
-        "KNOCK_BASE_URL": api.url,
-        "KNOCK_SINK_TOPICS": topic,
-        "KNOCK_SINK_GROUP_ID": f"g-{topic}",
-        **extra,
-    })  # fmt: skip
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "KNOCK_API_KEY": api.api_key,
+            "KNOCK_BASE_URL": api.url,
+            "KNOCK_SINK_TOPICS": topic,
+            "KNOCK_SINK_GROUP_ID": f"g-{topic}",
+            **extra,
+        }
+    )
     return env
 
 

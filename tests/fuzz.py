@@ -53,23 +53,60 @@ def _record(name: str, *fields: tuple[str, Any]) -> dict[str, Any]:
 #: Writer schemas the fuzzed registry knows, by id: the three shapes of traits, and one of
 #: logical types and unions.
 REGISTERED: dict[int, dict[str, Any]] = {
-    1: _record("E1", ("type", "string"), ("userId", ["null", "string"]), ("traits", ["null", "string"])),
-    2: _record("E2", ("type", "string"), ("userId", ["null", "string"]), ("previousId", ["null", "string"]),
-               ("traits", ["null", {"type": "map", "values": ["null", "string", "long", "double", "boolean"]}])),
-    3: _record("E3", ("type", "string"), ("userId", "string"), ("traits", _record(
-        "T3", ("email", ["null", "string"]), ("phone", ["null", "string", "long"]),
-        ("createdAt", ["null", {"type": "long", "logicalType": "timestamp-millis"}]),
-        ("address", ["null", _record("A3", ("city", "string"))]))),
-        ("context", ["null", "string"])),
-    4: _record("E4", ("type", {"type": "enum", "name": "K", "symbols": ["identify", "track", "alias", "page"]}),
-               ("userId", ["null", "string"]), ("anonymousId", ["null", "string"]),
-               ("timestamp", ["null", {"type": "long", "logicalType": "timestamp-micros"}]),
-               ("properties", ["null", "string"]),
-               ("context", ["null", _record("C4", ("traits", ["null", "string", {"type": "map", "values": "string"}]),
-                                           ("locale", ["null", "string"]))]),
-               ("amount", ["null", {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}]),
-               ("id", ["null", {"type": "string", "logicalType": "uuid"}])),
-}  # fmt: skip
+    1: _record(
+        "E1", ("type", "string"), ("userId", ["null", "string"]), ("traits", ["null", "string"])
+    ),
+    2: _record(
+        "E2",
+        ("type", "string"),
+        ("userId", ["null", "string"]),
+        ("previousId", ["null", "string"]),
+        (
+            "traits",
+            ["null", {"type": "map", "values": ["null", "string", "long", "double", "boolean"]}],
+        ),
+    ),
+    3: _record(
+        "E3",
+        ("type", "string"),
+        ("userId", "string"),
+        (
+            "traits",
+            _record(
+                "T3",
+                ("email", ["null", "string"]),
+                ("phone", ["null", "string", "long"]),
+                ("createdAt", ["null", {"type": "long", "logicalType": "timestamp-millis"}]),
+                ("address", ["null", _record("A3", ("city", "string"))]),
+            ),
+        ),
+        ("context", ["null", "string"]),
+    ),
+    4: _record(
+        "E4",
+        ("type", {"type": "enum", "name": "K", "symbols": ["identify", "track", "alias", "page"]}),
+        ("userId", ["null", "string"]),
+        ("anonymousId", ["null", "string"]),
+        ("timestamp", ["null", {"type": "long", "logicalType": "timestamp-micros"}]),
+        ("properties", ["null", "string"]),
+        (
+            "context",
+            [
+                "null",
+                _record(
+                    "C4",
+                    ("traits", ["null", "string", {"type": "map", "values": "string"}]),
+                    ("locale", ["null", "string"]),
+                ),
+            ],
+        ),
+        (
+            "amount",
+            ["null", {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}],
+        ),
+        ("id", ["null", {"type": "string", "logicalType": "uuid"}]),
+    ),
+}
 
 
 class _Registry:
@@ -86,9 +123,14 @@ class _Registry:
 
 JSON = SizeLimit(JsonDecoder(), MAX_BYTES)
 CONFLUENT = SizeLimit(ConfluentAvroDecoder(_Registry(), url="fuzz"), MAX_BYTES)
-PLAIN = [SizeLimit(PlainAvroDecoder(SCHEMAS / f"{k}.avsc"), MAX_BYTES) for k in ("identify", "track", "alias")]
-MAPPERS = [Mapper(MappingSettings()), Mapper(MappingSettings(anonymous="anonymous_id", drop=["plan"],
-                                                            rename={"age": "years"}))]  # fmt: skip
+PLAIN = [
+    SizeLimit(PlainAvroDecoder(SCHEMAS / f"{k}.avsc"), MAX_BYTES)
+    for k in ("identify", "track", "alias")
+]
+MAPPERS = [
+    Mapper(MappingSettings()),
+    Mapper(MappingSettings(anonymous="anonymous_id", drop=["plan"], rename={"age": "years"})),
+]
 DECODERS = [JSON, CONFLUENT, *PLAIN]
 
 
@@ -122,31 +164,74 @@ def seeds() -> list[bytes]:
     import fastavro
 
     events = [
-        {"type": "identify", "userId": "u1", "traits": {"email": "a@example.com", "phone": "+14155550100",
-                                                         "createdAt": "2024-01-01T00:00:00Z", "plan": None}},
-        {"type": "track", "userId": "u2", "event": "x", "context": {"traits": {"name": "A", "locale": "en"}}},
+        {
+            "type": "identify",
+            "userId": "u1",
+            "traits": {
+                "email": "a@example.com",
+                "phone": "+14155550100",
+                "createdAt": "2024-01-01T00:00:00Z",
+                "plan": None,
+            },
+        },
+        {
+            "type": "track",
+            "userId": "u2",
+            "event": "x",
+            "context": {"traits": {"name": "A", "locale": "en"}},
+        },
         {"type": "alias", "previousId": "a", "userId": "b"},
-        {"type": "identify", "anonymousId": "anon", "traits": {"firstName": "A", "lastName": "B", "age": 3}},
-    ]  # fmt: skip
+        {
+            "type": "identify",
+            "anonymousId": "anon",
+            "traits": {"firstName": "A", "lastName": "B", "age": 3},
+        },
+    ]
     out = [bytes([0]) + orjson.dumps(e) for e in events]
     confluent_values = {
         1: {"type": "identify", "userId": "u1", "traits": '{"email": "a@example.com", "n": null}'},
-        2: {"type": "alias", "userId": "u1", "previousId": "u0", "traits": {"a": 1, "b": None, "c": "x"}},
-        3: {"type": "identify", "userId": "u3", "traits": {"email": None, "phone": 4155550100,
-                                                            "createdAt": 1_700_000_000_000, "address": {"city": "P"}},
-            "context": '{"locale": "fr"}'},
-        4: {"type": "track", "userId": None, "anonymousId": "an", "timestamp": 1_700_000_000_000_000,
-            "properties": "{}", "context": {"traits": {"k": "v"}, "locale": None}, "amount": None,
-            "id": "6f1c2b9e-6a3e-4e0b-9d36-3f3f9b7b6c11"},
-    }  # fmt: skip
+        2: {
+            "type": "alias",
+            "userId": "u1",
+            "previousId": "u0",
+            "traits": {"a": 1, "b": None, "c": "x"},
+        },
+        3: {
+            "type": "identify",
+            "userId": "u3",
+            "traits": {
+                "email": None,
+                "phone": 4155550100,
+                "createdAt": 1_700_000_000_000,
+                "address": {"city": "P"},
+            },
+            "context": '{"locale": "fr"}',
+        },
+        4: {
+            "type": "track",
+            "userId": None,
+            "anonymousId": "an",
+            "timestamp": 1_700_000_000_000_000,
+            "properties": "{}",
+            "context": {"traits": {"k": "v"}, "locale": None},
+            "amount": None,
+            "id": "6f1c2b9e-6a3e-4e0b-9d36-3f3f9b7b6c11",
+        },
+    }
     for sid, value in confluent_values.items():
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, fastavro.parse_schema(REGISTERED[sid]), value)
         out.append(bytes([1]) + b"\x00" + sid.to_bytes(4, "big") + buf.getvalue())
     for i, kind in enumerate(("identify", "track", "alias")):
         schema = fastavro.parse_schema(json.loads((SCHEMAS / f"{kind}.avsc").read_text()))
-        value = {"type": kind, "userId": "u9", "previousId": "u8", "event": "E",
-                 "traits": '{"email": "x@example.com"}', "context": '{"traits": {"plan": "pro"}}'}
+        value = {
+            "type": kind,
+            "userId": "u9",
+            "previousId": "u8",
+            "event": "E",
+            "traits": '{"email": "x@example.com"}',
+            "context": '{"traits": {"plan": "pro"}}',
+        }
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, schema, value)
         out.append(bytes([2 + i]) + buf.getvalue())

@@ -44,14 +44,21 @@ class Broker:
     tick: Callable[[], None] | None = None
     #: (what, commits before, commits after) of each scheduled rebalance, as it ran.
     rebalances: list[tuple[str, dict[Partition, int], dict[Partition, int]]] = field(
-        default_factory=list)
+        default_factory=list
+    )
 
     def create(self, topic: str, partitions: int) -> None:
         for p in range(partitions):
             self.partitions[(topic, p)] = []
 
-    def produce(self, topic: str, partition: int, value: Any, key: bytes | None = None,
-                headers: Headers | None = None) -> Record:  # fmt: skip
+    def produce(
+        self,
+        topic: str,
+        partition: int,
+        value: Any,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> Record:
         log = self.partitions[(topic, partition)]
         raw = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
         rec = Record(topic, partition, len(log), key, raw, headers, 1_700_000_000_000 + len(log))
@@ -63,9 +70,16 @@ class Broker:
 
 
 class MemorySource:
-    def __init__(self, broker: Broker, topics: list[str], *, on_assign: RebalanceCallback,
-                 on_revoke: RebalanceCallback, on_lost: RebalanceCallback,
-                 from_beginning: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        broker: Broker,
+        topics: list[str],
+        *,
+        on_assign: RebalanceCallback,
+        on_revoke: RebalanceCallback,
+        on_lost: RebalanceCallback,
+        from_beginning: bool,
+    ) -> None:
         self._broker = broker
         self._topics = topics
         self._callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
@@ -74,7 +88,9 @@ class MemorySource:
         self._paused = False
         #: Partitions paused one by one (a stall, the event-time order's balance).
         self._held: set[Partition] = set()
-        self._focus: set[Partition] | None = None  # as KafkaSource.focus: None reads every partition
+        self._focus: set[Partition] | None = (
+            None  # as KafkaSource.focus: None reads every partition
+        )
         self._delivered = 0
         self._joined = False
         self._idle = threading.Event()  # never set: waiting on it is a consumer's poll timeout
@@ -123,8 +139,12 @@ class MemorySource:
         while progress and len(out) < limit:  # round robin, as a fetch spans partitions
             progress = False
             for tp, pos in list(self._position.items()):
-                if (len(out) < limit and pos < len(b.partitions[tp]) and tp not in self._held
-                        and (self._focus is None or tp in self._focus)):
+                if (
+                    len(out) < limit
+                    and pos < len(b.partitions[tp])
+                    and tp not in self._held
+                    and (self._focus is None or tp in self._focus)
+                ):
                     out.append(b.partitions[tp][pos])
                     self._position[tp] = pos + 1
                     progress = True
@@ -183,10 +203,12 @@ class MemoryWriter:
         self._broker = broker
         self._unconfirmed: list[Callable[[], object]] = []
 
-    def write(self, record: Record, topic: str, headers: Headers,
-              on_delivered: Callable[[], object]) -> None:  # fmt: skip
-        self._broker.dead.append(DeadRecord(topic, record.key, record.value,
-                                            {k: v.decode() for k, v in headers}))  # fmt: skip
+    def write(
+        self, record: Record, topic: str, headers: Headers, on_delivered: Callable[[], object]
+    ) -> None:
+        self._broker.dead.append(
+            DeadRecord(topic, record.key, record.value, {k: v.decode() for k, v in headers})
+        )
         self._unconfirmed.append(on_delivered)
 
     def ensure_topics(self, source_topics: Iterable[str], dlq_for: Callable[[str], str]) -> None:

@@ -42,8 +42,12 @@ def expected_state(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def actual_state(users: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The API's users in the model's shape: server keys dropped, unset reserved fields dropped."""
     return {
-        u["id"]: {k: v for k, v in u.items()
-                  if k not in SERVER_KEYS and not (k in RESERVED and v is None)
-                  and k not in ("preferences", "channel_data")}
+        u["id"]: {
+            k: v
+            for k, v in u.items()
+            if k not in SERVER_KEYS
+            and not (k in RESERVED and v is None)
+            and k not in ("preferences", "channel_data")
+        }
         for u in users
-    }  # fmt: skip
+    }

@@ -38,7 +38,7 @@ def run_until_committed(settings: Any, kafka: Any, topic: str) -> None:
     def target() -> None:
         try:
             sink.run(from_beginning=True)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             failure.append(exc)
 
     thread = threading.Thread(target=target)
@@ -66,11 +66,17 @@ def tracks(n_users: int, per_user: int, seconds_ago: float = 5.0) -> list[dict[s
     for i in range(per_user):
         for u in range(n_users):
             name = ["Order Shipped", "Invoice Paid", "Page Scrolled"][(u + i) % 3]
-            events.append({
-                "type": "track", "event": name, "userId": f"u{u}", "messageId": f"m-{u}-{i}",
-                "properties": {"n": i, "order": f"o{u}-{i}"},
-                "context": {"groupId": f"acme{u % 2}"} if u % 3 else {}, **stamp(seconds_ago),
-            })  # fmt: skip
+            events.append(
+                {
+                    "type": "track",
+                    "event": name,
+                    "userId": f"u{u}",
+                    "messageId": f"m-{u}-{i}",
+                    "properties": {"n": i, "order": f"o{u}-{i}"},
+                    "context": {"groupId": f"acme{u % 2}"} if u % 3 else {},
+                    **stamp(seconds_ago),
+                }
+            )
     return events
 
 
@@ -83,8 +89,14 @@ def test_tracks_trigger_each_workflow_once_also_when_replayed(kafka, api, settin
     expected = expected_triggers(events, WORKFLOWS)
     assert actual_triggers(api.triggers()) == expected
     # The whole stream again, in a new group, triggering: Knock answers every key's first run.
-    summary = backfill(settings_for(topic, workflows__rules=RULES, workflows__backfill=True,
-                                    kafka__group_id=f"again-{topic}"))  # fmt: skip
+    summary = backfill(
+        settings_for(
+            topic,
+            workflows__rules=RULES,
+            workflows__backfill=True,
+            kafka__group_id=f"again-{topic}",
+        )
+    )
     runs = api.triggers()
     assert actual_triggers(runs) == expected
     assert len({r["idempotency_key"] for r in runs}) == len(runs) == len(expected)
@@ -104,10 +116,15 @@ def test_backfill_triggers_nothing_by_default_and_only_recent_events_when_asked(
     assert api.triggers() == []
     assert summary.notes["trigger_backfill"] == len(expected_triggers(old + recent, WORKFLOWS))
     since = time.time() - 3600
-    summary = backfill(settings_for(
-        topic, workflows__rules=RULES, workflows__backfill=True, kafka__group_id=f"t-{topic}",
-        workflows__since=datetime.fromtimestamp(since, UTC).isoformat(),
-    ))  # fmt: skip
+    summary = backfill(
+        settings_for(
+            topic,
+            workflows__rules=RULES,
+            workflows__backfill=True,
+            kafka__group_id=f"t-{topic}",
+            workflows__since=datetime.fromtimestamp(since, UTC).isoformat(),
+        )
+    )
     assert actual_triggers(api.triggers()) == expected_triggers(old + recent, WORKFLOWS, since)
     assert summary.triggers_skipped == {"trigger_too_old": len(expected_triggers(old, WORKFLOWS))}
     assert summary.describe()["triggers_skipped"] == summary.triggers_skipped
@@ -155,8 +172,10 @@ def test_group_to_tenant(kafka, api, settings_for):
     events = group_events()
     kafka.produce(topic, events)
     backfill(settings_for(topic, groups__mode="tenant"))
-    got = {t["id"]: {k: v for k, v in t.items() if k not in ("id", "__typename", "settings")}
-           for t in api.tenants()}  # fmt: skip
+    got = {
+        t["id"]: {k: v for k, v in t.items() if k not in ("id", "__typename", "settings")}
+        for t in api.tenants()
+    }
     assert got == expected_groups(events)
 
 
@@ -252,8 +271,9 @@ def test_a_refused_user_is_dead_lettered_alone_and_the_others_apply(kafka, api, 
     producer = Producer({"bootstrap.servers": kafka.bootstrap})
     producer.produce(topic, None, key=b"bad")
     assert producer.flush(30) == 0
-    summary = backfill(settings_for(topic, audiences__track=True, deletes__tombstones=True,
-                                    sink__item_attempts=2))  # fmt: skip
+    summary = backfill(
+        settings_for(topic, audiences__track=True, deletes__tombstones=True, sink__item_attempts=2)
+    )
     got = {k: sorted(m["user_id"] for m in v) for k, v in api.audiences().items() if v}
     assert got == expected_audiences([e for e in events if e["userId"] != "bad"], set())
     dead = kafka.read_all(f"{topic}.dlq", 2)
@@ -284,13 +304,20 @@ def test_under_knocks_limits_bulk_actions_wait_out_the_entity_gap(kafka, setting
         producer.produce(topic, value, key=e["userId"].encode())
     assert producer.flush(30) == 0
     with EmulatorServer(api_key="sk_test_" + uuid.uuid4().hex, rate_limits="knock") as limited:
-        settings = settings_for(topic, knock__api_key=limited.api_key, knock__base_url=limited.url,
-                                knock__rate_limits="knock", groups__mode="tenant",
-                                deletes__tombstones=True)  # fmt: skip
+        settings = settings_for(
+            topic,
+            knock__api_key=limited.api_key,
+            knock__base_url=limited.url,
+            knock__rate_limits="knock",
+            groups__mode="tenant",
+            deletes__tombstones=True,
+        )
         summary = backfill(settings)
         assert actual_state(limited.users()) == expected_users(events)
-        got = {t["id"]: {k: v for k, v in t.items() if k not in ("id", "__typename", "settings")}
-               for t in limited.tenants()}  # fmt: skip
+        got = {
+            t["id"]: {k: v for k, v in t.items() if k not in ("id", "__typename", "settings")}
+            for t in limited.tenants()
+        }
         assert got == expected_groups(events)
     assert summary.knock_calls["bulk_delete_users"] == 1
     assert summary.knock_calls["bulk_set_tenants"] == 2

@@ -17,20 +17,33 @@ from consumer.ops import Identify
 from consumer.plan import Pending, Planner
 from consumer.policy import RateLimits
 
-OP = {"__typename": "BulkOperation", "id": "00000000-0000-0000-0000-000000000001", "name": "op",
-      "status": "completed", "estimated_total_rows": 1, "processed_rows": 1, "success_count": 1,
-      "error_count": 0, "error_items": [], "inserted_at": "2026-01-01T00:00:00Z",
-      "updated_at": "2026-01-01T00:00:00Z"}  # fmt: skip
+OP = {
+    "__typename": "BulkOperation",
+    "id": "00000000-0000-0000-0000-000000000001",
+    "name": "op",
+    "status": "completed",
+    "estimated_total_rows": 1,
+    "processed_rows": 1,
+    "success_count": 1,
+    "error_count": 0,
+    "error_items": [],
+    "inserted_at": "2026-01-01T00:00:00Z",
+    "updated_at": "2026-01-01T00:00:00Z",
+}
 
 
 def knock_answering_completed() -> KnockClient:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "PUT":
-            return httpx.Response(200, json={"__typename": "User", "id": "x", "updated_at": OP["updated_at"]})
+            return httpx.Response(
+                200, json={"__typename": "User", "id": "x", "updated_at": OP["updated_at"]}
+            )
         return httpx.Response(200, content=orjson.dumps(OP))
 
     http = httpx.Client(transport=httpx.MockTransport(handler))
-    return KnockClient(api_key="sk_test", base_url="http://knock.test", limits=RateLimits("off"), http=http)
+    return KnockClient(
+        api_key="sk_test", base_url="http://knock.test", limits=RateLimits("off"), http=http
+    )
 
 
 def plan_of(users: list[str], seq: itertools.count) -> Any:
@@ -49,8 +62,14 @@ def test_plans_applied_side_by_side_share_the_entity_gap_memory_safely(monkeypat
     sys.setswitchinterval(1e-6)
     try:
         clock = itertools.count(0.0, 0.00001)
-        applier = Applier(knock_answering_completed(), bulk_size=50, concurrency=4, item_attempts=3,
-                          entity_gap=1.0, clock=lambda: float(next(clock)))  # fmt: skip
+        applier = Applier(
+            knock_answering_completed(),
+            bulk_size=50,
+            concurrency=4,
+            item_attempts=3,
+            entity_gap=1.0,
+            clock=lambda: float(next(clock)),
+        )
         seq = itertools.count()
         plans = [plan_of([f"u{i}-{j}" for j in range(50)], seq) for i in range(100)]
         with ThreadPoolExecutor(2) as pool:
@@ -78,8 +97,13 @@ class ScriptedKnock:
     ``limited`` ones; single identify and merge answer 422 for ``failing`` users. Records every
     request as ``(method, path, ids)``."""
 
-    def __init__(self, *, failing: set[str] = frozenset(), limited: set[str] = frozenset(),
-                 reject_bulk: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        failing: set[str] = frozenset(),
+        limited: set[str] = frozenset(),
+        reject_bulk: bool = False,
+    ) -> None:
         self.failing, self.limited, self.reject_bulk = set(failing), set(limited), reject_bulk
         self.requests: list[tuple[str, str, list[str]]] = []
         self._ops: dict[str, list[str]] = {}
@@ -91,13 +115,22 @@ class ScriptedKnock:
             ids = [u["id"] for u in body["users"]]
             self.requests.append(("POST", path, ids))
             if self.reject_bulk:
-                return httpx.Response(422, json={"code": "invalid_params", "message": "bad", "status": 422,
-                                                 "type": "invalid_request_error"})  # fmt: skip
+                return httpx.Response(
+                    422,
+                    json={
+                        "code": "invalid_params",
+                        "message": "bad",
+                        "status": 422,
+                        "type": "invalid_request_error",
+                    },
+                )
             op_id = f"op-{len(self._ops)}"
             self._ops[op_id] = ids
             limited = [i for i in ids if i in self.limited]
             headers = {"x-ratelimited-users": ",".join(limited)} if limited else {}
-            return httpx.Response(200, json={**OP, "id": op_id, "status": "queued"}, headers=headers)
+            return httpx.Response(
+                200, json={**OP, "id": op_id, "status": "queued"}, headers=headers
+            )
         if path.startswith("/v1/bulk_operations/"):
             ids = self._ops[path.rsplit("/", 1)[1]]
             errors = [{"id": i, "collection": "users"} for i in ids if i in self.failing]
@@ -105,9 +138,18 @@ class ScriptedKnock:
         user = path.split("/")[3]
         self.requests.append((request.method, path, [user]))
         if user in self.failing or body.get("from_user_id") in self.failing:
-            return httpx.Response(422, json={"code": "invalid_params", "message": f"{user} refused",
-                                             "status": 422, "type": "invalid_request_error"})  # fmt: skip
-        return httpx.Response(200, json={"__typename": "User", "id": user, "updated_at": OP["updated_at"]})
+            return httpx.Response(
+                422,
+                json={
+                    "code": "invalid_params",
+                    "message": f"{user} refused",
+                    "status": 422,
+                    "type": "invalid_request_error",
+                },
+            )
+        return httpx.Response(
+            200, json={"__typename": "User", "id": user, "updated_at": OP["updated_at"]}
+        )
 
     def calls(self, method: str) -> list[list[str]]:
         return [ids for m, p, ids in self.requests if m == method and not p.endswith("/merge")]
@@ -115,8 +157,9 @@ class ScriptedKnock:
 
 def applier(knock: ScriptedKnock, now: list[float] | None = None, **kw: Any) -> Applier:
     http = httpx.Client(transport=httpx.MockTransport(knock))
-    client = KnockClient(api_key="sk_test", base_url="http://knock.test", limits=RateLimits("off"),
-                         http=http)  # fmt: skip
+    client = KnockClient(
+        api_key="sk_test", base_url="http://knock.test", limits=RateLimits("off"), http=http
+    )
     clock = (lambda: now[0]) if now is not None else (lambda: 0.0)
     opts = {"bulk_size": 3, "concurrency": 2, "item_attempts": 3, **kw}
     return Applier(client, clock=clock, **opts)
@@ -138,13 +181,21 @@ def test_a_user_in_error_items_is_retried_with_backoff_then_dead_lettered():
 
     knock = ScriptedKnock(failing={"bad"})
     a = applier(knock)
-    ops = (Identify("ok", {"n": 1}), Identify("bad", {"o": {"i": 1}}), Identify("bad", {"o": {"i": 2}}),
-           Merge("ok", "bad"))  # fmt: skip
+    ops = (
+        Identify("ok", {"n": 1}),
+        Identify("bad", {"o": {"i": 1}}),
+        Identify("bad", {"o": {"i": 2}}),
+        Merge("ok", "bad"),
+    )
     out = a.apply(cut(*ops))
     # bad's first update failed: it is retried after 2 s; its later update and the merge are
     # handed back untouched (no attempt counted), so nothing overtakes it.
     assert seqs(out.done) == [0]
-    assert sorted((p.seq, d, p.attempts) for p, d in out.retry) == [(1, 2.0, 1), (2, 0.0, 0), (3, 0.0, 0)]
+    assert sorted((p.seq, d, p.attempts) for p, d in out.retry) == [
+        (1, 2.0, 1),
+        (2, 0.0, 0),
+        (3, 0.0, 0),
+    ]
     first = [p for p, _ in out.retry if p.seq == 1]
     for attempt in (2, 3):
         out = a.apply(cut_from(first))

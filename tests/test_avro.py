@@ -46,7 +46,9 @@ def decoder(schema_registry: str) -> Any:
     return decoder_for(KafkaSettings(schema_registry_url=schema_registry))
 
 
-def serialize(client: SchemaRegistryClient, schema: dict[str, Any], value: Any, topic: str | None = None) -> bytes:
+def serialize(
+    client: SchemaRegistryClient, schema: dict[str, Any], value: Any, topic: str | None = None
+) -> bytes:
     """``value`` as a Confluent producer writes it; a fresh subject unless ``topic`` is given."""
     topic = topic or f"avro-{uuid.uuid4().hex[:10]}"
     ser = AvroSerializer(client, json.dumps(schema))
@@ -54,8 +56,12 @@ def serialize(client: SchemaRegistryClient, schema: dict[str, Any], value: Any, 
 
 
 def record(name: str, *fields: tuple[str, Any]) -> dict[str, Any]:
-    return {"type": "record", "name": name, "namespace": "t",
-            "fields": [{"name": n, "type": t} for n, t in fields]}  # fmt: skip
+    return {
+        "type": "record",
+        "name": name,
+        "namespace": "t",
+        "fields": [{"name": n, "type": t} for n, t in fields],
+    }
 
 
 def nullable(t: Any) -> list[Any]:
@@ -66,67 +72,127 @@ def nullable(t: Any) -> list[Any]:
 
 ADDRESS = record("Address", ("city", "string"), ("zip", nullable("string")))
 TRAITS_RECORD = record(
-    "Traits", ("email", nullable("string")), ("age", nullable("int")),
-    ("vip", "boolean"), ("address", nullable(ADDRESS)),
-)  # fmt: skip
+    "Traits",
+    ("email", nullable("string")),
+    ("age", nullable("int")),
+    ("vip", "boolean"),
+    ("address", nullable(ADDRESS)),
+)
 
 
 def identify_with(traits_type: Any) -> dict[str, Any]:
-    return record("Identify", ("type", "string"), ("userId", nullable("string")), ("traits", traits_type))
+    return record(
+        "Identify", ("type", "string"), ("userId", nullable("string")), ("traits", traits_type)
+    )
 
 
 def test_traits_as_a_record_leave_unset_optional_fields_out(client, decoder):
-    raw = serialize(client, identify_with(nullable(TRAITS_RECORD)), {
-        "type": "identify", "userId": "u1",
-        "traits": {"email": "a@example.com", "age": None, "vip": True,
-                   "address": {"city": "Paris", "zip": None}},
-    })  # fmt: skip
+    raw = serialize(
+        client,
+        identify_with(nullable(TRAITS_RECORD)),
+        {
+            "type": "identify",
+            "userId": "u1",
+            "traits": {
+                "email": "a@example.com",
+                "age": None,
+                "vip": True,
+                "address": {"city": "Paris", "zip": None},
+            },
+        },
+    )
     assert decoder.decode(raw) == {
-        "type": "identify", "userId": "u1",
+        "type": "identify",
+        "userId": "u1",
         "traits": {"email": "a@example.com", "vip": True, "address": {"city": "Paris"}},
-    }  # fmt: skip
+    }
 
 
 def test_traits_as_a_map_keep_their_nulls(client, decoder):
     values = ["null", "string", "long", "double", "boolean"]
-    raw = serialize(client, identify_with({"type": "map", "values": values}), {
-        "type": "identify", "userId": "u1",
-        "traits": {"email": "a@example.com", "age": 41, "score": 0.5, "vip": False, "nick": None},
-    })  # fmt: skip
+    raw = serialize(
+        client,
+        identify_with({"type": "map", "values": values}),
+        {
+            "type": "identify",
+            "userId": "u1",
+            "traits": {
+                "email": "a@example.com",
+                "age": 41,
+                "score": 0.5,
+                "vip": False,
+                "nick": None,
+            },
+        },
+    )
     assert decoder.decode(raw) == {
-        "type": "identify", "userId": "u1",
+        "type": "identify",
+        "userId": "u1",
         "traits": {"email": "a@example.com", "age": 41, "score": 0.5, "vip": False, "nick": None},
-    }  # fmt: skip
+    }
 
 
 def test_traits_as_a_json_string_keep_explicit_nulls(client, decoder):
-    traits = {"email": "a@example.com", "age": 41, "nick": None, "address": {"city": "Paris", "zip": None}}
-    raw = serialize(client, identify_with(nullable("string")), {
-        "type": "identify", "userId": None, "traits": orjson.dumps(traits).decode(),
-    })  # fmt: skip
+    traits = {
+        "email": "a@example.com",
+        "age": 41,
+        "nick": None,
+        "address": {"city": "Paris", "zip": None},
+    }
+    raw = serialize(
+        client,
+        identify_with(nullable("string")),
+        {
+            "type": "identify",
+            "userId": None,
+            "traits": orjson.dumps(traits).decode(),
+        },
+    )
     # userId null in the record: left out; nick and zip null inside the JSON: kept.
     assert decoder.decode(raw) == {"type": "identify", "traits": traits}
 
 
 def test_context_record_with_traits_as_a_json_string(client, decoder):
-    context = record("Context", ("ip", nullable("string")), ("locale", nullable("string")),
-                     ("traits", nullable("string")))  # fmt: skip
-    schema = record("Track", ("type", "string"), ("userId", "string"), ("event", "string"),
-                    ("context", nullable(context)), ("properties", nullable("string")))  # fmt: skip
-    raw = serialize(client, schema, {
-        "type": "track", "userId": "u1", "event": "Signed Up",
-        "context": {"ip": None, "locale": "fr-FR", "traits": '{"plan": "pro", "seats": null}'},
-        "properties": "",
-    })  # fmt: skip
+    context = record(
+        "Context",
+        ("ip", nullable("string")),
+        ("locale", nullable("string")),
+        ("traits", nullable("string")),
+    )
+    schema = record(
+        "Track",
+        ("type", "string"),
+        ("userId", "string"),
+        ("event", "string"),
+        ("context", nullable(context)),
+        ("properties", nullable("string")),
+    )
+    raw = serialize(
+        client,
+        schema,
+        {
+            "type": "track",
+            "userId": "u1",
+            "event": "Signed Up",
+            "context": {"ip": None, "locale": "fr-FR", "traits": '{"plan": "pro", "seats": null}'},
+            "properties": "",
+        },
+    )
     # properties "": a non-nullable producer's "none", left out like a null.
     assert decoder.decode(raw) == {
-        "type": "track", "userId": "u1", "event": "Signed Up",
+        "type": "track",
+        "userId": "u1",
+        "event": "Signed Up",
         "context": {"locale": "fr-FR", "traits": {"plan": "pro", "seats": None}},
-    }  # fmt: skip
+    }
 
 
 def test_a_free_form_string_that_is_not_json_is_undecodable(client, decoder):
-    raw = serialize(client, identify_with(nullable("string")), {"type": "identify", "userId": "u1", "traits": "{nope"})
+    raw = serialize(
+        client,
+        identify_with(nullable("string")),
+        {"type": "identify", "userId": "u1", "traits": "{nope"},
+    )
     with pytest.raises(InvalidEvent) as err:
         decoder.decode(raw)
     assert err.value.kind == "undecodable" and "traits" in err.value.reason
@@ -142,33 +208,48 @@ def test_unions_and_logical_types(client, decoder):
     a, b = record("A", ("a", "string")), record("B", ("b", "int"), ("c", nullable("string")))
     schema = record(
         "Everything",
-        ("ts_ms", ts_ms), ("ts_us", ts_us), ("ts_us_ms", ts_us),
+        ("ts_ms", ts_ms),
+        ("ts_us", ts_us),
+        ("ts_us_ms", ts_us),
         ("local", {"type": "long", "logicalType": "local-timestamp-millis"}),
         ("day", {"type": "int", "logicalType": "date"}),
-        ("price", money), ("count", money),
+        ("price", money),
+        ("count", money),
         ("id", {"type": "string", "logicalType": "uuid"}),
-        ("blob", "bytes"), ("digest", {"type": "fixed", "name": "Digest", "size": 2}),
+        ("blob", "bytes"),
+        ("digest", {"type": "fixed", "name": "Digest", "size": 2}),
         ("plan", {"type": "enum", "name": "Plan", "symbols": ["free", "pro"]}),
-        ("n", ["null", "string", "long"]), ("s", ["null", "string", "long"]),
+        ("n", ["null", "string", "long"]),
+        ("s", ["null", "string", "long"]),
         ("missing", ["null", "string", "long"]),
         ("ab", ["null", a, b]),
         ("tags", {"type": "array", "items": nullable("string")}),
         ("maybe_stamp", nullable(ts_ms)),
-    )  # fmt: skip
+    )
     uid = uuid.UUID("6f1c2f8e-4d3b-4a57-9e43-1c1c7e0b2a11")
-    raw = serialize(client, schema, {
-        "ts_ms": datetime(2024, 3, 1, 10, 0, tzinfo=UTC),
-        "ts_us": datetime(2024, 3, 1, 10, 0, 0, 123456, tzinfo=UTC),
-        "ts_us_ms": datetime(2024, 3, 1, 10, 0, 0, 123000, tzinfo=UTC),
-        "local": datetime(2024, 3, 1, 10, 0),
-        "day": date(2024, 3, 1),
-        "price": Decimal("12.50"), "count": Decimal("10.00"),
-        "id": str(uid), "blob": b"\x00\xffhi", "digest": b"\x01\x02", "plan": "pro",
-        "n": 7, "s": "x", "missing": None,
-        "ab": ("t.B", {"b": 3, "c": None}),
-        "tags": ["a", None],
-        "maybe_stamp": datetime(2024, 3, 1, 11, 30, 15, 5000, tzinfo=UTC),
-    })  # fmt: skip
+    raw = serialize(
+        client,
+        schema,
+        {
+            "ts_ms": datetime(2024, 3, 1, 10, 0, tzinfo=UTC),
+            "ts_us": datetime(2024, 3, 1, 10, 0, 0, 123456, tzinfo=UTC),
+            "ts_us_ms": datetime(2024, 3, 1, 10, 0, 0, 123000, tzinfo=UTC),
+            "local": datetime(2024, 3, 1, 10, 0),
+            "day": date(2024, 3, 1),
+            "price": Decimal("12.50"),
+            "count": Decimal("10.00"),
+            "id": str(uid),
+            "blob": b"\x00\xffhi",
+            "digest": b"\x01\x02",
+            "plan": "pro",
+            "n": 7,
+            "s": "x",
+            "missing": None,
+            "ab": ("t.B", {"b": 3, "c": None}),
+            "tags": ["a", None],
+            "maybe_stamp": datetime(2024, 3, 1, 11, 30, 15, 5000, tzinfo=UTC),
+        },
+    )
     out = decoder.decode(raw)
     assert out == {
         "ts_ms": "2024-03-01T10:00:00.000Z",
@@ -176,14 +257,18 @@ def test_unions_and_logical_types(client, decoder):
         "ts_us_ms": "2024-03-01T10:00:00.123Z",
         "local": "2024-03-01T10:00:00.000",
         "day": "2024-03-01",
-        "price": 12.5, "count": 10,
+        "price": 12.5,
+        "count": 10,
         "id": str(uid),
-        "blob": base64.b64encode(b"\x00\xffhi").decode(), "digest": "AQI=",
-        "plan": "pro", "n": 7, "s": "x",
+        "blob": base64.b64encode(b"\x00\xffhi").decode(),
+        "digest": "AQI=",
+        "plan": "pro",
+        "n": 7,
+        "s": "x",
         "ab": {"b": 3},
         "tags": ["a", None],
         "maybe_stamp": "2024-03-01T11:30:15.005Z",
-    }  # fmt: skip
+    }
     assert type(out["count"]) is int and type(out["price"]) is float
 
 
@@ -191,26 +276,59 @@ def test_unions_and_logical_types(client, decoder):
 
 SAMPLES: dict[str, dict[str, Any]] = {
     "identify": {
-        "type": "identify", "messageId": "m-1", "userId": "u1",
-        "timestamp": "2024-03-01T10:00:00.000Z", "sentAt": "2024-03-01T10:00:01.250Z",
+        "type": "identify",
+        "messageId": "m-1",
+        "userId": "u1",
+        "timestamp": "2024-03-01T10:00:00.000Z",
+        "sentAt": "2024-03-01T10:00:01.250Z",
         "context": {"ip": "203.0.113.7", "locale": "fr-FR", "traits": {"plan": "pro"}},
-        "traits": {"email": "a@example.com", "age": 41, "vip": True, "nick": None,
-                   "address": {"city": "Paris", "zip": None}, "tags": ["a", "b"]},
+        "traits": {
+            "email": "a@example.com",
+            "age": 41,
+            "vip": True,
+            "nick": None,
+            "address": {"city": "Paris", "zip": None},
+            "tags": ["a", "b"],
+        },
     },
     "track": {
-        "type": "track", "userId": "u1", "event": "Signed Up", "channel": "server",
+        "type": "track",
+        "userId": "u1",
+        "event": "Signed Up",
+        "channel": "server",
         "properties": {"plan": "pro", "price": 9.5},
-        "context": {"traits": {"email": "a@example.com"}}, "version": 2,
+        "context": {"traits": {"email": "a@example.com"}},
+        "version": 2,
     },
-    "alias": {"type": "alias", "userId": "u2", "previousId": "anon-1",
-              "originalTimestamp": "2024-03-01T09:59:59.999Z"},
-    "group": {"type": "group", "userId": "u1", "groupId": "g1",
-              "traits": {"name": "Acme", "employees": 50}, "context": {"traits": {"role": "admin"}}},
-    "page": {"type": "page", "userId": "u1", "name": "Home", "category": "site",
-             "properties": {"path": "/", "referrer": None}, "receivedAt": "2024-03-01T10:00:02.000Z"},
-    "screen": {"type": "screen", "anonymousId": "a1", "name": "Settings",
-               "context": {"traits": {"locale": "fr"}}, "integrations": {"All": True}},
-}  # fmt: skip
+    "alias": {
+        "type": "alias",
+        "userId": "u2",
+        "previousId": "anon-1",
+        "originalTimestamp": "2024-03-01T09:59:59.999Z",
+    },
+    "group": {
+        "type": "group",
+        "userId": "u1",
+        "groupId": "g1",
+        "traits": {"name": "Acme", "employees": 50},
+        "context": {"traits": {"role": "admin"}},
+    },
+    "page": {
+        "type": "page",
+        "userId": "u1",
+        "name": "Home",
+        "category": "site",
+        "properties": {"path": "/", "referrer": None},
+        "receivedAt": "2024-03-01T10:00:02.000Z",
+    },
+    "screen": {
+        "type": "screen",
+        "anonymousId": "a1",
+        "name": "Settings",
+        "context": {"traits": {"locale": "fr"}},
+        "integrations": {"All": True},
+    },
+}
 
 
 def shipped(kind: str) -> dict[str, Any]:
@@ -259,20 +377,51 @@ def test_json_and_avro_on_one_topic_are_the_same_events(kafka, client, schema_re
         values.append(orjson.dumps(SAMPLES[kind]))
         values.append(serialize(client, shipped(kind), as_avro_value(SAMPLES[kind]), topic))
     # The traits shapes a producer with its own schema might use, as Avro, beside the JSON.
-    traits = {k: v for k, v in SAMPLES["identify"]["traits"].items() if k not in ("nick", "address")}
+    traits = {
+        k: v for k, v in SAMPLES["identify"]["traits"].items() if k not in ("nick", "address")
+    }
     own = {**SAMPLES["identify"], "traits": traits}
     values.append(orjson.dumps(own))
-    values.append(serialize(client, record(
-        "MyIdentify", ("type", "string"), ("userId", "string"), ("messageId", "string"),
-        ("timestamp", "string"), ("sentAt", "string"),
-        ("context", {"type": "map", "values": ["null", "string", {"type": "map", "values": "string"}]}),
-        ("traits", record("MyTraits", ("email", "string"), ("age", "long"), ("vip", "boolean"),
-                          ("tags", {"type": "array", "items": "string"}))),
-    ), own, topic))  # fmt: skip
+    values.append(
+        serialize(
+            client,
+            record(
+                "MyIdentify",
+                ("type", "string"),
+                ("userId", "string"),
+                ("messageId", "string"),
+                ("timestamp", "string"),
+                ("sentAt", "string"),
+                (
+                    "context",
+                    {
+                        "type": "map",
+                        "values": ["null", "string", {"type": "map", "values": "string"}],
+                    },
+                ),
+                (
+                    "traits",
+                    record(
+                        "MyTraits",
+                        ("email", "string"),
+                        ("age", "long"),
+                        ("vip", "boolean"),
+                        ("tags", {"type": "array", "items": "string"}),
+                    ),
+                ),
+            ),
+            own,
+            topic,
+        )
+    )
     kafka.produce(topic, values, key=lambda v: b"k")
-    settings = load_settings(environ={}, overrides={
-        "kafka.schema_registry_url": schema_registry, "kafka.formats": {topic: "auto"},
-    })  # fmt: skip
+    settings = load_settings(
+        environ={},
+        overrides={
+            "kafka.schema_registry_url": schema_registry,
+            "kafka.formats": {topic: "auto"},
+        },
+    )
     dec = decoder_for(settings.kafka)
     messages = sorted(kafka.read_all(topic, len(values)), key=lambda m: m.offset())
     assert [m.value()[:1] == b"\x00" for m in messages] == [False, True] * (len(values) // 2)
@@ -318,8 +467,11 @@ def test_values_that_are_not_confluent_avro(decoder, schema_registry):
 
 def test_formats_per_topic(client, schema_registry):
     raw = serialize(client, shipped("alias"), as_avro_value(SAMPLES["alias"]))
-    settings = KafkaSettings(schema_registry_url=schema_registry, format="json",
-                             formats={"avro-topic": "avro", "mixed": "auto"})  # fmt: skip
+    settings = KafkaSettings(
+        schema_registry_url=schema_registry,
+        format="json",
+        formats={"avro-topic": "avro", "mixed": "auto"},
+    )
     dec = decoder_for(settings)
     assert dec.decode(raw, "avro-topic") == SAMPLES["alias"]
     assert dec.decode(raw, "mixed") == SAMPLES["alias"]
@@ -345,7 +497,10 @@ def test_settings_that_cannot_work_name_the_setting():
     assert "pw123" not in str(err.value)
     with pytest.raises(ConfigError, match="kafka.avro_schema_file"):
         decoder_for(KafkaSettings(format="avro-plain", avro_schema_file="/nonexistent.avsc"))
-    env = {"SCHEMA_REGISTRY_URL": "https://r:8081/apis/ccompat/v7/", "SCHEMA_REGISTRY_BASIC_AUTH": "u:p"}
+    env = {
+        "SCHEMA_REGISTRY_URL": "https://r:8081/apis/ccompat/v7/",
+        "SCHEMA_REGISTRY_BASIC_AUTH": "u:p",
+    }
     kafka = load_settings(environ=env).kafka
     assert kafka.schema_registry_url == "https://r:8081/apis/ccompat/v7"
     assert kafka.schema_registry_basic_auth is not None
@@ -385,7 +540,11 @@ class _Answers(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         type(self).seen.append(self.headers.get("Authorization"))
-        body = b"not json" if self.code is None else orjson.dumps({"error_code": self.code, "message": "no"})
+        body = (
+            b"not json"
+            if self.code is None
+            else orjson.dumps({"error_code": self.code, "message": "no"})
+        )
         self.send_response(self.status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -408,14 +567,17 @@ def fake_registry() -> Iterator[tuple[ThreadingHTTPServer, str]]:
         thread.join(5)
 
 
-@pytest.mark.parametrize(("status", "code", "error"), [
-    (401, 40101, FatalRegistryError),
-    (403, 40301, FatalRegistryError),
-    (404, None, FatalRegistryError),   # a 404 that is no "schema not found": wrong URL
-    (404, 40403, InvalidEvent),
-    (503, 50301, RegistryUnavailable),
-    (500, None, RegistryUnavailable),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("status", "code", "error"),
+    [
+        (401, 40101, FatalRegistryError),
+        (403, 40301, FatalRegistryError),
+        (404, None, FatalRegistryError),  # a 404 that is no "schema not found": wrong URL
+        (404, 40403, InvalidEvent),
+        (503, 50301, RegistryUnavailable),
+        (500, None, RegistryUnavailable),
+    ],
+)
 def test_registry_answers_and_what_they_become(fake_registry, status, code, error):
     _server, url = fake_registry
     _Answers.status, _Answers.code, _Answers.seen = status, code, []

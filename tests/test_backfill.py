@@ -19,7 +19,10 @@ def test_a_users_events_fold_into_one_held_state_with_its_earliest_offset() -> N
     b = Backlog()
     ejected: list[Held] = []
     for off in range(5):
-        assert b.fold(TP0, off, [Identify("u", {"n": off, "o": {f"k{off}": off}})], ejected.append) == []
+        assert (
+            b.fold(TP0, off, [Identify("u", {"n": off, "o": {f"k{off}": off}})], ejected.append)
+            == []
+        )
     assert b.fold(TP0, 5, [Identify("v", {"a": 1})], ejected.append) == []
     assert len(b) == 2 and ejected == []
     [u, v] = list(b.take(10))
@@ -52,9 +55,13 @@ def test_a_merge_or_an_unfoldable_update_bars_its_users_after_their_held_state()
     assert b.fold(TP0, 2, [Merge("real", "anon")], ejected.append) == [Merge("real", "anon")]
     assert [h.user_id for h in ejected] == ["anon"]
     # Barred: later events of anon take the per-event path too.
-    assert b.fold(TP0, 3, [Identify("anon", {"b": 2})], ejected.append) == [Identify("anon", {"b": 2})]
+    assert b.fold(TP0, 3, [Identify("anon", {"b": 2})], ejected.append) == [
+        Identify("anon", {"b": 2})
+    ]
     # Deep mode: a scalar then an object under one key does not fold.
-    assert b.fold(TP0, 4, [Identify("u", {"o": {"x": 1}})], ejected.append) == [Identify("u", {"o": {"x": 1}})]
+    assert b.fold(TP0, 4, [Identify("u", {"o": {"x": 1}})], ejected.append) == [
+        Identify("u", {"o": {"x": 1}})
+    ]
     assert [h.user_id for h in ejected] == ["anon", "u"] and len(b) == 0
 
 
@@ -69,9 +76,13 @@ def test_folded_state_equals_every_event_applied_in_order() -> None:
         out: list[Held] = []
         for off in range(2000):
             uid = f"u{rng.randrange(40)}"
-            traits = {f"k{rng.randrange(5)}": rng.choice([1, None, [off], {"a": off}, {"b": {"c": off}}])}
+            traits = {
+                f"k{rng.randrange(5)}": rng.choice([1, None, [off], {"a": off}, {"b": {"c": off}}])
+            }
             if not b.fold(TP0, off, [Identify(uid, traits)], out.append):
-                folded.setdefault(uid, []).append({"type": "identify", "userId": uid, "traits": traits})
+                folded.setdefault(uid, []).append(
+                    {"type": "identify", "userId": uid, "traits": traits}
+                )
         out += b.take(100)
         assert len(out) == len(folded)
         for h in out:
@@ -91,7 +102,11 @@ def mixed_backlog(users: int, per_user: int, seed: int) -> list[Any]:
     events: list[Any] = []
     for i in range(per_user):
         for u in range(users):
-            traits = {"i": i, f"k{rng.randrange(4)}": rng.randrange(9), "prefs": {f"p{rng.randrange(3)}": i}}
+            traits = {
+                "i": i,
+                f"k{rng.randrange(4)}": rng.randrange(9),
+                "prefs": {f"p{rng.randrange(3)}": i},
+            }
             if rng.random() < 0.2:
                 traits["prefs"] = {"deep": {f"d{rng.randrange(2)}": i}}
             events.append({"type": "identify", "userId": f"u{u}", "traits": traits})
@@ -101,7 +116,9 @@ def mixed_backlog(users: int, per_user: int, seed: int) -> list[Any]:
     return events
 
 
-def test_a_default_backfill_sends_each_user_once_exact_with_aliases_and_poison(kafka, api, settings_for):
+def test_a_default_backfill_sends_each_user_once_exact_with_aliases_and_poison(
+    kafka, api, settings_for
+):
     topic = kafka.topic(3)
     events = mixed_backlog(users=120, per_user=15, seed=1)
     poison = [b"{not json", orjson_dumps({"type": "identify", "userId": "u5", "traits": [1]})]
@@ -160,21 +177,31 @@ def test_spilled_users_come_back_in_order_and_exact(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_backfill_whose_held_users_spill_to_disk_ends_exact(kafka, api, settings_for, caplog, tmp_path):
+def test_a_backfill_whose_held_users_spill_to_disk_ends_exact(
+    kafka, api, settings_for, caplog, tmp_path
+):
     # One partition: read to its end only at the end, so nothing is sent before the budget.
     topic = kafka.topic(1)
     events = mixed_backlog(users=2500, per_user=4, seed=2)
     kafka.produce(topic, events)
     caplog.set_level("INFO", logger="knock_sink")
-    sink = Sink(settings_for(topic, knock__rate_limits="knock", sink__backfill_memory_mb=1,
-                             sink__work_dir=str(tmp_path)))
+    sink = Sink(
+        settings_for(
+            topic,
+            knock__rate_limits="knock",
+            sink__backfill_memory_mb=1,
+            sink__work_dir=str(tmp_path),
+        )
+    )
     summary = sink.run(from_beginning=True, until_end=True)
     spills = [r.args for r in caplog.records if "now on disk" in r.getMessage()]
     assert spills
     # The metrics say what the log does: every state spilled, and at the end nothing held. The
     # test process is past a 1 MiB budget from the start: its held users get the floor, a quarter.
     registry = sink.metrics.registry
-    assert registry.get_sample_value("knock_sink_backfill_spilled_states_total") == sum(a[0] for a in spills)
+    assert registry.get_sample_value("knock_sink_backfill_spilled_states_total") == sum(
+        a[0] for a in spills
+    )
     assert registry.get_sample_value("knock_sink_backfill_held_states", {"where": "memory"}) == 0
     assert registry.get_sample_value("knock_sink_backfill_held_states", {"where": "disk"}) == 0
     assert registry.get_sample_value("knock_sink_backfill_held_budget_bytes") == (1 << 20) // 4
@@ -202,9 +229,12 @@ def test_sigkill_during_a_backfill_then_the_same_command_resumes_from_its_commit
     events: list[Any] = []
     for u in range(users):  # user by user: applying the first users frees a prefix of offsets
         for i in range(4):
-            events.append({"type": "identify", "userId": f"u{u}", "traits": {"i": i, "o": {f"k{i % 2}": u}}})
+            events.append(
+                {"type": "identify", "userId": f"u{u}", "traits": {"i": i, "o": {f"k{i % 2}": u}}}
+            )
         if u % 800 == 5:
             events.append({"type": "alias", "previousId": f"u{u - 1}", "userId": f"u{u}"})
+
     # An alias's two users share a partition here: when the previous id's events sit in
     # another partition, a crash after the merge but before that partition's commit passes
     # them replays them and brings the merged-away user back (any per-partition commit scheme
@@ -219,14 +249,34 @@ def test_sigkill_during_a_backfill_then_the_same_command_resumes_from_its_commit
     ends = kafka.end_offsets(topic)
     env = sink_env(kafka, api, topic)
     # Sink paced to Knock's limits: about 1,060 users a second, so ~3 s of sending.
-    cmd = [sys.executable, "-m", "consumer.cli", "backfill", "--rate-limits", "knock", "--group-id", f"g-{topic}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "consumer.cli",
+        "backfill",
+        "--rate-limits",
+        "knock",
+        "--group-id",
+        f"g-{topic}",
+    ]
 
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     at = rng.randrange(1200, 2200)  # a random moment, by progress: after the first bulk call
     try:
-        wait_for(lambda: api.stats()["identify_entries"] >= at or proc.poll() is not None, 90, "users applied")
-        wait_for(lambda: sum(kafka.committed(f"g-{topic}", topic).values()) > 0 or proc.poll() is not None,
-                 30, "a first commit")  # fmt: skip
+        wait_for(
+            lambda: api.stats()["identify_entries"] >= at or proc.poll() is not None,
+            90,
+            "users applied",
+        )
+        wait_for(
+            lambda: (
+                sum(kafka.committed(f"g-{topic}", topic).values()) > 0 or proc.poll() is not None
+            ),
+            30,
+            "a first commit",
+        )
     finally:
         proc.kill()
         proc.communicate(timeout=30)
@@ -269,8 +319,11 @@ def test_a_held_user_knock_rejects_is_dead_lettered_as_its_folded_update(kafka, 
     assert actual_state(api.users()) == {"good": {"plan": "pro", "seats": 3}}
     [dead] = kafka.read_all(f"{topic}.dlq", 1)
     assert dead.key() == b"bad"
-    assert orjson.loads(dead.value()) == {"type": "identify", "userId": "bad",
-                                          "traits": {"email": 12345, "a": 1, "b": 2}}  # fmt: skip
+    assert orjson.loads(dead.value()) == {
+        "type": "identify",
+        "userId": "bad",
+        "traits": {"email": 12345, "a": 1, "b": 2},
+    }
     headers = dict(dead.headers())
     assert headers["knock-sink.error.kind"] == b"knock_rejected"
     assert headers["knock-sink.source.offset"] == b"1"  # the user's earliest event

@@ -29,7 +29,9 @@ OLD_MS = 1_700_000_000_000
 NEW_MS = OLD_MS + 86_400_000
 
 
-def produce_at(kafka, topic: str, events: list[dict], ts_ms: int, partition: int | None = None) -> None:
+def produce_at(
+    kafka, topic: str, events: list[dict], ts_ms: int, partition: int | None = None
+) -> None:
     p = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5})
     for e in events:
         kw = {} if partition is None else {"partition": partition}
@@ -38,8 +40,14 @@ def produce_at(kafka, topic: str, events: list[dict], ts_ms: int, partition: int
 
 
 def eras(users: int = 8) -> tuple[list[dict], list[dict]]:
-    old = [{"type": "identify", "userId": f"u{i % users}", "traits": {"era": "old", "i": i}} for i in range(40)]
-    new = [{"type": "identify", "userId": f"u{i % users}", "traits": {"era": "new", "j": i}} for i in range(40)]
+    old = [
+        {"type": "identify", "userId": f"u{i % users}", "traits": {"era": "old", "i": i}}
+        for i in range(40)
+    ]
+    new = [
+        {"type": "identify", "userId": f"u{i % users}", "traits": {"era": "new", "j": i}}
+        for i in range(40)
+    ]
     return old, new
 
 
@@ -54,7 +62,9 @@ def test_timestamps_and_offsets_parse():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["backfill", "--from-timestamp", "yesterday"])
     with pytest.raises(SystemExit):  # one start only
-        build_parser().parse_args(["backfill", "--from-timestamp", "2024-01-01", "--from-offsets", "t:0:1"])
+        build_parser().parse_args(
+            ["backfill", "--from-timestamp", "2024-01-01", "--from-offsets", "t:0:1"]
+        )
 
 
 def test_from_a_timestamp_applies_only_what_came_after(kafka, api, settings_for):
@@ -73,7 +83,9 @@ def test_from_offsets_starts_those_partitions_there(kafka, api, settings_for):
     topic = kafka.topic(1)
     events = [{"type": "identify", "userId": f"u{i}", "traits": {"i": i}} for i in range(10)]
     kafka.produce(topic, events)
-    summary = Sink(settings_for(topic)).run(until_end=True, replay=Replay(from_offsets={(topic, 0): 6}))
+    summary = Sink(settings_for(topic)).run(
+        until_end=True, replay=Replay(from_offsets={(topic, 0): 6})
+    )
     assert actual_state(api.users()) == expected_state(events[6:])
     assert summary.consumed == 4
     assert kafka.committed(f"g-{topic}", topic) == {0: 10}
@@ -85,28 +97,47 @@ def test_until_a_timestamp_stops_at_the_first_offset_at_or_after_it(kafka, api, 
     for p in (0, 1):
         produce_at(kafka, topic, old[p::2], OLD_MS, partition=p)
         produce_at(kafka, topic, new[p::2], NEW_MS, partition=p)
-    summary = Sink(settings_for(topic)).run(from_beginning=True, until_end=True,
-                                            replay=Replay(until_time_ms=NEW_MS))  # fmt: skip
+    summary = Sink(settings_for(topic)).run(
+        from_beginning=True, until_end=True, replay=Replay(until_time_ms=NEW_MS)
+    )
     assert actual_state(api.users()) == expected_state(old[0::2] + old[1::2])
     assert summary.consumed == len(old)
     assert kafka.committed(f"g-{topic}", topic) == {0: 20, 1: 20}  # the first "new" offsets
 
 
 def _backfill_cmd(topic: str) -> list[str]:
-    return [*CLI, "backfill", "--topic", topic, "--from-beginning", "--rate-limits", "off",
-            "--from-timestamp", datetime.fromtimestamp(OLD_MS / 1000, UTC).isoformat()]
+    return [
+        *CLI,
+        "backfill",
+        "--topic",
+        topic,
+        "--from-beginning",
+        "--rate-limits",
+        "off",
+        "--from-timestamp",
+        datetime.fromtimestamp(OLD_MS / 1000, UTC).isoformat(),
+    ]
 
 
 def test_progress_off_a_terminal_is_plain_log_lines_and_a_summary(kafka, api):
     topic = kafka.topic(2)
     old, new = eras()
     produce_at(kafka, topic, old + new, OLD_MS)
-    proc = subprocess.run(_backfill_cmd(topic), env=sink_env(kafka, api, topic), cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    proc = subprocess.run(
+        _backfill_cmd(topic),
+        env=sink_env(kafka, api, topic),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
     progress = [line["message"] for line in lines if line["logger"] == "knock_sink.progress"]
-    assert progress and progress[-1].startswith("backfill: 80 read, 80 applied, 0 to go over 2 partitions")
+    assert progress and progress[-1].startswith(
+        "backfill: 80 read, 80 applied, 0 to go over 2 partitions"
+    )
     out = json.loads(proc.stdout)
     assert out["backfill"]["events"] == 80 and out["backfill"]["users_sent"] >= 8
     assert kafka.committed(f"g-{topic}", topic) == {}  # the live group's offsets untouched
@@ -119,8 +150,14 @@ def test_progress_on_a_terminal_is_a_live_table(kafka, api):
     old, _ = eras()
     produce_at(kafka, topic, old, OLD_MS)
     leader, follower = pty.openpty()
-    proc = subprocess.Popen(_backfill_cmd(topic), env={**sink_env(kafka, api, topic), "COLUMNS": "120"},
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=follower, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _backfill_cmd(topic),
+        env={**sink_env(kafka, api, topic), "COLUMNS": "120"},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+    )
     os.close(follower)
     screen = b""
     while True:

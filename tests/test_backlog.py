@@ -14,7 +14,15 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer.backlog import LOW_WATER, PER_USER, PY_PER_JSON_BYTE, RESAMPLE_EVERY, Backlog, Held, HeldHandle
+from consumer.backlog import (
+    LOW_WATER,
+    PER_USER,
+    PY_PER_JSON_BYTE,
+    RESAMPLE_EVERY,
+    Backlog,
+    Held,
+    HeldHandle,
+)
 from consumer.ops import Identify, Merge, Op
 from tests.model import deep_merge, expected_state
 
@@ -49,7 +57,9 @@ def test_a_user_spilled_again_and_again_is_read_back_as_one_update_sent_once(tmp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_rows_that_do_not_fold_into_the_earlier_ones_go_as_a_second_update_in_order(tmp_path) -> None:
+def test_rows_that_do_not_fold_into_the_earlier_ones_go_as_a_second_update_in_order(
+    tmp_path,
+) -> None:
     # Under deep, an object after a scalar at one path does not fold: the held state in memory
     # is fresh (it folded), but it cannot join the rows before it. Read back as a second
     # update, sent after the first, and the next row folds into that one.
@@ -107,7 +117,9 @@ def test_the_floor_holds_spilled_users_offsets_until_they_are_applied(tmp_path) 
         assert b.read(tp, off)
         b.fold(tp, off, [Identify(uid, {"x": off})], lambda h: None)
     assert b.committable(none) == {TP0: 0, TP1: 0}
-    handles = {h.user_id: b.handle(h) for h in b.take(2)}  # a and b read back, their memory folded in
+    handles = {
+        h.user_id: b.handle(h) for h in b.take(2)
+    }  # a and b read back, their memory folded in
     assert set(handles) == {"a", "b"}
     assert b.committable(none) == {TP0: 0, TP1: 0}  # owed in flight
     handles["b"].release()
@@ -124,7 +136,9 @@ def test_the_floor_holds_spilled_users_offsets_until_they_are_applied(tmp_path) 
     b.close()
 
 
-def test_a_spill_moves_users_of_finished_partitions_first_and_stops_at_the_low_water_mark(tmp_path) -> None:
+def test_a_spill_moves_users_of_finished_partitions_first_and_stops_at_the_low_water_mark(
+    tmp_path,
+) -> None:
     b = Backlog(memory_bytes=40_000, work_dir=str(tmp_path))
     off = dict.fromkeys([TP0, TP1], 0)
     for i in range(100):  # interleaved: finished and unfinished users alike, oldest first
@@ -133,7 +147,9 @@ def test_a_spill_moves_users_of_finished_partitions_first_and_stops_at_the_low_w
             off[tp] += 1
     assert b.over_budget()
     # Users of one size: what the estimate keeps is exact.
-    keep = int(40_000 * LOW_WATER / (len(orjson.dumps({"k": "x" * 20})) * PY_PER_JSON_BYTE + PER_USER))
+    keep = int(
+        40_000 * LOW_WATER / (len(orjson.dumps({"k": "x" * 20})) * PY_PER_JSON_BYTE + PER_USER)
+    )
     b.spill({TP0})  # partition 0 read to its end: its users go first, all of them
     assert b.rows == 200 - keep and len(b) == 200
     assert not b.over_budget()
@@ -141,18 +157,24 @@ def test_a_spill_moves_users_of_finished_partitions_first_and_stops_at_the_low_w
     got = b.take_finished({TP0, TP1}, 1000)
     on_disk = [h.user_id for h in got[: 200 - keep]]
     assert on_disk == [f"0-{i}" for i in range(100)] + [f"1-{i}" for i in range(100 - keep)]
-    assert sorted(h.user_id for h in got[200 - keep :]) == sorted(f"1-{i}" for i in range(100 - keep, 100))
+    assert sorted(h.user_id for h in got[200 - keep :]) == sorted(
+        f"1-{i}" for i in range(100 - keep, 100)
+    )
     b.close()
 
 
-def test_the_budget_check_samples_the_users_size_every_few_checks_and_after_a_spill(tmp_path) -> None:
+def test_the_budget_check_samples_the_users_size_every_few_checks_and_after_a_spill(
+    tmp_path,
+) -> None:
     b = Backlog(memory_bytes=1_000_000, work_dir=str(tmp_path))
     for u in range(100):
         b.fold(TP0, u, [Identify(f"u{u}", {"k": "x"})], lambda h: None)
     assert not b.over_budget()  # sampled: 100 small users
     for u in range(100):  # every user grows past the budget: the count alone does not say so
         b.fold(TP0, 100 + u, [Identify(f"u{u}", {"big": "x" * 20_000})], lambda h: None)
-    assert [b.over_budget() for _ in range(RESAMPLE_EVERY)] == [False] * (RESAMPLE_EVERY - 1) + [True]
+    assert [b.over_budget() for _ in range(RESAMPLE_EVERY)] == [False] * (RESAMPLE_EVERY - 1) + [
+        True
+    ]
     b.spill()
     assert b.rows and not b.over_budget()  # sampled again after the spill
     for u in range(100):
@@ -171,10 +193,18 @@ def test_users_on_disk_of_partitions_read_to_their_end_go_first_in_offset_order(
     # Partition 0 read to its end: from disk a, then d with its state in memory since, then e
     # (in memory only). Not c (it owes partition 1), nor a's state in memory (partition 1's).
     got = b.take_finished({TP0}, 10)
-    assert [(h.user_id, h.props) for h in got] == [("a", {"x": 0}), ("d", {"x": 2, "y": 4}), ("e", {"y": 3})]
+    assert [(h.user_id, h.props) for h in got] == [
+        ("a", {"x": 0}),
+        ("d", {"x": 2, "y": 4}),
+        ("e", {"y": 3}),
+    ]
     assert b.take_finished({TP0}, 10) == []
     got = b.take_finished({TP0, TP1}, 10)
-    assert [(h.user_id, h.props) for h in got] == [("b", {"x": 0}), ("c", {"x": 1}), ("a", {"y": 2})]
+    assert [(h.user_id, h.props) for h in got] == [
+        ("b", {"x": 0}),
+        ("c", {"x": 1}),
+        ("a", {"y": 2}),
+    ]
     assert len(b) == 0
     b.close()
 
@@ -201,7 +231,11 @@ def test_a_barrier_ejects_a_spilled_users_rows_then_its_memory(tmp_path) -> None
     b.fold(TP0, 2, [Identify("anon", {"b": 2})], ejected.append)
     merge: list[Op] = [Merge("real", "anon")]
     assert b.fold(TP0, 3, merge, ejected.append) == merge
-    assert [(h.user_id, h.props) for h in ejected] == [("real", {"r": 1}), ("anon", {"a": 1}), ("anon", {"b": 2})]
+    assert [(h.user_id, h.props) for h in ejected] == [
+        ("real", {"r": 1}),
+        ("anon", {"a": 1}),
+        ("anon", {"b": 2}),
+    ]
     assert b.rows == 0 and len(b) == 0
     # The ejected users hold the floor back until applied, like any held user.
     assert b.floor(TP0) == 0
@@ -220,7 +254,12 @@ def test_users_of_finished_partitions_wait_packed_and_come_out_as_they_went_in(t
         events.append(ident(uid, traits))
 
     for u in range(100):
-        fold(TP0 if u < 90 else TP1, u, f"u{u}", {f"key{k}": f"value {k} of user {u}" for k in range(20)})
+        fold(
+            TP0 if u < 90 else TP1,
+            u,
+            f"u{u}",
+            {f"key{k}": f"value {k} of user {u}" for k in range(20)},
+        )
         fold(TP0 if u < 90 else TP1, 100 + u, f"u{u}", {"o": {"a": u}})
     assert b.over_budget()  # 100 users as Python objects: about 2.7 KB each, estimated
     b.compact({TP0})
@@ -238,7 +277,10 @@ def test_users_of_finished_partitions_wait_packed_and_come_out_as_they_went_in(t
     assert b.rows and sum(h.props.__class__ is bytes for h in b._users.values()) < 100
     out = {h.user_id: h for h in b.take(200)}
     expected = expected_state(events)
-    assert {uid: h.props for uid, h in out.items()} == expected and expected["u3"]["o"] == {"a": 3, "b": 3}
+    assert {uid: h.props for uid, h in out.items()} == expected and expected["u3"]["o"] == {
+        "a": 3,
+        "b": 3,
+    }
     b.close()
 
 
@@ -253,7 +295,9 @@ def test_a_frozen_backlog_drops_its_spill_file(tmp_path) -> None:
 
 @pytest.mark.parametrize("mode", ["deep", "either"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_spilling_folding_and_sending_equal_every_event_applied_alone(tmp_path, mode: str, seed: int) -> None:
+def test_spilling_folding_and_sending_equal_every_event_applied_alone(
+    tmp_path, mode: str, seed: int
+) -> None:
     # A topic keyed by user over 3 partitions, read in random chunks; spills at random (and
     # past a small budget; down to its low-water mark, users of partitions read to their end
     # first, or not), so a user has several rows, some of which do not fold; barriers (an
@@ -268,7 +312,9 @@ def test_spilling_folding_and_sending_equal_every_event_applied_alone(tmp_path, 
         uid = rng.choice(users)
         # Mostly what folds in the mode (under "either" no object under a key already held).
         usual = {"z": i} if mode == "deep" else i
-        value = rng.choice([i, None, [i], {"a": i}, {"b": {"c": i}}]) if rng.random() < 0.1 else usual
+        value = (
+            rng.choice([i, None, [i], {"a": i}, {"b": {"c": i}}]) if rng.random() < 0.1 else usual
+        )
         events[parts[int(uid[1:]) % 3]].append((uid, {f"k{rng.randrange(6)}": i, "o": value}))
     b = Backlog(nested=mode, memory_bytes=10_000, work_dir=str(tmp_path))  # type: ignore[arg-type]
     read: list[dict[str, Any]] = []  # every event, in the order read
@@ -284,12 +330,17 @@ def test_spilling_folding_and_sending_equal_every_event_applied_alone(tmp_path, 
     def send(held: Held) -> None:
         assert held.props.__class__ is dict  # handed out unpacked
         knock[held.user_id] = deep_merge(knock.get(held.user_id, {}), held.props)
-        owed, unsent[held.user_id] = unsent[held.user_id][: held.events], unsent[held.user_id][held.events :]
+        owed, unsent[held.user_id] = (
+            unsent[held.user_id][: held.events],
+            unsent[held.user_id][held.events :],
+        )
         assert len(owed) == held.events
         out[id(held)] = (b.handle(held), owed)
 
     def check_floor() -> None:
-        owed = [e for _, events_ in out.values() for e in events_] + [e for es in unsent.values() for e in es]
+        owed = [e for _, events_ in out.values() for e in events_] + [
+            e for es in unsent.values() for e in es
+        ]
         positions = b.committable(lambda tp: None)
         b.mark_committed(positions)
         committed.update(positions)

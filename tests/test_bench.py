@@ -18,15 +18,37 @@ pytestmark = pytest.mark.slow
 def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--scale", "small", "--bootstrap", kafka.bootstrap,
-         "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--scale",
+            "small",
+            "--bootstrap",
+            kafka.bootstrap,
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {r["case"]: r for r in report["rows"]}
-    assert set(rows) >= {"ceiling", "decode", "sink", "naive", "limits", "backlog", "scale-1",
-                         "scale-2", "live-100", "spill"}
+    assert set(rows) >= {
+        "ceiling",
+        "decode",
+        "sink",
+        "naive",
+        "limits",
+        "backlog",
+        "scale-1",
+        "scale-2",
+        "live-100",
+        "spill",
+    }
     live = rows["live-100"]
     # Every user produced reached Knock, each with a latency read back from the emulator.
     assert live["applied"] == live["events"] and live["max_s"] >= live["p99_s"] >= live["p50_s"] > 0
@@ -38,6 +60,12 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
             assert row["knock_calls"] > 0 and row["users_per_s"] > 0, case
     for case in ("limits", "spill"):
         assert rows[case]["lower_bound_s"] > 0 and rows[case]["time_over_bound"] > 0, case
-    assert set(report["ratios"]) >= {"sink_over_ceiling", "sink_over_naive", "backfill_over_bound",
-                                     "backlog_peak_rss_mb", "sink_over_decode", "spill_peak_rss_mb"}
+    assert set(report["ratios"]) >= {
+        "sink_over_ceiling",
+        "sink_over_naive",
+        "backfill_over_bound",
+        "backlog_peak_rss_mb",
+        "sink_over_decode",
+        "spill_peak_rss_mb",
+    }
     assert "knock-sink benchmark" in proc.stdout

@@ -34,7 +34,9 @@ def grants(limiter: RateLimiter, t: FakeTime, n: int) -> list[float]:
     return out
 
 
-@pytest.mark.parametrize(("per_second", "share"), [(1, 1 / 3), (5, 1 / 3), (60, 0.5), (200, 0.1), (1, 1.0)])
+@pytest.mark.parametrize(
+    ("per_second", "share"), [(1, 1 / 3), (5, 1 / 3), (60, 0.5), (200, 0.1), (1, 1.0)]
+)
 def test_a_share_never_exceeds_n_times_share_per_second(per_second, share):
     t = FakeTime()
     limiter = RateLimiter(per_second, window=KNOCK_WINDOW, clock=t.clock, sleep=t.sleep)
@@ -53,7 +55,9 @@ def test_tier_one_at_a_third_is_one_call_every_three_windows():
     limiter = RateLimiter(1, window=KNOCK_WINDOW, clock=t.clock, sleep=t.sleep)
     limiter.share(1 / 3)
     times = grants(limiter, t, 4)
-    assert [round(b - a, 3) for a, b in itertools.pairwise(times)] == [round(3 * KNOCK_WINDOW, 3)] * 3
+    assert [round(b - a, 3) for a, b in itertools.pairwise(times)] == [
+        round(3 * KNOCK_WINDOW, 3)
+    ] * 3
 
 
 @pytest.mark.parametrize("share", [1 / 3, 0.5, 0.1, 1.0])
@@ -70,7 +74,11 @@ def test_the_identify_budget_per_bulk_call_stays_what_sizing_assumes(share):
 def test_slots_split_the_clock_by_partition_and_leave_the_next_owner_a_full_budget():
     now = [100 * 6 * SLOT]  # the start of slot 600: partition 0's of 6
     wall = lambda: now[0]
-    mine, theirs, none = Slots(frozenset({0, 3}), 6, wall=wall), Slots(frozenset({1, 2, 4, 5}), 6, wall=wall), Slots(frozenset(), 6, wall=wall)
+    mine, theirs, none = (
+        Slots(frozenset({0, 3}), 6, wall=wall),
+        Slots(frozenset({1, 2, 4, 5}), 6, wall=wall),
+        Slots(frozenset(), 6, wall=wall),
+    )
     assert (mine.fraction, theirs.fraction) == (1 / 3, 2 / 3)
     assert mine.wait() == 0.0 and theirs.wait() == pytest.approx(SLOT)
     assert none.wait() is None
@@ -98,9 +106,23 @@ PARTITIONS = 6
 
 
 def start(env: dict[str, str], port: int) -> subprocess.Popen[str]:
-    return subprocess.Popen([*CLI, "run", "--log-format", "json", "--flush-interval", "0.2",
-                             "--metrics-port", str(port)], env=env,
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [
+            *CLI,
+            "run",
+            "--log-format",
+            "json",
+            "--flush-interval",
+            "0.2",
+            "--metrics-port",
+            str(port),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
@@ -127,8 +149,10 @@ def partitions(port: int) -> int | None:
 
 def test_three_members_share_knocks_limits_exactly_without_a_429(kafka):
     topic = kafka.topic(PARTITIONS)
-    events = [{"type": "identify", "userId": f"u{i % 600}", "traits": {"i": i, f"k{i % 7}": i}}
-              for i in range(6000)]  # fmt: skip
+    events = [
+        {"type": "identify", "userId": f"u{i % 600}", "traits": {"i": i, f"k{i % 7}": i}}
+        for i in range(6000)
+    ]
     first, second = events[:3000], events[3000:]
     ports = [free_port() for _ in range(3)]
     with EmulatorServer(api_key="sk_test_budget", rate_limits="knock") as api:
@@ -145,10 +169,15 @@ def test_three_members_share_knocks_limits_exactly_without_a_429(kafka):
             # It made room for the third (it held half, or all, before).
             assert any("share 0.333" in line for line in shares), shares
             ends = kafka.end_offsets(topic)
-            wait_for(lambda: kafka.committed(f"g-{topic}", topic) == ends, 90, "everything committed")
+            wait_for(
+                lambda: kafka.committed(f"g-{topic}", topic) == ends, 90, "everything committed"
+            )
             assert actual_state(api.users()) == expected_state(events)
-            wait_for(lambda: sorted(partitions(p) for p in ports[1:]) == [3, 3], 60,
-                     "the two left holding three partitions each")  # fmt: skip
+            wait_for(
+                lambda: sorted(partitions(p) for p in ports[1:]) == [3, 3],
+                60,
+                "the two left holding three partitions each",
+            )
             counts = statuses(api)
             assert "429" not in counts, (counts, api.stats()["requests"])
             assert counts["200"] > 0

@@ -15,9 +15,13 @@ README = Path(__file__).parents[1] / "README.md"
 
 def test_flags_win_over_environment_over_file(tmp_path):
     f = tmp_path / "s.toml"
-    f.write_text('[kafka]\ntopics = ["from-file"]\ngroup_id = "file-group"\n[knock]\nbulk_size = 10\n')
+    f.write_text(
+        '[kafka]\ntopics = ["from-file"]\ngroup_id = "file-group"\n[knock]\nbulk_size = 10\n'
+    )
     env = {"KNOCK_SINK_TOPICS": "a, b", "KNOCK_SINK_GROUP_ID": "env-group", "KNOCK_API_KEY": "sk_x"}
-    s = load_settings(f, environ=env, overrides={"kafka.group_id": "flag-group", "knock.bulk_size": None})
+    s = load_settings(
+        f, environ=env, overrides={"kafka.group_id": "flag-group", "knock.bulk_size": None}
+    )
     assert s.kafka.topics == ["a", "b"]
     assert s.kafka.group_id == "flag-group"
     assert s.knock.bulk_size == 10  # an unset flag (None) does not hide the file
@@ -26,8 +30,16 @@ def test_flags_win_over_environment_over_file(tmp_path):
 
 def test_defaults():
     s = load_settings(environ={})
-    assert (s.knock.base_url, s.knock.bulk_size, s.knock.rate_limits) == ("https://api.knock.app", 1000, "knock")
-    assert (s.kafka.group_id, s.kafka.dlq_for("events"), s.mapping.default_region) == ("knock-sink", "events.dlq", "US")
+    assert (s.knock.base_url, s.knock.bulk_size, s.knock.rate_limits) == (
+        "https://api.knock.app",
+        1000,
+        "knock",
+    )
+    assert (s.kafka.group_id, s.kafka.dlq_for("events"), s.mapping.default_region) == (
+        "knock-sink",
+        "events.dlq",
+        "US",
+    )
 
 
 @pytest.mark.parametrize(
@@ -50,7 +62,9 @@ def test_a_bad_setting_is_one_error_naming_it(overrides, setting):
 
 def test_the_api_key_never_shows_in_a_settings_error():
     with pytest.raises(ConfigError) as err:
-        load_settings(environ={"KNOCK_API_KEY": "sk_secret_value"}, overrides={"knock.bulk_size": 0})
+        load_settings(
+            environ={"KNOCK_API_KEY": "sk_secret_value"}, overrides={"knock.bulk_size": 0}
+        )
     assert "sk_secret_value" not in str(err.value)
     s = load_settings(environ={"KNOCK_API_KEY": "sk_secret_value"})
     assert "sk_secret_value" not in repr(s) and "sk_secret_value" not in str(s.model_dump())

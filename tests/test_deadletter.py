@@ -17,7 +17,10 @@ def test_originals_reads_back_what_is_there_says_what_is_gone_and_leaves_the_res
     try:
         got = originals.fetch([(topic, 0, 4), (topic, 1, 2), (topic, 0, 1)])
         assert {k: m.value for k, m in got.items()} == {
-            (topic, 0, 1): b'{"n":1}', (topic, 0, 4): b'{"n":4}', (topic, 1, 2): b'{"n":12}'}
+            (topic, 0, 1): b'{"n":1}',
+            (topic, 0, 4): b'{"n":4}',
+            (topic, 1, 2): b'{"n":12}',
+        }
         # Retention deleted the head of partition 0: the answer says so, with None.
         admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
         for fut in admin.delete_records([TopicPartition(topic, 0, 3)]).values():

@@ -28,10 +28,15 @@ def drawn_tree() -> dict[str, str | None]:
 
 
 def test_the_drawn_tree_is_the_class_tree():
-    classes = {name: cls for name, cls in inspect.getmembers(errors, inspect.isclass)
-               if issubclass(cls, errors.SinkError)}  # fmt: skip
-    actual = {name: (None if cls is errors.SinkError else cls.__bases__[0].__name__)
-              for name, cls in classes.items()}  # fmt: skip
+    classes = {
+        name: cls
+        for name, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.SinkError)
+    }
+    actual = {
+        name: (None if cls is errors.SinkError else cls.__bases__[0].__name__)
+        for name, cls in classes.items()
+    }
     assert drawn_tree() == actual
 
 

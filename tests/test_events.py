@@ -95,11 +95,20 @@ def test_refused_with_field_named(obj: object, reason: str) -> None:
 @pytest.mark.parametrize("value", [None, ""])
 def test_null_and_empty_ids_are_absent(value: Any) -> None:
     event = parse_event(
-        {"type": "alias", "userId": value, "anonymousId": value, "previousId": value,
-         "groupId": value, "messageId": value}
+        {
+            "type": "alias",
+            "userId": value,
+            "anonymousId": value,
+            "previousId": value,
+            "groupId": value,
+            "messageId": value,
+        }
     )
     assert (event.user_id, event.anonymous_id, event.previous_id, event.group_id) == (
-        None, None, None, None,
+        None,
+        None,
+        None,
+        None,
     )
     assert event.message_id is None
 
@@ -109,7 +118,10 @@ def test_numeric_ids_are_stringified() -> None:
         {"type": "group", "userId": 42, "anonymousId": 1.5, "groupId": 0, "messageId": 7}
     )
     assert (event.user_id, event.anonymous_id, event.group_id, event.message_id) == (
-        "42", "1.5", "0", "7",
+        "42",
+        "1.5",
+        "0",
+        "7",
     )
 
 
@@ -157,8 +169,13 @@ def test_version_of_other_shape_is_dropped_not_fatal() -> None:
 )
 def test_timestamps_any_iso_form(text: str, expected: datetime) -> None:
     event = parse_event(
-        {"type": "track", "timestamp": text, "originalTimestamp": text, "sentAt": text,
-         "receivedAt": text}
+        {
+            "type": "track",
+            "timestamp": text,
+            "originalTimestamp": text,
+            "sentAt": text,
+            "receivedAt": text,
+        }
     )
     assert event.timestamp == expected
     assert event.timestamp is not None and event.timestamp.utcoffset() == expected.utcoffset()
@@ -180,8 +197,15 @@ def test_parse_timestamp_epochs() -> None:
 
 def test_unknown_keys_ignored() -> None:
     event = parse_event(
-        {"type": "identify", "userId": "u", "writeKey": "k", "_metadata": {"x": 1},
-         "integrations": {"All": True}, "options": [], "properties": "whatever"}
+        {
+            "type": "identify",
+            "userId": "u",
+            "writeKey": "k",
+            "_metadata": {"x": 1},
+            "integrations": {"All": True},
+            "options": [],
+            "properties": "whatever",
+        }
     )
     assert event == Event(type="identify", user_id="u")
 
@@ -202,8 +226,12 @@ def test_identify_null_traits() -> None:
 
 def test_track_reads_context_traits_only() -> None:
     event = parse_event(
-        {"type": "track", "event": "Clicked", "traits": {"ignored": 1},
-         "context": {"traits": {"email": "a@b.c"}}}
+        {
+            "type": "track",
+            "event": "Clicked",
+            "traits": {"ignored": 1},
+            "context": {"traits": {"email": "a@b.c"}},
+        }
     )
     assert (event.event, event.traits, event.group_traits) == ("Clicked", {"email": "a@b.c"}, {})
 
@@ -214,9 +242,16 @@ def test_track_top_level_traits_of_wrong_type_ignored() -> None:
 
 def test_group_traits_kept_apart() -> None:
     event = parse_event(
-        {"type": "group", "groupId": "g1", "userId": "u", "traits": {"name": "Acme"},
-         "context": {"traits": {"email": "a@b.c"}}}
+        {
+            "type": "group",
+            "groupId": "g1",
+            "userId": "u",
+            "traits": {"name": "Acme"},
+            "context": {"traits": {"email": "a@b.c"}},
+        }
     )
     assert (event.group_id, event.traits, event.group_traits) == (
-        "g1", {"email": "a@b.c"}, {"name": "Acme"},
+        "g1",
+        {"email": "a@b.c"},
+        {"name": "Acme"},
     )

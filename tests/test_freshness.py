@@ -26,8 +26,11 @@ def _free_port() -> int:
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_event_age_and_consume_to_apply_are_exposed_and_move(kafka, api, settings_for):
@@ -49,8 +52,15 @@ def test_event_age_and_consume_to_apply_are_exposed_and_move(kafka, api, setting
         assert before[("knock_sink_consume_to_apply_seconds_count", ())] == 0
         kafka.produce(topic, events)
         wait_for(lambda: actual_state(api.users()) == expected_state(events), 60, "users applied")
-        m = wait_for(lambda: (s := _scrape(port))[("knock_sink_consume_to_apply_seconds_count", ())]
-                     == len(events) and s, 30, "every applied event observed")  # fmt: skip
+        m = wait_for(
+            lambda: (
+                (s := _scrape(port))[("knock_sink_consume_to_apply_seconds_count", ())]
+                == len(events)
+                and s
+            ),
+            30,
+            "every applied event observed",
+        )
     finally:
         sink.stop()
         t.join(60)

@@ -20,7 +20,7 @@ def mutate(rng: random.Random, seed: bytes) -> bytes:
         if op == 0 and len(data) > 1:
             data[at % len(data)] = rng.randrange(256)
         elif op == 1:
-            del data[at:at + rng.randint(1, 8)]
+            del data[at : at + rng.randint(1, 8)]
         elif op == 2:
             data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
         elif op == 3:
@@ -39,4 +39,8 @@ def test_every_input_maps_or_gets_a_dead_letter_kind():
     for _ in range(INPUTS):
         outcomes[fuzz.check(mutate(rng, rng.choice(seeds)))] += 1
     # Not a vacuous run: both sides of the property were exercised, on each path.
-    assert outcomes["mapped"] > len(seeds) and outcomes["undecodable"] > 0 and outcomes["invalid_event"] > 0
+    assert (
+        outcomes["mapped"] > len(seeds)
+        and outcomes["undecodable"] > 0
+        and outcomes["invalid_event"] > 0
+    )

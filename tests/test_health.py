@@ -58,14 +58,19 @@ def test_each_state_over_http():
         clock.now += 10
         assert probe(server.port, "/healthz")[0] == 200
         clock.now += 0.5
-        assert probe(server.port, "/healthz") == (503, {"status": "stalled", "last_turn_seconds_ago": 10.5})
+        assert probe(server.port, "/healthz") == (
+            503,
+            {"status": "stalled", "last_turn_seconds_ago": 10.5},
+        )
         assert probe(server.port, "/readyz")[1]["status"] == "stalled"
         health.turned()
         assert probe(server.port, "/healthz")[0] == 200
         # A fatal error: still alive (it is exiting on its own), never ready again.
         health.fatal("Knock rejected the API key (401)")
-        assert probe(server.port, "/readyz") == (503, {
-            "status": "fatal", "reason": "Knock rejected the API key (401)", "partitions": 1})
+        assert probe(server.port, "/readyz") == (
+            503,
+            {"status": "fatal", "reason": "Knock rejected the API key (401)", "partitions": 1},
+        )
         assert probe(server.port, "/healthz")[0] == 200
         assert "knock_sink_events_consumed_total" in probe(server.port, "/metrics")[1]
         assert httpx.get(f"http://127.0.0.1:{server.port}/nope").status_code == 404
@@ -95,11 +100,18 @@ class GatedDecoder:
         return True
 
 
-def test_a_real_sink_not_ready_before_the_check_ready_after_not_live_when_stuck(kafka, api, settings_for):
+def test_a_real_sink_not_ready_before_the_check_ready_after_not_live_when_stuck(
+    kafka, api, settings_for
+):
     topic = kafka.topic(2)
     port = free_port()
-    settings = settings_for(topic, sink__metrics_port=port, sink__stall_timeout=1.0,
-                            sink__drain_timeout=0.5, knock__max_backoff=0.2)  # fmt: skip
+    settings = settings_for(
+        topic,
+        sink__metrics_port=port,
+        sink__stall_timeout=1.0,
+        sink__drain_timeout=0.5,
+        knock__max_backoff=0.2,
+    )
     decoder = GatedDecoder()
     sink = Sink(settings, decoder=decoder)
     api.set_faults(error_rate=1.0)  # the start-up check retries
@@ -112,7 +124,9 @@ def test_a_real_sink_not_ready_before_the_check_ready_after_not_live_when_stuck(
         assert _code(port, "/readyz") == 503
         api.clear_faults()
         wait_for(lambda: _code(port, "/readyz") == 200, 30, "ready after the check")
-        wait_for(lambda: probe(port, "/readyz")[1]["partitions"] == 2, 30, "both partitions assigned")
+        wait_for(
+            lambda: probe(port, "/readyz")[1]["partitions"] == 2, 30, "both partitions assigned"
+        )
 
         events = [{"type": "identify", "userId": f"u{i}", "traits": {"i": i}} for i in range(20)]
         decoder.open.clear()
@@ -123,7 +137,11 @@ def test_a_real_sink_not_ready_before_the_check_ready_after_not_live_when_stuck(
         assert _code(port, "/readyz") == 503
         decoder.open.set()
         wait_for(lambda: _code(port, "/healthz") == 200, 30, "live again")
-        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic), 30, "committed")
+        wait_for(
+            lambda: kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic),
+            30,
+            "committed",
+        )
         assert actual_state(api.users()) == expected_state(events)
     finally:
         decoder.open.set()
@@ -144,8 +162,13 @@ def test_a_long_knock_outage_keeps_the_loop_turning(kafka, api, settings_for):
     sink live and ready, and everything lands once Knock is back."""
     topic = kafka.topic(2)
     port = free_port()
-    settings = settings_for(topic, sink__metrics_port=port, sink__stall_timeout=1.0,
-                            sink__drain_timeout=0.5, knock__max_backoff=0.5)  # fmt: skip
+    settings = settings_for(
+        topic,
+        sink__metrics_port=port,
+        sink__stall_timeout=1.0,
+        sink__drain_timeout=0.5,
+        knock__max_backoff=0.5,
+    )
     sink = Sink(settings)
     runner = threading.Thread(target=sink.run)
     runner.start()
@@ -160,7 +183,11 @@ def test_a_long_knock_outage_keeps_the_loop_turning(kafka, api, settings_for):
             assert (_code(port, "/healthz"), _code(port, "/readyz")) == (200, 200)
             time.sleep(0.2)  # probe cadence, not synchronisation
         assert len(api.users()) < len(events)  # the outage did hold the events back
-        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic), 60, "committed")
+        wait_for(
+            lambda: kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic),
+            60,
+            "committed",
+        )
         assert actual_state(api.users()) == expected_state(events)
     finally:
         sink.stop()

@@ -31,7 +31,11 @@ def test_the_watch_counts_each_split_user_once_and_warns_at_most_every_few_minut
     assert len(splits) == watch.users_split == 3
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2
-    assert "not keyed by user" in warnings[0] and "userId" in warnings[0] and "repartition" in warnings[0]
+    assert (
+        "not keyed by user" in warnings[0]
+        and "userId" in warnings[0]
+        and "repartition" in warnings[0]
+    )
     assert "3 user(s)" in warnings[1]
 
 
@@ -63,7 +67,9 @@ def test_an_unkeyed_topic_is_detected_by_the_sink(kafka, api, settings_for, capl
     topic = kafka.topic(3)
     events = [{"type": "identify", "userId": f"u{i % 10}", "traits": {"n": i}} for i in range(40)]
     for p in range(3):  # round robin, as Segment writes without a message key
-        kafka.produce(topic, [e for i, e in enumerate(events) if i % 3 == p], key=lambda v: None, partition=p)
+        kafka.produce(
+            topic, [e for i, e in enumerate(events) if i % 3 == p], key=lambda v: None, partition=p
+        )
     parts: dict[str, set[int]] = {}
     for i, e in enumerate(events):
         parts.setdefault(e["userId"], set()).add(i % 3)
@@ -82,4 +88,6 @@ def test_an_unkeyed_topic_is_detected_by_the_sink(kafka, api, settings_for, capl
             runner.join(60)
     assert not runner.is_alive()
     assert total(sink.metrics.users_on_several_partitions) == split == 10
-    assert [r.name for r in caplog.records if "not keyed by user" in r.getMessage()] == ["knock_sink.keying"]
+    assert [r.name for r in caplog.records if "not keyed by user" in r.getMessage()] == [
+        "knock_sink.keying"
+    ]

@@ -183,10 +183,13 @@ def test_backoff_is_capped_over_a_long_outage() -> None:
     knock = Knock(*[json(500)] * 12, json(200, USER))
     sleeps = Sleeps()
     c = KnockClient(
-        api_key=KEY, base_url=BASE, limits=RateLimits("off"), sleep=sleeps,
+        api_key=KEY,
+        base_url=BASE,
+        limits=RateLimits("off"),
+        sleep=sleeps,
         backoff=Backoff(cap=3.0, rng=lambda: 0.999),
         http=httpx.Client(transport=httpx.MockTransport(knock)),
-    )  # fmt: skip
+    )
     c.identify("u1", {})
     assert len(sleeps.waits) == 12 and max(sleeps.waits) <= 3.0
     assert sleeps.waits[-1] == pytest.approx(2.997)
@@ -414,8 +417,9 @@ def test_bulk_identify_follows_the_operation_to_the_end() -> None:
 
 
 def test_bulk_polling_interval_grows_to_a_quarter_second() -> None:
-    knock = Knock(json(200, op("queued")), *[json(200, op("processing"))] * 9,
-                  json(200, op("completed")))  # fmt: skip
+    knock = Knock(
+        json(200, op("queued")), *[json(200, op("processing"))] * 9, json(200, op("completed"))
+    )
     sleeps = Sleeps()
     client(knock, sleeps=sleeps).bulk_identify([{"id": "u1"}])
     assert sleeps.waits == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.25, 0.25, 0.25]
@@ -533,8 +537,9 @@ def test_client_closes_only_the_pool_it_owns() -> None:
 
 
 def test_from_settings() -> None:
-    settings = KnockSettings(api_key=SecretStr(KEY), base_url="http://127.0.0.1:8080/",
-                             bulk_size=100, rate_limits="off")  # fmt: skip
+    settings = KnockSettings(
+        api_key=SecretStr(KEY), base_url="http://127.0.0.1:8080/", bulk_size=100, rate_limits="off"
+    )
     knock = Knock(json(200, USER))
     c = KnockClient.from_settings(settings, http=httpx.Client(transport=httpx.MockTransport(knock)))
     assert (c.base_url, c.bulk_size) == ("http://127.0.0.1:8080", 100)
@@ -575,7 +580,11 @@ def test_concurrent_use_from_many_threads() -> None:
 def test_404_on_an_upsert_route_is_fatal_not_an_item_error(call: str) -> None:
     from consumer.errors import FatalKnockError
 
-    knock = Knock(json(404, {"code": "resource_missing", "message": "nope", "status": 404, "type": "api_error"}))
+    knock = Knock(
+        json(
+            404, {"code": "resource_missing", "message": "nope", "status": 404, "type": "api_error"}
+        )
+    )
     c = client(knock, sleeps=Sleeps())
     with pytest.raises(FatalKnockError, match="base URL"):
         if call == "identify":

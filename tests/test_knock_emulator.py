@@ -17,7 +17,9 @@ from tests.model import actual_state
 
 
 def client(api: Any, *, key: str | None = None, base: str | None = None) -> KnockClient:
-    return KnockClient(api_key=key or api.api_key, base_url=base or api.url, limits=RateLimits("off"))
+    return KnockClient(
+        api_key=key or api.api_key, base_url=base or api.url, limits=RateLimits("off")
+    )
 
 
 def stored(api: Any) -> dict[str, dict[str, Any]]:
@@ -83,7 +85,11 @@ def test_bulk_identify_follows_the_operation_to_the_end(api):
     with client(api) as c:
         result = c.bulk_identify(users)
     assert result.status == "completed"
-    assert (result.applied, list(result.failed), result.rate_limited) == (["u1", "u3", "u4"], ["u2"], [])
+    assert (result.applied, list(result.failed), result.rate_limited) == (
+        ["u1", "u3", "u4"],
+        ["u2"],
+        [],
+    )
     assert sorted(stored(api)) == ["u1", "u3", "u4"]
 
 

@@ -28,17 +28,36 @@ def record(msg: str, level: int = logging.WARNING, **extra: object) -> logging.L
 
 
 def test_json_lines_carry_the_fields_given_with_extra():
-    line = json.loads(JsonFormatter(()).format(record("parked", topic="t", partition=2, offset=41, user="u7")))
-    assert set(line) == {"time", "level", "logger", "message", "topic", "partition", "offset", "user"}
+    line = json.loads(
+        JsonFormatter(()).format(record("parked", topic="t", partition=2, offset=41, user="u7"))
+    )
+    assert set(line) == {
+        "time",
+        "level",
+        "logger",
+        "message",
+        "topic",
+        "partition",
+        "offset",
+        "user",
+    }
     assert (line["level"], line["logger"], line["message"]) == ("WARNING", "knock_sink.x", "parked")
     assert (line["topic"], line["partition"], line["offset"], line["user"]) == ("t", 2, 41, "u7")
     assert line["time"].endswith("+00:00")
-    assert set(json.loads(JsonFormatter(()).format(record("plain")))) == {"time", "level", "logger", "message"}
+    assert set(json.loads(JsonFormatter(()).format(record("plain")))) == {
+        "time",
+        "level",
+        "logger",
+        "message",
+    }
 
 
 def test_secrets_are_blanked_in_both_formats():
     rec = record("GET https://u:hunter2@r/ with Bearer sk_live_abc failed")
-    for fmt in (JsonFormatter(["sk_live_abc", "u:hunter2", "hunter2"]), TextFormatter(["sk_live_abc", "hunter2"])):
+    for fmt in (
+        JsonFormatter(["sk_live_abc", "u:hunter2", "hunter2"]),
+        TextFormatter(["sk_live_abc", "hunter2"]),
+    ):
         out = fmt.format(rec)
         assert "sk_live_abc" not in out and "hunter2" not in out and "[redacted]" in out
 
@@ -65,8 +84,14 @@ def json_lines(err: str) -> list[dict]:
 
 def test_librdkafka_lines_arrive_through_logging_as_json(api):
     env = sink_env(type("K", (), {"bootstrap": "127.0.0.1:1"})(), api, "nowhere")
-    proc = subprocess.Popen([*CLI, "run", "--log-format", "json"], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*CLI, "run", "--log-format", "json"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _, err = proc.communicate(timeout=8)
     except subprocess.TimeoutExpired:
@@ -88,17 +113,42 @@ def test_no_secret_in_any_output_of_a_real_process(kafka, api, schema_registry):
     # with the credentials, then a dead letter with its reason.
     kafka.produce(topic, [b"\x00\x00\x0f\x42\x40\x02"], key=lambda _: b"avro")
     password = "pw-" + uuid.uuid4().hex
-    env = sink_env(kafka, api, topic, SCHEMA_REGISTRY_URL=schema_registry,
-                   SCHEMA_REGISTRY_BASIC_AUTH=f"reader:{password}")  # fmt: skip
+    env = sink_env(
+        kafka,
+        api,
+        topic,
+        SCHEMA_REGISTRY_URL=schema_registry,
+        SCHEMA_REGISTRY_BASIC_AUTH=f"reader:{password}",
+    )
     # Retries, logged: an outage the start-up check waits out, then random errors.
     api.set_faults(outage_seconds=1.5, error_rate=0.2, error_statuses=[500, 503, 429], seed=3)
     outputs = []
-    args = ["--log-level", "DEBUG", "--log-format", "json", "--bulk-size", "10",
-            "--flush-interval", "0.05", "--rate-limits", "off"]
-    proc = subprocess.Popen([*CLI, "run", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = [
+        "--log-level",
+        "DEBUG",
+        "--log-format",
+        "json",
+        "--bulk-size",
+        "10",
+        "--flush-interval",
+        "0.05",
+        "--rate-limits",
+        "off",
+    ]
+    proc = subprocess.Popen(
+        [*CLI, "run", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic), 90, "all committed")
+        wait_for(
+            lambda: kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic),
+            90,
+            "all committed",
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         outputs += proc.communicate(timeout=60)
@@ -111,14 +161,23 @@ def test_no_secret_in_any_output_of_a_real_process(kafka, api, schema_registry):
     (parked_line,) = [line for line in lines if line["message"].startswith("dead-lettering")]
     source = {k: v.decode() for k, v in parked.headers() if k.startswith("knock-sink.source.")}
     assert (parked_line["topic"], parked_line["partition"], parked_line["offset"]) == (
-        source["knock-sink.source.topic"], int(source["knock-sink.source.partition"]),
-        int(source["knock-sink.source.offset"]))
+        source["knock-sink.source.topic"],
+        int(source["knock-sink.source.partition"]),
+        int(source["knock-sink.source.offset"]),
+    )
     outputs += [value.decode(errors="replace") for _, value in parked.headers()]
 
     # The same process with a key Knock rejects: exit 2 naming the setting, not the key.
     wrong = "sk_test_wrong_" + uuid.uuid4().hex
-    bad = subprocess.run([*CLI, "run", "--log-format", "json"], env={**env, "KNOCK_API_KEY": wrong},
-                         cwd=ROOT, capture_output=True, text=True, timeout=90, check=False)  # fmt: skip
+    bad = subprocess.run(
+        [*CLI, "run", "--log-format", "json"],
+        env={**env, "KNOCK_API_KEY": wrong},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
     assert bad.returncode == 2 and "knock.api_key" in bad.stderr, bad.stderr
     outputs += [bad.stdout, bad.stderr]
     everything = "\n".join(outputs)
@@ -136,9 +195,13 @@ def test_a_retried_single_identify_names_its_user(api, caplog):
     def sleep(seconds: float, stop: object = None) -> None:
         api.clear_faults()  # Knock is back after the first failure
 
-    client = KnockClient(api_key=api.api_key, base_url=api.url, limits=RateLimits("off"), sleep=sleep)
+    client = KnockClient(
+        api_key=api.api_key, base_url=api.url, limits=RateLimits("off"), sleep=sleep
+    )
     with client, caplog.at_level(logging.WARNING, logger="knock_sink.knock"):
         client.identify("ada", {"plan": "pro"})
-    (retry,) = [r for r in caplog.records if r.getMessage().startswith("retry 1 of PUT /v1/users/ada")]
+    (retry,) = [
+        r for r in caplog.records if r.getMessage().startswith("retry 1 of PUT /v1/users/ada")
+    ]
     assert json.loads(JsonFormatter(()).format(retry))["user"] == "ada"
     assert actual_state(api.users()) == {"ada": {"plan": "pro"}}

@@ -36,7 +36,12 @@ def stream(users: int = 12, per_user: int = 15) -> tuple[Broker, list[dict[str, 
         for u in range(users):
             traits = {"i": i, f"k{i % 3}": u, "nested": {f"n{i % 2}": i}}
             if i % 4 == 3:
-                e = {"type": "track", "userId": f"u{u}", "event": "e", "context": {"traits": traits}}
+                e = {
+                    "type": "track",
+                    "userId": f"u{u}",
+                    "event": "e",
+                    "context": {"traits": traits},
+                }
             else:
                 e = {"type": "identify", "userId": f"u{u}", "traits": traits}
             events.append(e)
@@ -66,16 +71,25 @@ def live(api: Any, broker: Broker, sink: Sink | None = None, **over: Any) -> Sum
 
 def test_a_backfill_ends_exact_committed_to_the_end_with_poison_parked(api):
     broker, events = stream()
-    bad = [broker.produce(TOPIC, 1, b"{not json", b"k", [("origin", b"x")]),
-           broker.produce(TOPIC, 2, {"type": "identify", "userId": "a/b"})]  # fmt: skip
+    bad = [
+        broker.produce(TOPIC, 1, b"{not json", b"k", [("origin", b"x")]),
+        broker.produce(TOPIC, 2, {"type": "identify", "userId": "a/b"}),
+    ]
     summary = backfill(api, broker)
     assert actual_state(api.users()) == expected_state(events)
     assert broker.commits == broker.ends()
-    assert [(d.topic, d.headers["knock-sink.error.kind"], d.headers["knock-sink.source.partition"],
-             d.headers["knock-sink.source.offset"]) for d in broker.dead] == [
+    assert [
+        (
+            d.topic,
+            d.headers["knock-sink.error.kind"],
+            d.headers["knock-sink.source.partition"],
+            d.headers["knock-sink.source.offset"],
+        )
+        for d in broker.dead
+    ] == [
         (f"{TOPIC}.dlq", "undecodable", "1", str(bad[0].offset)),
         (f"{TOPIC}.dlq", "forbidden_user_id", "2", str(bad[1].offset)),
-    ]  # fmt: skip
+    ]
     assert (broker.dead[0].key, broker.dead[0].value) == (b"k", b"{not json")
     assert broker.dead[0].headers["origin"] == "x"
     assert summary.consumed == len(events) + 2
@@ -94,8 +108,9 @@ def test_a_backfill_without_knocks_limits_holds_users_sent_once_in_plans_of_one_
             e = {"type": "identify", "userId": f"u{u}", "traits": traits}
             events.append(e)
             broker.produce(TOPIC, u % PARTITIONS, e, f"u{u}".encode())
-    sink = Sink(settings(api, knock__bulk_size=10, knock__concurrency=4),
-                edge=MemoryEdge(broker, [TOPIC]))  # fmt: skip
+    sink = Sink(
+        settings(api, knock__bulk_size=10, knock__concurrency=4), edge=MemoryEdge(broker, [TOPIC])
+    )
     summary = sink.run(from_beginning=True, until_end=True)
     assert actual_state(api.users()) == expected_state(events)
     assert broker.commits == broker.ends()
@@ -113,7 +128,11 @@ def test_a_backfill_reads_the_partition_with_the_fewest_events_left_first(api):
     # come first). The emulator keeps users in the order they were first identified.
     broker = Broker()
     broker.create(TOPIC, PARTITIONS)
-    users = {0: [f"a{u}" for u in range(10)], 1: [f"b{u}" for u in range(5)], 2: [f"c{u}" for u in range(15)]}
+    users = {
+        0: [f"a{u}" for u in range(10)],
+        1: [f"b{u}" for u in range(5)],
+        2: [f"c{u}" for u in range(15)],
+    }
     events = []
     for i in range(2):
         for partition, ids in users.items():
@@ -123,8 +142,12 @@ def test_a_backfill_reads_the_partition_with_the_fewest_events_left_first(api):
                 broker.produce(TOPIC, partition, e, uid.encode())
     # Batches of 3: the first fetch reads one record of each partition, before any focus;
     # lateness 0: no event-time order, so the partitions are read one at a time from the start.
-    sink = Sink(settings(api, knock__bulk_size=5, knock__concurrency=1, kafka__consume_batch=3, sink__lateness=0),
-                edge=MemoryEdge(broker, [TOPIC]))  # fmt: skip
+    sink = Sink(
+        settings(
+            api, knock__bulk_size=5, knock__concurrency=1, kafka__consume_batch=3, sink__lateness=0
+        ),
+        edge=MemoryEdge(broker, [TOPIC]),
+    )
     sink.run(from_beginning=True, until_end=True)
     assert actual_state(api.users()) == expected_state(events)
     assert broker.commits == broker.ends()
@@ -135,8 +158,10 @@ def test_a_backfill_reads_the_partition_with_the_fewest_events_left_first(api):
 def test_backpressure_pauses_at_max_pending_and_resumes_at_half(api):
     broker, events = stream(users=30, per_user=10)
     api.set_faults(latency_ms=30)  # Knock slower than reading: pending piles up
-    sink = Sink(settings(api, sink__max_pending=40, kafka__consume_batch=10),
-                edge=MemoryEdge(broker, [TOPIC]))  # fmt: skip
+    sink = Sink(
+        settings(api, sink__max_pending=40, kafka__consume_batch=10),
+        edge=MemoryEdge(broker, [TOPIC]),
+    )
     broker.probe = lambda: sink.metrics.pending._value.get()
     live(api, broker, sink)
     assert actual_state(api.users()) == expected_state(events)
@@ -144,7 +169,9 @@ def test_backpressure_pauses_at_max_pending_and_resumes_at_half(api):
     # decided on.
     states = broker.log
     pauses = [pending for (was, _), (now, pending) in itertools.pairwise(states) if not was and now]
-    resumes = [pending for (was, _), (now, pending) in itertools.pairwise(states) if was and not now]
+    resumes = [
+        pending for (was, _), (now, pending) in itertools.pairwise(states) if was and not now
+    ]
     assert pauses and resumes, "never paused and resumed"
     assert all(p >= 40 for p in pauses), pauses
     assert all(p <= 20 for p in resumes), resumes
@@ -219,7 +246,9 @@ def test_what_is_left_to_read_of_a_partition_counts_down_to_its_end():
     ra.fetched([Record("t", 0, 9), Record("t", 1, 3)], 0.2)
     assert ra.left(("t", 0)) == 0 and ra.finished() == {("t", 0), ("t", 1)}
     # Resumed from a commit: what is left is counted from where reading starts.
-    ra = ReadAhead({("t", 0): 10, ("t", 1): 4}, starts={("t", 0): 8, ("t", 1): 0}, idle=1.0, now=0.0)
+    ra = ReadAhead(
+        {("t", 0): 10, ("t", 1): 4}, starts={("t", 0): 8, ("t", 1): 0}, idle=1.0, now=0.0
+    )
     assert ra.left(("t", 0)) == 2 and ra.left(("t", 1)) == 4 and ra.finished() == set()
 
 

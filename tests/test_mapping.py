@@ -17,14 +17,17 @@ def run(msg: dict[str, Any], **settings: Any) -> Mapped:
     return Mapper(MappingSettings(**settings)).map(parse_event(msg))
 
 
-def identify(traits: dict[str, Any] | None, context: dict[str, Any] | None = None,
-             **settings: Any) -> Mapped:
-    return run({"type": "identify", "userId": "u1", "traits": traits, "context": context},
-               **settings)
+def identify(
+    traits: dict[str, Any] | None, context: dict[str, Any] | None = None, **settings: Any
+) -> Mapped:
+    return run(
+        {"type": "identify", "userId": "u1", "traits": traits, "context": context}, **settings
+    )
 
 
-def props(traits: dict[str, Any], context: dict[str, Any] | None = None,
-          **settings: Any) -> dict[str, Any]:
+def props(
+    traits: dict[str, Any], context: dict[str, Any] | None = None, **settings: Any
+) -> dict[str, Any]:
     mapped = identify(traits, context, **settings)
     assert len(mapped.ops) == 1 and isinstance(mapped.ops[0], Identify)
     return mapped.ops[0].props
@@ -32,20 +35,38 @@ def props(traits: dict[str, Any], context: dict[str, Any] | None = None,
 
 # -- the table ------------------------------------------------------------------------------
 
+
 def test_every_row() -> None:
     mapped = identify(
-        {"email": "j@x.io", "name": "Jane D", "phone": "(415) 555-0132",
-         "avatar": "https://a/b.png",
-         "createdAt": "2020-01-15T10:00:00Z", "locale": "fr-FR", "timezone": "Europe/Paris",
-         "plan": "pro", "company": {"name": "Acme", "id": 4}},
+        {
+            "email": "j@x.io",
+            "name": "Jane D",
+            "phone": "(415) 555-0132",
+            "avatar": "https://a/b.png",
+            "createdAt": "2020-01-15T10:00:00Z",
+            "locale": "fr-FR",
+            "timezone": "Europe/Paris",
+            "plan": "pro",
+            "company": {"name": "Acme", "id": 4},
+        },
     )
     assert mapped == Mapped(
-        ops=[Identify("u1", {
-            "email": "j@x.io", "name": "Jane D", "phone_number": "+14155550132",
-            "avatar": "https://a/b.png", "created_at": "2020-01-15T10:00:00+00:00",
-            "locale": "fr-FR", "timezone": "Europe/Paris",
-            "plan": "pro", "company": {"name": "Acme", "id": 4},
-        })],
+        ops=[
+            Identify(
+                "u1",
+                {
+                    "email": "j@x.io",
+                    "name": "Jane D",
+                    "phone_number": "+14155550132",
+                    "avatar": "https://a/b.png",
+                    "created_at": "2020-01-15T10:00:00+00:00",
+                    "locale": "fr-FR",
+                    "timezone": "Europe/Paris",
+                    "plan": "pro",
+                    "company": {"name": "Acme", "id": 4},
+                },
+            )
+        ],
         notes=[],
     )
 
@@ -86,7 +107,9 @@ def test_null_custom_property_overwrites() -> None:
 )
 def test_name_from_first_and_last(first: str, last: str) -> None:
     assert props({first: " Jane ", last: "Doe"}) == {
-        "name": "Jane Doe", first: " Jane ", last: "Doe",
+        "name": "Jane Doe",
+        first: " Jane ",
+        last: "Doe",
     }
 
 
@@ -98,18 +121,24 @@ def test_name_not_derived_from_one_part_or_empty_or_null() -> None:
 
 def test_name_trait_wins_over_parts_even_null() -> None:
     assert props({"name": "J", "firstName": "Jane", "lastName": "Doe"}) == {
-        "name": "J", "firstName": "Jane", "lastName": "Doe",
+        "name": "J",
+        "firstName": "Jane",
+        "lastName": "Doe",
     }
     assert props({"name": None, "firstName": "Jane", "lastName": "Doe"}) == {
-        "name": None, "firstName": "Jane", "lastName": "Doe",
+        "name": None,
+        "firstName": "Jane",
+        "lastName": "Doe",
     }
 
 
 # -- phone ----------------------------------------------------------------------------------
 
+
 def test_invalid_phone_is_noted_and_rest_applies() -> None:
     assert identify({"phone": "12345", "email": "j@x.io"}) == Mapped(
-        ops=[Identify("u1", {"email": "j@x.io"})], notes=["invalid_phone"],
+        ops=[Identify("u1", {"email": "j@x.io"})],
+        notes=["invalid_phone"],
     )
 
 
@@ -146,6 +175,7 @@ def test_phone_cache_keeps_int_and_str_apart() -> None:
 
 # -- created_at -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -165,11 +195,13 @@ def test_created_at_forms(value: Any, expected: str) -> None:
 @pytest.mark.parametrize("value", ["last week", "", True, {"d": 1}, 10**30])
 def test_invalid_created_at(value: Any) -> None:
     assert identify({"createdAt": value, "plan": "x"}) == Mapped(
-        ops=[Identify("u1", {"plan": "x"})], notes=["invalid_created_at"],
+        ops=[Identify("u1", {"plan": "x"})],
+        notes=["invalid_created_at"],
     )
 
 
 # -- locale / timezone ----------------------------------------------------------------------
+
 
 def test_context_locale_timezone_fallback() -> None:
     ctx = {"locale": "en-US", "timezone": "America/New_York"}
@@ -181,10 +213,12 @@ def test_context_locale_timezone_fallback() -> None:
 
 # -- settings -------------------------------------------------------------------------------
 
+
 def test_rename_and_drop() -> None:
     assert props(
         {"plan": "pro", "ssn": "x", "email": "j@x.io", "firstName": "J", "lastName": "D"},
-        rename={"plan": "tier", "firstName": "given"}, drop=["ssn", "email", "lastName"],
+        rename={"plan": "tier", "firstName": "given"},
+        drop=["ssn", "email", "lastName"],
     ) == {"tier": "pro", "given": "J"}
 
 
@@ -206,11 +240,13 @@ def test_field_override() -> None:
 def test_field_disabled_keeps_traits_custom() -> None:
     off = {"phone_number": [], "created_at": []}
     assert props({"phone": "12345", "createdAt": "x"}, fields=off) == {
-        "phone": "12345", "createdAt": "x",
+        "phone": "12345",
+        "createdAt": "x",
     }
     assert props({"locale": "fr"}, {"locale": "en-US"}, fields={"locale": []}) == {"locale": "fr"}
     assert props({"firstName": "J", "lastName": "D"}, fields={"name": []}) == {
-        "firstName": "J", "lastName": "D",
+        "firstName": "J",
+        "lastName": "D",
     }
 
 
@@ -220,6 +256,7 @@ def test_trait_id_is_never_sent() -> None:
 
 # -- user ids -------------------------------------------------------------------------------
 
+
 def test_no_user_id_skipped_by_default() -> None:
     msg = {"type": "identify", "anonymousId": "a1", "traits": {"plan": "x"}}
     assert run(msg) == Mapped(ops=[], notes=["no_user_id"])
@@ -228,10 +265,12 @@ def test_no_user_id_skipped_by_default() -> None:
 def test_anonymous_id_mode() -> None:
     msg = {"type": "identify", "anonymousId": "a1", "traits": {"plan": "x"}}
     assert run(msg, anonymous="anonymous_id", anonymous_prefix="anon_") == Mapped(
-        ops=[Identify("anon_a1", {"plan": "x"})], notes=[],
+        ops=[Identify("anon_a1", {"plan": "x"})],
+        notes=[],
     )
     assert run({"type": "identify", "traits": {}}, anonymous="anonymous_id") == Mapped(
-        ops=[], notes=["no_user_id"],
+        ops=[],
+        notes=["no_user_id"],
     )
 
 
@@ -261,37 +300,65 @@ def test_forbidden_user_id_raises(user_id: str) -> None:
 
 def test_forbidden_prefixed_anonymous_id_raises() -> None:
     with pytest.raises(InvalidEvent):
-        run({"type": "identify", "anonymousId": "a"}, anonymous="anonymous_id",
-            anonymous_prefix="anon/")
+        run(
+            {"type": "identify", "anonymousId": "a"},
+            anonymous="anonymous_id",
+            anonymous_prefix="anon/",
+        )
 
 
 # -- per type -------------------------------------------------------------------------------
+
 
 def test_identify_without_traits_still_upserts() -> None:
     assert run({"type": "identify", "userId": 7}) == Mapped(ops=[Identify("7", {})], notes=[])
 
 
 def test_rudderstack_identify_with_context_traits_only() -> None:
-    msg = {"type": "identify", "userId": "u1",
-           "context": {"traits": {"email": "j@x.io", "firstName": "J", "lastName": "D"},
-                       "locale": "en-GB"}}
-    assert run(msg).ops == [Identify("u1", {
-        "email": "j@x.io", "name": "J D", "firstName": "J", "lastName": "D", "locale": "en-GB",
-    })]
+    msg = {
+        "type": "identify",
+        "userId": "u1",
+        "context": {
+            "traits": {"email": "j@x.io", "firstName": "J", "lastName": "D"},
+            "locale": "en-GB",
+        },
+    }
+    assert run(msg).ops == [
+        Identify(
+            "u1",
+            {
+                "email": "j@x.io",
+                "name": "J D",
+                "firstName": "J",
+                "lastName": "D",
+                "locale": "en-GB",
+            },
+        )
+    ]
 
 
 def test_identify_traits_win_over_context_traits() -> None:
-    msg = {"type": "identify", "userId": "u1", "traits": {"email": "new@x.io"},
-           "context": {"traits": {"email": "old@x.io", "plan": "x"}}}
+    msg = {
+        "type": "identify",
+        "userId": "u1",
+        "traits": {"email": "new@x.io"},
+        "context": {"traits": {"email": "old@x.io", "plan": "x"}},
+    }
     assert run(msg).ops == [Identify("u1", {"email": "new@x.io", "plan": "x"})]
 
 
 @pytest.mark.parametrize("kind", ["track", "page", "screen"])
 def test_track_page_screen_with_context_traits(kind: str) -> None:
-    msg = {"type": kind, "event": "E", "userId": "u1", "properties": {"a": 1},
-           "context": {"traits": {"email": "j@x.io"}, "timezone": "UTC"}}
-    assert run(msg) == Mapped(ops=[Identify("u1", {"email": "j@x.io", "timezone": "UTC"})],
-                              notes=[])
+    msg = {
+        "type": kind,
+        "event": "E",
+        "userId": "u1",
+        "properties": {"a": 1},
+        "context": {"traits": {"email": "j@x.io"}, "timezone": "UTC"},
+    }
+    assert run(msg) == Mapped(
+        ops=[Identify("u1", {"email": "j@x.io", "timezone": "UTC"})], notes=[]
+    )
 
 
 @pytest.mark.parametrize(
@@ -312,8 +379,13 @@ def test_track_with_traits_but_no_user_id() -> None:
 
 
 def test_group() -> None:
-    msg = {"type": "group", "groupId": "g1", "userId": "u1", "traits": {"name": "Acme"},
-           "context": {"traits": {"plan": "x"}}}
+    msg = {
+        "type": "group",
+        "groupId": "g1",
+        "userId": "u1",
+        "traits": {"name": "Acme"},
+        "context": {"traits": {"plan": "x"}},
+    }
     assert run(msg) == Mapped(ops=[Identify("u1", {"plan": "x"})], notes=["ignored_type"])
     assert run({"type": "group", "groupId": "g1", "userId": "u1", "traits": {"name": "Acme"}}) == (
         Mapped(ops=[], notes=["ignored_type", "no_traits"])
@@ -322,14 +394,16 @@ def test_group() -> None:
 
 def test_alias() -> None:
     assert run({"type": "alias", "previousId": "anon-1", "userId": "u1"}) == Mapped(
-        ops=[Merge(user_id="u1", from_user_id="anon-1")], notes=[],
+        ops=[Merge(user_id="u1", from_user_id="anon-1")],
+        notes=[],
     )
     assert run({"type": "alias", "from": 12, "to": "u1"}).ops == [Merge("u1", "12")]
 
 
 def test_self_alias() -> None:
     assert run({"type": "alias", "previousId": "u1", "userId": "u1"}) == Mapped(
-        ops=[], notes=["self_alias"],
+        ops=[],
+        notes=["self_alias"],
     )
 
 
@@ -346,10 +420,13 @@ def test_alias_needs_both_ids(msg: dict[str, Any], reason: str) -> None:
     assert (info.value.kind, info.value.reason) == ("invalid_event", reason)
 
 
-@pytest.mark.parametrize("msg", [
-    {"type": "alias", "previousId": "a/b", "userId": "u"},
-    {"type": "alias", "previousId": "p", "userId": "x" * 257},
-])
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"type": "alias", "previousId": "a/b", "userId": "u"},
+        {"type": "alias", "previousId": "p", "userId": "x" * 257},
+    ],
+)
 def test_alias_forbidden_ids(msg: dict[str, Any]) -> None:
     with pytest.raises(InvalidEvent) as info:
         run(msg)

@@ -35,8 +35,12 @@ def test_exact_order_is_a_merge_by_event_time_that_waits_for_every_unfinished_pa
     out: list[str] = []
     ends = {P[0]: 10, P[1]: 10, P[2]: 2}
     positions: dict[Any, int] = {}
-    order = EventOrder(out.append, ends=ends, positions=lambda tps: {tp: positions.get(tp, 0) for tp in tps},
-                       clock=lambda: 0.0)  # fmt: skip
+    order = EventOrder(
+        out.append,
+        ends=ends,
+        positions=lambda tps: {tp: positions.get(tp, 0) for tp in tps},
+        clock=lambda: 0.0,
+    )
     add = lambda name, tp, off, t: order.add(name, tp, off, (name[0],), lambda: t)
     add("a3", P[0], 0, 3.0)
     add("b1", P[1], 0, 1.0)
@@ -56,15 +60,20 @@ def test_exact_order_is_a_merge_by_event_time_that_waits_for_every_unfinished_pa
 
 
 def _keyed_add(order: EventOrder, out: list[str]):
-    def add(name: str, tp: Any, off: int, users: tuple[str, ...], t: Any, key: bytes | None) -> None:
+    def add(
+        name: str, tp: Any, off: int, users: tuple[str, ...], t: Any, key: bytes | None
+    ) -> None:
         if order.as_read(tp, off, users, key):
             out.append(name)
         else:
             order.add(name, tp, off, users, t)
+
     return add
 
 
-def test_a_topic_whose_records_carry_their_users_id_as_key_counts_as_keyed_and_goes_on_as_read(monkeypatch):
+def test_a_topic_whose_records_carry_their_users_id_as_key_counts_as_keyed_and_goes_on_as_read(
+    monkeypatch,
+):
     monkeypatch.setattr("consumer.ordering.KEYED_AFTER", 3)
     out: list[str] = []
     order = EventOrder(out.append, ends={P[0]: 9, P[1]: 9}, clock=lambda: 0.0)
@@ -97,8 +106,15 @@ def test_one_record_without_its_users_id_as_key_and_the_topic_is_ordered(monkeyp
 def test_a_straggler_goes_on_in_arrival_order_and_is_counted():
     out: list[str] = []
     late: list[int] = []
-    order = EventOrder(out.append, ends={P[0]: 9, P[1]: 9}, clock=lambda: 0.0, on_late=lambda: late.append(1))
-    for name, tp, off, t in [("u5", P[0], 0, 5.0), ("u6", P[1], 0, 6.0), ("u7", P[0], 1, 7.0), ("u4", P[1], 1, 4.0)]:
+    order = EventOrder(
+        out.append, ends={P[0]: 9, P[1]: 9}, clock=lambda: 0.0, on_late=lambda: late.append(1)
+    )
+    for name, tp, off, t in [
+        ("u5", P[0], 0, 5.0),
+        ("u6", P[1], 0, 6.0),
+        ("u7", P[0], 1, 7.0),
+        ("u4", P[1], 1, 4.0),
+    ]:
         order.add(name, tp, off, ("u",), lambda t=t: t)
         order.step()
     # u4 is older than u5, already handed on: out of order within its own partition.
@@ -109,7 +125,9 @@ def test_the_window_holds_only_users_seen_on_several_partitions_and_lets_go_afte
     now = [0.0]
     out: list[str] = []
     split = {"s"}
-    order = EventOrder(out.append, lateness=5.0, split=lambda u, topic: u in split, clock=lambda: now[0])
+    order = EventOrder(
+        out.append, lateness=5.0, split=lambda u, topic: u in split, clock=lambda: now[0]
+    )
     order.add("k1", P[0], 0, ("k",), lambda: pytest.fail("a keyed topic reads no time"))
     assert out == ["k1"]
     order.add("s10", P[0], 1, ("s",), lambda: 10.0)
@@ -128,7 +146,9 @@ def test_the_window_holds_only_users_seen_on_several_partitions_and_lets_go_afte
 def test_a_merge_waits_behind_what_its_users_wait_for():
     now = [0.0]
     out: list[str] = []
-    order = EventOrder(out.append, lateness=5.0, split=lambda u, topic: u == "a", clock=lambda: now[0])
+    order = EventOrder(
+        out.append, lateness=5.0, split=lambda u, topic: u == "a", clock=lambda: now[0]
+    )
     order.add("a1", P[0], 0, ("a",), lambda: 1.0)
     order.add("merge a->b", P[1], 0, ("b", "a"), lambda: 2.0)
     order.add("b3", P[1], 1, ("b",), lambda: 3.0)  # b is not split, but its merge waits
@@ -168,7 +188,9 @@ def test_users_folded_through_the_order_equal_their_events_applied_in_event_time
         uid = f"u{rng.randrange(60)}"
         # Mostly what folds in the mode (under "either" no object under a key already held).
         usual = {"a": i} if mode == "deep" else i
-        value = rng.choice([1, None, [i], {"a": i}, {"b": {"c": i}}]) if rng.random() < 0.05 else usual
+        value = (
+            rng.choice([1, None, [i], {"a": i}, {"b": {"c": i}}]) if rng.random() < 0.05 else usual
+        )
         events.append((i, uid, {f"k{rng.randrange(5)}": i, "o": value, "last": i}))
     parts = [[e for e in events if e[0] % 3 == p] for p in range(3)]
     backlog = Backlog(nested=mode)  # type: ignore[arg-type]
@@ -181,7 +203,9 @@ def test_users_folded_through_the_order_equal_their_events_applied_in_event_time
     def fold(unit: tuple[int, str, dict[str, Any], int, Any]) -> None:
         i, uid, traits, off, tp = unit
         handed.append(i)
-        for op in backlog.fold(tp, off, [Identify(uid, traits)], lambda h: send(h.user_id, h.props)):
+        for op in backlog.fold(
+            tp, off, [Identify(uid, traits)], lambda h: send(h.user_id, h.props)
+        ):
             send(op.user_id, op.props)  # type: ignore[union-attr]
 
     order = EventOrder(fold, ends={P[p]: len(parts[p]) for p in range(3)}, clock=lambda: 0.0)
@@ -192,7 +216,9 @@ def test_users_folded_through_the_order_equal_their_events_applied_in_event_time
             if cursor[p] == len(parts[p]):
                 break
             i, uid, traits = parts[p][cursor[p]]
-            order.add((i, uid, traits, cursor[p], P[p]), P[p], cursor[p], (uid,), lambda i=i: float(i))
+            order.add(
+                (i, uid, traits, cursor[p], P[p]), P[p], cursor[p], (uid,), lambda i=i: float(i)
+            )
             cursor[p] += 1
         order.step()
     assert len(order) == 0 and handed == list(range(3000))
@@ -200,13 +226,17 @@ def test_users_folded_through_the_order_equal_their_events_applied_in_event_time
     assert held  # some users never hit a barrier: their whole history is one update
     for h in held:
         send(h.user_id, h.props)
-    assert knock == expected_state([{"type": "identify", "userId": u, "traits": t} for _, u, t in events])
+    assert knock == expected_state(
+        [{"type": "identify", "userId": u, "traits": t} for _, u, t in events]
+    )
 
 
 # -- on the real broker -------------------------------------------------------------------
 
 
-def scenario(seed: int = 3, users: int = 300, visitors: int = 10, n: int = 2400) -> list[dict[str, Any]]:
+def scenario(
+    seed: int = 3, users: int = 300, visitors: int = 10, n: int = 2400
+) -> list[dict[str, Any]]:
     """Identifies and tracks of ``users`` users, nested traits, and ``visitors`` anonymous
     users identified, aliased into a user (a merge), then identified again (recreated) and
     aliased once more: merges interleaved with identifies of both their users. Each event has
@@ -228,11 +258,19 @@ def scenario(seed: int = 3, users: int = 300, visitors: int = 10, n: int = 2400)
             e = {"type": "identify", "userId": f"visitor{j}", "traits": {"seen": i, f"v{i % 3}": i}}
         elif rng.random() < 0.1:
             u = f"u{rng.randrange(users)}"
-            e = {"type": "track", "userId": u, "event": "Clicked", "context": {"traits": {"last": i, "tracked": i}}}
+            e = {
+                "type": "track",
+                "userId": u,
+                "event": "Clicked",
+                "context": {"traits": {"last": i, "tracked": i}},
+            }
         else:
             u = f"u{rng.randrange(users)}" if rng.random() < 0.7 else f"u{rng.randrange(12)}"
-            e = {"type": "identify", "userId": u,
-                 "traits": {"last": i, f"k{i % 4}": i, "prefs": {f"p{rng.randrange(3)}": i}}}  # fmt: skip
+            e = {
+                "type": "identify",
+                "userId": u,
+                "traits": {"last": i, f"k{i % 4}": i, "prefs": {f"p{rng.randrange(3)}": i}},
+            }
         e["messageId"] = f"m{i}"
         e["timestamp"] = stamp(i)
         events.append(e)
@@ -241,7 +279,9 @@ def scenario(seed: int = 3, users: int = 300, visitors: int = 10, n: int = 2400)
 
 def produce_round_robin(kafka: Any, topic: str, events: list[dict[str, Any]]) -> None:
     for p in range(3):  # production order within each partition, no key (Segment's default)
-        kafka.produce(topic, [e for i, e in enumerate(events) if i % 3 == p], key=lambda v: None, partition=p)
+        kafka.produce(
+            topic, [e for i, e in enumerate(events) if i % 3 == p], key=lambda v: None, partition=p
+        )
 
 
 def exact_users(actual: dict[str, Any], expected: dict[str, Any]) -> int:
@@ -264,7 +304,9 @@ def test_an_unkeyed_topic_ends_exact_after_a_backfill(kafka, api, settings_for, 
     assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
 
 
-def test_a_live_run_applies_a_split_users_events_in_event_time_order_within_the_window(kafka, api, settings_for):
+def test_a_live_run_applies_a_split_users_events_in_event_time_order_within_the_window(
+    kafka, api, settings_for
+):
     topic = kafka.topic(3)
     lateness = 2.0
     sink = Sink(settings_for(topic, sink__lateness=lateness))
@@ -293,8 +335,11 @@ def test_a_live_run_applies_a_split_users_events_in_event_time_order_within_the_
         put(1, 10, {"plan": "team", "d": 10})
         wait_for(committed, 60, "the out-of-order pair applied")
         in_time = sorted(produced, key=lambda e: e["timestamp"])
-        assert actual_state(api.users()) == expected_state(in_time) == {
-            "s": {"plan": "pro", "a": 1, "b": 2, "c": 11, "d": 10}}
+        assert (
+            actual_state(api.users())
+            == expected_state(in_time)
+            == {"s": {"plan": "pro", "a": 1, "b": 2, "c": 11, "d": 10}}
+        )
         assert total(sink.metrics.late_events) == 0
         # Older than what was applied already: beyond the window, applied as it arrives.
         put(1, 5, {"plan": "legacy"})
@@ -323,7 +368,10 @@ def test_a_repeated_alias_does_not_merge_the_recreated_user_again(kafka, api, se
     sink = Sink(settings_for(topic, knock__rate_limits=limits))
     sink.run(from_beginning=True, until_end=True)
     unique = events[:4] + events[5:]
-    assert actual_state(api.users()) == expected_state(unique) == {
-        "a": {"again": True}, "b": {"from": "b", "x": 1, "y": 2}}
+    assert (
+        actual_state(api.users())
+        == expected_state(unique)
+        == {"a": {"again": True}, "b": {"from": "b", "x": 1, "y": 2}}
+    )
     assert total(sink.metrics.duplicate_merges) == 1
     assert kafka.committed(f"g-{topic}", topic) == {0: len(events)}

@@ -673,7 +673,11 @@ class Stats:
 
 
 def run_planned(
-    rng: random.Random, ops: list[Op], upsert: Apply, start: Store, fail_rate: float,
+    rng: random.Random,
+    ops: list[Op],
+    upsert: Apply,
+    start: Store,
+    fail_rate: float,
     nested: str = "either",
 ) -> Store:
     """Feed ops to a planner in bursts and apply its plans as the sink would: levels in order,
@@ -694,8 +698,11 @@ def run_planned(
         for p in pendings[fed : fed + burst]:
             pl.add(p)
         fed = min(fed + burst, len(pendings))
-        plan = pl.cut(now, max_users=rng.choice([None, None, 1, 2, 3]),
-                      max_levels=rng.choice([None, None, 1, 2]))
+        plan = pl.cut(
+            now,
+            max_users=rng.choice([None, None, 1, 2, 3]),
+            max_levels=rng.choice([None, None, 1, 2]),
+        )
         if len(pl):
             Stats.held_cuts += 1
         Stats.multi_level_plans += len(plan.levels) > 1
@@ -825,7 +832,9 @@ def deep_planner(*ps: Pending) -> Planner:
 
 
 def test_deep_mode_folds_objects_under_one_key_into_one_entry() -> None:
-    pl = deep_planner(ident(1, "u", o={"a": 1, "n": {"x": 1}}), ident(2, "u", o={"b": 2, "n": {"y": 2}}))
+    pl = deep_planner(
+        ident(1, "u", o={"a": 1, "n": {"x": 1}}), ident(2, "u", o={"b": 2, "n": {"y": 2}})
+    )
     assert view(pl.cut(0)) == [[("I", "u", {"o": {"a": 1, "b": 2, "n": {"x": 1, "y": 2}}}, [1, 2])]]
 
 
@@ -879,7 +888,13 @@ def test_deep_mode_folds_more_than_either_mode() -> None:
 
 
 def test_busy_users_are_held_with_their_merges_and_other_users_go() -> None:
-    pl = planner(ident(1, "a", x=1), ident(2, "b", x=1), merge(3, "c", "a"), ident(4, "c", y=1), ident(5, "d", z=1))
+    pl = planner(
+        ident(1, "a", x=1),
+        ident(2, "b", x=1),
+        merge(3, "c", "a"),
+        ident(4, "c", y=1),
+        ident(5, "d", z=1),
+    )
     plan = pl.cut(0, busy={"a"})
     assert view(plan) == [[("I", "b", {"x": 1}, [2]), ("I", "d", {"z": 1}, [5])]]
     assert queued(pl) == [1, 3, 4]
@@ -900,7 +915,9 @@ def test_plan_users_include_both_sides_of_a_merge() -> None:
     assert planner(merge(1, "a", "b"), ident(2, "c")).cut(0).users() == {"a", "b", "c"}
 
 
-def _apply_plan(rng: random.Random, plan: Plan, store: Store, upsert: Apply, fail_rate: float) -> list[Pending]:
+def _apply_plan(
+    rng: random.Random, plan: Plan, store: Store, upsert: Apply, fail_rate: float
+) -> list[Pending]:
     """Apply one plan as the sink does; return what is given back (failed, and skipped after)."""
     failed: set[str] = set()
     back: list[Pending] = []
@@ -963,11 +980,18 @@ def test_two_plans_in_flight_with_busy_users_equal_sequential(nested: str) -> No
 
 
 def test_max_levels_holds_what_would_open_a_deeper_level() -> None:
-    pl = planner(ident(1, "u", o={"a": 1}), ident(2, "v", x=1), ident(3, "u", o={"b": 2}),
-                 merge(4, "v", "w"), ident(5, "w", y=1), ident(6, "z", k=1))
+    pl = planner(
+        ident(1, "u", o={"a": 1}),
+        ident(2, "v", x=1),
+        ident(3, "u", o={"b": 2}),
+        merge(4, "v", "w"),
+        ident(5, "w", y=1),
+        ident(6, "z", k=1),
+    )
     plan = pl.cut(0, max_levels=1)
-    assert view(plan) == [[("I", "u", {"o": {"a": 1}}, [1]), ("I", "v", {"x": 1}, [2]),
-                           ("I", "z", {"k": 1}, [6])]]
+    assert view(plan) == [
+        [("I", "u", {"o": {"a": 1}}, [1]), ("I", "v", {"x": 1}, [2]), ("I", "z", {"k": 1}, [6])]
+    ]
     assert queued(pl) == [3, 4, 5]
     assert view(pl.cut(0, max_levels=1)) == [[("I", "u", {"o": {"b": 2}}, [3]), ("M", "v", "w", 4)]]
     assert view(pl.cut(0, max_levels=1)) == [[("I", "w", {"y": 1}, [5])]]
@@ -1001,15 +1025,24 @@ def test_an_identify_folds_on_add_into_its_users_open_identify_of_the_same_lane(
 
 
 def test_no_fold_on_add_across_lanes_without_a_lane_or_across_a_merge() -> None:
-    pl = planner(laned(1, "u", lane=0, a=1), laned(2, "u", lane=1, a=2),
-                 ident(3, "v", a=1), ident(4, "v", a=2),
-                 laned(5, "w", a=1), merge(6, "w", "z"), laned(7, "w", a=2))
+    pl = planner(
+        laned(1, "u", lane=0, a=1),
+        laned(2, "u", lane=1, a=2),
+        ident(3, "v", a=1),
+        ident(4, "v", a=2),
+        laned(5, "w", a=1),
+        merge(6, "w", "z"),
+        laned(7, "w", a=2),
+    )
     assert [p.op.props is RIDER for p in pl._queue if isinstance(p.op, Identify)] == [False] * 6
 
 
 def test_no_fold_on_add_where_a_cut_would_not_fold() -> None:
     pl = planner(laned(1, "u", o={"a": 1}), laned(2, "u", o={"b": 2}))  # nested, mode "either"
-    assert view(pl.cut(0)) == [[("I", "u", {"o": {"a": 1}}, [1])], [("I", "u", {"o": {"b": 2}}, [2])]]
+    assert view(pl.cut(0)) == [
+        [("I", "u", {"o": {"a": 1}}, [1])],
+        [("I", "u", {"o": {"b": 2}}, [2])],
+    ]
 
 
 def test_riders_go_with_their_host_past_the_user_budget() -> None:

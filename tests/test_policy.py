@@ -58,14 +58,32 @@ def assert_at_most_per_second(times: list[float], n: int) -> None:
 @pytest.mark.parametrize(
     ("status", "verdict"),
     [
-        (200, "ok"), (201, "ok"), (204, "ok"), (299, "ok"),
-        (408, "retry"), (429, "retry"), (500, "retry"), (502, "retry"), (503, "retry"),
-        (504, "retry"), (599, "retry"),
-        (401, "fatal"), (403, "fatal"),
-        (400, "item"), (404, "item"), (409, "item"), (410, "item"), (422, "item"), (499, "item"),
-        (100, "fatal"), (301, "fatal"), (302, "fatal"), (304, "fatal"), (600, "fatal"),
+        (200, "ok"),
+        (201, "ok"),
+        (204, "ok"),
+        (299, "ok"),
+        (408, "retry"),
+        (429, "retry"),
+        (500, "retry"),
+        (502, "retry"),
+        (503, "retry"),
+        (504, "retry"),
+        (599, "retry"),
+        (401, "fatal"),
+        (403, "fatal"),
+        (400, "item"),
+        (404, "item"),
+        (409, "item"),
+        (410, "item"),
+        (422, "item"),
+        (499, "item"),
+        (100, "fatal"),
+        (301, "fatal"),
+        (302, "fatal"),
+        (304, "fatal"),
+        (600, "fatal"),
     ],
-)  # fmt: skip
+)
 def test_classify_table(status: int, verdict: str) -> None:
     assert classify(status) == verdict
 
@@ -336,7 +354,9 @@ def test_default_wait_returns_at_once_when_stopped() -> None:
 # -- pacing against Knock's counting, with delays between our send and Knock's stamp ----------
 
 
-def _simulate(per_second: int, *, counted_from_answer: bool, requests: int, seed: int) -> tuple[int, float]:
+def _simulate(
+    per_second: int, *, counted_from_answer: bool, requests: int, seed: int
+) -> tuple[int, float]:
     """Send ``requests`` requests as fast as the limiter allows, all in flight at once if it
     lets them, through a discrete-event clock: each one is stamped by the emulator's token
     bucket (the other side of the contract) a random 0-300 ms after it left, and answered up
@@ -362,8 +382,12 @@ def _simulate(per_second: int, *, counted_from_answer: bool, requests: int, seed
                 limiter.finish(slot)  # type: ignore[arg-type]
         now[0] = max(now[0], to)
 
-    limiter = RateLimiter(per_second, window=KNOCK_WINDOW, clock=lambda: now[0],
-                          sleep=lambda s, stop=None: advance(now[0] + s))  # fmt: skip
+    limiter = RateLimiter(
+        per_second,
+        window=KNOCK_WINDOW,
+        clock=lambda: now[0],
+        sleep=lambda s, stop=None: advance(now[0] + s),
+    )
     for i in range(requests):
         if counted_from_answer:
             slot = limiter.take()
@@ -381,7 +405,9 @@ def _simulate(per_second: int, *, counted_from_answer: bool, requests: int, seed
 @pytest.mark.parametrize("per_second", [1, 5, 60])
 def test_counted_from_the_answer_no_delay_before_knocks_stamp_draws_a_429(per_second: int) -> None:
     for seed in range(5):
-        rejected, took = _simulate(per_second, counted_from_answer=True, requests=per_second * 20, seed=seed)
+        rejected, took = _simulate(
+            per_second, counted_from_answer=True, requests=per_second * 20, seed=seed
+        )
         assert rejected == 0, seed
         # The price is the answer's delay, not more: 20 windows of at most 1.005 s + 0.4 s.
         assert took <= 20 * (KNOCK_WINDOW + 0.4) + 1, seed
@@ -390,7 +416,9 @@ def test_counted_from_the_answer_no_delay_before_knocks_stamp_draws_a_429(per_se
 def test_counted_from_the_send_the_same_delays_draw_429s() -> None:
     # What the README's run met: paced from send times, a delay before Knock's stamp that
     # varies by more than the margin brings two stamps inside one of Knock's seconds.
-    assert sum(_simulate(1, counted_from_answer=False, requests=40, seed=s)[0] for s in range(5)) > 0
+    assert (
+        sum(_simulate(1, counted_from_answer=False, requests=40, seed=s)[0] for s in range(5)) > 0
+    )
 
 
 def test_a_slot_in_flight_holds_the_next_request_until_it_is_answered() -> None:

@@ -25,10 +25,17 @@ def partitioned_events(users: int, per_user: int) -> list[list[dict[str, Any]]]:
             traits = {"i": i, f"k{i % 4}": i, "nested": {f"n{i % 3}": i}}
             if i % 5 == 0:
                 parts[u % PARTITIONS].append(
-                    {"type": "track", "userId": f"u{u}", "event": "e", "context": {"traits": traits}}
+                    {
+                        "type": "track",
+                        "userId": f"u{u}",
+                        "event": "e",
+                        "context": {"traits": traits},
+                    }
                 )
             else:
-                parts[u % PARTITIONS].append({"type": "identify", "userId": f"u{u}", "traits": traits})
+                parts[u % PARTITIONS].append(
+                    {"type": "identify", "userId": f"u{u}", "traits": traits}
+                )
     return parts
 
 
@@ -41,9 +48,23 @@ def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     # Pinned to mode "either": the waits on progress count identify entries, and it sends each
     # of a user's updates carrying "nested" apart, so the run lasts long enough to interrupt.
     return subprocess.Popen(
-        [*CLI, "run", "--bulk-size", "50", "--flush-interval", "0.05", "--nested-merge", "either", *args],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            *CLI,
+            "run",
+            "--bulk-size",
+            "50",
+            "--flush-interval",
+            "0.05",
+            "--nested-merge",
+            "either",
+            *args,
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_sigkill_mid_run_then_restart_applies_everything_exactly(kafka, api):
@@ -109,7 +130,9 @@ def test_sigterm_drains_commits_and_exits_zero(kafka, api):
 )
 def test_bad_setting_is_one_line_and_exit_code_2(kafka, api, args, env_over, needle):
     env = {**sink_env(kafka, api, "t-unused"), **env_over}
-    proc = subprocess.run([*CLI, "run", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*CLI, "run", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
@@ -119,7 +142,9 @@ def test_bad_setting_is_one_line_and_exit_code_2(kafka, api, args, env_over, nee
 def test_wrong_api_key_at_start_exits_2_without_showing_it(kafka, api):
     topic = kafka.topic(1)
     env = {**sink_env(kafka, api, topic), "KNOCK_API_KEY": "sk_this_is_secret"}
-    proc = subprocess.run([*CLI, "run"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*CLI, "run"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "knock.api_key" in proc.stderr and "sk_this_is_secret" not in proc.stderr + proc.stdout
 
@@ -129,9 +154,23 @@ def test_backfill_command_exits_zero_at_the_end(kafka, api):
     events = [{"type": "identify", "userId": f"u{i % 5}", "traits": {"i": i}} for i in range(40)]
     kafka.produce(topic, events)
     env = sink_env(kafka, api, topic)
-    proc = subprocess.run([*CLI, "backfill", "--topic", topic, "--from-beginning", "--until-end",
-                           "--rate-limits", "off"], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            *CLI,
+            "backfill",
+            "--topic",
+            topic,
+            "--from-beginning",
+            "--until-end",
+            "--rate-limits",
+            "off",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert actual_state(api.users()) == expected_state(events)
     # In a group of its own: the live group's offsets are untouched.
@@ -152,15 +191,21 @@ def test_key_rejected_mid_run_stops_loudly_commits_nothing_past_it(kafka):
     first.start()
     port = int(first.url.rsplit(":", 1)[1])
     env = sink_env(kafka, first, topic)
-    kafka.produce(topic, [{"type": "identify", "userId": f"u{i}", "traits": {"i": i}} for i in range(20)])
+    kafka.produce(
+        topic, [{"type": "identify", "userId": f"u{i}", "traits": {"i": i}} for i in range(20)]
+    )
     proc = start(env, "--rate-limits", "off")
     try:
-        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == {0: 20}, 60, "first events committed")
+        wait_for(
+            lambda: kafka.committed(f"g-{topic}", topic) == {0: 20}, 60, "first events committed"
+        )
         first.stop()
         # Same address, another environment's key: every request now answers 401.
         second = EmulatorServer(api_key="sk_rotated_key", rate_limits="off", port=port)
         second.start()
-        kafka.produce(topic, [{"type": "identify", "userId": f"v{i}", "traits": {"i": i}} for i in range(10)])
+        kafka.produce(
+            topic, [{"type": "identify", "userId": f"v{i}", "traits": {"i": i}} for i in range(10)]
+        )
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -192,9 +237,9 @@ def test_sigkill_mid_run_then_restart_triggers_each_workflow_once(kafka, api, tm
     events = tracks(20, 6)
     kafka.produce(topic, events)
     config = tmp_path / "sink.toml"
-    config.write_text("".join(
-        f'[[workflows.rules]]\nevent = "{r["event"]}"\nkey = "{r["key"]}"\n' for r in RULES
-    ))  # fmt: skip
+    config.write_text(
+        "".join(f'[[workflows.rules]]\nevent = "{r["event"]}"\nkey = "{r["key"]}"\n' for r in RULES)
+    )
     api.set_faults(workflows=list(WORKFLOWS.values()), latency_ms=60)
     env = sink_env(kafka, api, topic)
     proc = start(env, "--rate-limits", "off", "--config", str(config))
@@ -228,7 +273,9 @@ def test_sigkill_mid_run_then_restart_triggers_each_workflow_once(kafka, api, tm
 )
 def test_bad_trigger_window_is_one_line_and_exit_code_2(kafka, api, args, needle):
     env = sink_env(kafka, api, "t-unused")
-    proc = subprocess.run([*CLI, "backfill", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*CLI, "backfill", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr

@@ -30,33 +30,56 @@ START = datetime(2024, 3, 1, tzinfo=UTC)
 def unkeyed_events(n: int, users: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i in range(n):
-        e: dict[str, Any] = {"type": "identify", "userId": f"u{i % users}", "messageId": f"m{i}",
-                             "timestamp": (START + timedelta(seconds=i)).isoformat().replace("+00:00", "Z"),
-                             "traits": {"last": i, f"k{i % 4}": i}}  # fmt: skip
+        e: dict[str, Any] = {
+            "type": "identify",
+            "userId": f"u{i % users}",
+            "messageId": f"m{i}",
+            "timestamp": (START + timedelta(seconds=i)).isoformat().replace("+00:00", "Z"),
+            "traits": {"last": i, f"k{i % 4}": i},
+        }
         if i % 50 == 49:
             # Now and then an alias, keyed by the user it merges into. Its previousId is one no
             # other event names: an alias relates two keys, and no keying orders it against
             # the events of the other one (README, Topics not keyed by user).
-            e = {"type": "alias", "previousId": f"visitor{i}", "userId": f"u{i % users}",
-                 "messageId": f"m{i}", "timestamp": e["timestamp"]}  # fmt: skip
+            e = {
+                "type": "alias",
+                "previousId": f"visitor{i}",
+                "userId": f"u{i % users}",
+                "messageId": f"m{i}",
+                "timestamp": e["timestamp"],
+            }
         out.append(e)
     return out
 
 
 def produce_round_robin(kafka: Any, topic: str, events: list[dict[str, Any]]) -> None:
     for p in range(3):  # production order within each partition, no key (Segment's default)
-        kafka.produce(topic, [e for i, e in enumerate(events) if i % 3 == p], key=lambda v: None, partition=p)
+        kafka.produce(
+            topic, [e for i, e in enumerate(events) if i % 3 == p], key=lambda v: None, partition=p
+        )
 
 
 def read_committed(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Any]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"rc-{uuid.uuid4().hex}",
-                  "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                  "enable.auto.commit": False})  # fmt: skip
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"rc-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
     c.subscribe([topic])
     out: list[Any] = []
     try:
-        wait_for(lambda: out.extend(m for m in c.consume(500, 0.2) if m.error() is None) or len(out) >= expected,
-                 timeout, f"{expected} committed records in {topic}")  # fmt: skip
+        wait_for(
+            lambda: (
+                out.extend(m for m in c.consume(500, 0.2) if m.error() is None)
+                or len(out) >= expected
+            ),
+            timeout,
+            f"{expected} committed records in {topic}",
+        )
         out += [m for m in c.consume(500, 1.0) if m.error() is None]  # anything beyond
     finally:
         c.close()
@@ -77,10 +100,14 @@ def test_repartition_then_backfill_is_exact(kafka, api, settings_for):
     raw, keyed = kafka.topic(3, "raw"), f"keyed-{uuid.uuid4().hex[:10]}"
     events = unkeyed_events(300, 20)
     produce_round_robin(kafka, raw, events)
-    counts = Repartitioner(KafkaSettings(bootstrap_servers=kafka.bootstrap), raw, keyed, batch=40).run()
+    counts = Repartitioner(
+        KafkaSettings(bootstrap_servers=kafka.bootstrap), raw, keyed, batch=40
+    ).run()
     assert (counts.read, counts.written, counts.unkeyed) == (300, 300, 0)
     copied = read_committed(kafka.bootstrap, keyed, 300)
-    assert sorted(orjson.loads(m.value())["messageId"] for m in copied) == sorted(e["messageId"] for e in events)
+    assert sorted(orjson.loads(m.value())["messageId"] for m in copied) == sorted(
+        e["messageId"] for e in events
+    )
     partitions: dict[bytes, set[int]] = {}
     for m in copied:
         partitions.setdefault(m.key(), set()).add(m.partition())
@@ -96,12 +123,30 @@ def test_a_sigkill_mid_way_then_a_rerun_writes_each_event_exactly_once(kafka):
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap}
     # A short session, so that the rerun's consumer need not wait 45 s for the killed one to
     # leave the group.
-    cmd = [sys.executable, "-m", "consumer.cli", "repartition", "--from", raw, "--to", keyed,
-           "--batch", "10", "--kafka-option", "session.timeout.ms=6000"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "consumer.cli",
+        "repartition",
+        "--from",
+        raw,
+        "--to",
+        keyed,
+        "--batch",
+        "10",
+        "--kafka-option",
+        "session.timeout.ms=6000",
+    ]
     group = f"knock-sink-repartition.{raw}.{keyed}"
-    first = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     try:
-        wait_for(lambda: sum(kafka.committed(group, raw).values()) >= 300, 120, "some transactions committed")
+        wait_for(
+            lambda: sum(kafka.committed(group, raw).values()) >= 300,
+            120,
+            "some transactions committed",
+        )
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(30)
@@ -119,15 +164,26 @@ def test_a_sigkill_mid_way_then_a_rerun_writes_each_event_exactly_once(kafka):
 
 def test_avro_values_are_keyed_by_their_user_and_copied_unchanged(kafka, schema_registry):
     raw, keyed = kafka.topic(3, "raw"), f"keyed-{uuid.uuid4().hex[:10]}"
-    events = [{"type": "identify", "userId": f"u{i % 5}", "traits": {"n": str(i)}} for i in range(30)]
+    events = [
+        {"type": "identify", "userId": f"u{i % 5}", "traits": {"n": str(i)}} for i in range(30)
+    ]
     ser = serializer(schema_registry, event_schema("map"))
-    values = [ser(avro_value(e, "map"), SerializationContext(raw, MessageField.VALUE)) for e in events]
+    values = [
+        ser(avro_value(e, "map"), SerializationContext(raw, MessageField.VALUE)) for e in events
+    ]
     values.append(b"\x00\x3a\xde\x68\xb1\x00")  # an unknown schema id: copied with its own key
-    produce(kafka.bootstrap, raw, values, [f"k{i}" for i in range(len(values))],
-            [i % 3 for i in range(len(values))])  # fmt: skip
+    produce(
+        kafka.bootstrap,
+        raw,
+        values,
+        [f"k{i}" for i in range(len(values))],
+        [i % 3 for i in range(len(values))],
+    )
     settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, schema_registry_url=schema_registry)
     counts = Repartitioner(settings, raw, keyed).run()
     assert (counts.written, counts.unkeyed) == (31, 1)
     copied = read_committed(kafka.bootstrap, keyed, 31)
     by_value = {m.value(): m.key() for m in copied}
-    assert by_value == {v: (f"u{i % 5}".encode() if i < 30 else b"k30") for i, v in enumerate(values)}
+    assert by_value == {
+        v: (f"u{i % 5}".encode() if i < 30 else b"k30") for i, v in enumerate(values)
+    }

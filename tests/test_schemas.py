@@ -14,7 +14,9 @@ from consumer.errors import InvalidEvent
 from consumer.events import parse_event
 from consumer.mapping import Mapper
 
-SCHEMA = json.loads((Path(__file__).parents[1] / "schemas" / "segment-event.schema.json").read_text())
+SCHEMA = json.loads(
+    (Path(__file__).parents[1] / "schemas" / "segment-event.schema.json").read_text()
+)
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 
@@ -28,12 +30,15 @@ def test_sample_events_fit_the_schema_and_parse(event):
     parse_event(event)
 
 
-@pytest.mark.parametrize("event", [
-    {"userId": "u1"},
-    {"type": "dance", "userId": "u1"},
-    {"type": "identify", "userId": "u1", "traits": ["a"]},
-    {"type": "alias", "userId": "u1"},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"userId": "u1"},
+        {"type": "dance", "userId": "u1"},
+        {"type": "identify", "userId": "u1", "traits": ["a"]},
+        {"type": "alias", "userId": "u1"},
+    ],
+)
 def test_what_the_schema_refuses_the_parser_refuses(event):
     assert not VALIDATOR.is_valid(event)
     with pytest.raises(InvalidEvent):

@@ -22,39 +22,75 @@ def backfill(settings: Any) -> Any:
 
 def test_identify_maps_every_field(kafka, api, settings_for):
     topic = kafka.topic(1)
-    kafka.produce(topic, [{
-        "type": "identify", "userId": "ada", "version": 2,
-        "timestamp": "2024-03-01T10:00:00.000+05:30",
-        "traits": {
-            "email": "ada@example.com", "firstName": "Ada", "lastName": "Lovelace",
-            "phone": "(415) 555-0100", "avatar": "https://example.com/ada.png",
-            "createdAt": "2024-03-01T09:30:00+01:00", "timezone": "Europe/London",
-            "plan": "pro", "company": {"name": "Engines", "size": 12}, "beta": None,
-        },
-        "context": {"locale": "en-GB", "timezone": "America/New_York"},
-    }])  # fmt: skip
+    kafka.produce(
+        topic,
+        [
+            {
+                "type": "identify",
+                "userId": "ada",
+                "version": 2,
+                "timestamp": "2024-03-01T10:00:00.000+05:30",
+                "traits": {
+                    "email": "ada@example.com",
+                    "firstName": "Ada",
+                    "lastName": "Lovelace",
+                    "phone": "(415) 555-0100",
+                    "avatar": "https://example.com/ada.png",
+                    "createdAt": "2024-03-01T09:30:00+01:00",
+                    "timezone": "Europe/London",
+                    "plan": "pro",
+                    "company": {"name": "Engines", "size": 12},
+                    "beta": None,
+                },
+                "context": {"locale": "en-GB", "timezone": "America/New_York"},
+            }
+        ],
+    )
     summary = backfill(settings_for(topic))
     user = api.users()[0]
-    assert datetime.fromisoformat(user.pop("created_at")) == datetime.fromisoformat("2024-03-01T08:30:00+00:00")
-    assert actual_state([user]) == {"ada": {
-        "email": "ada@example.com", "name": "Ada Lovelace", "phone_number": "+14155550100",
-        "avatar": "https://example.com/ada.png", "locale": "en-GB", "timezone": "Europe/London",
-        "firstName": "Ada", "lastName": "Lovelace", "plan": "pro",
-        "company": {"name": "Engines", "size": 12}, "beta": None,
-    }}  # fmt: skip
+    assert datetime.fromisoformat(user.pop("created_at")) == datetime.fromisoformat(
+        "2024-03-01T08:30:00+00:00"
+    )
+    assert actual_state([user]) == {
+        "ada": {
+            "email": "ada@example.com",
+            "name": "Ada Lovelace",
+            "phone_number": "+14155550100",
+            "avatar": "https://example.com/ada.png",
+            "locale": "en-GB",
+            "timezone": "Europe/London",
+            "firstName": "Ada",
+            "lastName": "Lovelace",
+            "plan": "pro",
+            "company": {"name": "Engines", "size": 12},
+            "beta": None,
+        }
+    }
     assert summary.applied == 1
     assert kafka.committed(f"g-{topic}", topic) == {0: 1}
 
 
 def test_track_context_traits_and_skips(kafka, api, settings_for):
     topic = kafka.topic(1)
-    kafka.produce(topic, [
-        {"type": "track", "userId": "u1", "event": "Upgraded", "properties": {"plan": "x"},
-         "context": {"traits": {"plan": "enterprise", "email": "u1@example.com"}}},
-        {"type": "track", "userId": "u2", "event": "Clicked"},  # no traits: nothing to send
-        {"type": "identify", "anonymousId": "anon-1", "traits": {"email": "a@example.com"}},
-        {"type": "identify", "userId": "u3", "traits": {"phone": "not a number", "plan": "free"}},
-    ])  # fmt: skip
+    kafka.produce(
+        topic,
+        [
+            {
+                "type": "track",
+                "userId": "u1",
+                "event": "Upgraded",
+                "properties": {"plan": "x"},
+                "context": {"traits": {"plan": "enterprise", "email": "u1@example.com"}},
+            },
+            {"type": "track", "userId": "u2", "event": "Clicked"},  # no traits: nothing to send
+            {"type": "identify", "anonymousId": "anon-1", "traits": {"email": "a@example.com"}},
+            {
+                "type": "identify",
+                "userId": "u3",
+                "traits": {"phone": "not a number", "plan": "free"},
+            },
+        ],
+    )
     summary = backfill(settings_for(topic))
     assert actual_state(api.users()) == {
         "u1": {"plan": "enterprise", "email": "u1@example.com"},
@@ -67,18 +103,22 @@ def test_track_context_traits_and_skips(kafka, api, settings_for):
 def test_anonymous_id_mode(kafka, api, settings_for):
     topic = kafka.topic(1)
     kafka.produce(topic, [{"type": "identify", "anonymousId": "anon-1", "traits": {"plan": "x"}}])
-    backfill(settings_for(topic, mapping__anonymous="anonymous_id", mapping__anonymous_prefix="anon:"))
+    backfill(
+        settings_for(topic, mapping__anonymous="anonymous_id", mapping__anonymous_prefix="anon:")
+    )
     assert actual_state(api.users()) == {"anon:anon-1": {"plan": "x"}}
 
 
 def test_coalesces_updates_of_one_user_into_one_entry(kafka, api, settings_for):
     topic = kafka.topic(1)
-    events = [{"type": "identify", "userId": "u1", "traits": {"n": i, f"k{i % 3}": i}} for i in range(50)]
+    events = [
+        {"type": "identify", "userId": "u1", "traits": {"n": i, f"k{i % 3}": i}} for i in range(50)
+    ]
     events += [
         {"type": "identify", "userId": "u1", "traits": {"prefs": {"a": 1, "b": 1}}},
         {"type": "identify", "userId": "u1", "traits": {"prefs": {"b": 2}}},  # nested: kept apart
         {"type": "identify", "userId": "u1", "traits": {"gone": None, "n": "last"}},
-    ]  # fmt: skip
+    ]
     kafka.produce(topic, events)
     # Pinned: the nested-object rule of mode "either" is what this counts.
     summary = backfill(settings_for(topic, knock__nested_merge="either", sink__flush_interval=2.0))
@@ -92,7 +132,11 @@ def test_coalesces_updates_of_one_user_into_one_entry(kafka, api, settings_for):
 def test_alias_before_and_after_updates(kafka, api, settings_for):
     topic = kafka.topic(1)
     events = [
-        {"type": "identify", "userId": "anon", "traits": {"email": "old@example.com", "seen": 1, "n": {"a": 1}}},
+        {
+            "type": "identify",
+            "userId": "anon",
+            "traits": {"email": "old@example.com", "seen": 1, "n": {"a": 1}},
+        },
         {"type": "identify", "userId": "real", "traits": {"plan": "pro", "n": {"b": 2}}},
         {"type": "alias", "previousId": "anon", "userId": "real"},
         {"type": "identify", "userId": "real", "traits": {"email": "new@example.com"}},
@@ -100,14 +144,18 @@ def test_alias_before_and_after_updates(kafka, api, settings_for):
         # The merge target never identified: it is created for the merge.
         {"type": "identify", "userId": "visitor", "traits": {"utm": "ad"}},
         {"type": "alias", "previousId": "visitor", "userId": "fresh"},
-    ]  # fmt: skip
+    ]
     kafka.produce(topic, events)
     backfill(settings_for(topic))
-    assert actual_state(api.users()) == expected_state(events) == {
-        "real": {"email": "new@example.com", "seen": 1, "plan": "pro", "n": {"a": 1, "b": 2}},
-        "anon": {"back": True},
-        "fresh": {"utm": "ad"},
-    }
+    assert (
+        actual_state(api.users())
+        == expected_state(events)
+        == {
+            "real": {"email": "new@example.com", "seen": 1, "plan": "pro", "n": {"a": 1, "b": 2}},
+            "anon": {"back": True},
+            "fresh": {"utm": "ad"},
+        }
+    )
 
 
 def test_replayed_alias_whose_previous_user_is_gone_succeeds(kafka, api, settings_for):
@@ -126,40 +174,63 @@ def test_replayed_alias_whose_previous_user_is_gone_succeeds(kafka, api, setting
 
 def test_bad_input_goes_to_dead_letter_topic_with_headers(kafka, api, settings_for):
     topic = kafka.topic(1)
-    kafka.produce(topic, [
-        b"{not json",
-        {"type": "identify", "userId": "ok-1", "traits": {"a": 1}},
-        {"type": "identify", "userId": "a/b", "traits": {"a": 1}},
-        {"type": "identify", "userId": "x" * 257, "traits": {}},
-        {"type": "identify", "userId": "ok-2", "traits": ["not", "an", "object"]},
-        {"type": "dance", "userId": "ok-3"},
-        {"type": "identify", "userId": "ok-4", "traits": {"blob": "x" * 2000}},
-    ], key=lambda v: b"k")
+    kafka.produce(
+        topic,
+        [
+            b"{not json",
+            {"type": "identify", "userId": "ok-1", "traits": {"a": 1}},
+            {"type": "identify", "userId": "a/b", "traits": {"a": 1}},
+            {"type": "identify", "userId": "x" * 257, "traits": {}},
+            {"type": "identify", "userId": "ok-2", "traits": ["not", "an", "object"]},
+            {"type": "dance", "userId": "ok-3"},
+            {"type": "identify", "userId": "ok-4", "traits": {"blob": "x" * 2000}},
+        ],
+        key=lambda v: b"k",
+    )
     summary = backfill(settings_for(topic, kafka__max_message_bytes=1500))
     assert actual_state(api.users()) == {"ok-1": {"a": 1}}
     dead = kafka.read_all(f"{topic}.dlq", 6)
-    got = [(dict(m.headers())["knock-sink.error.kind"].decode(), dict(m.headers())["knock-sink.source.offset"].decode())
-           for m in dead]  # fmt: skip
-    assert got == [("undecodable", "0"), ("forbidden_user_id", "2"), ("forbidden_user_id", "3"),
-                   ("invalid_event", "4"), ("invalid_event", "5"), ("oversize", "6")]
+    got = [
+        (
+            dict(m.headers())["knock-sink.error.kind"].decode(),
+            dict(m.headers())["knock-sink.source.offset"].decode(),
+        )
+        for m in dead
+    ]
+    assert got == [
+        ("undecodable", "0"),
+        ("forbidden_user_id", "2"),
+        ("forbidden_user_id", "3"),
+        ("invalid_event", "4"),
+        ("invalid_event", "5"),
+        ("oversize", "6"),
+    ]
     first = dict(dead[0].headers())
     assert first["knock-sink.source.topic"].decode() == topic
     assert first["knock-sink.source.partition"].decode() == "0"
     assert b"invalid JSON" in first["knock-sink.error.reason"]
     assert dead[0].value() == b"{not json" and dead[0].key() == b"k"
     assert b"traits" in dict(dead[3].headers())["knock-sink.error.reason"]
-    assert dict(summary.dead_lettered) == {"undecodable": 1, "forbidden_user_id": 2, "invalid_event": 2, "oversize": 1}
+    assert dict(summary.dead_lettered) == {
+        "undecodable": 1,
+        "forbidden_user_id": 2,
+        "invalid_event": 2,
+        "oversize": 1,
+    }
     assert kafka.committed(f"g-{topic}", topic) == {0: 7}
 
 
 def test_knock_rejected_item_is_dead_lettered_after_retries(kafka, api, settings_for):
     topic = kafka.topic(1)
     api.set_faults(failing_users=["bad"])
-    kafka.produce(topic, [
-        {"type": "identify", "userId": "good", "traits": {"a": 1}},
-        {"type": "identify", "userId": "bad", "traits": {"a": 1}},
-        {"type": "identify", "userId": "good", "traits": {"b": 2}},
-    ])
+    kafka.produce(
+        topic,
+        [
+            {"type": "identify", "userId": "good", "traits": {"a": 1}},
+            {"type": "identify", "userId": "bad", "traits": {"a": 1}},
+            {"type": "identify", "userId": "good", "traits": {"b": 2}},
+        ],
+    )
     summary = backfill(settings_for(topic, sink__item_attempts=2))
     assert actual_state(api.users()) == {"good": {"a": 1, "b": 2}}
     dead = kafka.read_all(f"{topic}.dlq", 1)
@@ -193,7 +264,9 @@ def test_live_run_applies_new_events_and_stops_on_request(kafka, api, settings_f
     t = threading.Thread(target=lambda: result.update(summary=sink.run()))
     t.start()
     try:
-        events = [{"type": "identify", "userId": f"u{i % 7}", "traits": {"i": i}} for i in range(200)]
+        events = [
+            {"type": "identify", "userId": f"u{i % 7}", "traits": {"i": i}} for i in range(200)
+        ]
         kafka.produce(topic, events)
         wait_for(lambda: actual_state(api.users()) == expected_state(events), 60, "users applied")
         more = [{"type": "identify", "userId": "late", "traits": {"x": 1}}]
@@ -232,7 +305,10 @@ def test_summary_is_json_friendly(kafka, api, settings_for):
 
 def test_deep_nested_merge_folds_objects_into_one_entry(kafka, api, settings_for):
     topic = kafka.topic(1)
-    events = [{"type": "identify", "userId": "u1", "traits": {"prefs": {f"k{i}": i}, "n": i}} for i in range(20)]
+    events = [
+        {"type": "identify", "userId": "u1", "traits": {"prefs": {f"k{i}": i}, "n": i}}
+        for i in range(20)
+    ]
     kafka.produce(topic, events)
     summary = backfill(settings_for(topic, sink__flush_interval=2.0))  # deep: the default
     assert actual_state(api.users()) == expected_state(events)
@@ -247,10 +323,13 @@ def test_a_user_knock_rejects_with_422_is_dead_lettered_with_knocks_body(kafka, 
         {"type": "identify", "userId": "good", "traits": {"email": "good@example.com"}},
         {"type": "identify", "userId": "bad", "traits": {"email": 12345}},
         {"type": "identify", "userId": "also-good", "traits": {"plan": "pro"}},
-    ]  # fmt: skip
+    ]
     kafka.produce(topic, events)
     summary = backfill(settings_for(topic))
-    assert actual_state(api.users()) == {"good": {"email": "good@example.com"}, "also-good": {"plan": "pro"}}
+    assert actual_state(api.users()) == {
+        "good": {"email": "good@example.com"},
+        "also-good": {"plan": "pro"},
+    }
     [dead] = kafka.read_all(f"{topic}.dlq", 1)
     # The sink let go of the message after mapping it: this is the original, read back.
     assert (dead.key(), dead.value()) == (b"bad", orjson.dumps(events[1]))
@@ -264,15 +343,22 @@ def test_a_user_knock_rejects_with_422_is_dead_lettered_with_knocks_body(kafka, 
     assert kafka.committed(f"g-{topic}", topic) == {0: 3}
 
 
-def test_a_backfill_under_knocks_limits_reads_ahead_and_sends_each_user_once(kafka, api, settings_for):
+def test_a_backfill_under_knocks_limits_reads_ahead_and_sends_each_user_once(
+    kafka, api, settings_for
+):
     # Under Knock's limits the bulk budget bounds a backfill: the sink reads the backlog (folding
     # each user's events as they arrive) before its first send, so each user goes out once.
     topic = kafka.topic(3)
-    events = [{"type": "identify", "userId": f"u{i % 40}", "traits": {"n": i, f"k{i % 7}": i}}
-              for i in range(400)]
+    events = [
+        {"type": "identify", "userId": f"u{i % 40}", "traits": {"n": i, f"k{i % 7}": i}}
+        for i in range(400)
+    ]
     kafka.produce(topic, events)  # keyed by user: one user's events are ordered
-    summary = backfill(settings_for(topic, knock__rate_limits="knock", kafka__consume_batch=10,
-                                    sink__flush_interval=1.0))
+    summary = backfill(
+        settings_for(
+            topic, knock__rate_limits="knock", kafka__consume_batch=10, sink__flush_interval=1.0
+        )
+    )
     assert actual_state(api.users()) == expected_state(events)
     assert api.stats()["identify_entries"] == summary.users_sent == 40
     assert summary.applied == 400
@@ -289,11 +375,18 @@ def test_reading_ahead_pauses_while_more_is_ready_to_send_than_the_rest_takes_to
     monkeypatch.setattr(holding, "RATE_WINDOW", 0.5)  # a rate after 0.1 s of fetching
     kept: list[set | None] = []
     focus = KafkaSource.focus
-    monkeypatch.setattr(KafkaSource, "focus", lambda self, keep: kept.append(keep) or focus(self, keep))
+    monkeypatch.setattr(
+        KafkaSource, "focus", lambda self, keep: kept.append(keep) or focus(self, keep)
+    )
     topic = kafka.topic(2)
     sizes = {0: (3000, 12_000), 1: (1000, 13_000)}  # users, events: a rate before partition 0 ends
-    events = {p: [{"type": "identify", "userId": f"p{p}-u{i % n}", "traits": {"n": i, "p": {"i": i}}}
-                  for i in range(m)] for p, (n, m) in sizes.items()}  # fmt: skip
+    events = {
+        p: [
+            {"type": "identify", "userId": f"p{p}-u{i % n}", "traits": {"n": i, "p": {"i": i}}}
+            for i in range(m)
+        ]
+        for p, (n, m) in sizes.items()
+    }
     for p, evs in events.items():
         kafka.produce(topic, evs, partition=p)
     summary = backfill(settings_for(topic, knock__rate_limits="knock"))
@@ -305,7 +398,9 @@ def test_reading_ahead_pauses_while_more_is_ready_to_send_than_the_rest_takes_to
     assert focused[i - 1 : i + 2] == [{(topic, 0)}, set(), {(topic, 1)}]
 
 
-def test_a_user_knock_rejects_everywhere_is_dead_lettered_whole_under_knocks_pacing(kafka, api, settings_for):
+def test_a_user_knock_rejects_everywhere_is_dead_lettered_whole_under_knocks_pacing(
+    kafka, api, settings_for
+):
     # Found by the house issue: the emulator's failing users failed only inside bulk calls, so
     # the single identifies that take a bulk call's overflow (and users inside the entity gap)
     # applied some of their events. Here 1,100 users overflow one bulk call, and the rejected
@@ -316,14 +411,18 @@ def test_a_user_knock_rejects_everywhere_is_dead_lettered_whole_under_knocks_pac
     for n in range(6):
         events.insert(n * 150, {"type": "identify", "userId": "bad", "traits": {"o": {"n": n}}})
     kafka.produce(topic, events)
-    summary = backfill(settings_for(topic, knock__rate_limits="knock", knock__nested_merge="either",
-                                    sink__item_attempts=2))  # fmt: skip
+    summary = backfill(
+        settings_for(
+            topic, knock__rate_limits="knock", knock__nested_merge="either", sink__item_attempts=2
+        )
+    )
     good = [e for e in events if e["userId"] != "bad"]
     assert actual_state(api.users()) == expected_state(good)
     assert "bad" not in actual_state(api.users())
     dead = kafka.read_all(f"{topic}.dlq", 6)
     assert sorted(int(dict(m.headers())["knock-sink.source.offset"]) for m in dead) == [
-        i for i, e in enumerate(events) if e["userId"] == "bad"]
+        i for i, e in enumerate(events) if e["userId"] == "bad"
+    ]
     assert {m.value() for m in dead} == {orjson.dumps(e) for e in events if e["userId"] == "bad"}
     assert summary.dead_lettered == {"knock_rejected": 6}
     assert kafka.committed(f"g-{topic}", topic) == {0: len(events)}

@@ -26,8 +26,12 @@ from tests.model import actual_state, expected_state
 
 
 def record(name: str, *fields: tuple[str, Any]) -> dict[str, Any]:
-    return {"type": "record", "name": name, "namespace": "sinktest",
-            "fields": [{"name": n, "type": t} for n, t in fields]}  # fmt: skip
+    return {
+        "type": "record",
+        "name": name,
+        "namespace": "sinktest",
+        "fields": [{"name": n, "type": t} for n, t in fields],
+    }
 
 
 def nullable(t: Any) -> list[Any]:
@@ -37,18 +41,30 @@ def nullable(t: Any) -> list[Any]:
 ADDRESS = record("Address", ("city", "string"))
 TRAITS = {
     # A typed record: an unset optional field is null in Avro and must stay out of Knock.
-    "record": record("Traits", ("email", nullable("string")), ("age", nullable("long")),
-                     ("address", nullable(ADDRESS))),  # fmt: skip
+    "record": record(
+        "Traits",
+        ("email", nullable("string")),
+        ("age", nullable("long")),
+        ("address", nullable(ADDRESS)),
+    ),
     # A map: a null value is an explicit null, as in JSON.
-    "map": {"type": "map", "values": ["null", "string", "long", {"type": "map", "values": "string"}]},
+    "map": {
+        "type": "map",
+        "values": ["null", "string", "long", {"type": "map", "values": "string"}],
+    },
     # A JSON-encoded string: whatever JSON says, nulls included.
     "string": "string",
 }
 
 
 def event_schema(shape: str) -> dict[str, Any]:
-    return record("Event", ("type", "string"), ("userId", nullable("string")),
-                  ("previousId", nullable("string")), ("traits", nullable(TRAITS[shape])))  # fmt: skip
+    return record(
+        "Event",
+        ("type", "string"),
+        ("userId", nullable("string")),
+        ("previousId", nullable("string")),
+        ("traits", nullable(TRAITS[shape])),
+    )
 
 
 def events_for(shape: str, users: int = 6, n: int = 30) -> list[dict[str, Any]]:
@@ -72,8 +88,12 @@ def avro_value(event: dict[str, Any], shape: str) -> dict[str, Any]:
         traits = {k: traits.get(k) for k in ("email", "age", "address")}
     elif traits is not None and shape == "string":
         traits = orjson.dumps(traits).decode()
-    return {"type": event["type"], "userId": event.get("userId"),
-            "previousId": event.get("previousId"), "traits": traits}  # fmt: skip
+    return {
+        "type": event["type"],
+        "userId": event.get("userId"),
+        "previousId": event.get("previousId"),
+        "traits": traits,
+    }
 
 
 def serializer(url: str, schema: dict[str, Any]) -> AvroSerializer:
@@ -81,8 +101,13 @@ def serializer(url: str, schema: dict[str, Any]) -> AvroSerializer:
     return AvroSerializer(client, json.dumps(schema))
 
 
-def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[str],
-            partitions: list[int] | None = None) -> None:  # fmt: skip
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    keys: list[str],
+    partitions: list[int] | None = None,
+) -> None:
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     for i, (value, key) in enumerate(zip(values, keys, strict=True)):
         kw = {} if partitions is None else {"partition": partitions[i]}
@@ -130,7 +155,9 @@ def test_avro_events_end_in_the_state_of_the_same_events_as_json(
         assert actual_state(api.users()) == avro_state
 
 
-def test_unknown_schema_id_and_undecodable_bytes_are_dead_lettered(kafka, api, settings_for, schema_registry):
+def test_unknown_schema_id_and_undecodable_bytes_are_dead_lettered(
+    kafka, api, settings_for, schema_registry
+):
     topic = kafka.topic(1)
     ser = serializer(schema_registry, event_schema("map"))
     ctx = SerializationContext(topic, MessageField.VALUE)
@@ -140,12 +167,16 @@ def test_unknown_schema_id_and_undecodable_bytes_are_dead_lettered(kafka, api, s
     unknown = b"\x00" + (987_654_321).to_bytes(4, "big") + raw[5:]
     garbage = raw[:5] + b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"
     produce(kafka.bootstrap, topic, [raw, unknown, garbage, raw], ["ok"] * 4)
-    summary = backfill(settings_for(topic, kafka__schema_registry_url=schema_registry, kafka__format="avro"))
+    summary = backfill(
+        settings_for(topic, kafka__schema_registry_url=schema_registry, kafka__format="avro")
+    )
     assert actual_state(api.users()) == {"ok": {"a": "1"}}
     dead = kafka.read_all(f"{topic}.dlq", 2)
     headers = [dict(m.headers()) for m in dead]
     assert [(h["knock-sink.error.kind"], h["knock-sink.source.offset"]) for h in headers] == [
-        (b"undecodable", b"1"), (b"undecodable", b"2")]
+        (b"undecodable", b"1"),
+        (b"undecodable", b"2"),
+    ]
     assert b"schema id 987654321" in headers[0]["knock-sink.error.reason"]
     assert f"schema id {schema_id}".encode() in headers[1]["knock-sink.error.reason"]
     assert [m.value() for m in dead] == [unknown, garbage]
@@ -163,7 +194,9 @@ def gated_registry(schema_registry: str) -> Iterator[Gate]:
 
 
 @pytest.mark.slow
-def test_a_registry_outage_holds_the_partition_and_loses_nothing(kafka, api, settings_for, gated_registry):
+def test_a_registry_outage_holds_the_partition_and_loses_nothing(
+    kafka, api, settings_for, gated_registry
+):
     """The registry becomes unreachable mid-run: the records that need a schema the sink has
     not fetched wait (nothing dead-lettered, nothing committed past the first of them) and are
     applied once it is reachable again."""
@@ -179,10 +212,19 @@ def test_a_registry_outage_holds_the_partition_and_loses_nothing(kafka, api, set
     ser_b(probe, ctx_b)
 
     # Phase 1, registry up: JSON and Avro (schema A) on both partitions.
-    first = [{"type": "identify", "userId": f"u{i % 4}", "traits": {"p1": str(i)}} for i in range(8)]
-    produce(kafka.bootstrap, topic,
-            [orjson.dumps(e) if i % 2 else ser_a(avro_value(e, "map"), ctx_a) for i, e in enumerate(first)],
-            [key_of(e) for e in first], [i % 2 for i in range(len(first))])  # fmt: skip
+    first = [
+        {"type": "identify", "userId": f"u{i % 4}", "traits": {"p1": str(i)}} for i in range(8)
+    ]
+    produce(
+        kafka.bootstrap,
+        topic,
+        [
+            orjson.dumps(e) if i % 2 else ser_a(avro_value(e, "map"), ctx_a)
+            for i, e in enumerate(first)
+        ],
+        [key_of(e) for e in first],
+        [i % 2 for i in range(len(first))],
+    )
     settings = settings_for(topic, kafka__schema_registry_url=gate.url)
     sink = Sink(settings)
     result: dict[str, Any] = {}
@@ -190,7 +232,9 @@ def test_a_registry_outage_holds_the_partition_and_loses_nothing(kafka, api, set
     t.start()
     try:
         wait_for(lambda: actual_state(api.users()) == expected_state(first), 60, "phase 1 applied")
-        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == {0: 4, 1: 4}, 30, "phase 1 committed")
+        wait_for(
+            lambda: kafka.committed(f"g-{topic}", topic) == {0: 4, 1: 4}, 30, "phase 1 committed"
+        )
         gate.close()
         # Phase 2, registry unreachable: on partition 0 a JSON event, then schema B (never fetched),
         # then more; on partition 1 schema A (cached: no registry needed) and JSON.
@@ -201,11 +245,24 @@ def test_a_registry_outage_holds_the_partition_and_loses_nothing(kafka, api, set
             {"type": "identify", "userId": "a1", "traits": {"p2": "cached-a"}},
             {"type": "identify", "userId": "j2", "traits": {"p2": "json"}},
         ]
-        values = [orjson.dumps(second[0]), ser_b(avro_value(second[1], "string"), ctx_b),
-                  orjson.dumps(second[2]), ser_a(avro_value(second[3], "map"), ctx_a), orjson.dumps(second[4])]
+        values = [
+            orjson.dumps(second[0]),
+            ser_b(avro_value(second[1], "string"), ctx_b),
+            orjson.dumps(second[2]),
+            ser_a(avro_value(second[3], "map"), ctx_a),
+            orjson.dumps(second[4]),
+        ]
         produce(kafka.bootstrap, topic, values, [key_of(e) for e in second], [0, 0, 0, 1, 1])
-        wait_for(lambda: sink.metrics.retries.labels("registry")._value.get() >= 3, 60, "registry retries")
-        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == {0: 5, 1: 6}, 30, "commits up to the stall")
+        wait_for(
+            lambda: sink.metrics.retries.labels("registry")._value.get() >= 3,
+            60,
+            "registry retries",
+        )
+        wait_for(
+            lambda: kafka.committed(f"g-{topic}", topic) == {0: 5, 1: 6},
+            30,
+            "commits up to the stall",
+        )
         state = actual_state(api.users())
         assert "b0" not in state and "j1" not in state  # held behind the stalled record
         assert {"j0", "a1", "j2"} <= set(state)
@@ -213,8 +270,14 @@ def test_a_registry_outage_holds_the_partition_and_loses_nothing(kafka, api, set
         assert kafka.committed(f"g-{topic}", topic) == {0: 5, 1: 6}
 
         gate.open()
-        wait_for(lambda: actual_state(api.users()) == expected_state(first + second), 60, "all applied")
-        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic), 30, "all committed")
+        wait_for(
+            lambda: actual_state(api.users()) == expected_state(first + second), 60, "all applied"
+        )
+        wait_for(
+            lambda: kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic),
+            30,
+            "all committed",
+        )
     finally:
         sink.stop()
         t.join(60)
@@ -236,7 +299,11 @@ class _Refusing:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 status = answers.get(self.path.split("?")[0], schemas)
-                body = b"[]" if status == 200 else orjson.dumps({"error_code": status * 100 + 1, "message": "no"})
+                body = (
+                    b"[]"
+                    if status == 200
+                    else orjson.dumps({"error_code": status * 100 + 1, "message": "no"})
+                )
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -261,8 +328,11 @@ def test_a_registry_refusing_the_credentials_at_start_is_a_config_error(kafka, a
     secret = "pw-" + uuid.uuid4().hex
     try:
         topic = kafka.topic(1)
-        settings = settings_for(topic, kafka__schema_registry_url=reg.url,
-                                kafka__schema_registry_basic_auth=f"sink:{secret}")  # fmt: skip
+        settings = settings_for(
+            topic,
+            kafka__schema_registry_url=reg.url,
+            kafka__schema_registry_basic_auth=f"sink:{secret}",
+        )
         with pytest.raises(ConfigError, match="kafka.schema_registry_basic_auth") as err:
             Sink(settings).run()
         assert secret not in str(err.value) and "HTTP 401" in str(err.value)
@@ -270,8 +340,9 @@ def test_a_registry_refusing_the_credentials_at_start_is_a_config_error(kafka, a
         reg.close()
 
 
-def test_a_registry_refusing_a_lookup_while_running_stops_with_exit_3(kafka, api, settings_for,
-                                                                      monkeypatch, capsys):  # fmt: skip
+def test_a_registry_refusing_a_lookup_while_running_stops_with_exit_3(
+    kafka, api, settings_for, monkeypatch, capsys
+):
     from consumer.cli import main
 
     reg = _Refusing(subjects=200, schemas=403)
@@ -281,12 +352,26 @@ def test_a_registry_refusing_a_lookup_while_running_stops_with_exit_3(kafka, api
         kafka.produce(topic, events)
         kafka.produce(topic, [b"\x00\x00\x00\x00\x07\x02"])  # a schema id it refuses to give
         kafka.produce(topic, [{"type": "identify", "userId": "after", "traits": {"a": 1}}])
-        for name, value in {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "KNOCK_API_KEY": api.api_key,
-                            "KNOCK_BASE_URL": api.url}.items():  # fmt: skip
+        for name, value in {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "KNOCK_API_KEY": api.api_key,
+            "KNOCK_BASE_URL": api.url,
+        }.items():
             monkeypatch.setenv(name, value)
         # A live sink (a backfill keeps what it holds uncommitted when it stops, see README).
-        code = main(["run", "--topic", topic, "--group-id", f"g-{topic}",
-                     "--rate-limits", "off", "--schema-registry-url", reg.url])  # fmt: skip
+        code = main(
+            [
+                "run",
+                "--topic",
+                topic,
+                "--group-id",
+                f"g-{topic}",
+                "--rate-limits",
+                "off",
+                "--schema-registry-url",
+                reg.url,
+            ]
+        )
         assert code == 3
         assert "schema registry rejected the credentials" in capsys.readouterr().err
         # What came before is applied and committed; nothing at or past the refused record.

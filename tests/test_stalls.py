@@ -17,10 +17,13 @@ def setup() -> tuple[Stalls, OffsetTracker, list[float], list[tuple[str, list]],
     now = [0.0]
     calls: list[tuple[str, list]] = []
     waits: list[int] = []
-    stalls = Stalls(Backoff(base=1.0, cap=4.0, rng=lambda: 0.999), clock=lambda: now[0],
-                    pause=lambda tps: calls.append(("pause", tps)),
-                    resume=lambda tps: calls.append(("resume", tps)),
-                    on_wait=lambda: waits.append(1))  # fmt: skip
+    stalls = Stalls(
+        Backoff(base=1.0, cap=4.0, rng=lambda: 0.999),
+        clock=lambda: now[0],
+        pause=lambda tps: calls.append(("pause", tps)),
+        resume=lambda tps: calls.append(("resume", tps)),
+        on_wait=lambda: waits.append(1),
+    )
     tracker = OffsetTracker()
     tracker.add([A, B])
     return stalls, tracker, now, calls, waits

@@ -60,9 +60,7 @@ class Memberships:
             for c, o, rc, rid, p, ia, ua in self._db.execute(sql + " ORDER BY seq", args)
         ]
 
-    def unsubscribe(
-        self, collection: str, object_id: str, recipients: list[RecipientKey]
-    ) -> None:
+    def unsubscribe(self, collection: str, object_id: str, recipients: list[RecipientKey]) -> None:
         self._db.executemany(
             "DELETE FROM subscriptions WHERE collection = ? AND object_id = ? "
             "AND rcollection = ? AND rid = ?",

@@ -76,8 +76,10 @@ class Emulator:
         self.limiter = RateLimiter(clock)
         self.entities = EntityLimiter(clock)
         self.bulk = BulkOperations(
-            self.store, deep=self.deep, failing_users=lambda: self.faults.settings.failing_users,
-            delay=lambda: self.faults.settings.bulk_ms / 1000
+            self.store,
+            deep=self.deep,
+            failing_users=lambda: self.faults.settings.failing_users,
+            delay=lambda: self.faults.settings.bulk_ms / 1000,
         )
         self.stats = Stats()
         self.triggers: list[dict[str, Any]] = []
@@ -102,6 +104,4 @@ class Emulator:
         return found if found is not None and found.expires_at > now else None
 
     def remember(self, key: str, fingerprint: bytes, body: dict[str, Any], request_id: str) -> None:
-        self.replays[key] = Replay(
-            self.clock() + IDEMPOTENCY_TTL, fingerprint, body, request_id
-        )
+        self.replays[key] = Replay(self.clock() + IDEMPOTENCY_TTL, fingerprint, body, request_id)

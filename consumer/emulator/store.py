@@ -220,9 +220,7 @@ class Store:
         return existed
 
     def _forget_user(self, rows: list[tuple[str]]) -> None:
-        self._db.executemany(
-            "DELETE FROM subscriptions WHERE rcollection = '' AND rid = ?", rows
-        )
+        self._db.executemany("DELETE FROM subscriptions WHERE rcollection = '' AND rid = ?", rows)
         self._db.executemany("DELETE FROM audience_members WHERE user_id = ?", rows)
 
     def deleted_users(self) -> list[str]:
@@ -303,9 +301,7 @@ class Store:
         )
         return data, created_at, now
 
-    def set_objects_many(
-        self, items: list[tuple[str, str, dict[str, Any]]], *, deep: bool
-    ) -> None:
+    def set_objects_many(self, items: list[tuple[str, str, dict[str, Any]]], *, deep: bool) -> None:
         """Upsert ``(collection, id, patch)`` items in one transaction, in order."""
         self._db.execute("BEGIN")
         try:

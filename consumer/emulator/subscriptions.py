@@ -96,9 +96,7 @@ async def add(request: Request, em: Emulator) -> Response:
     keys = list(dict.fromkeys(_key(r) for r in recipients))
     em.store.memberships.subscribe(collection, object_id, keys, properties)
     rows = [
-        row
-        for row in em.store.memberships.subscriptions(collection, object_id)
-        if row[2] in keys
+        row for row in em.store.memberships.subscriptions(collection, object_id) if row[2] in keys
     ]
     return json_response(render_subscriptions(em, rows))
 
@@ -109,9 +107,7 @@ async def delete(request: Request, em: Emulator) -> Response:
     recipients = _recipients(await read_object(request))
     keys = {_key(r) for r in recipients}
     rows = [
-        row
-        for row in em.store.memberships.subscriptions(collection, object_id)
-        if row[2] in keys
+        row for row in em.store.memberships.subscriptions(collection, object_id) if row[2] in keys
     ]
     answer = render_subscriptions(em, rows)
     em.store.memberships.unsubscribe(collection, object_id, [row[2] for row in rows])

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 from starlette.requests import Request
 from starlette.responses import Response
 

@@ -16,7 +16,7 @@ import os
 import random
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import KafkaException, Producer
 
@@ -31,44 +31,83 @@ def _ts(base: datetime, n: int) -> str:
 def events(users: int, rng: random.Random) -> list[tuple[str, dict[str, object]]]:
     """(key, event) pairs: per user one identify, a few tracks with context.traits, a second
     identify; and for every tenth user an alias from an earlier anonymous-style id."""
-    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
     out: list[tuple[str, dict[str, object]]] = []
     n = 0
     for i in range(users):
         user = f"user-{i:04d}"
-        first, last = rng.choice(["Ada", "Grace", "Alan", "Edsger"]), rng.choice(["Lovelace", "Hopper", "Turing"])
+        first, last = (
+            rng.choice(["Ada", "Grace", "Alan", "Edsger"]),
+            rng.choice(["Lovelace", "Hopper", "Turing"]),
+        )
         if i % 10 == 0:
             n += 1
-            out.append((user, {
-                "type": "alias", "previousId": f"legacy-{i:04d}", "userId": user,
-                "messageId": str(uuid.UUID(int=rng.getrandbits(128))), "timestamp": _ts(base, n),
-            }))
+            out.append(
+                (
+                    user,
+                    {
+                        "type": "alias",
+                        "previousId": f"legacy-{i:04d}",
+                        "userId": user,
+                        "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
+                        "timestamp": _ts(base, n),
+                    },
+                )
+            )
         n += 1
-        out.append((user, {
-            "type": "identify", "userId": user,
-            "messageId": str(uuid.UUID(int=rng.getrandbits(128))), "timestamp": _ts(base, n),
-            "traits": {
-                "email": f"{user}@example.com", "firstName": first, "lastName": last,
-                "phone": f"+1 415 555 {i % 10000:04d}", "plan": rng.choice(PLANS),
-                "createdAt": _ts(base, -86400 * (i + 1)),
-                "company": {"name": f"Company {i % 7}", "size": rng.randint(1, 500)},
-            },
-            "context": {"locale": "en-US", "timezone": "America/Los_Angeles"},
-        }))
+        out.append(
+            (
+                user,
+                {
+                    "type": "identify",
+                    "userId": user,
+                    "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
+                    "timestamp": _ts(base, n),
+                    "traits": {
+                        "email": f"{user}@example.com",
+                        "firstName": first,
+                        "lastName": last,
+                        "phone": f"+1 415 555 {i % 10000:04d}",
+                        "plan": rng.choice(PLANS),
+                        "createdAt": _ts(base, -86400 * (i + 1)),
+                        "company": {"name": f"Company {i % 7}", "size": rng.randint(1, 500)},
+                    },
+                    "context": {"locale": "en-US", "timezone": "America/Los_Angeles"},
+                },
+            )
+        )
         for _ in range(rng.randint(1, 3)):
             n += 1
-            out.append((user, {
-                "type": "track", "userId": user, "event": rng.choice(EVENTS),
-                "messageId": str(uuid.UUID(int=rng.getrandbits(128))), "timestamp": _ts(base, n),
-                "properties": {"source": "compose"},
-                "context": {"traits": {"last_seen_event": n, "plan": rng.choice(PLANS)}},
-            }))
+            out.append(
+                (
+                    user,
+                    {
+                        "type": "track",
+                        "userId": user,
+                        "event": rng.choice(EVENTS),
+                        "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
+                        "timestamp": _ts(base, n),
+                        "properties": {"source": "compose"},
+                        "context": {"traits": {"last_seen_event": n, "plan": rng.choice(PLANS)}},
+                    },
+                )
+            )
         n += 1
-        out.append((user, {
-            "type": "identify", "userId": user,
-            "messageId": str(uuid.UUID(int=rng.getrandbits(128))), "timestamp": _ts(base, n),
-            "traits": {"logins": rng.randint(1, 50), "company": {"plan_seats": rng.randint(1, 20)}},
-        }))
+        out.append(
+            (
+                user,
+                {
+                    "type": "identify",
+                    "userId": user,
+                    "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
+                    "timestamp": _ts(base, n),
+                    "traits": {
+                        "logins": rng.randint(1, 50),
+                        "company": {"plan_seats": rng.randint(1, 20)},
+                    },
+                },
+            )
+        )
     return out
 
 
@@ -77,7 +116,9 @@ def main() -> int:
     topic = os.environ.get("KNOCK_SINK_TOPICS", "segment-events").split(",")[0].strip()
     users = int(os.environ.get("PRODUCER_USERS", "100"))
     rng = random.Random(int(os.environ.get("PRODUCER_SEED", "7")))
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20}
+    )
     failed: list[str] = []
 
     def delivered(err: object, _msg: object) -> None:
@@ -101,7 +142,10 @@ def main() -> int:
     kinds: dict[str, int] = {}
     for _, event in batch:
         kinds[str(event["type"])] = kinds.get(str(event["type"]), 0) + 1
-    print(json.dumps({"topic": topic, "users": users, "events": len(batch), "by_type": kinds}), flush=True)
+    print(
+        json.dumps({"topic": topic, "users": users, "events": len(batch), "by_type": kinds}),
+        flush=True,
+    )
     return 0
 
 

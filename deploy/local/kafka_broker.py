@@ -56,13 +56,20 @@ def ensure_jars() -> Path:
     tmp = libs.with_name(f"libs.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     cmd = [
-        "mvn", "-q", "-B", "-f", str(HERE / "pom.xml"),
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(HERE / "pom.xml"),
         f"-Dkafka.version={KAFKA_VERSION}",
-        "dependency:copy-dependencies", f"-DoutputDirectory={tmp}",
-    ]  # fmt: skip
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={tmp}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"mvn could not fetch Kafka {KAFKA_VERSION}:\n{proc.stdout}{proc.stderr}")
+        raise RuntimeError(
+            f"mvn could not fetch Kafka {KAFKA_VERSION}:\n{proc.stdout}{proc.stderr}"
+        )
     (tmp / ".complete").touch()
     # Another process may have won the race; either copy is complete.
     try:
@@ -116,10 +123,15 @@ class Broker(LocalService):
 
     def _java(self, libs: Path, *args: str) -> list[str]:
         return [
-            "java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC",
+            "java",
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
             f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
-            "-cp", f"{libs}/*", *args,
-        ]  # fmt: skip
+            "-cp",
+            f"{libs}/*",
+            *args,
+        ]
 
     def start(self, timeout: float = 90.0) -> Broker:
         libs = ensure_jars()
@@ -130,13 +142,17 @@ class Broker(LocalService):
             cluster = "-"
             while cluster.startswith("-"):
                 cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
-            fmt = self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config))
+            fmt = self._java(
+                libs, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config)
+            )
             subprocess.run(fmt, check=True, capture_output=True)
         log = open(self.dir / "broker.log", "ab")
         self.proc = subprocess.Popen(
             self._java(libs, "kafka.Kafka", str(config)),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         self._record(bootstrap=self.bootstrap)
         self._wait_ready("Kafka", "broker.log", self._broker_ready, timeout)
@@ -155,8 +171,14 @@ class Broker(LocalService):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = command_line("deploy/local/kafka", __doc__, "broker", 9092,
-                        "only download the broker jars into the cache", argv)  # fmt: skip
+    args = command_line(
+        "deploy/local/kafka",
+        __doc__,
+        "broker",
+        9092,
+        "only download the broker jars into the cache",
+        argv,
+    )
     if args.cmd == "fetch":
         print(ensure_jars())
         return 0
@@ -166,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     broker = Broker(args.port, directory)
     broker.start()
     if args.cmd == "start":
-        print(json.dumps({"bootstrap": broker.bootstrap, "dir": str(broker.dir), "pid": broker.proc.pid}))
+        print(
+            json.dumps(
+                {"bootstrap": broker.bootstrap, "dir": str(broker.dir), "pid": broker.proc.pid}
+            )
+        )
         return 0
     print(f"Kafka {KAFKA_VERSION} serving on {broker.bootstrap} (Ctrl-C to stop)", flush=True)
     return serve_until_signal(broker)

@@ -42,14 +42,18 @@ class LocalService:
     def start(self) -> Any:
         raise NotImplementedError
 
-    def _wait_ready(self, name: str, log_name: str, ready: Callable[[], bool], timeout: float) -> None:
+    def _wait_ready(
+        self, name: str, log_name: str, ready: Callable[[], bool], timeout: float
+    ) -> None:
         """Wait until ``ready()``; raise with the log's tail when the child exits or ``timeout``
         passes (the child is stopped then)."""
         deadline = time.monotonic() + timeout
         log = self.dir / log_name
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.proc.returncode}:\n{log.read_text()[-4000:]}")
+                raise RuntimeError(
+                    f"{name} exited with {self.proc.returncode}:\n{log.read_text()[-4000:]}"
+                )
             if ready():
                 return
             time.sleep(0.1)
@@ -111,16 +115,21 @@ def serve_until_signal(service: LocalService) -> int:
     return 0
 
 
-def command_line(prog: str, doc: str, noun: str, default_port: int, fetch_help: str,
-                 argv: list[str] | None) -> argparse.Namespace:  # fmt: skip
+def command_line(
+    prog: str, doc: str, noun: str, default_port: int, fetch_help: str, argv: list[str] | None
+) -> argparse.Namespace:
     """The launchers' shared verbs: ``start`` (background, prints JSON), ``run`` (foreground),
     ``stop --dir`` and ``fetch``."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name in ("start", "run"):
-        p = sub.add_parser(name, help=f"start a {noun}" + (" in the foreground" if name == "run" else ""))
+        p = sub.add_parser(
+            name, help=f"start a {noun}" + (" in the foreground" if name == "run" else "")
+        )
         p.add_argument("--port", type=int, default=0 if name == "start" else default_port)
-        p.add_argument("--dir", help="directory for the data, the log and the pid file (kept after stop)")
+        p.add_argument(
+            "--dir", help="directory for the data, the log and the pid file (kept after stop)"
+        )
     p = sub.add_parser("stop", help=f"stop the {noun} started with --dir DIR")
     p.add_argument("--dir", required=True)
     sub.add_parser("fetch", help=fetch_help)

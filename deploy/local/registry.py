@@ -95,14 +95,19 @@ def ensure_app(version: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f"apicurio-{version}.tmp-", dir=CACHE))
     try:
         cmd = [
-            "mvn", "-q", "-B", "dependency:copy",
+            "mvn",
+            "-q",
+            "-B",
+            "dependency:copy",
             f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all",
             f"-DoutputDirectory={tmp / 'dl'}",
-        ]  # fmt: skip
+        ]
         # cwd=tmp: no pom.xml there, so mvn runs the goal standalone.
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
         if proc.returncode != 0:
-            raise RuntimeError(f"mvn could not fetch Apicurio {version}:\n{proc.stdout}{proc.stderr}")
+            raise RuntimeError(
+                f"mvn could not fetch Apicurio {version}:\n{proc.stdout}{proc.stderr}"
+            )
         (tarball,) = (tmp / "dl").glob("*.tar.gz")
         unpacked = tmp / "app"
         with tarfile.open(tarball) as tar:
@@ -173,21 +178,27 @@ class Registry(LocalService):
             "apicurio.datasource.jdbc.min-size": 2,
         }
         return [
-            self.java, "-Xms128m", "-Xmx512m",
+            self.java,
+            "-Xms128m",
+            "-Xmx512m",
             # C1 only: start-up is most of this registry's life in a test run.
             "-XX:TieredStopAtLevel=1",
             *(f"-D{k}={v}" for k, v in props.items()),
-            "-jar", str(runner_jar(app)),
-        ]  # fmt: skip
+            "-jar",
+            str(runner_jar(app)),
+        ]
 
     def start(self, timeout: float = 120.0) -> Registry:
         app = ensure_app(self.version)
         log = open(self.dir / "registry.log", "ab")
         began = time.monotonic()
         self.proc = subprocess.Popen(
-            self._command(app), cwd=self.dir,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            self._command(app),
+            cwd=self.dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         self._record(url=self.url, version=self.version)
         self._wait_ready("Apicurio", "registry.log", self.ready, timeout)
@@ -204,13 +215,23 @@ class Registry(LocalService):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = command_line("deploy/local/registry", __doc__, "registry", 8081,
-                        "only download Apicurio into the cache", argv)  # fmt: skip
+    args = command_line(
+        "deploy/local/registry",
+        __doc__,
+        "registry",
+        8081,
+        "only download Apicurio into the cache",
+        argv,
+    )
     if args.cmd == "fetch":
         began = time.monotonic()
         java, version = choose_java()
         path = ensure_app(version)
-        print(json.dumps({"app": str(path), "java": java, "seconds": round(time.monotonic() - began, 1)}))
+        print(
+            json.dumps(
+                {"app": str(path), "java": java, "seconds": round(time.monotonic() - began, 1)}
+            )
+        )
         return 0
     if args.cmd == "stop":
         return stop_dir(Path(args.dir), Registry.STATE)
@@ -219,12 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     registry.start()
     assert registry.proc is not None
     if args.cmd == "start":
-        print(json.dumps({
-            "url": registry.url, "dir": str(registry.dir), "pid": registry.proc.pid,
-            "version": registry.version, "start_seconds": round(registry.start_seconds or 0, 1),
-        }))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "url": registry.url,
+                    "dir": str(registry.dir),
+                    "pid": registry.proc.pid,
+                    "version": registry.version,
+                    "start_seconds": round(registry.start_seconds or 0, 1),
+                }
+            )
+        )
         return 0
-    print(f"Apicurio Registry {registry.version} serving {registry.url} (Ctrl-C to stop)", flush=True)
+    print(
+        f"Apicurio Registry {registry.version} serving {registry.url} (Ctrl-C to stop)", flush=True
+    )
     return serve_until_signal(registry)
 
 

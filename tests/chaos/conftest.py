@@ -51,8 +51,10 @@ SIZE = Size(100_000, 10_000) if FULL else Size(10_000, 1_000)
 def seed(request: pytest.FixtureRequest) -> int:
     """``KNOCK_SINK_CHAOS_SEED`` replays a run; otherwise a fresh seed, printed."""
     value = int(os.environ.get("KNOCK_SINK_CHAOS_SEED") or random.SystemRandom().randrange(2**31))
-    print(f"\n[chaos] {request.node.name}: seed {value} (KNOCK_SINK_CHAOS_SEED={value} to replay)",
-          flush=True)  # fmt: skip
+    print(
+        f"\n[chaos] {request.node.name}: seed {value} (KNOCK_SINK_CHAOS_SEED={value} to replay)",
+        flush=True,
+    )
     return value
 
 
@@ -109,8 +111,15 @@ def events_of(parts: list[list[Record]]) -> list[dict[str, Any]]:
 def produce(kafka: Kafka, topic: str, parts: list[list[Record]]) -> dict[int, int]:
     """Produce every partition's records in order (idempotent producer: no reordering, no
     duplicates), fill in each record's offset, and return the end offsets."""
-    p = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True,
-                  "linger.ms": 20, "batch.num.messages": 10_000, "message.max.bytes": 4_000_000})  # fmt: skip
+    p = Producer(
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 20,
+            "batch.num.messages": 10_000,
+            "message.max.bytes": 4_000_000,
+        }
+    )
     errors: list[Any] = []
 
     def delivered(err: Any, msg: Any, rec: Record) -> None:
@@ -123,8 +132,14 @@ def produce(kafka: Kafka, topic: str, parts: list[list[Record]]) -> dict[int, in
         for rec in records:
             while True:
                 try:
-                    p.produce(topic, rec.value, rec.key, partition=pid, headers=rec.headers or None,
-                              on_delivery=lambda e, m, r=rec: delivered(e, m, r))  # fmt: skip
+                    p.produce(
+                        topic,
+                        rec.value,
+                        rec.key,
+                        partition=pid,
+                        headers=rec.headers or None,
+                        on_delivery=lambda e, m, r=rec: delivered(e, m, r),
+                    )
                     break
                 except BufferError:
                     p.poll(0.1)
@@ -213,12 +228,14 @@ class Progress:
     ``history`` holds ``(monotonic time, committed total)``; a broker that does not answer
     leaves a gap, not a sample."""
 
-    def __init__(self, kafka: Kafka, group: str, topic: str, ends: dict[int, int],
-                 api: Any = None) -> None:
+    def __init__(
+        self, kafka: Kafka, group: str, topic: str, ends: dict[int, int], api: Any = None
+    ) -> None:
         self.topic, self.ends = topic, ends
         self.total_end = sum(ends.values())
-        self._consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group,
-                                   "enable.auto.commit": False})  # fmt: skip
+        self._consumer = Consumer(
+            {"bootstrap.servers": kafka.bootstrap, "group.id": group, "enable.auto.commit": False}
+        )
         self._tps = [TopicPartition(topic, p) for p in ends]
         self.history: list[tuple[float, int]] = []
         #: ``(monotonic time, identify entries the emulator accepted)``, when given the API.
@@ -249,8 +266,10 @@ class Progress:
             self._sample()
             if self._api is not None:
                 try:
-                    self.knock.append((time.monotonic(), int(self._api.stats()["identify_entries"])))
-                except Exception:  # noqa: BLE001 - a missed sample is a gap, not a failure
+                    self.knock.append(
+                        (time.monotonic(), int(self._api.stats()["identify_entries"]))
+                    )
+                except Exception:
                     pass
 
     def committed_total(self) -> int:
@@ -304,8 +323,15 @@ def dead_letters(kafka: Kafka, dlq: str, expected: int) -> list[dict[str, Any]]:
     out = []
     for m in kafka.read_all(dlq, expected, timeout=60):
         headers = {k: v.decode() for k, v in (m.headers() or [])}
-        out.append({"key": m.key(), "value": m.value(), "headers": headers,
-                    "kind": headers.get(H_KIND), "reason": headers.get(H_REASON)})  # fmt: skip
+        out.append(
+            {
+                "key": m.key(),
+                "value": m.value(),
+                "headers": headers,
+                "kind": headers.get(H_KIND),
+                "reason": headers.get(H_REASON),
+            }
+        )
     return out
 
 

@@ -77,7 +77,7 @@ def table(records: list[dict[str, Any]]) -> str:
 
 def load(mode: str | None = None) -> list[dict[str, Any]]:
     out = []
-    for mode_ in ([mode] if mode else ["short", "full"]):
+    for mode_ in [mode] if mode else ["short", "full"]:
         for case in CASES:
             path = RESULTS / f"chaos-{case}.{mode_}.json"
             if path.exists():

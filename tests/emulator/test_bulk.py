@@ -131,7 +131,9 @@ def test_applied_deletes_are_logged_in_order(knock: Knock, emulator: EmulatorSer
     assert emulator.stats()["deleted_users"] == 3
 
 
-def test_bulk_ms_keeps_an_operation_queued_then_applies_it(knock: Knock, emulator: EmulatorServer) -> None:
+def test_bulk_ms_keeps_an_operation_queued_then_applies_it(
+    knock: Knock, emulator: EmulatorServer
+) -> None:
     emulator.set_faults(bulk_ms=1500)
     op = knock.users.bulk.identify(users=[{"id": "slow", "name": "Slow"}])
     # Queued until the delay has passed (1.5 s, far more than one request takes): nothing applied.

@@ -103,7 +103,9 @@ def test_limits_off_lets_everything_through(knock: Knock, emulator: EmulatorServ
         assert not [h for h in raw.headers if h.lower().startswith("x-ratelimited-")]
         wait_bulk(knock, raw.parse().id)
     assert emulator.stats(by_user=True)["identify_entries_by_user"] == {
-        "same": 5, **{f"u{n}": 1 for n in range(5)}}
+        "same": 5,
+        **{f"u{n}": 1 for n in range(5)},
+    }
 
 
 def test_error_rate_one_answers_500_or_503(knock: Knock, emulator: EmulatorServer) -> None:

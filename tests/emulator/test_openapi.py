@@ -223,9 +223,7 @@ def test_subscription_and_audience_routes_match_the_spec(
     )
     check(spec, "POST", path, added)
     check(spec, "GET", path, http.get("/v1/objects/c/o1/subscriptions"))
-    removed = http.request(
-        "DELETE", "/v1/objects/c/o1/subscriptions", json={"recipients": ["u1"]}
-    )
+    removed = http.request("DELETE", "/v1/objects/c/o1/subscriptions", json={"recipients": ["u1"]})
     check(spec, "DELETE", path, removed)
     assert len(removed.json()) == 1
     members = "/v1/audiences/{key}/members"
