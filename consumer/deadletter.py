@@ -17,9 +17,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported, not in its stubs' __all__
 
 from .config import KafkaSettings
 from .errors import ConfigError
@@ -126,8 +127,11 @@ class DeadLetters:
             record = got[pos]
             if record is None:
                 record = Record(*pos)
-                reason = f"{reason} (the original is no longer in {pos[0]})"
-            self._write(record, kind, reason, handle)
+                self._write(
+                    record, kind, f"{reason} (the original is no longer in {pos[0]})", handle
+                )
+            else:
+                self._write(record, kind, reason, handle)
         if self._unread:
             log.warning(
                 "%d rejected events could not be read back for the dead-letter topic "
@@ -168,7 +172,8 @@ class KafkaWriter:
     ) -> None:
         """Create missing dead-letter topics with the partition count of their source topic.
         Where the broker does not let us, the first write will say so."""
-        admin = AdminClient({**self._settings.librdkafka(), "logger": KAFKA_LOG})
+        conf: dict[str, Any] = {**self._settings.librdkafka(), "logger": KAFKA_LOG}
+        admin = AdminClient(conf)
         meta = None
         for attempt in range(1, 4):
             try:
@@ -228,7 +233,11 @@ class KafkaWriter:
         while True:
             try:
                 self._producer.produce(
-                    topic, record.value, record.key, headers=headers, on_delivery=cb
+                    topic,
+                    record.value,
+                    record.key,
+                    headers=cast("list[tuple[str, str | bytes | None]]", headers),
+                    on_delivery=cb,
                 )
                 return
             except BufferError:
@@ -285,12 +294,15 @@ class Originals:
                 msg = consumer.poll(min(1.0, max(0.0, deadline - time.monotonic())))
                 if msg is None or msg.error() is not None:
                     continue
-                position = msg.offset() + 1
-                while todo and todo[0] < msg.offset():
+                # A delivered message (no error) always has an offset; the stubs type it optional.
+                offset = cast(int, msg.offset())
+                position = offset + 1
+                while todo and todo[0] < offset:
                     out[(topic, partition, todo.popleft())] = None  # gone from the topic
-                if todo and todo[0] == msg.offset():
+                if todo and todo[0] == offset:
+                    headers = cast("Headers | None", msg.headers())  # a consumed message's: a list
                     out[(topic, partition, todo.popleft())] = Record(
-                        topic, partition, msg.offset(), msg.key(), msg.value(), msg.headers()
+                        topic, partition, offset, msg.key(), msg.value(), headers
                     )
         return out
 
