@@ -408,7 +408,7 @@ class SinkSettings(_Section):
     backfill_memory_mb: int = Field(default=256, ge=1)
     """A backfill's memory, in MiB: the whole process's, held users included. Held users spill
     to disk once their estimated size reaches what is left of it after the process's own (its
-    resident size when the backfill starts, plus librdkafka's prefetch allowance), less however
+    resident size when the backfill starts, and twice librdkafka's prefetch allowance), less however
     far the process has since gone past the budget (docs/backfills.md)."""
     work_dir: str | None = None
     """Where a backfill spills held users (a fresh directory inside it, removed at the end);

@@ -313,7 +313,8 @@ def command_line() -> str:
         )
         out.append(f"## `knock-sink {name}`\n\n")
         out.append(
-            f"```text\nknock-sink {name} [options]{' ' + positionals if positionals else ''}\n```\n\n"
+            f"```text\nknock-sink {name} [options]{' ' + positionals if positionals else ''}"
+            "\n```\n\n"
         )
         out.append(_md(sub.description or _capital(_sentence(helps.get(name, "")))) + "\n\n")
         if sub.epilog:

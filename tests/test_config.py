@@ -10,7 +10,7 @@ import pytest
 from consumer.config import load_settings
 from consumer.errors import ConfigError
 
-README = Path(__file__).parents[1] / "README.md"
+CONFIGURATION = Path(__file__).parents[1] / "docs" / "configuration.md"
 
 
 def test_flags_win_over_environment_over_file(tmp_path):
@@ -70,8 +70,8 @@ def test_the_api_key_never_shows_in_a_settings_error():
     assert "sk_secret_value" not in repr(s) and "sk_secret_value" not in str(s.model_dump())
 
 
-def test_the_readme_example_loads(tmp_path):
-    example = re.search(r"```toml\n(.*?)```", README.read_text(), re.S)
+def test_the_documented_example_loads(tmp_path):
+    example = re.search(r"```toml\n(.*?)```", CONFIGURATION.read_text(), re.S)
     assert example is not None
     f = tmp_path / "knock-sink.toml"
     f.write_text(example.group(1))
