@@ -396,7 +396,7 @@ class SinkSettings(_Section):
     """Least seconds between two plans: how long to gather events before sending what is
     buffered. Under Knock's limits a plan is also cut only when its bulk call could leave
     (about once a second); longer intervals send fewer, fuller calls and add up to that long
-    to each event's latency (docs/performance.md, Freshness)."""
+    to each event's latency (docs/performance.md#freshness)."""
     max_pending: int = Field(default=20_000, ge=1)
     """Events buffered or in flight before fetching pauses (a backfill holds folded users
     instead, bounded by ``backfill_memory_mb``)."""
@@ -409,7 +409,7 @@ class SinkSettings(_Section):
     """A backfill's memory, in MiB: the whole process's, held users included. Held users spill
     to disk once their estimated size reaches what is left of it after the process's own (its
     resident size when the backfill starts, and twice librdkafka's prefetch allowance), less however
-    far the process has since gone past the budget (docs/backfills.md)."""
+    far the process has since gone past the budget (docs/backfills.md#memory)."""
     work_dir: str | None = None
     """Where a backfill spills held users (a fresh directory inside it, removed at the end);
     unset: the system's temporary directory."""
@@ -417,7 +417,7 @@ class SinkSettings(_Section):
     """Topics not keyed by user: seconds of event time a live sink holds the updates of a
     user seen on more than one partition, to hand them on in event-time order; a backfill
     orders every update exactly, unless its topic counts as keyed by user. 0: arrival order,
-    for a backfill too (docs/delivery.md)."""
+    for a backfill too (docs/delivery.md#event-time-order-inside-the-sink)."""
     merge_ids: int = Field(default=100_000, ge=0)
     """Merges (alias) whose ``messageId`` is remembered, to skip a repeat of one (0: off)."""
     metrics_port: int = Field(default=0, ge=0, le=65535)

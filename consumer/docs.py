@@ -42,7 +42,9 @@ def _banner(source: str) -> str:
 def _md(text: str) -> str:
     """reST inline literals and cross-references as Markdown, one line, table-safe."""
     text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text)
-    text = text.replace("``", "`")
+    text = text.replace("``", "`").replace("->", "→")
+    # Pointers to other pages (docs/backfills.md) as links, relative to docs/reference/.
+    text = re.sub(r"\bdocs/([\w-]+)\.md(#[\w-]+)?", r"[\1](../\1.md\2)", text)
     # Angle brackets outside code spans would read as HTML.
     parts = text.split("`")
     parts[::2] = [p.replace("<", "&lt;").replace(">", "&gt;") for p in parts[::2]]
@@ -150,22 +152,20 @@ def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def _fields_table(
-    model: type[BaseModel], prefix: str, env: dict[str, str], flags: dict[str, str]
+    model: type[BaseModel], prefix: str, env: dict[str, str] | None, flags: dict[str, str]
 ) -> str:
+    """One row per field; without ``env`` (a table inside a list) no environment or flag."""
     rows = []
     for name, info in model.model_fields.items():
         dotted = f"{prefix}{name}"
-        rows.append(
-            [
-                f"`{dotted}`",
-                _md(_type(info.annotation) + _bounds(info)),
-                _default(info),
-                env.get(dotted, ""),
-                flags.get(dotted, ""),
-                _md(info.description or ""),
-            ]
-        )
-    return _table(["setting", "type", "default", "environment", "flag", "description"], rows)
+        row = [f"`{dotted}`", _md(_type(info.annotation) + _bounds(info)), _default(info)]
+        if env is not None:
+            row += [env.get(dotted, ""), flags.get(dotted, "")]
+        rows.append([*row, _md(info.description or "")])
+    head = ["setting", "type", "default"]
+    if env is not None:
+        head += ["environment", "flag"]
+    return _table([*head, "description"], rows)
 
 
 def configuration() -> str:
@@ -196,7 +196,7 @@ def configuration() -> str:
         if model is config.WorkflowSettings:
             rule = config.WorkflowRule
             out.append(f"\n### `[[{section}.rules]]`\n\n{_md(rule.__doc__ or '')}\n\n")
-            out.append(_fields_table(rule, "", {}, {}))
+            out.append(_fields_table(rule, "", None, {}))
         out.append("\n")
     return "".join(out).rstrip("\n") + "\n"
 
