@@ -78,3 +78,17 @@ def test_the_documented_example_loads(tmp_path):
     s = load_settings(f, environ={})
     assert s.kafka.client["security.protocol"] == "SASL_SSL"
     assert s.mapping.field_sources()["locale"] == [] and s.mapping.rename == {"plan": "plan_name"}
+
+
+def test_every_setting_is_described():
+    """The settings reference is generated from these descriptions (attribute docstrings)."""
+    from pydantic import BaseModel
+
+    from consumer.config import Settings, WorkflowRule
+
+    sections = [info.annotation for info in Settings.model_fields.values()]
+    for model in [*sections, WorkflowRule]:
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        assert model.__doc__, f"{model.__name__} has no docstring"
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name} has no docstring"
