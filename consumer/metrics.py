@@ -91,7 +91,7 @@ def histogram(
 
 
 class Metrics:
-    """The sink's metrics, one declaration a line; each instance has its own registry.
+    """The sink's metrics, declared one after another; each instance has its own registry.
 
     Names, kinds, help texts and labels are part of the interface (dashboards and alerts read
     them): change them only on purpose. The freshness histograms are declared beside the code
