@@ -64,3 +64,8 @@ clean:
 .PHONY: deploy-check
 deploy-check:
 	deploy/check
+
+## docs: regenerate docs/reference/ from the code (settings, metrics, command line)
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/python -m consumer.docs

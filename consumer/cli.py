@@ -51,6 +51,8 @@ FLAG_SETTINGS = {
     "schema_registry_cert": "kafka.schema_registry_cert",
     "schema_registry_key": "kafka.schema_registry_key",
 }
+#: Repeatable ``KEY=VALUE`` flag dest -> the dotted table setting its pairs fill.
+PAIR_FLAG_SETTINGS = {"kafka_option": "kafka.client", "topic_format": "kafka.formats"}
 #: The value formats of ``--format`` and ``--topic-format`` (``consumer.config.Format``).
 FORMATS = ["auto", "json", "avro", "avro-plain"]
 
@@ -130,7 +132,9 @@ def _offsets(text: str) -> dict[tuple[str, int], int]:
 
 
 def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML settings file (see README)")
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (see docs/configuration.md)"
+    )
     p.add_argument(
         "--topic",
         dest="topics",
@@ -371,10 +375,9 @@ def _settings(args: argparse.Namespace) -> Any:
     from .config import load_settings
 
     overrides = {dotted: getattr(args, dest, None) for dest, dotted in FLAG_SETTINGS.items()}
-    if getattr(args, "kafka_option", None):
-        overrides["kafka.client"] = dict(args.kafka_option)
-    if getattr(args, "topic_format", None):
-        overrides["kafka.formats"] = dict(args.topic_format)
+    for dest, dotted in PAIR_FLAG_SETTINGS.items():
+        if getattr(args, dest, None):
+            overrides[dotted] = dict(getattr(args, dest))
     return load_settings(args.config, overrides=overrides)
 
 

@@ -62,7 +62,9 @@ Format = Literal["auto", "json", "avro", "avro-plain"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings become each field's description: the settings reference
+    # (docs/reference/configuration.md) is generated from them.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 #: librdkafka prefetches up to 64 MB by default (``queued.max.messages.kbytes``), on top of
@@ -71,40 +73,53 @@ PREFETCH_KBYTES: Final = 16384
 
 #: Once a partition's prefetch is full, librdkafka waits ``fetch.queue.backoff.ms`` (1000 by
 #: default) before it fetches for it again, which is longer than the sink takes to read 16 MB:
-#: the loop then waited in ``consume`` for each next fetch. A bare consumer of one partition
-#: with this prefetch and 40 µs of work per bench event read 240,000 in 14.1 s, 4.0 of them in
-#: ``consume``, against 10.3 and 0.3 at 20 ms. Its documentation asks for a lower value when
-#: the queue thresholds are set low.
+#: the loop would then wait in ``consume`` for each next fetch. librdkafka's documentation asks
+#: for a lower value when the queue thresholds are set low.
 FETCH_QUEUE_BACKOFF_MS: Final = 20
 
 
 class KafkaSettings(_Section):
+    """Where events come from, how their values are read, and where dead letters go."""
+
     bootstrap_servers: str = "127.0.0.1:9092"
+    """Kafka brokers, comma-separated ``host:port``."""
     topics: list[str] = Field(default_factory=list)
+    """Topics to read (comma-separated in the environment variable)."""
     group_id: str = DEFAULT_GROUP_ID
-    #: Dead-letter topic; ``None`` means ``<source topic>.dlq`` for each source topic.
+    """Consumer group. A backfill uses ``<group_id>-backfill-<UTC time>`` unless
+    ``--group-id`` is given."""
     dlq_topic: str | None = None
-    #: Passed through to librdkafka as is (TLS, SASL, timeouts...), for consumer and producer.
+    """Dead-letter topic; unset: ``<source topic>.dlq`` for each source topic."""
     client: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    #: Messages asked of ``consume()`` per call.
-    consume_batch: int = Field(1000, ge=1, le=100_000)
-    #: Values larger than this go to the dead-letter topic unread.
-    max_message_bytes: int = Field(1_048_576, ge=1)
+    """librdkafka settings passed through as they are (TLS, SASL, timeouts...), for the
+    consumer and the dead-letter producer."""
+    consume_batch: int = Field(default=1000, ge=1, le=100_000)
+    """Messages asked of the Kafka client per call."""
+    max_message_bytes: int = Field(default=1_048_576, ge=1)
+    """Values larger than this go to the dead-letter topic unread (kind ``oversize``)."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    #: Confluent-compatible Schema Registry base URL (Apicurio: ``.../apis/ccompat/v7``).
+    """Where a group without a commit starts on a partition."""
     schema_registry_url: str | None = None
-    #: ``user:password`` for the registry's basic auth; environment or file only, never a flag.
+    """Confluent-compatible Schema Registry base URL (Apicurio: ``.../apis/ccompat/v7``),
+    without credentials."""
     schema_registry_basic_auth: SecretStr | None = None
-    #: TLS to the registry: CA bundle, and a client certificate with its key (PEM paths).
+    """``user:password`` for the registry's basic auth; environment or file only, never a
+    flag, and never logged."""
     schema_registry_ca: str | None = None
+    """CA bundle (PEM path) for the registry's TLS."""
     schema_registry_cert: str | None = None
+    """Client certificate (PEM path) for the registry; goes with ``schema_registry_key``."""
     schema_registry_key: str | None = None
-    #: How values are read (see :data:`Format`), for every topic not named in ``formats``.
+    """The client certificate's key (PEM path)."""
     format: Format = "auto"
-    #: Topic -> format, overriding ``format`` for that topic.
+    """How values are read, for every topic not named in ``formats``: ``json``; ``avro``
+    (Confluent framing, writer schema from the registry); ``avro-plain`` (bare Avro binary
+    written with ``avro_schema_file``); ``auto``: Confluent Avro when the first byte is 0, JSON
+    otherwise, per value."""
     formats: dict[str, Format] = Field(default_factory=dict)
-    #: Writer schema (``.avsc``) of the topics read as ``avro-plain``.
+    """Topic -> format, overriding ``format`` for that topic."""
     avro_schema_file: str | None = None
+    """Writer schema (``.avsc``) of the topics read as ``avro-plain``."""
 
     @field_validator("schema_registry_url")
     @classmethod
@@ -174,28 +189,34 @@ class KafkaSettings(_Section):
 
 
 class KnockSettings(_Section):
+    """The Knock environment, and how the sink paces and shapes its calls to it."""
+
     api_key: SecretStr | None = None
+    """The environment's secret key (``sk_...``); environment or file only, never a flag, and
+    never logged."""
     base_url: str = DEFAULT_BASE_URL
-    #: Users per bulk identify call.
-    bulk_size: int = Field(MAX_BULK, ge=1, le=MAX_BULK)
-    #: ``knock`` paces every endpoint to Knock's documented tiers; ``off`` for local benchmarks.
+    """Knock API base URL."""
+    bulk_size: int = Field(default=MAX_BULK, ge=1, le=MAX_BULK)
+    """Users per bulk identify call (use 100 on accounts with Knock's older limit)."""
     rate_limits: RateLimitMode = "knock"
-    #: Seconds for one HTTP request.
-    timeout: float = Field(30.0, gt=0)
-    #: Cap of the exponential backoff between retries of a transient failure, in seconds.
-    max_backoff: float = Field(30.0, gt=0)
-    #: Requests in flight at once (bulk chunks, merges, single identifies).
-    concurrency: int = Field(8, ge=1, le=64)
-    #: What the Knock environment does with nested objects on upsert. ``deep`` (default:
-    #: Knock documents deep merge of nested properties since 2024-11-05) folds two updates that
-    #: both carry an object under one key into one deep-merged entry; ``either``, for
-    #: environments that do not deep-merge, keeps them apart, exact whether Knock deep-merges
-    #: or replaces them, at the cost of more calls.
+    """``knock`` paces every route to Knock's documented tiers; ``off`` never waits (a local
+    Knock-compatible API, benchmarks)."""
+    timeout: float = Field(default=30.0, gt=0)
+    """Seconds for one HTTP request."""
+    max_backoff: float = Field(default=30.0, gt=0)
+    """Cap of the exponential backoff between retries of a transient failure, in seconds."""
+    concurrency: int = Field(default=8, ge=1, le=64)
+    """Requests in flight at once (bulk chunks, merges, single identifies)."""
     nested_merge: NestedMerge = "deep"
-    #: Share (0 < share <= 1) of Knock's rate limits this consumer group uses, when several
-    #: groups (or other clients) use one Knock environment; unset: all of it. Members of the
-    #: group split it by the partitions they hold.
-    budget_share: float | None = Field(None, gt=0, le=1)
+    """What the Knock environment does with nested objects on upsert. ``deep`` (Knock documents
+    deep merge of nested properties since 2024-11-05) folds two updates that both carry an
+    object under one key into one deep-merged entry; ``either``, for environments that do not
+    deep-merge, keeps them apart, exact whether Knock deep-merges or replaces them, at the
+    cost of more calls."""
+    budget_share: float | None = Field(default=None, gt=0, le=1)
+    """Share (0 < share <= 1) of Knock's rate limits this consumer group uses, when several
+    groups (or other clients) use one Knock environment; unset: all of it. Members of the
+    group split it by the partitions they hold."""
 
     @property
     def paced(self) -> bool:
@@ -218,20 +239,23 @@ class KnockSettings(_Section):
 
 
 class MappingSettings(_Section):
-    #: Region used to read phone numbers written without a country code.
+    """How a Segment event's user and traits become a Knock user's properties."""
+
     default_region: str = "US"
-    #: What to do with an event that has no ``userId``: skip it (counted), or use its
-    #: ``anonymousId`` (with ``anonymous_prefix`` in front) as the Knock user id.
+    """Region used to read phone numbers written without a country code."""
     anonymous: Literal["skip", "anonymous_id"] = "skip"
+    """What to do with an event that has no ``userId``: skip it (counted), or use its
+    ``anonymousId`` (with ``anonymous_prefix`` in front) as the Knock user id."""
     anonymous_prefix: str = ""
-    #: Knock reserved field -> trait keys tried in order; an empty list turns the field off (the
-    #: traits it would have read stay custom properties). Keys given here replace the defaults
-    #: of that field only.
+    """Put in front of an ``anonymousId`` used as a Knock user id."""
     fields: dict[str, list[str]] = Field(default_factory=dict)
-    #: Traits never sent to Knock.
+    """Knock reserved field -> trait keys tried in order; an empty list turns the field off
+    (the traits it would have read stay custom properties). Keys given here replace the
+    defaults of that field only."""
     drop: list[str] = Field(default_factory=list)
-    #: Trait -> custom property name.
+    """Traits never sent to Knock."""
     rename: dict[str, str] = Field(default_factory=dict)
+    """Trait -> custom property name."""
 
     @field_validator("default_region")
     @classmethod
@@ -255,29 +279,31 @@ class MappingSettings(_Section):
         return {**DEFAULT_FIELDS, **self.fields}
 
 
-#: Knock's actions besides user properties: each section maps one kind of Segment call (see the
-#: README's "Knock actions"). Field paths are dot paths into the Segment message as sent
+#: Knock's actions besides user properties: each section maps one kind of Segment call (see
+#: docs/mapping.md). Field paths are dot paths into the Segment message as sent
 #: (``properties.order_id``, ``context.groupId``), as Knock's own Sources write them.
 
 
 class WorkflowRule(_Section):
-    """One workflow trigger: the calls it matches and what the trigger carries."""
+    """One workflow trigger (``[[workflows.rules]]``): the calls it matches and what the
+    trigger carries. Give exactly one of ``event`` and ``pattern``."""
 
-    #: Message type the rule matches: ``track`` (by ``event``) or ``page``/``screen`` (by ``name``).
     type: Literal["track", "page", "screen"] = "track"
-    #: The event (or page/screen) name, exactly.
+    """Message type the rule matches: ``track`` (by ``event``) or ``page``/``screen`` (by
+    ``name``)."""
     event: str | None = None
-    #: Or a glob over the name (``Order *``); ``re:`` in front makes it a regular expression
-    #: that must match the whole name.
+    """The event (or page/screen) name, exactly."""
     pattern: str | None = None
-    #: The Knock workflow key.
+    """Or a glob over the name (``Order *``); ``re:`` in front makes it a regular expression
+    that must match the whole name."""
     key: str = Field(min_length=1)
-    #: Trigger ``data``: name -> dot path. ``None`` (default): every ``properties`` field.
+    """The Knock workflow key (required)."""
     data: dict[str, str] | None = None
-    #: Dot path of the actor's user id (optional).
+    """Trigger ``data``: name -> dot path. Unset: every ``properties`` field."""
     actor: str | None = None
-    #: Dot path of the tenant id; the trigger has no tenant when it is absent.
+    """Dot path of the actor's user id (optional)."""
     tenant: str | None = "context.groupId"
+    """Dot path of the tenant id; the trigger has no tenant when the path is absent."""
 
     @model_validator(mode="after")
     def _one_matcher(self) -> WorkflowRule:
@@ -294,18 +320,24 @@ class WorkflowRule(_Section):
 
 
 class WorkflowSettings(_Section):
+    """Workflow triggers from ``track``, ``page`` and ``screen`` calls, and the window that
+    keeps a replay from notifying twice."""
+
     rules: list[WorkflowRule] = Field(default_factory=list)
-    #: ``run`` triggers only events at most this many seconds old (by their ``timestamp``).
-    #: Anything at most 24 h is replay-safe (Knock keeps an idempotency key 24 h, and an event
-    #: triggered once is older than ``max_age`` 24 h later); 1 h because an older event is
-    #: rarely still news to the person notified.
-    max_age: float = Field(3600.0, gt=0, le=86_400)
-    #: ``backfill`` triggers workflows only when this is set (``--trigger-workflows``)...
+    """The triggers, one ``[[workflows.rules]]`` table each (fields below). Every matching rule
+    triggers."""
+    max_age: float = Field(default=3600.0, gt=0, le=86_400)
+    """``run`` triggers only events at most this many seconds old (by their ``timestamp``).
+    Anything at most 24 h is replay-safe (Knock keeps an idempotency key 24 h, and an event
+    triggered once is older than ``max_age`` 24 h later); 1 h because an older event is rarely
+    still news to the person notified."""
     backfill: bool = False
-    #: ...and then only for events newer than this (``--trigger-since``; default 24 h before
-    #: the backfill starts, and never earlier: older triggers would be outside Knock's
-    #: idempotency window).
+    """Whether a backfill triggers workflows at all (then only for events newer than
+    ``since``)."""
     since: datetime | None = None
+    """A backfill triggers only events newer than this. Unset: 24 h before the backfill
+    starts, which is also the earliest allowed (older triggers would be outside Knock's
+    idempotency window). A time without a zone is UTC."""
 
     @field_validator("since")
     @classmethod
@@ -316,74 +348,93 @@ class WorkflowSettings(_Section):
 
 
 class GroupSettings(_Section):
-    #: What a ``group`` call becomes: nothing (``off``), a Knock tenant, or an object of
-    #: ``collection``.
+    """What a ``group`` call becomes besides the user's traits."""
+
     mode: Literal["off", "tenant", "object"] = "off"
-    collection: str = Field("accounts", min_length=1)
-    #: Object mode: subscribe the user of the group call to the object.
+    """Nothing (``off``), a Knock tenant, or an object of ``collection``."""
+    collection: str = Field(default="accounts", min_length=1)
+    """Object mode: the Knock object collection."""
     subscribe: bool = False
-    #: Group traits never sent; group trait -> property name.
+    """Object mode: subscribe the user of the group call to the object."""
     drop: list[str] = Field(default_factory=list)
+    """Group traits never sent."""
     rename: dict[str, str] = Field(default_factory=dict)
+    """Group trait -> property name."""
 
 
 class AudienceSettings(_Section):
-    #: Trait form: these identify traits are audience keys (``true`` adds, ``false`` removes)...
+    """Knock audience membership from identify traits or from track calls."""
+
     traits: list[str] = Field(default_factory=list)
-    #: ...and so is every trait starting with this prefix (the whole trait key is the audience).
+    """Trait form: these identify traits are audience keys (``true`` adds the user,
+    ``false`` removes it)."""
     trait_prefix: str | None = None
-    #: Track form: ``Audience Entered`` / ``Audience Exited`` with the key at ``key_path``.
+    """Trait form: so is every trait starting with this prefix (the whole trait key is the
+    audience)."""
     track: bool = False
+    """Track form: ``entered`` / ``exited`` events add / remove the user."""
     entered: str = "Audience Entered"
+    """Track form: the event that adds the user to the audience."""
     exited: str = "Audience Exited"
+    """Track form: the event that removes the user from the audience."""
     key_path: str = "properties.audience_key"
+    """Track form: dot path of the audience key."""
 
 
 class DeleteSettings(_Section):
-    #: A null value (tombstone) keyed by a user id deletes that user (compacted topics).
+    """User deletes from a compacted topic's tombstones."""
+
     tombstones: bool = False
+    """A null value (tombstone) keyed by a user id deletes that user; only for topics keyed by
+    user id. Off: a tombstone is dead-lettered (``undecodable``)."""
 
 
 class SinkSettings(_Section):
-    #: Least seconds between two plans: how long to gather events before sending what is
-    #: buffered. Under Knock's limits a plan is also cut only when its bulk call could leave
-    #: (about once a second); longer intervals send fewer, fuller calls and add up to that long
-    #: to each event's latency (README, Freshness).
-    flush_interval: float = Field(0.5, gt=0)
-    #: Events buffered or in flight before fetching pauses (a backfill holds folded users
-    #: instead, bounded by ``backfill_memory_mb``).
-    max_pending: int = Field(20_000, ge=1)
-    #: Seconds allowed on shutdown or partition revoke to finish in-flight work.
-    drain_timeout: float = Field(30.0, gt=0)
-    #: Attempts at one item Knock rejected inside a bulk operation before it is dead-lettered.
-    item_attempts: int = Field(5, ge=1)
-    #: A backfill's memory, in MiB: the process's, held users included.
-    #: Held users spill to disk once their estimated size reaches what is left of it after
-    #: the process's own (its resident size when the backfill starts, plus librdkafka's
-    #: prefetch allowance), less however far the process has since gone past the budget
-    #: (see consumer.holding.held_budget and HeldShare).
-    backfill_memory_mb: int = Field(256, ge=1)
-    #: Where a backfill spills held users (a fresh directory inside it, removed at the end);
-    #: ``None``: the system's temporary directory.
+    """The loop: batching, backpressure, shutdown, a backfill's memory, ordering, watching."""
+
+    flush_interval: float = Field(default=0.5, gt=0)
+    """Least seconds between two plans: how long to gather events before sending what is
+    buffered. Under Knock's limits a plan is also cut only when its bulk call could leave
+    (about once a second); longer intervals send fewer, fuller calls and add up to that long
+    to each event's latency (docs/performance.md#freshness)."""
+    max_pending: int = Field(default=20_000, ge=1)
+    """Events buffered or in flight before fetching pauses (a backfill holds folded users
+    instead, bounded by ``backfill_memory_mb``)."""
+    drain_timeout: float = Field(default=30.0, gt=0)
+    """Seconds allowed on shutdown or partition revoke to finish in-flight work."""
+    item_attempts: int = Field(default=5, ge=1)
+    """Attempts at one item Knock rejected inside a bulk operation before it is
+    dead-lettered."""
+    backfill_memory_mb: int = Field(default=256, ge=1)
+    """A backfill's memory, in MiB: the whole process's, held users included. Held users spill
+    to disk once their estimated size reaches what is left of it after the process's own (its
+    resident size when the backfill starts, and twice librdkafka's prefetch allowance), less however
+    far the process has since gone past the budget (docs/backfills.md#memory)."""
     work_dir: str | None = None
-    #: Topics not keyed by user: seconds of event time a live sink holds the ops of a user seen
-    #: on more than one partition, to hand them on in event-time order (README, Topics not
-    #: keyed by user); a backfill orders every op exactly, unless its topic counts as keyed by
-    #: user (consumer.ordering.KEYED_AFTER). 0: arrival order (no ordering).
-    lateness: float = Field(5.0, ge=0)
-    #: Merges (alias) whose ``messageId`` is remembered, to skip a repeat of one (0: off).
-    merge_ids: int = Field(100_000, ge=0)
-    #: Serve Prometheus metrics on this port (0: off).
-    metrics_port: int = Field(0, ge=0, le=65535)
-    #: Seconds without a turn of the loop after which /healthz and /readyz fail (at least the
-    #: drain budget plus 5: a revoke's settle holds the loop that long).
-    stall_timeout: float = Field(60.0, gt=0)
+    """Where a backfill spills held users (a fresh directory inside it, removed at the end);
+    unset: the system's temporary directory."""
+    lateness: float = Field(default=5.0, ge=0)
+    """Topics not keyed by user: seconds of event time a live sink holds the updates of a
+    user seen on more than one partition, to hand them on in event-time order; a backfill
+    orders every update exactly, unless its topic counts as keyed by user. 0: arrival order,
+    for a backfill too (docs/delivery.md#event-time-order-inside-the-sink)."""
+    merge_ids: int = Field(default=100_000, ge=0)
+    """Merges (alias) whose ``messageId`` is remembered, to skip a repeat of one (0: off)."""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Serve Prometheus metrics and the ``/healthz`` and ``/readyz`` probes on this port
+    (0: off)."""
+    stall_timeout: float = Field(default=60.0, gt=0)
+    """Seconds without a turn of the loop after which ``/healthz`` and ``/readyz`` fail (at
+    least ``drain_timeout`` plus 5: a revoke's drain holds the loop that long)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    #: ``json`` lines, ``text`` lines, or ``auto``: text on a terminal, JSON otherwise.
+    """Least level logged."""
     log_format: Literal["auto", "json", "text"] = "auto"
+    """``json`` lines, ``text`` lines, or ``auto``: text on a terminal, JSON otherwise."""
 
 
 class Settings(_Section):
+    """Every setting, one section per TOML table."""
+
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     knock: KnockSettings = Field(default_factory=KnockSettings)
     mapping: MappingSettings = Field(default_factory=MappingSettings)

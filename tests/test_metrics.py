@@ -6,9 +6,11 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from prometheus_client import generate_latest
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumer.metrics import Metrics
 from consumer.sink import Sink
 from tests.conftest import wait_for
 from tests.model import actual_state, expected_state
@@ -32,6 +34,31 @@ def by(values: dict, name: str, *labels: str) -> dict:
     return {k: v for k, v in out.items() if v}
 
 
+KINDS = {"counter": PromCounter, "gauge": Gauge, "histogram": Histogram}
+
+
+def test_each_declaration_is_an_attribute_of_its_kind_in_the_instances_own_registry():
+    a, b = Metrics(), Metrics()
+    declared = list(Metrics.declared())
+    assert len({d.name for d in declared}) == len(declared) == 25
+    for d in declared:
+        metric = getattr(a, d.attr)
+        assert isinstance(metric, KINDS[d.kind]), d.attr
+        assert metric is not getattr(b, d.attr)  # one registry each: sinks side by side
+        assert metric._name == d.name and tuple(metric._labelnames) == d.labels
+    families = {f.name for f in a.registry.collect()}
+    assert {d.name.removesuffix("_total") for d in declared} <= families
+    # Beside them, the freshness histograms only.
+    assert families - {d.name for d in declared} == {
+        "knock_sink_event_age_seconds",
+        "knock_sink_consume_to_apply_seconds",
+    }
+
+
+def test_a_process_starts_with_the_whole_budget():
+    assert Metrics().budget_share._value.get() == 1
+
+
 def test_the_metrics_of_a_run_match_what_happened(kafka, api, settings_for):
     topic = kafka.topic(2)
     identifies = [
@@ -49,11 +76,14 @@ def test_the_metrics_of_a_run_match_what_happened(kafka, api, settings_for):
     try:
         ends = kafka.end_offsets(topic)
         wait_for(lambda: kafka.committed(f"g-{topic}", topic) == ends, 90, "everything committed")
-        lag = lambda: {
-            int(dict(lab)["partition"]): v
-            for (n, lab), v in samples(sink).items()
-            if n == "knock_sink_consumer_lag"
-        }
+
+        def lag() -> dict[int, float]:
+            return {
+                int(dict(lab)["partition"]): v
+                for (n, lab), v in samples(sink).items()
+                if n == "knock_sink_consumer_lag"
+            }
+
         wait_for(
             lambda: lag() == dict.fromkeys(ends, 0), 30, "no lag left on the partitions in use"
         )
@@ -68,7 +98,7 @@ def test_the_metrics_of_a_run_match_what_happened(kafka, api, settings_for):
     # Every request Knock saw, by status, counted once on our side too.
     theirs: Counter = Counter()
     for per_status in api.stats()["requests"].values():
-        theirs.update({status: n for status, n in per_status.items()})
+        theirs.update(per_status)
     ours = {
         status: n for (status,), n in by(got, "knock_sink_knock_requests_total", "status").items()
     }
