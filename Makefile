@@ -41,11 +41,11 @@ test-fast: $(STAMP)
 chaos: setup
 	KNOCK_SINK_CHAOS_FULL=1 $(BIN)/python -m pytest -m chaos -s
 
-## bench: the performance comparison (see README, Performance)
+## bench: the performance comparison (see docs/performance.md)
 bench: setup
 	$(BIN)/python -m bench.run
 
-## fuzz: decode -> events -> mapping under atheris, $(FUZZ_RUNS) inputs (see README, Fuzzing)
+## fuzz: decode -> events -> mapping under atheris, $(FUZZ_RUNS) inputs (see docs/development.md, Fuzzing)
 FUZZ_RUNS ?= 2000000
 fuzz: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[fuzz]'

@@ -1,1 +1,1 @@
-"""Benchmarks: ``python -m bench.run`` (see README, Performance)."""
+"""Benchmarks: ``python -m bench.run`` (see docs/performance.md)."""

@@ -73,7 +73,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "live": ([100], 4.0),
         "spill": (2_000, 400),
     },
-    # The sizes (see README, Performance, for the run times on the reference machine).
+    # The sizes (docs/performance.md has the run times on the reference machine).
     "full": {
         "main": (500_000, 50_000),
         "naive": 5_000,
@@ -442,7 +442,7 @@ def case_limits(
 ) -> dict[str, Any]:
     n, users = sc[case]
     topic = env.topic(case, n, users)
-    # Default settings: the backfill holds folded users (README, Running) and deep-folds the
+    # Default settings: the backfill holds folded users (docs/backfills.md) and deep-folds the
     # generated nested traits (the default knock.nested_merge). --limits-args adds flags.
     flags = [*sc.get("limits_args", [])]
     api = env.api["knock"]

@@ -3,7 +3,7 @@
 Under Knock's limits a bulk call leaves at most once a second (tier 1, see
 :mod:`consumer.limits`). A plan cut before that call may leave waits in flight for the limiter,
 frozen, while the events that arrive meanwhile queue behind it for the call after: each event
-then waits for two calls instead of one (the before-figures of README, Freshness). So a plan is
+then waits for two calls instead of one (docs/performance.md, Freshness). So a plan is
 cut when its bulk call could leave now, and carries everything read until then.
 
 ``sink.flush_interval`` is the other end of the trade-off: the least time between two cuts.
