@@ -41,7 +41,10 @@ def test_exact_order_is_a_merge_by_event_time_that_waits_for_every_unfinished_pa
         positions=lambda tps: {tp: positions.get(tp, 0) for tp in tps},
         clock=lambda: 0.0,
     )
-    add = lambda name, tp, off, t: order.add(name, tp, off, (name[0],), lambda: t)
+
+    def add(name: str, tp: Any, off: int, t: float) -> None:
+        order.add(name, tp, off, (name[0],), lambda: t)
+
     add("a3", P[0], 0, 3.0)
     add("b1", P[1], 0, 1.0)
     order.step()
