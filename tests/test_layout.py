@@ -97,3 +97,8 @@ def test_the_package_has_no_import_cycle():
 
     for name in sorted(graph):
         visit(name, [])
+
+
+def test_the_settings_import_nothing_of_the_pipeline():
+    # Every stage reads its settings; settings that imported a stage would tie them in a circle.
+    assert import_graph()["consumer.config"] <= {"consumer.errors", "consumer.limits"}
