@@ -532,7 +532,7 @@ def test_client_closes_only_the_pool_it_owns() -> None:
     client_with_injected.close()
     assert not injected.is_closed
     owned = KnockClient(api_key=KEY, base_url=BASE, limits=RateLimits("off"))
-    pool = owned._http
+    pool = owned._transport._http
     owned.close()
     assert pool.is_closed
 

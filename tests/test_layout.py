@@ -14,7 +14,7 @@ PACKAGE = Path(consumer.__file__).parent
 #: the package).
 EDGES = {
     "confluent_kafka": {"source.py", "deadletter.py", "demo.py", "avro.py", "repartition.py"},
-    "httpx": {"knock.py", "demo.py"},
+    "httpx": {"knock/transport.py", "demo.py"},
 }
 
 
