@@ -77,7 +77,7 @@ def _keyed_add(order: EventOrder, out: list[str]):
 def test_a_topic_whose_records_carry_their_users_id_as_key_counts_as_keyed_and_goes_on_as_read(
     monkeypatch,
 ):
-    monkeypatch.setattr("consumer.ordering.KEYED_AFTER", 3)
+    monkeypatch.setattr("consumer.ordering.exact.KEYED_AFTER", 3)
     out: list[str] = []
     order = EventOrder(out.append, ends={P[0]: 9, P[1]: 9}, clock=lambda: 0.0)
     add = _keyed_add(order, out)
@@ -93,7 +93,7 @@ def test_a_topic_whose_records_carry_their_users_id_as_key_counts_as_keyed_and_g
 
 @pytest.mark.parametrize("key", [None, b"someone-else"])
 def test_one_record_without_its_users_id_as_key_and_the_topic_is_ordered(monkeypatch, key):
-    monkeypatch.setattr("consumer.ordering.KEYED_AFTER", 3)
+    monkeypatch.setattr("consumer.ordering.exact.KEYED_AFTER", 3)
     out: list[str] = []
     order = EventOrder(out.append, ends={P[0]: 9, P[1]: 9}, clock=lambda: 0.0)
     add = _keyed_add(order, out)
