@@ -54,9 +54,9 @@ def plan_of(users: list[str], seq: itertools.count) -> Any:
 
 
 def test_plans_applied_side_by_side_share_the_entity_gap_memory_safely(monkeypatch):
-    # Found by the 5M-event benchmark: two plans in flight pruned and filled the same map
-    # ("dictionary changed size during iteration"). Frequent thread switches and a map that
-    # never ages out make the race show every time without the lock.
+    # Two plans in flight pruning and filling the same map raised "dictionary changed size
+    # during iteration". Frequent thread switches and a map that never ages out make the race
+    # show every time without the lock.
     monkeypatch.setattr(entity_gap_mod, "PRUNE_AT", 500)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
