@@ -5,11 +5,13 @@ every pending op.
 fetching (and the consumer's group membership) goes on while Knock is slow, retried or
 rate-limited; their users are disjoint (see ``busy`` in :meth:`consumer.plan.Planner.cut`), so
 per-user order holds. Within a plan, :class:`Applier` runs the levels one after another; the
-steps inside a level touch disjoint users and run concurrently. An op counts as *done* only when Knock applied it: for bulk identify that means
-the bulk operation finished and the user is in neither its ``error_items`` nor the
-``x-ratelimited-*`` header. When an op of a user does not apply, every later op of that user
-(and any merge involving it) in the same plan is handed back untouched, so per-user order holds
-across retries.
+steps inside a level touch disjoint users and run concurrently (the action steps through
+:class:`~consumer.apply_actions.ActionRunner`). An op counts as *done* only when Knock applied
+it: for bulk identify that means the bulk operation finished and the user is in neither its
+``error_items`` nor the ``x-ratelimited-*`` header. When an op of a user does not apply, every
+later op of that user (and any merge involving it) in the same plan is handed back untouched,
+so per-user order holds across retries. What became of each op is an
+:class:`~consumer.outcome.Outcome`.
 """
 
 from __future__ import annotations
