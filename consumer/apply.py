@@ -5,30 +5,32 @@ every pending op.
 fetching (and the consumer's group membership) goes on while Knock is slow, retried or
 rate-limited; their users are disjoint (see ``busy`` in :meth:`consumer.plan.Planner.cut`), so
 per-user order holds. Within a plan, :class:`Applier` runs the levels one after another; the
-steps inside a level touch disjoint users and run concurrently. An op counts as *done* only when Knock applied it: for bulk identify that means
-the bulk operation finished and the user is in neither its ``error_items`` nor the
-``x-ratelimited-*`` header. When an op of a user does not apply, every later op of that user
-(and any merge involving it) in the same plan is handed back untouched, so per-user order holds
-across retries.
+steps inside a level touch disjoint users and run concurrently (the action steps through
+:class:`~consumer.apply_actions.ActionRunner`). An op counts as *done* only when Knock applied
+it: for bulk identify that means the bulk operation finished and the user is in neither its
+``error_items`` nor the ``x-ratelimited-*`` header. When an op of a user does not apply, every
+later op of that user (and any merge involving it) in the same plan is handed back untouched,
+so per-user order holds across retries. What became of each op is an
+:class:`~consumer.outcome.Outcome`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-
-import orjson
 
 from .apply_actions import ActionRunner
+from .entity_gap import EntityGap
 from .errors import ItemError, RetryableError
 from .knock import KnockClient
 from .limits import ENTITY_GAP
 from .ops import Merge
-from .plan import Entry, Level, MergeStep, Pending, Plan
+from .outcome import Outcome, Rejections, reason
+from .plan import Entry, Level, MergeStep, Plan
+
+__all__ = ["PLANS_IN_FLIGHT", "SWITCH_INTERVAL", "Applier", "Flight", "Outcome"]
 
 log = logging.getLogger("knock_sink.apply")
 
@@ -39,37 +41,8 @@ PLANS_IN_FLIGHT = 2
 #: CPython's default is 5 ms). The loop's thread is busy reading most of the time, and every
 #: request a worker makes needs the interpreter lock a few times (to send, to read the answer,
 #: to take the next task): at 5 ms a wait, a plan's singles and its bulk call took longer than
-#: Knock's second. Measured on the benchmark's 1M-event default backfill, in alternated pairs:
-#: 157 and 161 s at 5 ms, 124 and 121 s at 1 ms (twice the bulk calls in the first 90 s); with
-#: limits off, 45 to 50 s either way.
+#: Knock's second, and a backfill under Knock's limits made fewer bulk calls than it could.
 SWITCH_INTERVAL = 0.001
-#: Users remembered for the entity gap before the old ones are forgotten.
-PRUNE_AT = 200_000
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What became of a plan. ``retry`` pairs each pending with the delay before it may be sent
-    again; ``dead`` pairs it with the dead-letter kind and reason."""
-
-    done: list[Pending] = field(default_factory=list)
-    retry: list[tuple[Pending, float]] = field(default_factory=list)
-    dead: list[tuple[Pending, str, str]] = field(default_factory=list)
-    users_sent: int = 0
-    calls: dict[str, int] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def count(self, operation: str, users: int = 0) -> None:
-        with self._lock:
-            self.calls[operation] = self.calls.get(operation, 0) + 1
-            self.users_sent += users
-
-
-def _reason(exc: ItemError) -> str:
-    """The dead-letter reason: our one line, then Knock's error body as Knock sent it."""
-    if exc.body is None:
-        return str(exc)
-    return f"{exc} | {orjson.dumps(exc.body).decode()}"
 
 
 def _chunks(items: list[Entry], size: int) -> Iterator[list[Entry]]:
@@ -79,7 +52,8 @@ def _chunks(items: list[Entry], size: int) -> Iterator[list[Entry]]:
 
 class Applier:
     """Runs plans. :meth:`apply` may run for two plans at once on disjoint users (see
-    :class:`Flight`): what they share (the entity-gap memory) is locked.
+    :class:`Flight`): what they share (the :class:`~consumer.entity_gap.EntityGap`, the
+    :class:`~consumer.outcome.Rejections`) is safe to share between threads.
 
     :param singles: at most this many entries of a level go through single identify instead of
         bulk (Knock paces the two endpoints separately, so both budgets add up), and entries
@@ -99,28 +73,14 @@ class Applier:
     ) -> None:
         self._knock = knock
         self._bulk_size = bulk_size
-        self._item_attempts = item_attempts
         self._singles = singles
-        self._gap = entity_gap
         self._clock = clock
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="knock")
-        # Shared by the plans applied side by side: read, written and pruned under the lock.
-        self._last_bulk: dict[str, float] = {}
-        self._last_bulk_lock = threading.Lock()
+        self._gap = EntityGap(entity_gap, clock=clock)
+        self._rejections = Rejections(item_attempts)
         self._actions = ActionRunner(
-            knock,
-            self._pool,
-            bulk_size=bulk_size,
-            entity_gap=entity_gap,
-            last_bulk=self._last_bulk,
-            lock=self._last_bulk_lock,
-            failed=self._failed,
-            clock=clock,
+            knock, self._pool, bulk_size=bulk_size, gap=self._gap, rejections=self._rejections
         )
-        # Users whose last op Knock rejected until it was dead-lettered. Their later ops get one
-        # attempt each until one applies: a fresh backoff series per op would hold the
-        # partition's commits for (that user's ops) x (the whole series).
-        self._rejected: set[str] = set()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -135,32 +95,32 @@ class Applier:
         return out
 
     def _apply_level(self, level: Level, blocked: set[str], out: Outcome) -> None:
-        bulk: list[Entry] = []
-        singles: list[Entry] = []
+        gap = self._gap
         now = self._clock()
         # The gap is Knock's, counted when the bulk call arrives: the limiter may hold this one
         # back (a plan is started while the previous call's answer is still being waited for),
         # and a user whose last bulk call will be a second old by then may go in bulk.
-        leaves = now + (self._knock.ready_in("bulk_identify") if self._gap else 0.0)
-        with self._last_bulk_lock:
-            for entry in level.identifies:
-                if entry.user_id in blocked:
-                    out.retry.extend((p, 0.0) for p in entry.items)
-                elif self._gap and leaves - self._last_bulk.get(entry.user_id, -1e9) < self._gap:
-                    singles.append(entry)
-                else:
-                    bulk.append(entry)
+        leaves = now + (self._knock.ready_in("bulk_identify") if gap else 0.0)
+        entries: list[Entry] = []
+        for entry in level.identifies:
+            if entry.user_id in blocked:
+                out.retry.extend((p, 0.0) for p in entry.items)
+            else:
+                entries.append(entry)
+        recent = gap.recent([e.user_id for e in entries], leaves)
+        bulk = [e for e in entries if e.user_id not in recent]
+        singles = [e for e in entries if e.user_id in recent]
         room = max(0, self._singles - len(singles))
         if room and len(bulk) > self._bulk_size:
             # Past one bulk call the next waits a whole second for Knock's tier-1 budget,
             # while single identify has its own budget: spend it on the overflow.
             singles.extend(bulk[self._bulk_size : self._bulk_size + room])
             del bulk[self._bulk_size : self._bulk_size + room]
-        if self._gap:
-            self._remember_bulk(bulk, now)
-        tasks: list[Future[None]] = []
-        for chunk in _chunks(bulk, self._bulk_size):
-            tasks.append(self._pool.submit(self._bulk, chunk, blocked, out))
+        gap.stamp([e.user_id for e in bulk], now)
+        tasks: list[Future[None]] = [
+            self._pool.submit(self._bulk, chunk, blocked, out)
+            for chunk in _chunks(bulk, self._bulk_size)
+        ]
         tasks.extend(self._pool.submit(self._single, e, blocked, out) for e in singles)
         for step in level.merges:
             op = step.pending.op
@@ -182,36 +142,11 @@ class Applier:
         if level.actions:
             self._actions.run(level.actions, blocked, out)
 
-    def _remember_bulk(self, entries: list[Entry], now: float) -> None:
-        with self._last_bulk_lock:
-            for e in entries:
-                self._last_bulk[e.user_id] = now
-            if len(self._last_bulk) > PRUNE_AT:
-                cutoff = now - self._gap
-                kept = {u: t for u, t in self._last_bulk.items() if t >= cutoff}
-                self._last_bulk.clear()  # in place: the action runner holds this dict too
-                self._last_bulk.update(kept)
-
     # Tasks run on the pool; list.append and set.add are atomic under the GIL, which is all
     # the sharing they do.
 
-    def _failed(
-        self, entry_items: list[Pending], user: str, why: str, blocked: set[str], out: Outcome
-    ) -> None:
-        blocked.add(user)
-        rejected_before = user in self._rejected
-        for p in entry_items:
-            p.attempts += 1
-            if p.attempts >= self._item_attempts or rejected_before:
-                out.dead.append((p, "knock_rejected", why))
-                if len(self._rejected) > 100_000:
-                    self._rejected.clear()
-                self._rejected.add(user)
-            else:
-                out.retry.append((p, min(30.0, 2.0**p.attempts)))
-
     def _applied(self, entry: Entry, out: Outcome) -> None:
-        self._rejected.discard(entry.user_id)
+        self._rejections.applied(entry.user_id)
         out.done.extend(entry.items)
 
     def _bulk(self, chunk: list[Entry], blocked: set[str], out: Outcome) -> None:
@@ -230,11 +165,11 @@ class Applier:
         out.count("bulk_identify", len(chunk))
         if self._gap:
             # Knock's gap runs from when it took the call, after the limiter's wait: stamp again.
-            self._remember_bulk(chunk, self._clock())
+            self._gap.stamp([e.user_id for e in chunk], self._clock())
         limited = set(result.rate_limited)
         for e in chunk:
             if e.user_id in result.failed:
-                self._failed(e.items, e.user_id, result.failed[e.user_id], blocked, out)
+                self._rejections.failed(e.items, e.user_id, result.failed[e.user_id], blocked, out)
             elif e.user_id in limited:
                 blocked.add(e.user_id)
                 out.retry.extend((p, ENTITY_GAP) for p in e.items)
@@ -249,7 +184,7 @@ class Applier:
             return
         except ItemError as exc:
             blocked.add(entry.user_id)
-            out.dead.extend((p, "knock_rejected", _reason(exc)) for p in entry.items)
+            out.dead.extend((p, "knock_rejected", reason(exc)) for p in entry.items)
             return
         finally:
             out.count("identify", 1)
@@ -265,7 +200,7 @@ class Applier:
             out.retry.append((step.pending, 0.0))
             return
         except ItemError as exc:
-            out.dead.append((step.pending, "knock_rejected", _reason(exc)))
+            out.dead.append((step.pending, "knock_rejected", reason(exc)))
             return
         finally:
             out.count("merge")

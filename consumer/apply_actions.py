@@ -18,32 +18,22 @@ whole is tried item by item to find the culprit. 401/403 raise :class:`FatalKnoc
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .entity_gap import EntityGap
 from .errors import ItemError, RetryableError
 from .knock import BulkResult, KnockClient
 from .limits import ENTITY_GAP, MAX_SUBSCRIPTION_RECIPIENTS
 from .ops import Audience, Delete, SetObject, SetTenant, Subscribe, Trigger, entities
+from .outcome import Outcome, Rejections, reason
 from .plan import ActionStep, Pending
-
-if TYPE_CHECKING:
-    from .apply import Outcome
 
 #: The order of kinds within a level (Knock's Sources: identify, which the applier has run
 #: already, then these).
 ORDER = (Delete, SetObject, SetTenant, Subscribe, Audience, Trigger)
-Failed = Callable[[list[Pending], str, str, set[str], "Outcome"], None]
-
-
-def _reason(exc: ItemError) -> str:
-    from .apply import _reason as reason  # one wording for every dead letter from Knock
-
-    return reason(exc)
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -67,10 +57,12 @@ def _inline(user_id: str, props: dict[str, Any]) -> dict[str, Any]:
 
 
 class ActionRunner:
-    """Runs the action steps of one level; shares the applier's pool and entity-gap memory.
+    """Runs the action steps of one level; shares the applier's pool, its entity-gap memory and
+    its handling of items Knock rejected inside a bulk operation.
 
-    :param failed: the applier's handling of an item Knock rejected inside a bulk operation
-        (retried with backoff, dead-lettered after ``item_attempts``).
+    :param gap: when each entity was last in a bulk call (waited out before the next).
+    :param rejections: retries an item Knock rejected with backoff and dead-letters it after
+        ``item_attempts``.
     """
 
     def __init__(
@@ -79,20 +71,14 @@ class ActionRunner:
         pool: ThreadPoolExecutor,
         *,
         bulk_size: int,
-        entity_gap: float,
-        last_bulk: dict[str, float],
-        lock: threading.Lock,
-        failed: Failed,
-        clock: Callable[[], float] = time.monotonic,
+        gap: EntityGap,
+        rejections: Rejections,
     ) -> None:
         self._knock = knock
         self._pool = pool
         self._bulk_size = bulk_size
-        self._gap = entity_gap
-        self._last_bulk = last_bulk
-        self._lock = lock
-        self._failed = failed
-        self._clock = clock
+        self._gap = gap
+        self._rejections = rejections
 
     def run(self, steps: list[ActionStep], blocked: set[str], out: Outcome) -> None:
         by_kind: dict[type, list[Pending]] = defaultdict(list)
@@ -153,26 +139,6 @@ class ActionRunner:
 
     # -- bulk routes ---------------------------------------------------------------------------
 
-    def _wait_gap(self, keys: list[str]) -> None:
-        if not self._gap:
-            return
-        now = self._clock()
-        with self._lock:
-            latest = max((self._last_bulk.get(k, -1e9) for k in keys), default=-1e9)
-        delay = latest + self._gap - now
-        if delay > 0:
-            # Knock would skip these entities now: a short wait costs less than a retry round.
-            time.sleep(min(delay, self._gap))
-        self._stamp(keys)
-
-    def _stamp(self, keys: list[str]) -> None:
-        if not self._gap:
-            return
-        with self._lock:
-            stamp = self._clock()
-            for k in keys:
-                self._last_bulk[k] = stamp
-
     def _send_bulk(self, kind: type, collection: str | None, chunk: list[Pending]) -> BulkResult:
         ops = [p.op for p in chunk]
         if kind is Delete:
@@ -194,7 +160,7 @@ class ActionRunner:
     ) -> None:
         chunk = self._one_per_entity(chunk, blocked, out)
         keys = [entities(p.op)[0] for p in chunk]
-        self._wait_gap(keys)
+        self._gap.wait_out(keys)
         name = {Delete: "bulk_delete_users", SetTenant: "bulk_set_tenants"}.get(
             kind, "bulk_set_objects"
         )
@@ -205,21 +171,20 @@ class ActionRunner:
             return
         except ItemError as exc:
             if len(chunk) == 1:
-                self._dead(chunk[0], _reason(exc), blocked, out)
+                self._dead(chunk[0], reason(exc), blocked, out)
             else:
-                with self._lock:  # refused whole: Knock updated none of them
-                    for k in keys:
-                        self._last_bulk.pop(k, None)
+                self._gap.forget(keys)  # refused whole: Knock updated none of them
                 for p in chunk:
                     self._bulk(kind, collection, [p], blocked, out)
             return
         out.count(name)
-        self._stamp(keys)  # Knock's gap runs from when it took the call, after the limiter's wait
+        # Knock's gap runs from when it took the call, after the limiter's wait.
+        self._gap.stamp(keys)
         limited = set(result.rate_limited)
         for p, key in zip(chunk, keys, strict=True):
             ident = _bulk_id(p)
             if ident in result.failed:
-                self._failed([p], key, result.failed[ident], blocked, out)
+                self._rejections.failed([p], key, result.failed[ident], blocked, out)
             elif ident in limited:
                 blocked.add(key)
                 out.retry.append((p, ENTITY_GAP))
@@ -312,7 +277,7 @@ class ActionRunner:
                     alone(p)
             else:
                 for p in chunk:
-                    self._dead(p, _reason(exc), blocked, out)
+                    self._dead(p, reason(exc), blocked, out)
             return
         finally:
             out.count(name)

@@ -64,4 +64,6 @@ def call_for(op: Op) -> Call:
     """The call one op takes on its own: an identify as a bulk call of one entry."""
     if isinstance(op, Identify):
         return bulk_identify([op])
-    return merge(op)
+    if isinstance(op, Merge):
+        return merge(op)
+    raise TypeError(f"no single call carries a {type(op).__name__}")

@@ -25,7 +25,10 @@ from pydantic import (
 
 from .errors import ConfigError
 from .limits import MAX_BULK, RateLimitMode
-from .plan import NestedMerge
+
+#: What the Knock environment does with nested objects on upsert (``knock.nested_merge``); the
+#: planner and a backfill's held users fold updates by it.
+NestedMerge = Literal["either", "deep"]
 
 DEFAULT_BASE_URL = "https://api.knock.app"
 DEFAULT_GROUP_ID = "knock-sink"

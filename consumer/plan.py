@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from types import MappingProxyType
-from typing import Any, Literal, cast
+from typing import Any, cast
 
+from consumer.config import NestedMerge as NestedMerge  # backlog imports it from here too
 from consumer.ops import Action, Identify, Merge, Op, entities
 
 
@@ -115,9 +116,6 @@ class Plan:
 
 def _users(op: Op) -> tuple[str, ...]:
     return entities(op)
-
-
-NestedMerge = Literal["either", "deep"]
 
 
 def _can_fold(into: dict[str, Any], props: dict[str, Any]) -> bool:

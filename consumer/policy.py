@@ -32,8 +32,7 @@ Sleeper = Callable[[float, threading.Event | None], None]
 #: from when it left: Knock stamps a request somewhere between the two, and any delay between
 #: our send time and Knock's stamp (thread scheduling in a busy process, the network, a busy
 #: server) shortens the gap Knock sees. Pacing from send times with a 3 % margin
-#: still drew 429s on a loaded machine (README, 2 of ~140 bulk calls): 30 ms of jitter was
-#: enough. From the answer no jitter can shorten the gap, at the cost of a call's response time
+#: still drew 429s on a loaded machine: 30 ms of jitter was enough. From the answer no jitter can shorten the gap, at the cost of a call's response time
 #: (the bulk route answers 202 before the work is done).
 KNOCK_WINDOW: Final = 1.005
 #: Each 429 widens a limiter's window by this much, up to :data:`MAX_WINDOW`: the jitter between

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import orjson
 
-import consumer.apply as apply_mod
+import consumer.entity_gap as entity_gap_mod
 from consumer.apply import Applier
 from consumer.knock import KnockClient
 from consumer.ops import Identify
@@ -54,10 +54,10 @@ def plan_of(users: list[str], seq: itertools.count) -> Any:
 
 
 def test_plans_applied_side_by_side_share_the_entity_gap_memory_safely(monkeypatch):
-    # Found by the 5M-event benchmark: two plans in flight pruned and filled the same map
-    # ("dictionary changed size during iteration"). Frequent thread switches and a map that
-    # never ages out make the race show every time without the lock.
-    monkeypatch.setattr(apply_mod, "PRUNE_AT", 500)
+    # Two plans in flight pruning and filling the same map raised "dictionary changed size
+    # during iteration". Frequent thread switches and a map that never ages out make the race
+    # show every time without the lock.
+    monkeypatch.setattr(entity_gap_mod, "PRUNE_AT", 500)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
@@ -85,7 +85,7 @@ def test_without_limits_nothing_is_remembered_for_the_entity_gap():
     applier = Applier(knock_answering_completed(), bulk_size=5, concurrency=2, item_attempts=3)
     out = applier.apply(plan_of([f"u{j}" for j in range(12)], itertools.count()))
     applier.close()
-    assert len(out.done) == 12 and applier._last_bulk == {}
+    assert len(out.done) == 12 and len(applier._gap) == 0
 
 
 # -- the applier's rules, one scenario each, against a scripted Knock -------------------------
@@ -197,7 +197,7 @@ def test_a_user_in_error_items_is_retried_with_backoff_then_dead_lettered():
         (3, 0.0, 0),
     ]
     first = [p for p, _ in out.retry if p.seq == 1]
-    for attempt in (2, 3):
+    for _attempt in (2, 3):
         out = a.apply(cut_from(first))
         first = [p for p, _ in out.retry]
     assert [(p.seq, kind) for p, kind, _ in out.dead] == [(1, "knock_rejected")]

@@ -1,5 +1,5 @@
-"""The layout rules the code relies on: I/O libraries only at the edges, and the emulator and
-the sink independent of each other."""
+"""The layout rules the code relies on: I/O libraries only at the edges, the emulator and the
+sink independent of each other, and no import cycle."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import consumer
 
 PACKAGE = Path(consumer.__file__).parent
 
-#: Third-party I/O library -> the sink modules allowed to import it at run time.
+#: Third-party I/O library -> the sink modules allowed to import it at run time (paths inside
+#: the package).
 EDGES = {
     "confluent_kafka": {"source.py", "deadletter.py", "demo.py", "avro.py", "repartition.py"},
-    "httpx": {"knock.py", "demo.py"},
+    "httpx": {"knock/transport.py", "demo.py"},
 }
 
 
@@ -30,19 +31,74 @@ def imports(path: Path) -> set[str]:
     return names
 
 
+def sink_modules() -> list[Path]:
+    """Every module of the sink: the package and its subpackages but the emulator."""
+    return [p for p in PACKAGE.rglob("*.py") if "emulator" not in p.relative_to(PACKAGE).parts]
+
+
 def test_io_libraries_are_imported_only_at_the_edges():
-    for path in PACKAGE.glob("*.py"):
+    for path in sink_modules():
+        name = path.relative_to(PACKAGE).as_posix()
         imported = imports(path)
         for lib, allowed in EDGES.items():
             if lib in imported:
-                assert path.name in allowed, f"{path.name} imports {lib}"
+                assert name in allowed, f"{name} imports {lib}"
 
 
 def test_the_sink_never_imports_the_emulator_outside_the_cli_and_demo():
-    for path in PACKAGE.glob("*.py"):
+    for path in sink_modules():
         if path.name in {"cli.py", "demo.py"}:
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
                 assert "emulator" not in (node.module or ""), f"{path.name} imports the emulator"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, wherever the import stands (in a function,
+    under ``TYPE_CHECKING``): an import moved into a function still ties the two modules."""
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = here[: len(here) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                submodules = {f"{target}.{a.name}" for a in node.names} & paths.keys()
+                # `from . import x` imports the module x, not the package around it.
+                deps |= submodules or ({target} & paths.keys())
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("consumer"):
+                deps |= {node.module} & paths.keys()
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            cycle = [*path[path.index(name) :], name]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if name in done:
+            return
+        for dep in sorted(graph[name]):
+            visit(dep, [*path, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+
+
+def test_the_settings_import_nothing_of_the_pipeline():
+    # Every stage reads its settings; settings that imported a stage would tie them in a circle.
+    assert import_graph()["consumer.config"] <= {"consumer.errors", "consumer.limits"}

@@ -41,7 +41,10 @@ def test_exact_order_is_a_merge_by_event_time_that_waits_for_every_unfinished_pa
         positions=lambda tps: {tp: positions.get(tp, 0) for tp in tps},
         clock=lambda: 0.0,
     )
-    add = lambda name, tp, off, t: order.add(name, tp, off, (name[0],), lambda: t)
+
+    def add(name: str, tp: Any, off: int, t: float) -> None:
+        order.add(name, tp, off, (name[0],), lambda: t)
+
     add("a3", P[0], 0, 3.0)
     add("b1", P[1], 0, 1.0)
     order.step()
@@ -74,7 +77,7 @@ def _keyed_add(order: EventOrder, out: list[str]):
 def test_a_topic_whose_records_carry_their_users_id_as_key_counts_as_keyed_and_goes_on_as_read(
     monkeypatch,
 ):
-    monkeypatch.setattr("consumer.ordering.KEYED_AFTER", 3)
+    monkeypatch.setattr("consumer.ordering.exact.KEYED_AFTER", 3)
     out: list[str] = []
     order = EventOrder(out.append, ends={P[0]: 9, P[1]: 9}, clock=lambda: 0.0)
     add = _keyed_add(order, out)
@@ -90,7 +93,7 @@ def test_a_topic_whose_records_carry_their_users_id_as_key_counts_as_keyed_and_g
 
 @pytest.mark.parametrize("key", [None, b"someone-else"])
 def test_one_record_without_its_users_id_as_key_and_the_topic_is_ordered(monkeypatch, key):
-    monkeypatch.setattr("consumer.ordering.KEYED_AFTER", 3)
+    monkeypatch.setattr("consumer.ordering.exact.KEYED_AFTER", 3)
     out: list[str] = []
     order = EventOrder(out.append, ends={P[0]: 9, P[1]: 9}, clock=lambda: 0.0)
     add = _keyed_add(order, out)
