@@ -142,7 +142,8 @@ def _avro_values(url: str, topic: str) -> list[bytes]:
 
 def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic  # where the stubs declare it
 
     admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the future below
     admin.create_topics([NewTopic(topic, 3)])[topic].result(30)

@@ -94,7 +94,11 @@ async def tenants(request: Request, em: Emulator) -> Response:
 async def objects(request: Request, em: Emulator) -> Response:
     """Every object outside ``$tenants``, by collection then creation."""
     return json_response(
-        [render_object(c, i, *rest) for c, i, *rest in em.store.all_objects() if c != TENANTS]
+        [
+            render_object(c, i, data, created, updated)
+            for c, i, data, created, updated in em.store.all_objects()
+            if c != TENANTS
+        ]
     )
 
 

@@ -25,9 +25,18 @@ from consumer.emulator import EmulatorServer
 
 from .helpers import wait_until
 
-SPEC_PATH = Path(
-    os.environ.get("KNOCK_OPENAPI", Path(__file__).parents[3] / "shared" / "knock" / "openapi.yml")
-)
+
+def _spec_path() -> Path:
+    if "KNOCK_OPENAPI" in os.environ:
+        return Path(os.environ["KNOCK_OPENAPI"])
+    # shared/ sits beside the checkout, whose depth differs (a clone, a worktree).
+    for parent in Path(__file__).parents:
+        if (candidate := parent / "shared" / "knock" / "openapi.yml").is_file():
+            return candidate
+    return Path(__file__).parents[3] / "shared" / "knock" / "openapi.yml"
+
+
+SPEC_PATH = _spec_path()
 
 
 @pytest.fixture(scope="module")
