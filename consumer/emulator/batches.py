@@ -23,7 +23,7 @@ def entity_limit(
     limited_keys = em.entities.admit(keyed)
     if not limited_keys:
         return set(), {}
-    limited = {i for i, k in zip(ids, keyed) if k in limited_keys}
+    limited = {i for i, k in zip(ids, keyed, strict=True) if k in limited_keys}
     named = list(dict.fromkeys(i for i in ids if i in limited))
     return limited, {header: ",".join(named)}
 

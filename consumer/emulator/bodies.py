@@ -10,7 +10,9 @@ reason is beside the type: ids follow Knock's id rules; a ``oneOf`` whose branch
 (an object recipient is also a valid inline user; any ``connections`` list fits Slack,
 Teams and Discord channel data) is told apart the way Knock does, by ``collection``, or
 accepted when any branch fits, since Knock picks the branch from the channel's provider,
-which the emulator does not know; and the tenant branding URLs, plain strings in the request
+which the emulator does not know; ``oneOf``/``anyOf [X, {nullable: true}]`` is read as
+"X or null", as meant (taken literally, a bare ``{nullable: true}`` admits any value, and a
+valid X would then match two branches of the ``oneOf``); and the tenant branding URLs, plain strings in the request
 schema, are URIs in the ``Tenant`` Knock answers with.
 
 Bodies are only validated here; the routes keep working on the JSON they received, so what

@@ -9,6 +9,7 @@ sees an operation half applied; an op is ``queued`` until it is applied in full,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import uuid
 from collections import Counter
@@ -60,10 +61,8 @@ class BulkOperations:
         """Apply what is still queued, then stop: an accepted op is not lost on shutdown."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         while self._queue is not None and not self._queue.empty():
             self._apply(self._queue.get_nowait())
 

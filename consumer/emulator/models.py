@@ -138,9 +138,7 @@ def render_user(user_id: str, data: dict[str, Any], updated_at: str) -> dict[str
     out: dict[str, Any] = {"__typename": "User", "id": user_id}
     for key in RESERVED_FIELDS:
         out[key] = None
-    for key, value in data.items():
-        if key not in SPECIAL_FIELDS:
-            out[key] = value
+    out.update((key, value) for key, value in data.items() if key not in SPECIAL_FIELDS)
     out["updated_at"] = updated_at
     return out
 

@@ -186,9 +186,11 @@ def test_401_without_the_right_key(emulator: EmulatorServer, headers: dict[str, 
 
 
 def test_401_through_the_sdk(emulator: EmulatorServer) -> None:
-    with Knock(api_key="sk_wrong", base_url=emulator.url, max_retries=0) as knock:
-        with pytest.raises(knockapi.AuthenticationError):
-            knock.users.get("u1")
+    with (
+        Knock(api_key="sk_wrong", base_url=emulator.url, max_retries=0) as knock,
+        pytest.raises(knockapi.AuthenticationError),
+    ):
+        knock.users.get("u1")
     assert emulator.stats()["requests"] == {"GET /v1/users/{user_id}": {"401": 1}}
 
 
