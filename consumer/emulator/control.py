@@ -75,6 +75,7 @@ async def stats(request: Request, em: Emulator) -> Response:
         "subscriptions": len(em.store.memberships.subscriptions()),
         "audience_members": len(em.store.memberships.members()),
         "deleted_users": len(em.store.deleted_users()),
+        "refused": {k: dict(v) for k, v in em.stats.refused.items()},
     }
     if request.query_params.get("by_user") in ("1", "true"):
         body["identify_entries_by_user"] = dict(em.stats.identify_by_user)

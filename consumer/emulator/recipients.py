@@ -19,15 +19,21 @@ _REQUEST_ONLY = frozenset({"$trigger_data"})
 REFUSED = "the user data was rejected"
 
 
-def refused(fields: list[str]) -> KnockHTTPError:
+class Refused(KnockHTTPError):
     """Knock's answer to user data it will not store: one 422 ``invalid_params`` naming
-    every refused user (the same body as any other invalid parameter)."""
-    return KnockHTTPError(
-        422,
-        "invalid_params",
-        "One or more parameters are invalid.",
-        errors=[{"field": f, "message": REFUSED, "type": "invalid"} for f in fields],
-    )
+    every refused user (the same body as any other invalid parameter).
+
+    ``user_ids`` are the refused users, counted by the route wrapper for the tests.
+    """
+
+    def __init__(self, fields: list[str], user_ids: list[str]) -> None:
+        super().__init__(
+            422,
+            "invalid_params",
+            "One or more parameters are invalid.",
+            errors=[{"field": f, "message": REFUSED, "type": "invalid"} for f in fields],
+        )
+        self.user_ids = user_ids
 
 
 def reject_failing_users(em: Emulator, users: Iterable[tuple[str, str]]) -> None:
@@ -38,9 +44,9 @@ def reject_failing_users(em: Emulator, users: Iterable[tuple[str, str]]) -> None
     failing = em.faults.settings.failing_users
     if not failing:
         return
-    fields = [f for f, uid in users if uid in failing]
-    if fields:
-        raise refused(fields)
+    named = [(f, uid) for f, uid in users if uid in failing]
+    if named:
+        raise Refused([f for f, _ in named], [uid for _, uid in named])
 
 
 def inline_users(recipients: Iterable[tuple[str, Any]]) -> list[tuple[str, str]]:

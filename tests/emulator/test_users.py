@@ -11,7 +11,7 @@ from knockapi import Knock
 
 from consumer.emulator import EmulatorServer
 
-from .helpers import make_knock, wait_bulk
+from .helpers import make_knock, wait_bulk, wait_until
 
 USER_KEYS = {
     "__typename",
@@ -246,6 +246,28 @@ def test_a_failing_user_is_refused_by_identify_and_not_stored(
     assert emulator.stats()["identify_entries"] == 0
     emulator.clear_faults()
     assert knock.users.update("bad", name="Fine").name == "Fine"
+
+
+def test_refusals_are_counted_by_route_and_user(
+    knock: Knock, http: httpx.Client, emulator: EmulatorServer
+) -> None:
+    emulator.set_faults(failing_users=["bad", "worse"])
+    with pytest.raises(knockapi.UnprocessableEntityError):
+        knock.users.update("bad", name="Bad")
+    with pytest.raises(knockapi.UnprocessableEntityError):
+        knock.users.merge("ok", from_user_id="worse")
+    op = knock.users.bulk.identify(users=[{"id": "ok"}, {"id": "bad"}, {"id": "bad"}])
+    wait_bulk(knock, op.id)
+    http.post("/v1/users/bulk/delete", json={"user_ids": ["worse"]}).raise_for_status()
+    wait_until(lambda: emulator.stats()["bulk_operations"]["completed"] == 2)
+    assert emulator.stats()["refused"] == {
+        "PUT /v1/users/{user_id}": {"bad": 1},
+        "POST /v1/users/{user_id}/merge": {"worse": 1},
+        "POST /v1/users/bulk/identify": {"bad": 2},
+        "POST /v1/users/bulk/delete": {"worse": 1},
+    }
+    emulator.reset()
+    assert emulator.stats()["refused"] == {}
 
 
 def test_a_failing_user_already_stored_is_not_changed(
