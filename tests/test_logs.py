@@ -262,11 +262,11 @@ def filtered_logger(window: float = 30.0) -> tuple[logging.Logger, Clock, Lines,
 
 def test_a_repeated_line_passes_once_then_once_a_window_with_the_count_held_back():
     logger, clock, lines, _ = filtered_logger()
-    fail = "FAIL [rdkafka#consumer-1] [thrd:h:1/bootstrap]: Connect failed (after %dms in state %s)"
+    fail = "FAIL [rdkafka#consumer-1] [thrd:h:1]: Connect failed (after %dms in state %s)"
     for ms in range(5):
         logger.error(fail, ms, "CONNECT")
     assert [r.getMessage() for r in lines.records] == [
-        "FAIL [rdkafka#consumer-1] [thrd:h:1/bootstrap]: Connect failed (after 0ms in state CONNECT)"
+        "FAIL [rdkafka#consumer-1] [thrd:h:1]: Connect failed (after 0ms in state CONNECT)"
     ]
     clock.now += 29.9
     logger.error(fail, 7, "CONNECT")
@@ -275,8 +275,8 @@ def test_a_repeated_line_passes_once_then_once_a_window_with_the_count_held_back
     logger.error(fail, 8, "CONNECT")
     last = lines.records[-1]
     assert last.getMessage() == (
-        "FAIL [rdkafka#consumer-1] [thrd:h:1/bootstrap]: Connect failed (after 8ms in state "
-        "CONNECT) (5 repeats suppressed in 30 s)"
+        "FAIL [rdkafka#consumer-1] [thrd:h:1]: Connect failed (after 8ms in state CONNECT) "
+        "(5 repeats suppressed in 30 s)"
     )
     assert json.loads(JsonFormatter(()).format(last))["suppressed"] == 5
     # Another state is another line, at once; the first one's window goes on.

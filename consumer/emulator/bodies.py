@@ -5,15 +5,18 @@ beside it), read with JSON Schema's meaning: a key that is absent is not a key t
 ``null``, so ``NotRequired[X]`` is "may be left out, never null" and ``NotRequired[X | None]``
 "may be left out or null". Undeclared keys are free (custom properties), as the spec says.
 
-Where the emulator is stricter than the spec, it is because Knock itself must be, and the
-reason is beside the type: ids follow Knock's id rules; a ``oneOf`` whose branches overlap
-(an object recipient is also a valid inline user; any ``connections`` list fits Slack,
-Teams and Discord channel data) is told apart the way Knock does, by ``collection``, or
-accepted when any branch fits, since Knock picks the branch from the channel's provider,
-which the emulator does not know; ``oneOf``/``anyOf [X, {nullable: true}]`` is read as
-"X or null", as meant (taken literally, a bare ``{nullable: true}`` admits any value, and a
-valid X would then match two branches of the ``oneOf``); and the tenant branding URLs, plain strings in the request
-schema, are URIs in the ``Tenant`` Knock answers with.
+Where the emulator departs from the letter of the spec, it is because Knock itself must, and
+the reason is beside the type:
+
+* ids follow Knock's id rules (:func:`.models.check_id`), where the spec says "string";
+* a ``oneOf`` whose branches overlap is told apart as Knock does: a recipient with a
+  ``collection`` is an object (it is also a valid inline user); channel data is accepted when
+  any shape fits (any ``connections`` list fits Slack, Teams and Discord alike; Knock picks
+  the shape from the channel's provider, which the emulator does not know);
+* ``oneOf``/``anyOf [X, {nullable: true}]`` is read as "X or null", as meant: taken
+  literally, a bare ``{nullable: true}`` admits any value;
+* the tenant branding URLs, plain strings in the request schema, are URIs, as in the
+  ``Tenant`` Knock answers with.
 
 Bodies are only validated here; the routes keep working on the JSON they received, so what
 is stored is exactly what was sent.
@@ -35,7 +38,7 @@ from .models import MAX_BULK_ITEMS, MAX_ID_LENGTH, KnockHTTPError
 
 
 def _id(value: str) -> str:
-    # Knock's id rules (https://docs.knock.app/concepts/users): the spec says only "string".
+    # The rules of models.check_id, with pydantic's error types.
     if not value:
         raise PydanticCustomError("required", "must be a non-empty string")
     if len(value) > MAX_ID_LENGTH or "/" in value or "#" in value:
@@ -144,7 +147,8 @@ class WorkflowSetting(TypedDict):
 
 
 # The spec's ``PreferenceSetWorkflowCategorySetting`` is ``oneOf [boolean, object]`` under a
-# ``type: object`` that no boolean passes; its own description and Knock's docs take ``true``.
+# ``type: object`` that no boolean passes; ``PreferenceSetRequest``'s own example has
+# ``"marketing": false`` among its categories.
 WorkflowCategory = bool | WorkflowSetting
 
 
@@ -315,7 +319,8 @@ class TenantSettings(TypedDict):
 
 
 class SetTenant(TypedDict):
-    """``SetTenantRequest``."""
+    """``SetTenantRequest``, with ``preferences`` typed as in ``TenantRequest`` (the inline
+    tenant): one resource, one shape."""
 
     channel_data: NotRequired[ChannelData | None]
     name: NotRequired[str | None]
