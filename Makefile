@@ -8,10 +8,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test test-fast chaos bench emulator clean fuzz
 
+# PYTHONWARNINGS: setuptools' notice on every editable install ("be careful with folders in
+# your working directory with the same name as your package"), which pip shows despite --quiet.
+QUIET_INSTALL := PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(BIN)/pip install --quiet
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(QUIET_INSTALL) -e '.[test,bench]'
 	touch $@
 
 setup: $(STAMP)
@@ -48,7 +52,7 @@ bench: setup
 ## fuzz: decode -> events -> mapping under atheris, $(FUZZ_RUNS) inputs (see docs/development.md, Fuzzing)
 FUZZ_RUNS ?= 2000000
 fuzz: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[fuzz]'
+	$(QUIET_INSTALL) -e '.[fuzz]'
 	mkdir -p .fuzz-artifacts
 	$(BIN)/python tests/fuzz.py -atheris_runs=$(FUZZ_RUNS) -max_len=2048 -print_final_stats=1 \
 	    -artifact_prefix=.fuzz-artifacts/

@@ -24,12 +24,12 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from .config import KafkaSettings
 from .errors import ConfigError
+from .logs import KAFKA_LOG
 from .metrics import Metrics
 from .records import DeadLetterWriter, Headers, Position, Record, RecordReader
 from .tracker import Handle
 
 log = logging.getLogger("knock_sink.deadletter")
-KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
 
 #: Header names; values are UTF-8 strings.
 H_KIND = "knock-sink.error.kind"

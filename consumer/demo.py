@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 TOPIC = "segment-events"
+DEMO_LOG_LEVEL = "ERROR"
 
 SAMPLE_EVENTS: list[dict[str, Any]] = [
     {
@@ -142,11 +143,15 @@ def _avro_values(url: str, topic: str) -> list[bytes]:
 
 def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic  # where the stubs declare it
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the future below
-    admin.create_topics([NewTopic(topic, 3)])[topic].result(30)
-    producer = Producer({"bootstrap.servers": bootstrap})
+    from .logs import KAFKA_LOG
+
+    # Through logging, as the sink's clients: librdkafka would write to stderr itself.
+    admin = AdminClient({"bootstrap.servers": bootstrap}, logger=KAFKA_LOG)
+    admin.create_topics([NewTopic(topic, 3)])[topic].result(30)  # admin outlives the future
+    producer = Producer({"bootstrap.servers": bootstrap}, logger=KAFKA_LOG)
     for v in values:
         key = orjson.loads(v).get("userId") if v.startswith(b'{"') else None
         if v[:1] == b"\x00":  # Avro: the demo's Avro events are all grace's or hedy's
@@ -173,11 +178,16 @@ def _events(extra: int) -> list[bytes]:
 def run_demo(extra_events: int = 0, avro: bool = False) -> int:
     from .config import load_settings
     from .emulator import EmulatorServer
+    from .logs import setup
     from .sink import Sink
 
     # Off a terminal rich assumes 80 columns, too narrow for the table of users.
     console = Console(width=None if sys.stdout.isatty() else 140)
     key = "sk_test_" + uuid.uuid4().hex
+    # The demo's own lines only: what the sink and librdkafka log on the way (the dead
+    # letters, which step 4 reports; a fresh broker's "coordinator load in progress") shows
+    # from ERROR up, formatted, rather than raw through logging's last-resort handler.
+    setup(DEMO_LOG_LEVEL, "text", secrets=[key])
     with ExitStack() as stack:
         console.print(
             "[bold]1.[/] starting a local Kafka broker (first start fetches it from Maven Central)…"
@@ -214,7 +224,7 @@ def run_demo(extra_events: int = 0, avro: bool = False) -> int:
                 "knock.api_key": key,
                 "knock.base_url": api.url,
                 "sink.flush_interval": 0.2,
-                "sink.log_level": "WARNING",
+                "sink.log_level": DEMO_LOG_LEVEL,
                 "kafka.schema_registry_url": registry,
             },
         )

@@ -2,10 +2,13 @@
 
 ``json`` writes one object per record: ``time`` (UTC, ISO-8601), ``level``, ``logger``,
 ``message``, and ``topic``/``partition``/``offset``/``user`` when the call site passed them with
-``extra=``, plus ``exception`` for a traceback. ``text`` is the classic one-liner. ``auto`` (the
+``extra=`` (``suppressed`` when :class:`Repeats` held lines back), plus ``exception`` for a
+traceback. ``text`` is the classic one-liner. ``auto`` (the
 default) picks text on a terminal and JSON otherwise (a container's stderr goes to a log
-collector). librdkafka's own lines come through here too (the clients' ``logger`` setting, see
-:mod:`consumer.source`), at the level librdkafka gave them.
+collector). librdkafka's own lines come through here too (every client's ``logger`` setting is
+:data:`KAFKA_LOG`), at the level librdkafka gave them, and once per 30 s while they repeat
+(:class:`Repeats`): with the broker unreachable, each client logs its failed connect several
+times a millisecond.
 
 The formatter also blanks the secrets it was given (the API key, the registry password) in
 whatever it writes. The code never logs them; this is the second lock, for the day a library
@@ -16,18 +19,79 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Literal, TextIO
+from typing import Final, Literal, TextIO
 
 LogFormat = Literal["auto", "json", "text"]
 
-#: Record attributes copied into a JSON line when a call site set them with ``extra=``.
-FIELDS = ("topic", "partition", "offset", "user")
+#: Record attributes copied into a JSON line when a call site set them with ``extra=``
+#: (``suppressed`` is set by :class:`Repeats`).
+FIELDS = ("topic", "partition", "offset", "user", "suppressed")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REDACTED = "[redacted]"
 MIN_SECRET = 6
+
+
+#: What changes between two lines that say the same thing: librdkafka's timings ("after 0ms in
+#: state CONNECT") and its own count of suppressed errors.
+_VARYING = re.compile(r"\b\d+ms\b|\b\d+ identical error\(s\) suppressed")
+
+
+def _same_line(message: str) -> str:
+    return _VARYING.sub("#", message)
+
+
+class Repeats(logging.Filter):
+    """Let a line through when it is new, then at most once every ``window`` seconds while it
+    keeps coming, counting the ones held back.
+
+    Lines are the same when their logger, level and message are, up to the parts that vary
+    between repeats (:func:`_same_line`). The line let through after a window carries the
+    number held back since the previous one, in its message and as ``suppressed``. So a line
+    that stops and comes back later than ``window`` passes at once; one that comes back
+    sooner waits for the end of its window (a new state is a new line, and passes at once).
+    Thread-safe: librdkafka may log from its own threads.
+    """
+
+    #: Lines remembered at most; past that, the ones whose window is over are dropped.
+    MAX_KEYS: Final = 1024
+
+    def __init__(self, window: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        #: key -> [time it was last let through, occurrences held back since]
+        self._seen: dict[tuple[str, int, str], list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, _same_line(record.getMessage()))
+        now = self._clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.window:
+                seen[1] += 1
+                return False
+            held = int(seen[1]) if seen is not None else 0
+            self._seen[key] = [now, 0]
+            if len(self._seen) > self.MAX_KEYS:
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
+        if held:
+            since = now - seen[0] if seen is not None else 0.0
+            record.msg = f"{record.getMessage()} ({held} repeats suppressed in {since:.0f} s)"
+            record.args = ()
+            record.__dict__["suppressed"] = held
+        return True
+
+
+#: librdkafka's own lines: every Kafka client of the sink takes this as its ``logger``.
+KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
+KAFKA_LOG.addFilter(Repeats())
 
 
 class _Redacting(logging.Formatter):

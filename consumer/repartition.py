@@ -36,12 +36,12 @@ from .config import KafkaSettings
 from .decode import Decoder
 from .errors import ConfigError, InvalidEvent, RegistryUnavailable
 from .events import parse_timestamp
+from .logs import KAFKA_LOG
 from .policy import wait
 from .records import Partition
 from .stalls import REGISTRY_BACKOFF
 
 log = logging.getLogger("knock_sink.repartition")
-KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
 
 
 @dataclass

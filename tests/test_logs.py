@@ -8,11 +8,12 @@ import json
 import logging
 import re
 import signal
+import socket
 import subprocess
 import sys
 import uuid
 
-from consumer.logs import JsonFormatter, TextFormatter, setup
+from consumer.logs import JsonFormatter, Repeats, TextFormatter, setup
 from tests.conftest import ROOT, sink_env, wait_for
 from tests.model import actual_state, expected_state
 
@@ -82,27 +83,42 @@ def json_lines(err: str) -> list[dict]:
     return [json.loads(line) for line in lines]  # every line is one JSON object, or this fails
 
 
-def test_librdkafka_lines_arrive_through_logging_as_json(api):
-    env = sink_env(type("K", (), {"bootstrap": "127.0.0.1:1"})(), api, "nowhere")
+def test_librdkafka_lines_arrive_through_logging_as_json_once_per_client(api):
+    """With the broker unreachable (a closed loopback port), ``knock-sink run`` printed over
+    300 lines of librdkafka's in a few seconds, four identical ones a millisecond."""
+    env = sink_env(type("K", (), {"bootstrap": f"127.0.0.1:{closed_port()}"})(), api, "nowhere")
     proc = subprocess.Popen(
         [*CLI, "run", "--log-format", "json"],
         env=env,
         cwd=ROOT,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+    seen: list[dict] = []
     try:
-        _, err = proc.communicate(timeout=8)
-    except subprocess.TimeoutExpired:
+        assert proc.stderr is not None
+        # Until the dead-letter check has given up (three attempts, seconds apart) and the
+        # consumer has failed to connect too: from there to its exit, the process printed
+        # over 300 lines before the sink held repeats back.
+        for line in proc.stderr:
+            seen.append(json.loads(line))
+            kafka = [s["message"] for s in seen if s["logger"] == "knock_sink.librdkafka"]
+            gave_up = any(s["message"].startswith("dead-letter topics not checked") for s in seen)
+            if gave_up and any("rdkafka#consumer" in m for m in kafka):
+                break
+    finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    assert not RAW_LIBRDKAFKA.search(err), err
-    kafka_lines = [line for line in json_lines(err) if line["logger"] == "knock_sink.librdkafka"]
-    assert kafka_lines, err
+        _, rest = proc.communicate(timeout=60)
+    assert not RAW_LIBRDKAFKA.search(rest), rest
+    seen += json_lines(rest)
+    kafka = [s["message"] for s in seen if s["logger"] == "knock_sink.librdkafka"]
+    refused = [m for m in kafka if "Connection refused" in m]
     # librdkafka's "Connect ... failed" is its level 3 (LOG_ERR): ERROR here.
-    refused = [line for line in kafka_lines if "Connection refused" in line["message"]]
-    assert refused and {line["level"] for line in refused} == {"ERROR"}
+    assert {s["level"] for s in seen if "Connection refused" in s["message"]} == {"ERROR"}
+    clients = {m.split("]")[0] for m in refused}
+    assert clients == {"FAIL [rdkafka#producer-1", "FAIL [rdkafka#consumer-2"}, kafka
+    assert len(refused) == 2, kafka
 
 
 def test_no_secret_in_any_output_of_a_real_process(kafka, api, schema_registry):
@@ -205,3 +221,128 @@ def test_a_retried_single_identify_names_its_user(api, caplog):
     ]
     assert json.loads(JsonFormatter(()).format(retry))["user"] == "ada"
     assert actual_state(api.users()) == {"ada": {"plan": "pro"}}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def filtered_logger(window: float = 30.0) -> tuple[logging.Logger, Clock, Lines, list[int]]:
+    """A fresh logger with a counter of every record, then :class:`Repeats`, then a handler
+    that keeps what passed."""
+    logger = logging.getLogger(f"test.repeats.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    offered = [0]
+
+    def count(record: logging.LogRecord) -> bool:
+        offered[0] += 1
+        return True
+
+    clock = Clock()
+    logger.addFilter(count)
+    logger.addFilter(Repeats(window, clock))
+    lines = Lines()
+    logger.addHandler(lines)
+    return logger, clock, lines, offered
+
+
+def test_a_repeated_line_passes_once_then_once_a_window_with_the_count_held_back():
+    logger, clock, lines, _ = filtered_logger()
+    fail = "FAIL [rdkafka#consumer-1] [thrd:h:1]: Connect failed (after %dms in state %s)"
+    for ms in range(5):
+        logger.error(fail, ms, "CONNECT")
+    assert [r.getMessage() for r in lines.records] == [
+        "FAIL [rdkafka#consumer-1] [thrd:h:1]: Connect failed (after 0ms in state CONNECT)"
+    ]
+    clock.now += 29.9
+    logger.error(fail, 7, "CONNECT")
+    assert len(lines.records) == 1
+    clock.now += 0.1
+    logger.error(fail, 8, "CONNECT")
+    last = lines.records[-1]
+    assert last.getMessage() == (
+        "FAIL [rdkafka#consumer-1] [thrd:h:1]: Connect failed (after 8ms in state CONNECT) "
+        "(5 repeats suppressed in 30 s)"
+    )
+    assert json.loads(JsonFormatter(()).format(last))["suppressed"] == 5
+    # Another state is another line, at once; the first one's window goes on.
+    logger.error(fail, 0, "APIVERSION_QUERY")
+    logger.error(fail, 0, "CONNECT")
+    assert len(lines.records) == 3
+    assert lines.records[-1].getMessage().endswith("APIVERSION_QUERY)")
+
+
+def test_lines_differ_by_message_level_and_logger_and_a_quiet_line_passes_again():
+    logger, clock, lines, _ = filtered_logger()
+    logger.error("a")
+    logger.error("b")
+    logger.warning("a")
+    logger.error("a 3 identical error(s) suppressed")
+    logger.error("a 9 identical error(s) suppressed")
+    assert [(r.levelname, r.getMessage()) for r in lines.records] == [
+        ("ERROR", "a"),
+        ("ERROR", "b"),
+        ("WARNING", "a"),
+        ("ERROR", "a 3 identical error(s) suppressed"),
+    ]
+    clock.now += 60
+    logger.error("b")  # nothing held back: no count
+    assert lines.records[-1].getMessage() == "b"
+    assert "suppressed" not in lines.records[-1].__dict__
+
+
+def test_memory_stays_bounded_by_the_lines_whose_window_is_open():
+    repeats = Repeats(30.0, clock := Clock())
+    logger = logging.getLogger(f"test.repeats.{uuid.uuid4().hex}")
+    for i in range(Repeats.MAX_KEYS):
+        repeats.filter(logger.makeRecord(logger.name, logging.ERROR, "", 1, f"m{i}", (), None))
+    clock.now += 30
+    repeats.filter(logger.makeRecord(logger.name, logging.ERROR, "", 1, "new", (), None))
+    assert len(repeats._seen) == 1
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then closed, so it was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_an_unreachable_broker_is_one_line_while_librdkafka_repeats_it():
+    from confluent_kafka import Consumer
+
+    logger, clock, lines, offered = filtered_logger()
+    conf = {"bootstrap.servers": f"127.0.0.1:{closed_port()}", "group.id": "g"}
+    consumer = Consumer(conf, logger=logger)
+    try:
+        consumer.subscribe(["t"])
+        # A subscribed consumer tries the broker again on every poll, logging each failure:
+        # the sink's, polling often, logged four a millisecond.
+        wait_for(lambda: consumer.poll(0.01) is None and offered[0] >= 20, 30, "20 lines")
+        failing = [r for r in lines.records if "Connection refused" in r.getMessage()]
+        assert len(failing) == 1, [r.getMessage() for r in lines.records]
+        held = offered[0] - len(lines.records)
+        assert held >= 19
+        clock.now += 30
+        before = offered[0]
+        wait_for(lambda: consumer.poll(0.01) is None and offered[0] > before, 30, "a line")
+        again = [r for r in lines.records if "Connection refused" in r.getMessage()]
+        assert len(again) == 2
+        assert again[1].__dict__["suppressed"] >= held
+    finally:
+        consumer.close()

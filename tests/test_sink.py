@@ -428,6 +428,13 @@ def test_a_user_knock_rejects_everywhere_is_dead_lettered_whole_under_knocks_pac
     assert kafka.committed(f"g-{topic}", topic) == {0: len(events)}
     # Whether the rejected user's updates went through bulk or single identify (the overflow)
     # depends on timing; the emulator's own tests hold that every upserting route refuses it
-    # (tests/emulator/test_users.py), and bulk and single identifies both left here:
-    routes = api.stats()["requests"]
+    # (tests/emulator/test_users.py). Here Knock refused that user, and no other, on those
+    # routes only, each of its 6 updates at least once (they never fold into one), while bulk
+    # and single identifies both left:
+    stats = api.stats()
+    refused = stats["refused"]
+    assert set(refused) <= {"POST /v1/users/bulk/identify", "PUT /v1/users/{user_id}"}
+    assert {user for users in refused.values() for user in users} == {"bad"}
+    assert sum(users["bad"] for users in refused.values()) >= 6
+    routes = stats["requests"]
     assert routes["POST /v1/users/bulk/identify"] and routes["PUT /v1/users/{user_id}"]

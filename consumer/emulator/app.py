@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import audiences, control, objects, subscriptions, tenants, users, workflows
 from .limits import Clock, FaultSettings
 from .models import KnockHTTPError, rate_limited, server_error, unauthorized
+from .recipients import Refused
 from .state import Emulator, MergeMode, RateLimitMode
 from .web import json_response
 
@@ -138,6 +139,8 @@ def _route(em: Emulator, method: str, template: str, tier: int | None, handler: 
                 await _guard(request, em, endpoint_name, tier)
             response = await handler(request, em)
         except KnockHTTPError as exc:
+            if isinstance(exc, Refused):
+                em.stats.refuse(endpoint_name, exc.user_ids)
             response = json_response(exc.body(), exc.status, exc.headers)
         except Exception:
             # An emulator bug must still answer in Knock's shape and be counted; the log

@@ -11,14 +11,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .models import (
-    MAX_BULK_ITEMS,
-    ONE_PAGE,
-    check_id,
-    check_identify_fields,
-    invalid,
-    render_user,
-)
+from .bodies import AudienceMembers, validate
+from .models import ONE_PAGE, render_user
 from .recipients import reject_failing_users
 from .state import Emulator
 from .web import json_response, path_id, read_object
@@ -26,23 +20,8 @@ from .web import json_response, path_id, read_object
 
 def _members(body: dict[str, Any]) -> list[tuple[dict[str, Any], str | None]]:
     """``(inline user, tenant)`` of each ``AudienceMemberRequest``; up to 1,000 a call."""
-    members = body.get("members")
-    if not isinstance(members, list) or not members:
-        raise invalid("members", "must be a non-empty list", "required")
-    if len(members) > MAX_BULK_ITEMS:
-        raise invalid("members", f"must contain at most {MAX_BULK_ITEMS} items", "length")
-    out = []
-    for i, member in enumerate(members):
-        field = f"members[{i}]"
-        if not isinstance(member, dict) or not isinstance(member.get("user"), dict):
-            raise invalid(f"{field}.user", "must be a user object with an id", "required")
-        user, tenant = member["user"], member.get("tenant")
-        check_id(user.get("id"), f"{field}.user.id")
-        check_identify_fields(user, f"{field}.user.")
-        if tenant is not None:
-            check_id(tenant, f"{field}.tenant")
-        out.append((user, tenant))
-    return out
+    validate(body, AudienceMembers)
+    return [(member["user"], member.get("tenant")) for member in body["members"]]
 
 
 async def add_members(request: Request, em: Emulator) -> Response:

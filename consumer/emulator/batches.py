@@ -1,23 +1,11 @@
-"""The request side shared by every bulk route: the item list, Knock's per-entity limit,
-and the URL the answer's ``progress_path`` points at."""
+"""The request side shared by every bulk route: Knock's per-entity limit, and the URL the
+answer's ``progress_path`` points at."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 
-from .models import MAX_BULK_ITEMS, invalid
 from .state import Emulator
-
-
-def bulk_list(body: dict[str, Any], field: str) -> list[Any]:
-    items = body.get(field)
-    if not isinstance(items, list) or not items:
-        raise invalid(field, "must be a non-empty list", "required")
-    if len(items) > MAX_BULK_ITEMS:
-        raise invalid(field, f"must contain at most {MAX_BULK_ITEMS} items", "length")
-    return items
 
 
 def entity_limit(
@@ -35,7 +23,7 @@ def entity_limit(
     limited_keys = em.entities.admit(keyed)
     if not limited_keys:
         return set(), {}
-    limited = {i for i, k in zip(ids, keyed) if k in limited_keys}
+    limited = {i for i, k in zip(ids, keyed, strict=True) if k in limited_keys}
     named = list(dict.fromkeys(i for i in ids if i in limited))
     return limited, {header: ",".join(named)}
 

@@ -9,6 +9,7 @@ sees an operation half applied; an op is ``queued`` until it is applied in full,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import uuid
 from collections import Counter
@@ -25,6 +26,10 @@ _NAMES: dict[BulkKind, str] = {
     "tenants": "tenants.set",
     "objects": "objects.set",
 }
+_ENDPOINTS: dict[BulkKind, str] = {
+    "identify": "POST /v1/users/bulk/identify",
+    "delete": "POST /v1/users/bulk/delete",
+}
 #: Knock keeps tenants as objects of this system collection.
 _TENANTS = "$tenants"
 
@@ -39,11 +44,14 @@ class BulkOperations:
         *,
         deep: bool,
         failing_users: Callable[[], frozenset[str]],
+        refused: Callable[[str, list[str]], None] = lambda endpoint, ids: None,
         delay: Callable[[], float] = lambda: 0.0,
     ) -> None:
+        """``refused(endpoint, user_ids)`` hears of the users ``failing_users`` refused."""
         self._store = store
         self._deep = deep
         self._failing_users = failing_users
+        self._refused = refused
         self._delay = delay  # seconds an op stays queued (the bulk_ms fault)
         self._due: dict[str, float] = {}
         self._ops: dict[str, BulkOperation] = {}
@@ -60,10 +68,8 @@ class BulkOperations:
         """Apply what is still queued, then stop: an accepted op is not lost on shutdown."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         while self._queue is not None and not self._queue.empty():
             self._apply(self._queue.get_nowait())
 
@@ -162,7 +168,10 @@ class BulkOperations:
             keep = [uid for uid in ids if uid not in failing]
             if keep:
                 self._store.delete_users(keep)
-        self._complete(op, len(ids), [uid for uid in ids if uid in failing])
+        refused = [uid for uid in ids if uid in failing]
+        if refused:
+            self._refused(_ENDPOINTS[op.kind], refused)
+        self._complete(op, len(ids), refused)
 
     @staticmethod
     def _complete(op: BulkOperation, rows: int, failed: list[str]) -> None:

@@ -75,6 +75,7 @@ async def stats(request: Request, em: Emulator) -> Response:
         "subscriptions": len(em.store.memberships.subscriptions()),
         "audience_members": len(em.store.memberships.members()),
         "deleted_users": len(em.store.deleted_users()),
+        "refused": {k: dict(v) for k, v in em.stats.refused.items()},
     }
     if request.query_params.get("by_user") in ("1", "true"):
         body["identify_entries_by_user"] = dict(em.stats.identify_by_user)
@@ -94,7 +95,11 @@ async def tenants(request: Request, em: Emulator) -> Response:
 async def objects(request: Request, em: Emulator) -> Response:
     """Every object outside ``$tenants``, by collection then creation."""
     return json_response(
-        [render_object(c, i, *rest) for c, i, *rest in em.store.all_objects() if c != TENANTS]
+        [
+            render_object(c, i, data, created, updated)
+            for c, i, data, created, updated in em.store.all_objects()
+            if c != TENANTS
+        ]
     )
 
 

@@ -1,5 +1,5 @@
 """Knock's wire shapes: error bodies, the ``User``/``Tenant``/``Object``/``BulkOperation``
-objects, request validation helpers and timestamps.
+objects, id checks and timestamps (request bodies are in :mod:`.bodies`).
 
 Everything here is pure (no I/O, no state) so the store, the bulk worker and the routes
 render identical shapes.
@@ -27,7 +27,6 @@ RESERVED_FIELDS: Final = (
 SPECIAL_FIELDS: Final = frozenset({"preferences", "channel_data"})
 #: Keys the server owns; a client sending them does not change them.
 SERVER_FIELDS: Final = frozenset({"id", "__typename", "updated_at"})
-_TYPED_FIELDS: Final = frozenset(RESERVED_FIELDS) | SPECIAL_FIELDS
 MAX_ID_LENGTH: Final = 256
 MAX_BULK_ITEMS: Final = 1000
 MAX_PAGE_SIZE: Final = 50
@@ -128,44 +127,6 @@ def check_id(value: object, field_name: str) -> str:
     return value
 
 
-def check_identify_fields(body: dict[str, Any], prefix: str = "") -> None:
-    """Validate the typed fields of an identify body (reserved strings, maps, ``created_at``).
-
-    Custom properties are free-form, so only the keys Knock types are checked.
-
-    :raises KnockHTTPError: 422 naming ``prefix + field``.
-    """
-    for key in _TYPED_FIELDS.intersection(body):
-        value = body[key]
-        if value is None:
-            continue
-        if key in SPECIAL_FIELDS:
-            if not isinstance(value, dict):
-                raise invalid(prefix + key, "must be an object or null")
-        elif not isinstance(value, str):
-            raise invalid(prefix + key, "must be a string or null")
-        elif key == "created_at":
-            try:
-                datetime.fromisoformat(value)
-            except ValueError:
-                raise invalid(prefix + key, "must be an ISO-8601 datetime") from None
-
-
-def check_bulk_user(user: object, index: int) -> None:
-    """Validate one item of a bulk identify; the field path is only built on error."""
-    if not isinstance(user, dict):
-        raise invalid(f"users[{index}]", "must be an object")
-    uid = user.get("id")
-    if type(uid) is not str or not uid or len(uid) > MAX_ID_LENGTH or "/" in uid or "#" in uid:
-        check_id(uid, f"users[{index}].id")
-    try:
-        check_identify_fields(user)
-    except KnockHTTPError as exc:
-        for error in exc.errors or ():
-            error["field"] = f"users[{index}].{error['field']}"
-        raise
-
-
 def now_iso() -> str:
     """The current UTC time as Knock renders it (ISO-8601, microseconds, ``Z``)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -177,9 +138,7 @@ def render_user(user_id: str, data: dict[str, Any], updated_at: str) -> dict[str
     out: dict[str, Any] = {"__typename": "User", "id": user_id}
     for key in RESERVED_FIELDS:
         out[key] = None
-    for key, value in data.items():
-        if key not in SPECIAL_FIELDS:
-            out[key] = value
+    out.update((key, value) for key, value in data.items() if key not in SPECIAL_FIELDS)
     out["updated_at"] = updated_at
     return out
 
@@ -187,6 +146,11 @@ def render_user(user_id: str, data: dict[str, Any], updated_at: str) -> dict[str
 def render_tenant(tenant_id: str, data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"__typename": "Tenant", "id": tenant_id, "name": None, "settings": None}
     out.update((k, v) for k, v in data.items() if k not in SPECIAL_FIELDS)
+    settings = out["settings"]
+    if isinstance(settings, dict) and isinstance(settings.get("preference_set"), dict):
+        # A tenant's preference set is its "default" one; Knock's ``PreferenceSet`` has an id.
+        preference_set = {**settings["preference_set"], "id": "default"}
+        out["settings"] = {**settings, "preference_set": preference_set}
     return out
 
 

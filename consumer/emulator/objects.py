@@ -7,8 +7,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .batches import base_url, bulk_list, entity_limit
-from .models import check_id, invalid, not_found, render_object
+from .batches import base_url, entity_limit
+from .bodies import BulkSetObjects, SetObject, validate
+from .models import not_found, render_object
 from .state import Emulator
 from .web import json_response, path_id, read_object
 
@@ -17,6 +18,7 @@ async def set_object(request: Request, em: Emulator) -> Response:
     collection = path_id(request, "collection")
     object_id = path_id(request, "id")
     body = await read_object(request, empty_ok=True)
+    validate(body, SetObject)
     data, created_at, updated_at = em.store.set_object(collection, object_id, body, deep=em.deep)
     return json_response(render_object(collection, object_id, data, created_at, updated_at))
 
@@ -38,11 +40,9 @@ async def delete_object(request: Request, em: Emulator) -> Response:
 
 async def bulk_set(request: Request, em: Emulator) -> Response:
     collection = path_id(request, "collection")
-    objects: list[dict[str, Any]] = bulk_list(await read_object(request), "objects")
-    for i, item in enumerate(objects):
-        if not isinstance(item, dict):
-            raise invalid(f"objects[{i}]", "must be an object with an id")
-        check_id(item.get("id"), f"objects[{i}].id")
+    body = await read_object(request)
+    validate(body, BulkSetObjects)
+    objects: list[dict[str, Any]] = body["objects"]
     ids = [o["id"] for o in objects]
     limited, headers = entity_limit(em, ids, "x-ratelimited-objects", namespace=f"{collection}/")
     objects = [o for o in objects if o["id"] not in limited]

@@ -1,5 +1,5 @@
-"""Recipients as Knock's requests name them (``RecipientRequest``), their inline
-identification, and the ``failing_users`` fault that refuses a user wherever it is upserted.
+"""The inline identification of recipients (``RecipientRequest``, validated in
+:mod:`.bodies`), and the ``failing_users`` fault that refuses a user wherever it is upserted.
 
 Every route that identifies users inline (trigger, subscriptions, audiences) checks the
 whole request first and writes only when nothing is refused, so a refused request leaves
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .models import KnockHTTPError, check_id, check_identify_fields, invalid
+from .models import KnockHTTPError
 from .state import Emulator
 
 #: Keys of an inline user that are instructions for the request, not user properties.
@@ -19,15 +19,21 @@ _REQUEST_ONLY = frozenset({"$trigger_data"})
 REFUSED = "the user data was rejected"
 
 
-def refused(fields: list[str]) -> KnockHTTPError:
+class Refused(KnockHTTPError):
     """Knock's answer to user data it will not store: one 422 ``invalid_params`` naming
-    every refused user (the same body as any other invalid parameter)."""
-    return KnockHTTPError(
-        422,
-        "invalid_params",
-        "One or more parameters are invalid.",
-        errors=[{"field": f, "message": REFUSED, "type": "invalid"} for f in fields],
-    )
+    every refused user (the same body as any other invalid parameter).
+
+    ``user_ids`` are the refused users, counted by the route wrapper for the tests.
+    """
+
+    def __init__(self, fields: list[str], user_ids: list[str]) -> None:
+        super().__init__(
+            422,
+            "invalid_params",
+            "One or more parameters are invalid.",
+            errors=[{"field": f, "message": REFUSED, "type": "invalid"} for f in fields],
+        )
+        self.user_ids = user_ids
 
 
 def reject_failing_users(em: Emulator, users: Iterable[tuple[str, str]]) -> None:
@@ -38,24 +44,9 @@ def reject_failing_users(em: Emulator, users: Iterable[tuple[str, str]]) -> None
     failing = em.faults.settings.failing_users
     if not failing:
         return
-    fields = [f for f, uid in users if uid in failing]
-    if fields:
-        raise refused(fields)
-
-
-def check_recipient(value: Any, field: str) -> None:
-    """A ``RecipientRequest``: a user id, an inline user, or an inline object (one with a
-    ``collection``)."""
-    if isinstance(value, str):
-        check_id(value, field)
-    elif isinstance(value, dict):
-        check_id(value.get("id"), f"{field}.id")
-        if "collection" in value:
-            check_id(value["collection"], f"{field}.collection")
-        else:
-            check_identify_fields(value, f"{field}.")
-    else:
-        raise invalid(field, "must be a user id or an object with an id")
+    named = [(f, uid) for f, uid in users if uid in failing]
+    if named:
+        raise Refused([f for f, _ in named], [uid for _, uid in named])
 
 
 def inline_users(recipients: Iterable[tuple[str, Any]]) -> list[tuple[str, str]]:

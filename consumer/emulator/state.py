@@ -38,9 +38,14 @@ class Stats:
         self.requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.identify_entries = 0
         self.identify_by_user: Counter[str] = Counter()
+        #: Users the ``failing_users`` fault refused, by route.
+        self.refused: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
     def record(self, endpoint: str, status: int) -> None:
         self.requests[endpoint][str(status)] += 1
+
+    def refuse(self, endpoint: str, user_ids: Iterable[str]) -> None:
+        self.refused[endpoint].update(user_ids)
 
     def count_identify(self, user_ids: Iterable[str]) -> None:
         ids = list(user_ids)
@@ -79,6 +84,7 @@ class Emulator:
             self.store,
             deep=self.deep,
             failing_users=lambda: self.faults.settings.failing_users,
+            refused=self._refused,
             delay=lambda: self.faults.settings.bulk_ms / 1000,
         )
         self.stats = Stats()
@@ -95,6 +101,10 @@ class Emulator:
         self.stats = Stats()
         self.triggers.clear()
         self.replays.clear()
+
+    def _refused(self, endpoint: str, user_ids: list[str]) -> None:
+        # Looked up on each call: reset() puts new counters in place.
+        self.stats.refuse(endpoint, user_ids)
 
     def replay(self, key: str) -> Replay | None:
         now = self.clock()

@@ -116,9 +116,10 @@ def apply_identify(stored: dict[str, Any], patch: dict[str, Any], *, deep: bool)
 
 def _merge_preferences(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     sets = dict(stored)
-    for set_id, pref in patch.items():
-        if type(pref) is dict:
-            pref = dict(pref)
+    for set_id, sent in patch.items():
+        pref = sent
+        if type(sent) is dict:
+            pref = dict(sent)
             replace = pref.pop("__persistence_strategy__", "merge") == "replace"
             previous = sets.get(set_id)
             if not replace and type(previous) is dict:

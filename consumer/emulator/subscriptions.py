@@ -13,25 +13,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .bodies import Subscribe, Unsubscribe, validate
 from .memberships import RecipientKey
 from .models import ONE_PAGE, invalid, not_found, render_object, render_user
-from .recipients import check_recipient, identify_inline, inline_users, reject_failing_users
+from .recipients import identify_inline, inline_users, reject_failing_users
 from .state import Emulator
 from .web import json_response, path_id, read_object
-
-#: "You can subscribe up to 100 recipients to an object at a time." (UpsertSubscriptionsRequest)
-MAX_RECIPIENTS = 100
-
-
-def _recipients(body: dict[str, Any]) -> list[Any]:
-    recipients = body.get("recipients")
-    if not isinstance(recipients, list) or not recipients:
-        raise invalid("recipients", "must be a non-empty list", "required")
-    if len(recipients) > MAX_RECIPIENTS:
-        raise invalid("recipients", f"must contain at most {MAX_RECIPIENTS} items", "length")
-    for i, recipient in enumerate(recipients):
-        check_recipient(recipient, f"recipients[{i}]")
-    return recipients
 
 
 def _key(recipient: Any) -> RecipientKey:
@@ -82,10 +69,8 @@ def render_subscriptions(
 async def add(request: Request, em: Emulator) -> Response:
     collection, object_id = _object(em, request)
     body = await read_object(request)
-    recipients = _recipients(body)
-    properties = body.get("properties")
-    if properties is not None and not isinstance(properties, dict):
-        raise invalid("properties", "must be an object or null")
+    validate(body, Subscribe)
+    recipients, properties = body["recipients"], body.get("properties")
     named = [(f"recipients[{i}]", r) for i, r in enumerate(recipients)]
     reject_failing_users(em, inline_users(named))
     for recipient in recipients:
@@ -104,8 +89,9 @@ async def add(request: Request, em: Emulator) -> Response:
 async def delete(request: Request, em: Emulator) -> Response:
     """Answers the subscriptions it deleted (a recipient not subscribed is skipped)."""
     collection, object_id = _object(em, request)
-    recipients = _recipients(await read_object(request))
-    keys = {_key(r) for r in recipients}
+    body = await read_object(request)
+    validate(body, Unsubscribe)
+    keys = {_key(r) for r in body["recipients"]}
     rows = [
         row for row in em.store.memberships.subscriptions(collection, object_id) if row[2] in keys
     ]

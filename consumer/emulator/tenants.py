@@ -8,25 +8,19 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .batches import base_url, bulk_list, entity_limit
-from .models import check_id, invalid, not_found, render_tenant
+from .batches import base_url, entity_limit
+from .bodies import BulkSetTenants, SetTenant, validate
+from .models import not_found, render_tenant
 from .state import Emulator
 from .web import json_response, path_id, read_object
 
 TENANTS = "$tenants"
 
 
-def _check_tenant_body(body: dict[str, Any], prefix: str = "") -> None:
-    if body.get("name") is not None and not isinstance(body["name"], str):
-        raise invalid(prefix + "name", "must be a string or null")
-    if body.get("settings") is not None and not isinstance(body["settings"], dict):
-        raise invalid(prefix + "settings", "must be an object or null")
-
-
 async def set_tenant(request: Request, em: Emulator) -> Response:
     tenant_id = path_id(request, "id")
     body = await read_object(request, empty_ok=True)
-    _check_tenant_body(body)
+    validate(body, SetTenant)
     data, _, _ = em.store.set_object(TENANTS, tenant_id, body, deep=em.deep)
     return json_response(render_tenant(tenant_id, data))
 
@@ -49,16 +43,11 @@ async def delete_tenant(request: Request, em: Emulator) -> Response:
 async def bulk_set(request: Request, em: Emulator) -> Response:
     """``{"tenants": [id | {id, ...}]}`` (``InlineTenantRequest``): a bare id sets a tenant
     with no properties."""
-    items = bulk_list(await read_object(request), "tenants")
-    tenants: list[dict[str, Any]] = []
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            item = {"id": item}
-        elif not isinstance(item, dict):
-            raise invalid(f"tenants[{i}]", "must be a tenant id or an object with an id")
-        check_id(item.get("id"), f"tenants[{i}].id")
-        _check_tenant_body(item, f"tenants[{i}].")
-        tenants.append(item)
+    body = await read_object(request)
+    validate(body, BulkSetTenants)
+    tenants: list[dict[str, Any]] = [
+        {"id": item} if isinstance(item, str) else item for item in body["tenants"]
+    ]
     ids = [t["id"] for t in tenants]
     limited, headers = entity_limit(em, ids, "x-ratelimited-tenants", namespace=f"{TENANTS}/")
     tenants = [t for t in tenants if t["id"] not in limited]

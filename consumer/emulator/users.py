@@ -6,18 +6,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .batches import base_url, bulk_list, entity_limit
-from .models import (
-    MAX_PAGE_SIZE,
-    check_bulk_user,
-    check_id,
-    check_identify_fields,
-    decode_cursor,
-    encode_cursor,
-    invalid,
-    not_found,
-    render_user,
-)
+from .batches import base_url, entity_limit
+from .bodies import BulkDelete, BulkIdentify, IdentifyUser, Merge, validate
+from .models import MAX_PAGE_SIZE, decode_cursor, encode_cursor, invalid, not_found, render_user
 from .recipients import reject_failing_users
 from .state import Emulator
 from .web import json_response, path_id, read_object
@@ -26,7 +17,7 @@ from .web import json_response, path_id, read_object
 async def identify(request: Request, em: Emulator) -> Response:
     user_id = path_id(request, "user_id")
     body = await read_object(request, empty_ok=True)
-    check_identify_fields(body)
+    validate(body, IdentifyUser)
     reject_failing_users(em, [("user_id", user_id)])
     data, updated_at = em.store.identify(user_id, body, deep=em.deep)
     em.stats.count_identify((user_id,))
@@ -78,7 +69,8 @@ async def list_users(request: Request, em: Emulator) -> Response:
 async def merge(request: Request, em: Emulator) -> Response:
     user_id = path_id(request, "user_id")
     body = await read_object(request)
-    from_user_id = check_id(body.get("from_user_id"), "from_user_id")
+    validate(body, Merge)
+    from_user_id = body["from_user_id"]
     # A merge upserts the primary with the secondary's data: refused if either is refused.
     reject_failing_users(em, [("user_id", user_id), ("from_user_id", from_user_id)])
     merged = em.store.merge(user_id, from_user_id)
@@ -88,9 +80,9 @@ async def merge(request: Request, em: Emulator) -> Response:
 
 
 async def bulk_identify(request: Request, em: Emulator) -> Response:
-    users = bulk_list(await read_object(request), "users")
-    for i, user in enumerate(users):
-        check_bulk_user(user, i)
+    body = await read_object(request)
+    validate(body, BulkIdentify)
+    users = body["users"]
     limited, headers = entity_limit(em, [u["id"] for u in users], "x-ratelimited-users")
     if limited:
         users = [u for u in users if u["id"] not in limited]
@@ -100,9 +92,9 @@ async def bulk_identify(request: Request, em: Emulator) -> Response:
 
 
 async def bulk_delete(request: Request, em: Emulator) -> Response:
-    user_ids = bulk_list(await read_object(request), "user_ids")
-    for i, uid in enumerate(user_ids):
-        check_id(uid, f"user_ids[{i}]")
+    body = await read_object(request)
+    validate(body, BulkDelete)
+    user_ids = body["user_ids"]
     limited, headers = entity_limit(em, user_ids, "x-ratelimited-user_ids")
     if limited:
         user_ids = [uid for uid in user_ids if uid not in limited]

@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .models import MAX_BULK_ITEMS, KnockHTTPError, check_id, invalid
-from .recipients import check_recipient, identify_inline, inline_users, reject_failing_users
+from .bodies import Trigger, validate
+from .models import KnockHTTPError, invalid
+from .recipients import identify_inline, inline_users, reject_failing_users
 from .state import Emulator
 from .tenants import TENANTS
 from .web import json_response, path_id, read_object
@@ -24,15 +24,6 @@ def workflow_missing() -> KnockHTTPError:
     return KnockHTTPError(
         404, "workflow_missing", "The workflow you tried to invoke does not exist"
     )
-
-
-def _check_tenant(tenant: Any) -> None:
-    if isinstance(tenant, str):
-        check_id(tenant, "tenant")
-    elif isinstance(tenant, dict):
-        check_id(tenant.get("id"), "tenant.id")
-    elif tenant is not None:
-        raise invalid("tenant", "must be a tenant id or an object with an id")
 
 
 async def trigger(request: Request, em: Emulator) -> Response:
@@ -70,19 +61,9 @@ async def trigger(request: Request, em: Emulator) -> Response:
     known = em.faults.settings.workflows
     if known is not None and key not in known:
         raise workflow_missing()
-    recipients = body.get("recipients")
-    if not isinstance(recipients, list) or not recipients:
-        raise invalid("recipients", "must be a non-empty list", "required")
-    if len(recipients) > MAX_BULK_ITEMS:
-        raise invalid("recipients", f"must contain at most {MAX_BULK_ITEMS} items", "length")
-    for i, recipient in enumerate(recipients):
-        check_recipient(recipient, f"recipients[{i}]")
+    validate(body, Trigger)
+    recipients = body["recipients"]
     actor, tenant, data = body.get("actor"), body.get("tenant"), body.get("data")
-    if actor is not None:
-        check_recipient(actor, "actor")
-    _check_tenant(tenant)
-    if data is not None and not isinstance(data, dict):
-        raise invalid("data", "must be an object or null")
     named = [(f"recipients[{i}]", r) for i, r in enumerate(recipients)]
     reject_failing_users(em, inline_users([*named, ("actor", actor)]))
 

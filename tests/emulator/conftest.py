@@ -4,6 +4,7 @@ each test, and Knock's official SDK pointed at it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ from knockapi import Knock
 from consumer.emulator import EmulatorServer
 
 from .helpers import make_knock
+from .spec import load_spec
 
 
 @pytest.fixture
@@ -34,3 +36,9 @@ def http(emulator: EmulatorServer) -> Iterator[httpx.Client]:
         base_url=emulator.url, headers={"authorization": f"Bearer {emulator.api_key}"}
     ) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def spec() -> dict[str, Any]:
+    """Knock's OpenAPI description (the tests using it skip without the file)."""
+    return load_spec()

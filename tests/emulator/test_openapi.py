@@ -14,8 +14,6 @@ bodies are checked against ``AuthenticationError``, the one error schema it has.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,48 +22,7 @@ import pytest
 from consumer.emulator import EmulatorServer
 
 from .helpers import wait_until
-
-SPEC_PATH = Path(
-    os.environ.get("KNOCK_OPENAPI", Path(__file__).parents[3] / "shared" / "knock" / "openapi.yml")
-)
-
-
-@pytest.fixture(scope="module")
-def spec() -> dict[str, Any]:
-    if not SPEC_PATH.is_file():
-        pytest.skip(f"Knock's OpenAPI spec not found at {SPEC_PATH}")
-    yaml = pytest.importorskip("yaml")
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with SPEC_PATH.open() as fh:
-        loaded: dict[str, Any] = yaml.load(fh, Loader=loader)
-    return loaded
-
-
-def check(spec: dict[str, Any], method: str, path: str, response: httpx.Response) -> None:
-    """Validate ``response`` against the schema ``path``/``method`` declares for its status."""
-    validator_module = pytest.importorskip("openapi_schema_validator")
-    declared = spec["paths"][path][method.lower()]["responses"]
-    assert str(response.status_code) in declared, (
-        f"{method} {path}: {response.status_code} not declared"
-    )
-    content = declared[str(response.status_code)].get("content")
-    if content is None:
-        assert response.content == b""
-        return
-    schema = {**content["application/json"]["schema"], "components": spec["components"]}
-    validator = validator_module.OAS30Validator(
-        schema, format_checker=validator_module.OAS30Validator.FORMAT_CHECKER
-    )
-    errors = [
-        f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(response.json())
-    ]
-    assert not errors, f"{method} {path}: {errors}"
-
-
-def check_error(spec: dict[str, Any], response: httpx.Response) -> None:
-    validator_module = pytest.importorskip("openapi_schema_validator")
-    schema = spec["components"]["schemas"]["AuthenticationError"]
-    validator_module.validate(response.json(), schema, cls=validator_module.OAS30Validator)
+from .spec import check, check_error
 
 
 def test_user_routes_match_the_spec(spec: dict[str, Any], http: httpx.Client) -> None:

@@ -11,7 +11,7 @@ from knockapi import Knock
 
 from consumer.emulator import EmulatorServer
 
-from .helpers import make_knock, wait_bulk
+from .helpers import make_knock, wait_bulk, wait_until
 
 USER_KEYS = {
     "__typename",
@@ -186,9 +186,11 @@ def test_401_without_the_right_key(emulator: EmulatorServer, headers: dict[str, 
 
 
 def test_401_through_the_sdk(emulator: EmulatorServer) -> None:
-    with Knock(api_key="sk_wrong", base_url=emulator.url, max_retries=0) as knock:
-        with pytest.raises(knockapi.AuthenticationError):
-            knock.users.get("u1")
+    with (
+        Knock(api_key="sk_wrong", base_url=emulator.url, max_retries=0) as knock,
+        pytest.raises(knockapi.AuthenticationError),
+    ):
+        knock.users.get("u1")
     assert emulator.stats()["requests"] == {"GET /v1/users/{user_id}": {"401": 1}}
 
 
@@ -212,7 +214,7 @@ def test_malformed_bodies(http: httpx.Client) -> None:
     assert not_object.status_code == 422
     wrong_type = http.put("/v1/users/u1", json={"email": 5})
     assert wrong_type.json()["errors"] == [
-        {"field": "email", "message": "must be a string or null", "type": "invalid"}
+        {"field": "email", "message": "Input should be a valid string", "type": "invalid"}
     ]
     bad_date = http.put("/v1/users/u1", json={"created_at": "yesterday"})
     assert bad_date.json()["errors"][0]["field"] == "created_at"
@@ -244,6 +246,28 @@ def test_a_failing_user_is_refused_by_identify_and_not_stored(
     assert emulator.stats()["identify_entries"] == 0
     emulator.clear_faults()
     assert knock.users.update("bad", name="Fine").name == "Fine"
+
+
+def test_refusals_are_counted_by_route_and_user(
+    knock: Knock, http: httpx.Client, emulator: EmulatorServer
+) -> None:
+    emulator.set_faults(failing_users=["bad", "worse"])
+    with pytest.raises(knockapi.UnprocessableEntityError):
+        knock.users.update("bad", name="Bad")
+    with pytest.raises(knockapi.UnprocessableEntityError):
+        knock.users.merge("ok", from_user_id="worse")
+    op = knock.users.bulk.identify(users=[{"id": "ok"}, {"id": "bad"}, {"id": "bad"}])
+    wait_bulk(knock, op.id)
+    http.post("/v1/users/bulk/delete", json={"user_ids": ["worse"]}).raise_for_status()
+    wait_until(lambda: emulator.stats()["bulk_operations"]["completed"] == 2)
+    assert emulator.stats()["refused"] == {
+        "PUT /v1/users/{user_id}": {"bad": 1},
+        "POST /v1/users/{user_id}/merge": {"worse": 1},
+        "POST /v1/users/bulk/identify": {"bad": 2},
+        "POST /v1/users/bulk/delete": {"worse": 1},
+    }
+    emulator.reset()
+    assert emulator.stats()["refused"] == {}
 
 
 def test_a_failing_user_already_stored_is_not_changed(
