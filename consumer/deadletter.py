@@ -25,7 +25,7 @@ from .config import KafkaSettings
 from .errors import ConfigError
 from .metrics import Metrics
 from .records import DeadLetterWriter, Headers, Position, Record, RecordReader
-from .tracker import Handle
+from .stage import Committable as Handle
 
 log = logging.getLogger("knock_sink.deadletter")
 KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
