@@ -43,7 +43,6 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
-from itertools import islice
 from typing import Final
 
 import orjson
@@ -58,9 +57,9 @@ from .held import (
     PY_PER_JSON_BYTE,
     Held,
     HeldHandle,
-    size,
     unpacked,
 )
+from .memory import RESAMPLE_EVERY, Sizes
 from .spill import Spill
 
 __all__ = [
@@ -75,10 +74,6 @@ __all__ = [
     "HeldHandle",
 ]
 
-#: Users sampled to estimate the average size of a held user.
-SAMPLE: Final = 64
-#: Budget checks between two samples of that average (see :meth:`Backlog.over_budget`).
-RESAMPLE_EVERY: Final = 16
 #: Where a spill stops: the share of the budget the users left in memory are estimated at.
 #: The users kept fold their next events instead of starting states to spill again; a spill of
 #: everyone spills more states in all, a stop nearer the budget spills more often, each spill
@@ -131,9 +126,7 @@ class Backlog:
         self._spill = Spill(work_dir)
         #: User states spilled so far (a user spilled twice counts twice, on two rows).
         self.spilled = 0
-        # The last sampled average size of a user in memory, and checks left before the next.
-        self._average = 0.0
-        self._checks = 0
+        self._sizes = Sizes()
 
     def __len__(self) -> int:
         """States held (not yet handed to the planner): users in memory, plus rows on disk (a
@@ -281,31 +274,8 @@ class Backlog:
         """Read back every row of ``uids`` into ``out``: a user's rows folded, oldest first,
         into one update where that is exact (else kept as updates in order), then its state in
         memory too when ``newer_too`` allows it."""
-        # Per user, its updates: each row folded into the last where that is exact.
-        updates: dict[str, list[Held]] = {}
-        can_fold, fold, loads, part_of = (
-            self._can_fold,
-            self._fold,
-            orjson.loads,
-            self._spill.partition,
-        )
-        for _, uid, events, part, offset, raw in self._spill.read_back(uids):
-            if raw is None:  # the state above's offset in another partition
-                updates[uid][-1].first.setdefault(part_of(part), offset)
-                continue
-            props = loads(raw)
-            mine = updates.get(uid)
-            host = mine[-1] if mine else None
-            if host is not None and can_fold(host.props, props):
-                # The row is no rider: nothing else refers to it, and the host's offsets
-                # (older) cover its own.
-                fold(host.props, props)
-                host.events += events
-                first = host.first
-                first.setdefault(part_of(part), offset)
-            else:
-                first = {part_of(part): offset}
-                updates.setdefault(uid, []).append(Held.restored(uid, props, first, events))
+        can_fold, fold = self._can_fold, self._fold
+        updates = self._spill.read_back(uids, can_fold, fold)
         users = self._users
         for uid, mine in updates.items():
             later = users.get(uid)
@@ -325,32 +295,12 @@ class Backlog:
 
     def over_budget(self) -> bool:
         """Whether the users held in memory are estimated past the memory budget (spilled ones
-        take none). Their size is sampled evenly across all of them (measuring every dict
-        would cost more than folding): the oldest or the newest alone are no sample, a
-        backfill's first batch holds users of partitions it reads last, one event each. The
-        walk is still one of all the users in memory, asked after every batch, so the average
-        is sampled every :data:`RESAMPLE_EVERY` checks, and after a spill or a packing; in
-        between, the count times that average."""
+        take none; see :class:`~consumer.backfill.memory.Sizes`)."""
         if self._budget is not None:
             self.memory_bytes = self._budget()
-        users = self._users
-        if self.memory_bytes is None or not users:
+        if self.memory_bytes is None or not self._users:
             return False
-        self._checks -= 1
-        if self._checks < 0:
-            self._checks = RESAMPLE_EVERY - 1
-            self._average = self._estimate()[0] / len(users)
-        return len(users) * self._average > self.memory_bytes
-
-    def _estimate(self) -> tuple[float, float]:
-        """Estimated bytes of the users in memory, and of one of them not packed, from an even
-        sample of them (see :meth:`over_budget`)."""
-        users = self._users
-        sample = list(islice(users.values(), 0, None, max(1, len(users) // SAMPLE)))
-        sizes = [size(h.props) for h in sample]
-        unpacked = [n for n, h in zip(sizes, sample, strict=True) if h.props.__class__ is not bytes]
-        average = sum(sizes) / len(sizes)
-        return len(users) * average, sum(unpacked) / len(unpacked) if unpacked else average
+        return self._sizes.over(self._users, self.memory_bytes)
 
     def spill(self, finished: AbstractSet[Partition] = frozenset()) -> None:
         """Move users in memory to disk, each state on a row of its own: without a budget all
@@ -362,7 +312,7 @@ class Backlog:
             return
         moving = list(users.values())
         if self.memory_bytes is not None:
-            estimated, per_unpacked = self._estimate()
+            estimated, per_unpacked = self._sizes.estimate(self._users)
             excess = estimated - self.memory_bytes * LOW_WATER
             if excess <= 0:
                 return
@@ -394,7 +344,7 @@ class Backlog:
         for tp, owed in self._owed.items():
             self._owed[tp] = deque(e for e in owed if not e[1].done)
         self._cursor.clear()
-        self._checks = 0  # sample again at the next check
+        self._sizes.stale()
 
     def compact(self, finished: AbstractSet[Partition]) -> None:
         """Hold the users in memory whose events all came from ``finished`` partitions (read to
@@ -416,7 +366,7 @@ class Backlog:
                     # A copy: orjson 3.13 hands its output out in its ~16 KB buffer, not cut to size.
                     held.props = memoryview(orjson.dumps(held.props)).tobytes()  # type: ignore[assignment]
                     held.owned = True
-                    self._checks = 0  # sample again at the next check
+                    self._sizes.stale()
 
     def close(self) -> None:
         """Drop the spill file and its directory."""

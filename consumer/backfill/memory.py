@@ -12,11 +12,54 @@ import ctypes
 import resource
 import sys
 from collections.abc import Callable
+from itertools import islice
 from typing import Final
+
+from .held import Held, size
 
 #: Seconds between two hand-backs of freed memory to the system during a backfill (see
 #: :func:`give_back_memory`).
 TRIM_EVERY: Final = 5.0
+#: Users sampled to estimate the average size of a held user.
+SAMPLE: Final = 64
+#: Budget checks between two samples of that average (see :meth:`Sizes.over`).
+RESAMPLE_EVERY: Final = 16
+
+
+class Sizes:
+    """The estimated bytes of the users held in memory. Their size is sampled evenly across all
+    of them (measuring every dict would cost more than folding): the oldest or the newest alone
+    are no sample, a backfill's first batch holds users of partitions it reads last, one event
+    each. The walk is still one of all the users in memory, asked after every batch, so the
+    average is sampled every :data:`RESAMPLE_EVERY` checks, and after :meth:`stale`; in
+    between, the count times that average."""
+
+    def __init__(self) -> None:
+        # The last sampled average size of a user in memory, and checks left before the next.
+        self._average = 0.0
+        self._checks = 0
+
+    def over(self, users: dict[str, Held], budget: int) -> bool:
+        """Whether ``users`` (not empty) are estimated past ``budget`` bytes."""
+        self._checks -= 1
+        if self._checks < 0:
+            self._checks = RESAMPLE_EVERY - 1
+            self._average = self.estimate(users)[0] / len(users)
+        return len(users) * self._average > budget
+
+    def stale(self) -> None:
+        """The users changed in bulk (a spill, a packing): sample again at the next check."""
+        self._checks = 0
+
+    @staticmethod
+    def estimate(users: dict[str, Held]) -> tuple[float, float]:
+        """Estimated bytes of ``users`` (not empty), and of one of them not packed, from an even
+        sample of them."""
+        sample = list(islice(users.values(), 0, None, max(1, len(users) // SAMPLE)))
+        sizes = [size(h.props) for h in sample]
+        unpacked = [n for n, h in zip(sizes, sample, strict=True) if h.props.__class__ is not bytes]
+        average = sum(sizes) / len(sizes)
+        return len(users) * average, sum(unpacked) / len(unpacked) if unpacked else average
 
 
 def held_budget(budget: int, prefetch: int, rss: int) -> int:

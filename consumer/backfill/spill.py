@@ -18,9 +18,9 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -36,6 +36,9 @@ CHUNK: Final = 256
 #: each for a plan's users.
 _EACH: Final = "(SELECT value FROM json_each(?))"
 
+#: The planner's fold rules (:func:`consumer.plan.folding`).
+CanFold = Callable[[dict[str, Any], dict[str, Any]], bool]
+Fold = Callable[[dict[str, Any], dict[str, Any]], None]
 #: ``(id, uid, events, part, offset, props)``: props ``None`` for another partition's offset of
 #: the state on the row before.
 Row = tuple[int, str, int, int, int, bytes | None]
@@ -161,7 +164,31 @@ class Spill:
             is not None
         )
 
-    def read_back(self, uids: list[str]) -> Iterator[Row]:
+    def read_back(self, uids: list[str], can_fold: CanFold, fold: Fold) -> dict[str, list[Held]]:
+        """Take ``uids`` off disk: per user, its states as updates in order, each row folded
+        (``can_fold``, ``fold``: the planner's rules) into the update before it where that is
+        exact, oldest first."""
+        updates: dict[str, list[Held]] = {}
+        loads, part_of = orjson.loads, self.partition
+        for _, uid, events, part, offset, raw in self._rows(uids):
+            if raw is None:  # the state above's offset in another partition
+                updates[uid][-1].first.setdefault(part_of(part), offset)
+                continue
+            props = loads(raw)
+            mine = updates.get(uid)
+            host = mine[-1] if mine else None
+            if host is not None and can_fold(host.props, props):
+                # The row is no rider: nothing else refers to it, and the host's offsets
+                # (older) cover its own.
+                fold(host.props, props)
+                host.events += events
+                host.first.setdefault(part_of(part), offset)
+            else:
+                first = {part_of(part): offset}
+                updates.setdefault(uid, []).append(Held.restored(uid, props, first, events))
+        return updates
+
+    def _rows(self, uids: list[str]) -> Iterator[Row]:
         """Every row of ``uids`` (users by first spill, each user's rows oldest first), taken
         off disk once the caller has taken the last. One at a time, not a list of them: a
         read-back of a plan's users is several rows each, and their bytes would all be alive at
