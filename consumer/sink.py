@@ -39,7 +39,7 @@ from .metrics import Metrics, Summary
 from .plan import Pending
 from .records import Edge, Partition, Replay, Source
 from .source import KafkaEdge
-from .stage import Stage
+from .stage import NotStarted, Stage
 from .tracker import OffsetTracker
 
 log = logging.getLogger("knock_sink")
@@ -89,7 +89,7 @@ class Sink:
         self._fetching = self._fetch.whole(BACKPRESSURE)
         self._budget = Budget(self._knock.limits, settings.knock.budget_share, metrics.budget_share)
         #: The run's stage, picked at start (:meth:`_pick_stage`).
-        self._stage: Stage | None = None
+        self._stage: Stage = NotStarted()
         #: The last position committed for each partition by this sink.
         self._committed: dict[Partition, int] = {}
         self._source: Source | None = None
@@ -219,7 +219,7 @@ class Sink:
     def _step(self) -> None:
         """One turn of the loop: fetch and take in, take in finished plans, dead letters, next
         plan, commit."""
-        assert self._source is not None and self._dlq is not None and self._stage is not None
+        assert self._source is not None and self._dlq is not None
         source, stage = self._source, self._stage
         self.health.turned()
         if self._budget.stale and self._budget.share is not None:
@@ -239,14 +239,13 @@ class Sink:
 
     def _take_in(self, timeout: float) -> None:
         """Fetch a batch and submit it to the stage."""
-        assert self._source is not None and self._stage is not None
+        assert self._source is not None
         records = self._source.consume(self.settings.kafka.consume_batch, timeout)
         self._stage.submit(records)
         if self._stage.fatal is not None:
             self._stop.set()
 
     def _start_plan(self) -> None:
-        assert self._stage is not None
         self._dispatch.start(wait=self._stage.holds_back, now=self._stop.is_set())
 
     def _take(self, out: Outcome) -> None:
@@ -279,8 +278,6 @@ class Sink:
         """Commit what the tracker vouches for: at most every :data:`COMMIT_EVERY` seconds
         unless forced. True when it committed."""
         assert self._source is not None
-        if self._stage is None:  # closing before the run began: nothing taken in
-            return False
         now = self._clock()
         if not force and now - self._last_commit < COMMIT_EVERY:
             return False
@@ -338,7 +335,7 @@ class Sink:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
         here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
-        if self._stage is not None and self._stage.forget(gone):
+        if self._stage.forget(gone):
             self._stop.set()
             self._dispatch.drop(lambda p: True)
         self._dispatch.drop(lambda p: p.source.partition in gone)
@@ -346,7 +343,7 @@ class Sink:
 
     def _drain(self) -> None:
         """Stop fetching, apply what is buffered (within the drain budget), then settle."""
-        assert self._dlq is not None and self._stage is not None
+        assert self._dlq is not None
         self._fetch.hold_all(DRAIN)
         self._stage.flush()  # what a live sink holds for event-time order goes on now
         deadline = self._clock() + self.settings.sink.drain_timeout
@@ -383,8 +380,7 @@ class Sink:
         self._knock_stop.set()
         self._dispatch.close()
         self._knock.close()
-        if self._stage is not None:
-            self._stage.close()
+        self._stage.close()
         if self._source is not None:
             self._source.close()
         if self._dlq is not None:

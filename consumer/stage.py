@@ -147,3 +147,37 @@ class Stage(Protocol):
     def close(self) -> None:
         """Release what the stage holds outside the process (a spill file). Must not block."""
         ...
+
+
+class NotStarted:
+    """The stage before the loop picks one: nothing taken in, nothing to commit, nothing to
+    forget (a consumer closed before the run began)."""
+
+    fatal: FatalRegistryError | None = None
+
+    def poll(self) -> None:
+        pass
+
+    def submit(self, records: list[Record]) -> None:
+        raise RuntimeError("records submitted before the loop picked its stage")
+
+    def feed(self) -> None:
+        pass
+
+    def holds_back(self, now: float) -> bool:
+        return False
+
+    def committable(self) -> dict[Partition, int]:
+        return {}
+
+    def mark_committed(self, positions: dict[Partition, int]) -> None:
+        pass
+
+    def forget(self, gone: set[Partition]) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
