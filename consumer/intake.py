@@ -68,6 +68,7 @@ class Intake:
         self._dispatch = dispatch
         self._tracker = tracker
         self._dlq = dlq
+        self._fetch = fetch
         self._keys = KeyWatch(clock=clock, on_split=metrics.users_on_several_partitions.inc)
         self._stalls = Stalls(
             REGISTRY_BACKOFF,
@@ -150,10 +151,13 @@ class Intake:
 
     def forget(self, gone: set[Partition]) -> bool:
         """Forget the records held back for ``gone``, and their ops waiting for their
-        event-time turn; the run goes on."""
+        event-time turn, and let them fetch again (a rewound partition is read afresh); the
+        run goes on."""
         tps = list(gone)
         self._stalls.drop(tps)
         self._order.drop(tps)
+        self._fetch.release(REGISTRY, tps)
+        self._fetch.release(ORDER, tps)
         return False
 
     def flush(self) -> None:

@@ -126,6 +126,18 @@ def test_a_rewound_partition_starts_afresh(stage):
     assert intake.committable() == {A: 1}
 
 
+def test_a_stalled_partition_that_rewinds_is_read_afresh(stage):
+    r, intake = stage
+    produce(r.broker, 0, identify("a", n=1))
+    r.registry.down = True
+    intake.submit(r.fetched())
+    assert r.fetch.holds(A)
+    r.registry.down = False
+    intake.submit([r.broker.partitions[A][0]])  # the consumer went back to offset 0
+    assert not r.fetch.holds(A)
+    assert [p.source.offset for p in r.queued()] == [0]
+
+
 def test_forgetting_a_partition_never_stops_a_live_run(stage):
     _, intake = stage
     assert intake.forget({A}) is False
