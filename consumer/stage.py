@@ -127,7 +127,8 @@ class Stage(Protocol):
 
     def committable(self) -> dict[Partition, int]:
         """Commit positions that moved since :meth:`mark_committed`: each one past only what
-        was applied or confirmed dead-lettered. Does *not* commit."""
+        was applied or confirmed dead-lettered. Does *not* commit, and must not block (a query
+        of a backfill's spill file at most)."""
         ...
 
     def mark_committed(self, positions: dict[Partition, int]) -> None:
@@ -141,7 +142,8 @@ class Stage(Protocol):
         ...
 
     def flush(self) -> None:
-        """The loop stops: what waits for its turn goes on now. Does *not* wait for Knock."""
+        """The loop stops: what waits for its turn goes on now, and what comes after goes on as
+        it is read (the loop says it at every turn of its drain). Does *not* wait for Knock."""
         ...
 
     def close(self) -> None:
