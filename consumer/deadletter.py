@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .logs import KAFKA_LOG
 from .metrics import Metrics
 from .records import DeadLetterWriter, Headers, Position, Record, RecordReader
-from .tracker import Handle
+from .stage import Committable as Handle
 
 log = logging.getLogger("knock_sink.deadletter")
 

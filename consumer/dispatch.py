@@ -3,13 +3,16 @@
 :class:`Dispatch` owns what lies between the intake and Knock: the :class:`~consumer.plan.Planner`
 that queues and coalesces ops, the plan sizes derived from Knock's tiers
 (:class:`~consumer.flow.Sizing`), the moment a plan is cut (:class:`~consumer.cadence.Cadence`)
-and the plans in flight (:class:`~consumer.apply.Flight`). The loop asks it to start a plan
-each turn and collects the outcomes it hands back; what an outcome means for offsets and dead
-letters is the loop's. The loop's thread owns it: not thread-safe.
+and the plans in flight (:class:`~consumer.apply.Flight`). The stages queue ops here (:meth:`Dispatch.queue`,
+:meth:`Dispatch.add`), the loop asks it to start a plan each turn, collects the outcomes it
+hands back and gives back what must be retried (:meth:`Dispatch.retry`) or dropped
+(:meth:`Dispatch.drop`): the planner is reached through nothing else. What an outcome means for
+offsets and dead letters is the loop's. The loop's thread owns it: not thread-safe.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 
@@ -19,7 +22,9 @@ from .config import Settings
 from .flow import Sizing
 from .knock import KnockClient
 from .metrics import Metrics
-from .plan import Planner
+from .ops import Op
+from .plan import Pending, Planner
+from .stage import Committable
 
 log = logging.getLogger("knock_sink")
 
@@ -27,7 +32,6 @@ log = logging.getLogger("knock_sink")
 class Dispatch:
     """The planner, the plan cadence and the plans in flight of one sink.
 
-    :ivar planner: what is queued (the intake adds to it; revokes drop from it).
     :ivar sizing: plan sizes under the ``[knock]`` settings.
     """
 
@@ -36,7 +40,9 @@ class Dispatch:
     ) -> None:
         self._knock_settings = settings.knock
         self.sizing = sizing = Sizing.of(settings.knock)
-        self.planner = Planner(nested=settings.knock.nested_merge)
+        self._planner = Planner(nested=settings.knock.nested_merge)
+        #: Pending numbers: the planner's order of arrival.
+        self.next_seq: Callable[[], int] = itertools.count(1).__next__
         self._flight = Flight(
             Applier(
                 knock,
@@ -61,26 +67,49 @@ class Dispatch:
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing in flight."""
-        return len(self._flight) == 0 and len(self.planner) == 0
+        return len(self._flight) == 0 and len(self._planner) == 0
+
+    @property
+    def queued(self) -> int:
+        """Ops queued, not yet cut into a plan."""
+        return len(self._planner)
+
+    # -- the planner's one door ----------------------------------------------------------------
+
+    def queue(self, op: Op, source: Committable, lane: object = None) -> None:
+        """Queue ``op``, numbered now, standing for ``source`` (held for it by the caller)."""
+        self._planner.add(Pending(self.next_seq(), op, source, lane))
+
+    def add(self, p: Pending) -> None:
+        """Queue ``p``, numbered by the caller with :attr:`next_seq`."""
+        self._planner.add(p)
+
+    def retry(self, items: list[Pending], not_before: float) -> None:
+        """Give back ops cut but not applied (see :meth:`consumer.plan.Planner.retry`)."""
+        self._planner.retry(items, not_before)
+
+    def drop(self, predicate: Callable[[Pending], bool]) -> list[Pending]:
+        """Remove the queued ops matching ``predicate`` (a revoke, a stopped backfill)."""
+        return self._planner.drop(predicate)
 
     def start(self, *, wait: Callable[[float], bool] | None = None, now: bool = False) -> None:
         """Cut the next plan and start it, when there is room in flight and a plan is due (full,
         or old enough) and ``wait`` (given the clock) does not hold it back; with ``now``, due
         or not (a drain). Its users are disjoint from those of the plans in flight."""
-        if self._flight.full or len(self.planner) == 0:
+        if self._flight.full or len(self._planner) == 0:
             return
         t = self._clock()
         size = self.sizing.users_per_plan
         due = self._cadence.due(
             t,
-            pending=len(self.planner),
+            pending=len(self._planner),
             full_at=size,
             last_cut=self._last_cut,
             bulk_ready_in=self._knock.ready_in("bulk_identify"),
         )
         if not now and (not due or (wait is not None and wait(t))):
             return
-        plan = self.planner.cut(
+        plan = self._planner.cut(
             t, max_users=size, busy=self._flight.busy(), max_levels=self.sizing.max_levels
         )
         if plan:
@@ -89,7 +118,7 @@ class Dispatch:
                     "plan cut: %d users, %.3f s after the last, %d ops left pending",
                     len(plan.users()),
                     t - self._last_cut,
-                    len(self.planner),
+                    len(self._planner),
                 )
             self._last_cut = t
             self._plan_users.observe(len(plan.users()))

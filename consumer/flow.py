@@ -10,7 +10,7 @@ reads a clock of its own.
 * :class:`ReadAhead`: under Knock's limits a backfill is bounded by the bulk budget, not by
   reading, and every send of a user before its last event is read is a send spent twice (and
   without the limits, an entry more); so it reads (folding each user's events, see
-  :mod:`consumer.backlog`) up to the end targets before its first send, as far as
+  :mod:`consumer.backfill.backlog`) up to the end targets before its first send, as far as
   ``sink.max_pending`` allows the events that do not fold.
 * :class:`ReadRate`: how fast a backfill reads while it fetches, so that reading ahead can
   pause once it has more ready to send than reading the rest of a partition takes.
@@ -21,10 +21,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .config import KnockSettings
 from .limits import ENTITY_GAP, per_second
-from .records import Partition, Record, Source
+from .records import Partition, Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +36,8 @@ class Sizing:
         budget) plus the single-identify overflow; without limits, one bulk call per worker,
         sent side by side, but for a backfill's held users (``held``) one bulk call: they wait
         for a plan unpacked, several KB each, and sending them outruns reading with two calls
-        side by side (two plans in flight) already; with a plan per worker, a 2M-event backfill
-        of the benchmark peaked 389 MB.
+        side by side (two plans in flight) already, and a plan per worker would hold that
+        many more users unpacked at once.
     :ivar max_levels: under Knock's limits each level is a paced bulk call of its own, so a plan
         is one level: a user's next non-foldable update waits for the next (full) call, not a
         near-empty one. ``None``: no limit.
@@ -59,24 +60,32 @@ class Sizing:
         return cls(knock.bulk_size * (1 if held else knock.concurrency), None, 0, 0.0)
 
 
+class Pausable(Protocol):
+    """Fetching, as one switch (the loop's: :meth:`consumer.fetch.FetchControl.whole`)."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
 class Backpressure:
-    """Pauses ``source`` at ``max_pending`` unresolved events and resumes it at half: the gap
+    """Pauses fetching at ``max_pending`` unresolved events and resumes it at half: the gap
     keeps it from flapping on every batch."""
 
     def __init__(self, max_pending: int) -> None:
         self.max_pending = max_pending
 
-    def update(self, pending: int, source: Source) -> None:
+    def update(self, pending: int, fetching: Pausable) -> None:
         if pending >= self.max_pending:
-            source.pause()
+            fetching.pause()
         elif pending <= self.max_pending // 2:
-            source.resume()
+            fetching.resume()
 
 
 class ReadRate:
     """Events read a second while fetching, averaged over about ``window`` seconds of it: a
     pause of fetching neither counts nor ages it (a backfill's read-ahead, see
-    :meth:`consumer.holding.Holding.step`)."""
+    :class:`consumer.backfill.focus.Focus`)."""
 
     def __init__(self, window: float) -> None:
         self._window = window

@@ -73,20 +73,21 @@ class Freshness:
         )
 
     def applied(self, done: Sequence[Pending], now: float) -> None:
-        """Observe a sample of ``done`` (pendings whose ``source`` is a tracker handle with its
-        ``seen``/``kafka_ms``/``event_ts`` set) as applied at wall time ``now``."""
+        """Observe a sample of ``done`` as applied at wall time ``now``, by the stamps of each
+        one's :class:`~consumer.stage.Committable` (an event's, or a held user's first event's;
+        unstamped ones are left out)."""
         if not done:
             return
         step = max(1, len(done) // SAMPLE)
         for p in done[::step]:
             h = p.source
-            seen = getattr(h, "seen", 0.0)
+            seen = h.seen
             if not seen:
                 continue
             self.consume_to_apply.observe(max(0.0, now - seen))
-            kafka_ms = h.kafka_ms  # type: ignore[attr-defined]
+            kafka_ms = h.kafka_ms
             if kafka_ms:
                 self._by_kafka.observe(max(0.0, now - kafka_ms / 1000))
-            stamp = parse_timestamp(h.event_ts)  # type: ignore[attr-defined]
+            stamp = parse_timestamp(h.event_ts)
             if stamp is not None:
                 self._by_event.observe(max(0.0, now - stamp.timestamp()))

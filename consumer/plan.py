@@ -29,20 +29,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from types import MappingProxyType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from consumer.config import NestedMerge as NestedMerge  # backlog imports it from here too
-from consumer.ops import Action, Identify, Merge, Op, entities
+from consumer.config import NestedMerge
+from consumer.ops import Identify, Merge, Op, entities
+
+if TYPE_CHECKING:
+    from consumer.stage import Committable
 
 
 @dataclass(slots=True)
 class Pending:
     """One consumed op waiting to be applied. ``source`` is the caller's, opaque to the planner:
-    the sink's :class:`~consumer.tracker.Handle` of the position the op came from."""
+    the offsets the op stands for (:class:`~consumer.stage.Committable`)."""
 
     seq: int
     op: Op
-    source: Any
+    source: Committable
     #: Pendings of one lane may fold into each other on :meth:`Planner.add`; ``None`` never does.
     lane: object = None
     not_before: float = 0.0
@@ -295,85 +298,129 @@ class Planner:
             raise ValueError(f"max_users must be at least 1, got {max_users}")
         if max_levels is not None and max_levels < 1:
             raise ValueError(f"max_levels must be at least 1, got {max_levels}")
-        top = max_levels if max_levels is not None else 1 << 30
-        levels: list[Level] = []
-        # user -> (level of its last planned op, that op's entry if it was an identify)
-        last: dict[str, tuple[int, Entry | None]] = {}
-        held: set[str] = set(busy)
-        kept: list[Pending] = []
-        queue = self._queue
-        budget = max_users if max_users is not None else -1
-        plan_identify, plan_merge = self._plan_identify, self._plan_merge
-        open_ = self._open  # a planned op leaves it; kept ops stay as they were
-        closed = False  # the budget was reached: only riders of planned users go on
-        for p in queue:
-            op = p.op
-            if closed:
-                # Only users already in the plan matter from here on (a backlog read ahead makes
-                # this the long part of the walk: keep it to lookups).
-                if isinstance(op, Identify):
-                    uid = op.user_id
-                    if uid in last:
-                        if op.props is RIDER and uid not in held:
-                            plan_identify(p, op, levels, last, top)
-                            continue
-                        held.add(uid)
-                else:
-                    held.update(_users(op))
-                kept.append(p)
-                continue
-            if op.__class__ is Identify:
-                # The common case without tuples, sets or generators.
-                uid = op.user_id  # type: ignore[union-attr]
-                if p.not_before > now or uid in held:
-                    held.add(uid)
-                    kept.append(p)
-                    continue
-                if budget > 0 and uid not in last and len(last) >= budget:
-                    closed = True
-                    held.add(uid)
-                    kept.append(p)
-                    continue
-                if plan_identify(p, op, levels, last, top):  # type: ignore[arg-type]
-                    if open_.get(uid, _NOT_OPEN)[0] is p:
-                        del open_[uid]
-                else:
-                    held.add(uid)
-                    kept.append(p)
-                continue
-            users = _users(op)
-            if p.not_before > now or any(u in held for u in users):
-                held.update(users)
-                kept.append(p)
-                continue
-            if budget > 0 and last:
-                new = sum(1 for u in set(users) if u not in last)
-                if new and len(last) + new > budget:
-                    closed = True
-                    held.update(users)
-                    kept.append(p)
-                    continue
-            planned = (
-                plan_identify(p, op, levels, last, top)
-                if isinstance(op, Identify)
-                else plan_merge(p, op, levels, last, top)
-            )
-            if not planned:
-                held.update(users)
-                kept.append(p)
-        self._queue = kept
-        return Plan(levels=[lv for lv in levels if lv.identifies or lv.merges or lv.actions])
+        cut = _Cut(self, now, busy=busy, max_users=max_users, max_levels=max_levels)
+        ops = iter(self._queue)
+        for p in ops:
+            if not cut.take(p):
+                cut.riders_only(ops)  # the rest of the queue, in the same pass
+                break
+        self._queue = cut.kept
+        return cut.plan()
 
-    def _plan_identify(
+    def drop(self, predicate: Callable[[Pending], bool]) -> list[Pending]:
+        """Remove and return (in seq order) the pending ops matching ``predicate``."""
+        dropped: list[Pending] = []
+        kept: list[Pending] = []
+        for p in self._queue:
+            (dropped if predicate(p) else kept).append(p)
+        self._queue = kept
+        self._reopen()
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+
+class _Cut:
+    """One walk of the queue by :meth:`Planner.cut`: the levels built so far, each user's last
+    planned op, and what stays pending. A planned op leaves the planner's open ops; kept ops
+    stay as they were."""
+
+    __slots__ = (
+        "_budget",
+        "_can_fold",
+        "_fold",
+        "_now",
+        "_open",
+        "_top",
+        "held",
+        "kept",
+        "last",
+        "levels",
+    )
+
+    def __init__(
         self,
-        p: Pending,
-        op: Identify,
-        levels: list[Level],
-        last: dict[str, tuple[int, Entry | None]],
-        top: int,
-    ) -> bool:
+        planner: Planner,
+        now: float,
+        *,
+        busy: Iterable[str],
+        max_users: int | None,
+        max_levels: int | None,
+    ) -> None:
+        self._can_fold, self._fold, self._open = planner._can_fold, planner._fold, planner._open
+        self._now = now
+        self._budget = max_users if max_users is not None else -1
+        self._top = max_levels if max_levels is not None else 1 << 30
+        self.levels: list[Level] = []
+        #: user -> (level of its last planned op, that op's entry if it was an identify)
+        self.last: dict[str, tuple[int, Entry | None]] = {}
+        #: Users nothing more may be planned for in this cut.
+        self.held: set[str] = set(busy)
+        self.kept: list[Pending] = []
+
+    def plan(self) -> Plan:
+        return Plan(levels=[lv for lv in self.levels if lv.identifies or lv.merges or lv.actions])
+
+    def take(self, p: Pending) -> bool:
+        """Plan ``p``, or keep it pending (and its users held); False once the user budget is
+        reached (``p`` kept): from there on only riders of planned users go (:meth:`riders_only`)."""
+        op = p.op
+        if op.__class__ is Identify:
+            # The common case without tuples, sets or generators.
+            uid = op.user_id  # type: ignore[union-attr]
+            if p.not_before > self._now or uid in self.held:
+                self._keep(p, uid)
+                return True
+            if self._budget > 0 and uid not in self.last and len(self.last) >= self._budget:
+                self._keep(p, uid)
+                return False
+            if self.identify(p, op):  # type: ignore[arg-type]
+                if self._open.get(uid, _NOT_OPEN)[0] is p:
+                    del self._open[uid]
+            else:
+                self._keep(p, uid)
+            return True
+        users = _users(op)
+        if p.not_before > self._now or any(u in self.held for u in users):
+            self._keep(p, *users)
+            return True
+        if self._budget > 0 and self.last:
+            new = sum(1 for u in set(users) if u not in self.last)
+            if new and len(self.last) + new > self._budget:
+                self._keep(p, *users)
+                return False
+        if not self.barrier(p, op):
+            self._keep(p, *users)
+        return True
+
+    def riders_only(self, rest: Iterable[Pending]) -> None:
+        """The budget was reached: of ``rest``, plan only the riders of users already planned
+        (they go with their host) and keep everything else. Only users already in the plan
+        matter here (a backlog read ahead makes this the long part of the walk: keep it to
+        lookups)."""
+        last, held, kept = self.last, self.held, self.kept
+        for p in rest:
+            op = p.op
+            if isinstance(op, Identify):
+                uid = op.user_id
+                if uid in last:
+                    if op.props is RIDER and uid not in held:
+                        self.identify(p, op)
+                        continue
+                    held.add(uid)
+            else:
+                held.update(_users(op))
+            kept.append(p)
+
+    def _keep(self, p: Pending, *users: str) -> None:
+        self.held.update(users)
+        self.kept.append(p)
+
+    def identify(self, p: Pending, op: Identify) -> bool:
         """Plan ``p``, folded or one level above its user's last op; False (nothing planned)
-        when that level would be ``top`` or beyond."""
+        when that level would be the top one or beyond."""
+        levels, last = self.levels, self.last
         prev = last.get(op.user_id)
         if prev is None:
             # A user's first op in the cut, by far the most frequent case: level 0.
@@ -396,45 +443,31 @@ class Planner:
             prev_entry.items.append(p)
             return True
         level += 1
-        if level >= top:
+        if level >= self._top:
             return False
         entry = Entry(user_id=op.user_id, props=op.props, items=[p])
         _level(levels, level).identifies.append(entry)
         last[op.user_id] = (level, entry)
         return True
 
-    @staticmethod
-    def _plan_merge(
-        p: Pending,
-        op: Merge | Action,
-        levels: list[Level],
-        last: dict[str, tuple[int, Entry | None]],
-        top: int,
-    ) -> bool:
+    def barrier(self, p: Pending, op: Op) -> bool:
+        """Plan a merge or an action one level above the last op of each of its users (an
+        identify that is no plain ``Identify`` instance goes to :meth:`identify`); False when
+        that level would be the top one or beyond."""
+        if isinstance(op, Identify):
+            return self.identify(p, op)
         users = _users(op)
+        last = self.last
         level = 1 + max(last.get(u, (-1, None))[0] for u in users)
-        if level >= top:
+        if level >= self._top:
             return False
         if op.__class__ is Merge:
-            _level(levels, level).merges.append(MergeStep(p))
+            _level(self.levels, level).merges.append(MergeStep(p))
         else:
-            _level(levels, level).actions.append(ActionStep(p))
+            _level(self.levels, level).actions.append(ActionStep(p))
         for u in users:
             last[u] = (level, None)
         return True
-
-    def drop(self, predicate: Callable[[Pending], bool]) -> list[Pending]:
-        """Remove and return (in seq order) the pending ops matching ``predicate``."""
-        dropped: list[Pending] = []
-        kept: list[Pending] = []
-        for p in self._queue:
-            (dropped if predicate(p) else kept).append(p)
-        self._queue = kept
-        self._reopen()
-        return dropped
-
-    def __len__(self) -> int:
-        return len(self._queue)
 
 
 def _level(levels: list[Level], index: int) -> Level:

@@ -2,7 +2,7 @@
 
 The loop never sees a ``confluent_kafka.Message``: :mod:`consumer.source` turns each one into a
 :class:`Record` as it is consumed, and :mod:`consumer.deadletter` writes records back out. Only
-those two modules import confluent-kafka (``tests/test_layout.py`` holds that), so the loop runs
+the edge modules import confluent-kafka (``tests/test_layout.py`` lists them), so the loop runs
 unchanged on the in-memory edge of the tests (``tests/memory.py``), as Arroyo's local backend
 stands in for Kafka.
 """
@@ -57,30 +57,21 @@ class Source(Protocol):
     thread; ``on_revoke`` runs while the partitions are still owned, so it may commit for them.
     """
 
-    @property
-    def paused(self) -> bool: ...
-
     def consume(self, n: int, timeout: float) -> list[Record]:
         """Up to ``n`` records, waiting at most ``timeout`` seconds for the first."""
         ...
 
-    def pause(self) -> None: ...
-
-    def resume(self) -> None: ...
-
     def pause_partitions(self, tps: list[Partition]) -> None:
-        """Stop fetching ``tps`` only (best effort: a whole :meth:`resume` may undo it)."""
+        """Stop fetching ``tps``. Only :class:`consumer.fetch.FetchControl` calls it: it alone
+        knows why a partition waits."""
         ...
 
-    def resume_partitions(self, tps: list[Partition]) -> None: ...
+    def resume_partitions(self, tps: list[Partition]) -> None:
+        """Fetch ``tps`` again (see :meth:`pause_partitions`)."""
+        ...
 
     def positions(self, tps: list[Partition]) -> dict[Partition, int]:
         """The next offset this consumer will fetch in each of ``tps`` (unknown ones left out)."""
-        ...
-
-    def focus(self, keep: set[Partition] | None) -> None:
-        """Fetch only from ``keep`` of the assigned partitions (``None``: from all again),
-        beside :meth:`pause`, which stops them all."""
         ...
 
     def commit(self, positions: dict[Partition, int]) -> bool:

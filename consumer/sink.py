@@ -1,10 +1,12 @@
-"""The sink loop: source → intake (decode, events, mapping) → dispatch (plan, apply) → dead
+"""The sink loop: source → stage (map, then queue or fold) → dispatch (plan, apply) → dead
 letters → commit.
 
-One thread runs the loop and owns the source, the :class:`~consumer.intake.Intake`, the
-:class:`~consumer.dispatch.Dispatch` and the tracker; plans are applied on worker threads, and
-their outcomes come back to the loop thread, which alone resolves offsets and commits. Every
-stage keeps its own state; the loop only wires them.
+One thread runs the loop and owns the source, the fetch control, the stage, the
+:class:`~consumer.dispatch.Dispatch`, the tracker and the committed positions; plans are applied
+on worker threads, and their outcomes come back to the loop thread, which alone resolves offsets
+and commits. The stage is picked once, at start: the live :class:`~consumer.intake.Intake`, or
+a backfill's :class:`~consumer.backfill.BackfillStage`; both speak
+:class:`~consumer.stage.Stage`. Every stage keeps its own state; the loop only wires them.
 
 The guarantee, in one line: a position is committed only when every event before it in its
 partition has been applied in Knock or confirmed in the dead-letter topic.
@@ -20,27 +22,34 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from .apply import Outcome
+from .backfill import BackfillStage, reached, read_targets
 from .budget import Budget
 from .config import Settings
 from .deadletter import DeadLetters
 from .decode import Decoder
 from .dispatch import Dispatch
 from .errors import ConfigError, FatalKnockError, RetryableError
+from .fetch import FetchControl
 from .flow import Backpressure
 from .health import Health
-from .holding import Holding, applied_events, dead_letter_record, reached, read_targets
+from .ingest import Ingest
 from .intake import Intake
 from .knock import KnockClient
 from .metrics import Metrics, Summary
 from .plan import Pending
 from .records import Edge, Partition, Replay, Source
 from .source import KafkaEdge
+from .stage import NotStarted, Stage
 from .tracker import OffsetTracker
 
 log = logging.getLogger("knock_sink")
 
 #: Seconds between commits while running (a revoke or shutdown commits at once).
 COMMIT_EVERY = 0.5
+#: Why fetching waits (see :class:`~consumer.fetch.FetchControl`): too many events unresolved,
+#: or the loop is stopping.
+BACKPRESSURE = "backpressure"
+DRAIN = "drain"
 
 
 class Sink:
@@ -74,19 +83,15 @@ class Sink:
             on_wait=metrics.knock_wait,
         )
         self._dispatch = Dispatch(settings, self._knock, metrics, clock)
-        self._intake = Intake(
-            settings,
-            planner=self._dispatch.planner,
-            tracker=self._tracker,
-            metrics=metrics,
-            forget=self._forget,
-            decoder=decoder,
-            clock=clock,
-        )
+        self._ingest = Ingest(settings, metrics, decoder)
+        self._fetch = FetchControl()
         self._backpressure = Backpressure(settings.sink.max_pending)
+        self._fetching = self._fetch.whole(BACKPRESSURE)
         self._budget = Budget(self._knock.limits, settings.knock.budget_share, metrics.budget_share)
-        #: A backfill's read-ahead and held users (:mod:`consumer.holding`).
-        self._holding: Holding | None = None
+        #: The run's stage, picked at start (:meth:`_pick_stage`).
+        self._stage: Stage = NotStarted()
+        #: The last position committed for each partition by this sink.
+        self._committed: dict[Partition, int] = {}
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
         self._last_commit = clock()
@@ -114,7 +119,7 @@ class Sink:
         :class:`~consumer.errors.FatalRegistryError` when the schema registry does (after
         applying and committing what came before the record it refused), and
         :class:`ConfigError` when either rejects it at start."""
-        self._intake.actions.window(backfill=until_end)
+        self._ingest.actions.window(backfill=until_end)
         kafka = self.settings.kafka
         if self.settings.sink.metrics_port:
             # Before the start-up check: the probes say "not ready" while it retries.
@@ -129,10 +134,10 @@ class Sink:
             from_beginning=from_beginning,
             **({"replay": replay} if replay else {}),
         )
-        self._intake.open(self._source, self._dlq)
+        self._fetch.bind(self._source)
         try:
             self._knock.check()
-            if not self._intake.check():
+            if not self._ingest.check():
                 log.warning("schema registry not answering at start: events that need it will wait")
         except FatalKnockError as exc:
             self.health.fatal(str(exc))
@@ -154,36 +159,21 @@ class Sink:
         )
         for (topic, partition), target in (ends or {}).items():
             self.metrics.target.labels(topic, str(partition)).set(target)
-        if ends is not None:
-            self._holding = Holding(
-                ends,
-                starts,
-                settings=self.settings,
-                dispatch=self._dispatch,
-                intake=self._intake,
-                source=self._source,
-                tracker=self._tracker,
-                dlq=self._dlq,
-                metrics=self.metrics,
-                forget=self._forget,
-                stop=self._stop,
-                clock=self._clock,
-            )
+        self._stage = stage = self._pick_stage(ends, starts)
         # The loop allocates a few small objects per event and keeps them until Knock applied
         # them: with the default thresholds the collector rescans that young, live heap every
-        # 700 allocations (up to a tenth of the loop's time in profiles).
+        # 700 allocations.
         thresholds = gc.get_threshold()
         gc.set_threshold(50_000, 20, 100)
         try:
             while not self._stop.is_set() and not (ends is not None and self._reached(ends)):
                 self._step()
             self._drain()
-            if self._intake.fatal is not None:  # stopped fetching; what was mapped is applied
+            if stage.fatal is not None:  # stopped fetching; what was mapped is applied
                 log.critical(
-                    "the schema registry rejected the configuration, stopped: %s",
-                    self._intake.fatal,
+                    "the schema registry rejected the configuration, stopped: %s", stage.fatal
                 )
-                raise self._intake.fatal
+                raise stage.fatal
         except FatalKnockError as exc:
             self.health.fatal(str(exc))
             log.critical("Knock rejected the configuration, stopping: %s", exc)
@@ -194,55 +184,81 @@ class Sink:
             self._close()
         return Summary.of(self.metrics)
 
+    def _pick_stage(self, ends: dict[Partition, int] | None, starts: dict[Partition, int]) -> Stage:
+        """The live intake, or with end targets a backfill (its plans sized for held users)."""
+        assert self._source is not None and self._dlq is not None
+        if ends is None:
+            return Intake(
+                self.settings,
+                ingest=self._ingest,
+                dispatch=self._dispatch,
+                tracker=self._tracker,
+                dlq=self._dlq,
+                fetch=self._fetch,
+                metrics=self.metrics,
+                clock=self._clock,
+            )
+        self._dispatch.hold()
+        return BackfillStage(
+            ends,
+            starts,
+            settings=self.settings,
+            ingest=self._ingest,
+            dispatch=self._dispatch,
+            source=self._source,
+            fetch=self._fetch,
+            tracker=self._tracker,
+            dlq=self._dlq,
+            metrics=self.metrics,
+            stop=self._stop,
+            clock=self._clock,
+            # Its value so far; a setting of its own belongs in config.
+            read_ahead_idle=self.settings.sink.flush_interval,
+        )
+
     def _step(self) -> None:
         """One turn of the loop: fetch and take in, take in finished plans, dead letters, next
         plan, commit."""
         assert self._source is not None and self._dlq is not None
-        source = self._source
+        source, stage = self._source, self._stage
         self.health.turned()
         if self._budget.stale and self._budget.share is not None:
             self._budget.refresh(lambda: source.end_offsets(self.settings.kafka.topics))
         pending = self._tracker.pending()
-        self._backpressure.update(pending, source)
+        self._backpressure.update(pending, self._fetching)
         self.metrics.pending.set(pending)
-        self.metrics.paused.set(1 if source.paused else 0)
-        self._intake.retry_stalled()
+        self.metrics.paused.set(1 if self._fetch.paused else 0)
+        stage.poll()
         self._take_in(0.2 if self._dispatch.idle else 0.02)
         self._dispatch.collect(self._take)
         self._dlq.pump()
-        if self._holding is not None:
-            self._holding.step()
+        stage.feed()
         self._start_plan()
         if self._commit():  # not in _commit: that runs in the rebalance callbacks too
             self.metrics.set_lag(source.high_watermarks())
 
     def _take_in(self, timeout: float) -> None:
-        """Fetch a batch and hand it to the intake (or the backfill's holding)."""
+        """Fetch a batch and submit it to the stage."""
         assert self._source is not None
         records = self._source.consume(self.settings.kafka.consume_batch, timeout)
-        holding = self._holding
-        self._intake.ingest(records, holding.ingest if holding is not None else None)
-        if self._intake.fatal is not None:
+        self._stage.submit(records)
+        if self._stage.fatal is not None:
             self._stop.set()
-        if holding is not None and records:
-            holding.fetched(records)
 
     def _start_plan(self) -> None:
-        self._intake.release()
-        holding = self._holding
-        self._dispatch.start(
-            wait=holding.holds_back if holding is not None else None, now=self._stop.is_set()
-        )
+        self._dispatch.start(wait=self._stage.holds_back, now=self._stop.is_set())
 
     def _take(self, out: Outcome) -> None:
         """Resolve what Knock applied, park what it rejected, give back what must be retried."""
         assert self._dlq is not None
+        applied = 0
         for p in out.done:
             p.source.release()
-        self.metrics.applied.inc(applied_events(out.done))
+            applied += p.source.events
+        self.metrics.applied.inc(applied)
         self.metrics.freshness.applied(out.done, time.time())
         for p, kind, reason in out.dead:
-            self._dlq.park(p.source, kind, reason, dead_letter_record(p))
+            self._dlq.park(p.source, kind, reason, p.source.record())
             p.source.release()
         now = self._clock()
         by_delay: dict[float, list[Pending]] = defaultdict(list)
@@ -251,7 +267,7 @@ class Sink:
                 by_delay[delay].append(p)
         for delay, items in by_delay.items():
             self.metrics.retries.labels("item" if delay else "blocked").inc(len(items))
-            self._dispatch.planner.retry(items, now + delay)
+            self._dispatch.retry(items, now + delay)
         for op, n in out.calls.items():
             self.metrics.knock_calls.labels(op).inc(n)
         self.metrics.users_sent.inc(out.users_sent)
@@ -266,15 +282,11 @@ class Sink:
         if not force and now - self._last_commit < COMMIT_EVERY:
             return False
         self._last_commit = now
-        holding = self._holding
-        positions = (
-            self._tracker.committable() if holding is None else holding.committable(self._tracker)
-        )
+        positions = self._stage.committable()
         if not positions or not self._source.commit(positions):
             return False
-        self._tracker.mark_committed(positions)
-        if holding is not None:
-            holding.mark_committed(positions)
+        self._stage.mark_committed(positions)
+        self._committed.update(positions)
         for (topic, partition), offset in positions.items():
             self.metrics.committed.labels(topic, str(partition)).set(offset)
         self.metrics.commits.inc()
@@ -294,6 +306,7 @@ class Sink:
         return drained
 
     def _on_assign(self, tps: list[Partition]) -> None:
+        self._fetch.assigned(tps)
         self._tracker.add(tps)
         self.health.assigned(tps)
         self._budget.update(self.health.partitions)
@@ -302,6 +315,7 @@ class Sink:
         self.health.unassigned(tps)
         self._budget.update(self.health.partitions)
         self._forget(tps)
+        self._fetch.unassigned(tps)
 
     def _on_revoke(self, tps: list[Partition]) -> None:
         """Partitions are leaving: settle while they are still ours, then forget them, so that
@@ -313,6 +327,7 @@ class Sink:
                 tps,
             )
         self._forget(tps)
+        self._fetch.unassigned(tps)
         self.health.unassigned(tps)
         self._budget.update(self.health.partitions)
 
@@ -320,24 +335,23 @@ class Sink:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
         here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
-        planner = self._dispatch.planner
-        if self._holding is not None and self._holding.forget(gone):
+        if self._stage.forget(gone):
             self._stop.set()
-            planner.drop(lambda p: True)
-        self._intake.drop(tps)
-        planner.drop(lambda p: p.source.partition in gone)
+            self._dispatch.drop(lambda p: True)
+        self._dispatch.drop(lambda p: p.source.partition in gone)
         self._tracker.drop(tps)
 
     def _drain(self) -> None:
         """Stop fetching, apply what is buffered (within the drain budget), then settle."""
-        assert self._source is not None and self._dlq is not None
-        self._source.pause()
-        self._intake.release(flush=True)  # what a live sink holds for event-time order goes on now
+        assert self._dlq is not None
+        self._fetch.hold_all(DRAIN)
+        self._stage.flush()  # what a live sink holds for event-time order goes on now
         deadline = self._clock() + self.settings.sink.drain_timeout
         while self._clock() < deadline:
             self.health.turned()
             if self._dispatch.collect(self._take, timeout=0.05) and self._dispatch.idle:
                 break
+            self._stage.flush()  # and what came in since
             self._start_plan()
             # Keeps group membership and callbacks served; whatever was fetched before the
             # pause is taken in rather than dropped.
@@ -355,7 +369,7 @@ class Sink:
         assert self._source is not None
         return reached(
             ends,
-            self.metrics.committed_positions(),
+            self._committed,
             self._source,
             lambda: bool(self._tracker.pending() or not self._dispatch.idle),
         )
@@ -366,8 +380,7 @@ class Sink:
         self._knock_stop.set()
         self._dispatch.close()
         self._knock.close()
-        if self._holding is not None:
-            self._holding.close()
+        self._stage.close()
         if self._source is not None:
             self._source.close()
         if self._dlq is not None:

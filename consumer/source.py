@@ -1,6 +1,7 @@
 """Source step: the Kafka consumer. Batches of :class:`~consumer.records.Record` from
-``consume(n, timeout)`` in a consumer group, pause and resume, and synchronous commits of
-positions the caller vouches for.
+``consume(n, timeout)`` in a consumer group, partitions paused and resumed as the loop's fetch
+control (:mod:`consumer.fetch`) says, and synchronous commits of positions the caller vouches
+for.
 
 Offsets are never committed automatically (``enable.auto.commit=false``): the sink commits a
 position only when the tracker says every event before it has been applied or dead-lettered.
@@ -71,9 +72,6 @@ class KafkaSource:
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         self._rewind = from_beginning
         self._rewound: set[Partition] = set()
-        self._paused = False
-        #: Assigned partitions :meth:`focus` keeps from fetching.
-        self._held_back: set[Partition] = set()
         self._topics = list(settings.topics)
         replay = replay or Replay()
         self._start: dict[Partition, int] = dict(replay.from_offsets or {})
@@ -108,11 +106,7 @@ class KafkaSource:
                 p.offset = self._start[tp]
                 self._rewound.add(tp)
         consumer.incremental_assign(parts)
-        if self._paused:
-            consumer.pause(parts)
-        elif self._held_back:  # focused: a new partition waits its turn
-            consumer.pause(parts)
-            self._held_back.update((p.topic, p.partition) for p in parts)
+        # A new partition fetches until the loop's fetch control, told here, holds it back.
         self._on_assign([(p.topic, p.partition) for p in parts])
 
     def _revoked(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
@@ -155,22 +149,6 @@ class KafkaSource:
                 log.warning("kafka: %s", err)
         return out
 
-    def pause(self) -> None:
-        if not self._paused:
-            self._consumer.pause(self._consumer.assignment())
-            self._paused = True
-
-    def resume(self) -> None:
-        if self._paused:
-            self._consumer.resume(
-                [
-                    p
-                    for p in self._consumer.assignment()
-                    if (p.topic, p.partition) not in self._held_back
-                ]
-            )
-            self._paused = False
-
     def positions(self, tps: list[Partition]) -> dict[Partition, int]:
         got = self._consumer.position([TopicPartition(t, p) for t, p in tps])
         return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
@@ -179,28 +157,7 @@ class KafkaSource:
         self._consumer.pause([TopicPartition(t, p) for t, p in tps])
 
     def resume_partitions(self, tps: list[Partition]) -> None:
-        # A whole pause (backpressure, drain) and a backfill's focus outrank this one.
-        back = [tp for tp in tps if tp not in self._held_back]
-        if not self._paused and back:
-            self._consumer.resume([TopicPartition(t, p) for t, p in back])
-
-    def focus(self, keep: set[Partition] | None) -> None:
-        assigned = {(p.topic, p.partition) for p in self._consumer.assignment()}
-        back = set() if keep is None else assigned - keep
-        if back == self._held_back:
-            return
-        if not self._paused:
-            if back - self._held_back:
-                self._consumer.pause([TopicPartition(*tp) for tp in back - self._held_back])
-            if self._held_back - back:
-                self._consumer.resume(
-                    [TopicPartition(*tp) for tp in (self._held_back - back) & assigned]
-                )
-        self._held_back = back
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
+        self._consumer.resume([TopicPartition(t, p) for t, p in tps])
 
     def commit(self, positions: dict[Partition, int]) -> bool:
         """Commit ``positions`` (next offset to read, per partition) synchronously. Returns False

@@ -19,9 +19,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from .errors import FatalRegistryError, RegistryError
+from .handles import EventHandle
 from .policy import Backoff
 from .records import Partition, Record
-from .tracker import Handle
 
 log = logging.getLogger("knock_sink.stalls")
 
@@ -31,7 +31,7 @@ REGISTRY_BACKOFF = Backoff(base=0.2, cap=5.0)
 
 #: ``process(record, handle)``: decode, map and hand on one record; raises
 #: :class:`RegistryError` when it must wait (the handle is then still held).
-Process = Callable[[Record, Handle], None]
+Process = Callable[[Record, EventHandle], None]
 
 
 class Stalls:
@@ -55,7 +55,7 @@ class Stalls:
         self._clock = clock
         self._pause = pause
         self._resume = resume
-        self._held: dict[Partition, deque[tuple[Record, Handle]]] = {}
+        self._held: dict[Partition, deque[tuple[Record, EventHandle]]] = {}
         self._attempt = 0
         self._next_try = 0.0
         #: Called for each decode attempt that found the registry away (the metrics count it).
@@ -71,11 +71,11 @@ class Stalls:
         """True when ``tp`` is stalled: its next records must queue behind the held one."""
         return tp in self._held
 
-    def keep(self, record: Record, handle: Handle) -> None:
+    def keep(self, record: Record, handle: EventHandle) -> None:
         """Queue a later record of a stalled partition, in order."""
         self._held[(record.topic, record.partition)].append((record, handle))
 
-    def stall(self, record: Record, handle: Handle, exc: RegistryError) -> None:
+    def stall(self, record: Record, handle: EventHandle, exc: RegistryError) -> None:
         """``record`` could not be decoded for want of the registry: hold its partition."""
         tp = (record.topic, record.partition)
         if tp not in self._held:

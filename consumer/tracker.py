@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 
-from .records import Partition
+from .records import Partition, Record
 
 
 class PartitionTracker:
@@ -98,18 +98,13 @@ class Handle:
     rewound since) resolves nothing: the event will be read again.
     """
 
-    __slots__ = ("_dead", "_owed", "_partition", "event_ts", "kafka_ms", "offset", "seen")
+    __slots__ = ("_dead", "_owed", "_partition", "offset")
 
     def __init__(self, partition: PartitionTracker, offset: int) -> None:
         self._partition = partition
         self.offset = offset
         self._owed = 1  # the tracker's caller's own hold, released once it has handed the work on
         self._dead = False
-        #: For the freshness metrics (the caller sets them; see consumer.freshness): wall time
-        #: it was consumed, the Kafka record's timestamp (ms) and the event's raw timestamp.
-        self.seen = 0.0
-        self.kafka_ms: int | None = None
-        self.event_ts: object = None
 
     @property
     def partition(self) -> Partition:
@@ -119,6 +114,15 @@ class Handle:
     def current(self) -> bool:
         """Whether this handle's generation still owns the partition."""
         return not self._partition.retired
+
+    @property
+    def events(self) -> int:
+        """One event per tracked position."""
+        return 1
+
+    def record(self) -> Record | None:
+        """Nothing of its own to dead-letter: the original is read back from its topic."""
+        return None
 
     def hold(self) -> None:
         self._owed += 1

@@ -85,19 +85,16 @@ class MemorySource:
         self._callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
         self._from_beginning = from_beginning
         self._position: dict[Partition, int] = {}
-        self._paused = False
-        #: Partitions paused one by one (a stall, the event-time order's balance).
+        #: Partitions paused (by the sink's fetch control).
         self._held: set[Partition] = set()
-        self._focus: set[Partition] | None = (
-            None  # as KafkaSource.focus: None reads every partition
-        )
         self._delivered = 0
         self._joined = False
         self._idle = threading.Event()  # never set: waiting on it is a consumer's poll timeout
 
     @property
     def paused(self) -> bool:
-        return self._paused
+        """Whether every assigned partition is paused (fetching wholly paused)."""
+        return bool(self._position) and self._held.issuperset(self._position)
 
     def _assign(self, tps: list[Partition]) -> None:
         for tp in tps:
@@ -108,7 +105,7 @@ class MemorySource:
     def consume(self, n: int, timeout: float) -> list[Record]:
         b = self._broker
         if b.probe is not None:
-            b.log.append((self._paused, b.probe()))
+            b.log.append((self.paused, b.probe()))
         if b.tick is not None:
             b.tick()
         if not self._joined:
@@ -131,20 +128,16 @@ class MemorySource:
                 self._callbacks[what](tps)
                 for tp in tps:
                     self._position.pop(tp, None)
+                    self._held.discard(tp)  # as librdkafka: an unassigned partition's pause goes
             b.rebalances.append((what, before, dict(b.commits)))
         # One batch at most up to the next scheduled rebalance, so that it lands mid-stream.
         limit = max(0, min(n, b.schedule[0][0] - self._delivered)) if b.schedule else n
         out: list[Record] = []
-        progress = not self._paused
+        progress = True
         while progress and len(out) < limit:  # round robin, as a fetch spans partitions
             progress = False
             for tp, pos in list(self._position.items()):
-                if (
-                    len(out) < limit
-                    and pos < len(b.partitions[tp])
-                    and tp not in self._held
-                    and (self._focus is None or tp in self._focus)
-                ):
+                if len(out) < limit and pos < len(b.partitions[tp]) and tp not in self._held:
                     out.append(b.partitions[tp][pos])
                     self._position[tp] = pos + 1
                     progress = True
@@ -152,12 +145,6 @@ class MemorySource:
         if not out:
             self._idle.wait(min(timeout, 0.01))
         return out
-
-    def pause(self) -> None:
-        self._paused = True
-
-    def resume(self) -> None:
-        self._paused = False
 
     def positions(self, tps: list[Partition]) -> dict[Partition, int]:
         return {tp: self._position[tp] for tp in tps if tp in self._position}
@@ -167,9 +154,6 @@ class MemorySource:
 
     def resume_partitions(self, tps: list[Partition]) -> None:
         self._held.difference_update(tps)
-
-    def focus(self, keep: set[Partition] | None) -> None:
-        self._focus = None if keep is None else set(keep)
 
     def commit(self, positions: dict[Partition, int]) -> bool:
         for tp, offset in positions.items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from consumer.backlog import LOW_WATER, Backlog, Held
+from consumer.backfill.backlog import LOW_WATER, Backlog, Held
 from consumer.ops import Identify, Merge
 from consumer.sink import Sink
 from tests.model import actual_state, expected_state
@@ -333,7 +333,7 @@ def test_a_held_user_knock_rejects_is_dead_lettered_as_its_folded_update(kafka, 
 
 
 def test_the_memory_budget_is_the_processs() -> None:
-    from consumer.holding import held_budget
+    from consumer.backfill.memory import held_budget
 
     mib = 1 << 20
     # What the process and twice librdkafka's prefetch take comes off; a quarter is left at least.
@@ -342,7 +342,7 @@ def test_the_memory_budget_is_the_processs() -> None:
 
 
 def test_the_held_share_shrinks_by_how_far_the_process_went_past_the_budget() -> None:
-    from consumer.holding import HeldShare
+    from consumer.backfill.memory import HeldShare
 
     mib = 1 << 20
     resident = [60 * mib]

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer.backlog import (
+from consumer.backfill.backlog import (
     LOW_WATER,
     PER_USER,
     PY_PER_JSON_BYTE,

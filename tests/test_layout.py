@@ -11,11 +11,18 @@ import consumer
 PACKAGE = Path(consumer.__file__).parent
 
 #: Third-party I/O library -> the sink modules allowed to import it at run time (paths inside
-#: the package).
+#: the package; the emulator, a package of its own, is checked apart).
 EDGES = {
     "confluent_kafka": {"source.py", "deadletter.py", "demo.py", "avro.py", "repartition.py"},
     "httpx": {"knock/transport.py", "demo.py"},
 }
+
+
+def sink_modules() -> list[Path]:
+    """Every module of the sink, subpackages included, but the emulator's."""
+    return [
+        path for path in PACKAGE.rglob("*.py") if path.relative_to(PACKAGE).parts[0] != "emulator"
+    ]
 
 
 def imports(path: Path) -> set[str]:
@@ -31,15 +38,12 @@ def imports(path: Path) -> set[str]:
     return names
 
 
-def sink_modules() -> list[Path]:
-    """Every module of the sink: the package and its subpackages but the emulator."""
-    return [p for p in PACKAGE.rglob("*.py") if "emulator" not in p.relative_to(PACKAGE).parts]
-
-
 def test_io_libraries_are_imported_only_at_the_edges():
-    for path in sink_modules():
-        name = path.relative_to(PACKAGE).as_posix()
+    modules = sink_modules()
+    assert any(path.parent.name == "backfill" for path in modules)  # subpackages are scanned
+    for path in modules:
         imported = imports(path)
+        name = path.relative_to(PACKAGE).as_posix()
         for lib, allowed in EDGES.items():
             if lib in imported:
                 assert name in allowed, f"{name} imports {lib}"
@@ -47,12 +51,13 @@ def test_io_libraries_are_imported_only_at_the_edges():
 
 def test_the_sink_never_imports_the_emulator_outside_the_cli_and_demo():
     for path in sink_modules():
-        if path.name in {"cli.py", "demo.py"}:
+        name = path.relative_to(PACKAGE).as_posix()
+        if name in {"cli.py", "demo.py"}:
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
-                assert "emulator" not in (node.module or ""), f"{path.name} imports the emulator"
+                assert "emulator" not in (node.module or ""), f"{name} imports the emulator"
 
 
 def module_name(path: Path) -> str:
@@ -102,3 +107,27 @@ def test_the_package_has_no_import_cycle():
 def test_the_settings_import_nothing_of_the_pipeline():
     # Every stage reads its settings; settings that imported a stage would tie them in a circle.
     assert import_graph()["consumer.config"] <= {"consumer.errors", "consumer.limits"}
+
+
+def test_only_the_fetch_control_pauses_the_consumer():
+    """Why a partition waits is the fetch control's to know (consumer/fetch.py): a stage that
+    paused the consumer itself could be undone by another's resume."""
+    for path in sink_modules():
+        name = path.relative_to(PACKAGE).as_posix()
+        if name in {"fetch.py", "records.py", "source.py"}:
+            continue
+        text = path.read_text()
+        for verb in ("pause_partitions(", "resume_partitions("):
+            assert verb not in text, f"{name} calls {verb[:-1]}"
+
+
+def test_no_module_imports_the_backfill_but_the_loop():
+    """The loop picks the stage; nothing else reaches into a backfill."""
+    for path in sink_modules():
+        name = path.relative_to(PACKAGE).as_posix()
+        if name == "sink.py" or name.startswith("backfill/"):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert "backfill" not in node.module, f"{name} imports the backfill"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from consumer.backlog import Backlog
+from consumer.backfill.backlog import Backlog
 from consumer.metrics import total
 from consumer.ops import Identify
 from consumer.ordering import EventOrder, RecentIds, event_time

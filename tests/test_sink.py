@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer import holding
+from consumer.backfill import focus as backfill_focus
+from consumer.fetch import FetchControl
 from consumer.sink import Sink
-from consumer.source import KafkaSource
 from tests.conftest import wait_for
 from tests.model import actual_state, expected_state
 
@@ -371,12 +371,14 @@ def test_reading_ahead_pauses_while_more_is_ready_to_send_than_the_rest_takes_to
     # Partition 0 has fewer events left, so it is read first; its 3,000 users take Knock about
     # 2.8 s, reading partition 1's 13,000 events (1,000 users) a fraction of it: fetching pauses
     # (no partition kept), then reads partition 1 and each user goes once.
-    monkeypatch.setattr(holding, "AHEAD_MARGIN", 0.0)
-    monkeypatch.setattr(holding, "RATE_WINDOW", 0.5)  # a rate after 0.1 s of fetching
+    monkeypatch.setattr(backfill_focus, "AHEAD_MARGIN", 0.0)
+    monkeypatch.setattr(backfill_focus, "RATE_WINDOW", 0.5)  # a rate after 0.1 s of fetching
     kept: list[set | None] = []
-    focus = KafkaSource.focus
+    only = FetchControl.only
     monkeypatch.setattr(
-        KafkaSource, "focus", lambda self, keep: kept.append(keep) or focus(self, keep)
+        FetchControl,
+        "only",
+        lambda self, reason, keep: kept.append(keep) or only(self, reason, keep),
     )
     topic = kafka.topic(2)
     sizes = {0: (3000, 12_000), 1: (1000, 13_000)}  # users, events: a rate before partition 0 ends
