@@ -1,5 +1,5 @@
 """The live intake's side of the event-time window: consumed ops numbered as they leave it,
-merges repeating a ``messageId`` skipped (a backfill orders in :mod:`consumer.holding`)."""
+merges repeating a ``messageId`` skipped (a backfill orders in :mod:`consumer.backfill.stage`)."""
 
 from __future__ import annotations
 
