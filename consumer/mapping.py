@@ -174,16 +174,13 @@ class Mapper:
         out = Mapped([], [])  # explicit lists: the dataclass' default factories cost more
         kind = event.type
         if kind == "identify":
+            # _user_id inline for an event with a userId (one call fewer an event; the rule
+            # itself stays in check_user_id).
             user_id = event.user_id
-            # What _user_id returns for the common case (a present id that check_user_id
-            # passes), tested inline: two calls fewer an event. Anything else goes through it.
-            if not (
-                user_id
-                and len(user_id) <= MAX_USER_ID_LENGTH
-                and "/" not in user_id
-                and "#" not in user_id
-            ):
+            if user_id is None:
                 user_id = self._user_id(event, out)
+            else:
+                check_user_id(user_id)
             if user_id is not None:
                 props = self.props(event.traits, event.context, out.notes)
                 out.ops.append(Identify(user_id, props))
@@ -197,14 +194,11 @@ class Mapper:
             if not props:
                 out.notes.append("no_traits")
             else:
-                user_id = event.user_id
-                if not (  # as for an identify, above
-                    user_id
-                    and len(user_id) <= MAX_USER_ID_LENGTH
-                    and "/" not in user_id
-                    and "#" not in user_id
-                ):
+                user_id = event.user_id  # as for an identify, above
+                if user_id is None:
                     user_id = self._user_id(event, out)
+                else:
+                    check_user_id(user_id)
                 if user_id is not None:
                     out.ops.append(Identify(user_id, props))
         else:

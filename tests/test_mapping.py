@@ -519,8 +519,8 @@ def test_props_keep_every_custom_trait_in_its_order_then_the_reserved_fields(
     "user_id",
     ["u1", "", "a/b", "a#b", "x" * MAX_USER_ID_LENGTH, "x" * (MAX_USER_ID_LENGTH + 1), "ü"],
 )
-def test_the_inline_user_id_check_is_check_user_id(user_id: str) -> None:
-    # Mapper.map tests the common case inline and leaves the rest to check_user_id.
+def test_an_event_s_user_id_goes_through_check_user_id(user_id: str) -> None:
+    # Mapper.map reads the user id inline (not through Mapper._user_id): the same rule.
     event = parse_event({"type": "identify", "userId": "placeholder", "traits": {"plan": "x"}})
     event.user_id = user_id
     try:
