@@ -270,13 +270,15 @@ class ConfluentAvroDecoder:
             user_info = settings.schema_registry_basic_auth.get_secret_value()
             conf["basic.auth.user.info"] = user_info
             secrets = (user_info, user_info.split(":", 1)[1])
-        for key, setting in (
-            ("ssl.ca.location", settings.schema_registry_ca),
-            ("ssl.certificate.location", settings.schema_registry_cert),
-            ("ssl.key.location", settings.schema_registry_key),
-        ):
-            if setting:
-                conf[key] = setting
+        conf.update(
+            (key, setting)
+            for key, setting in (
+                ("ssl.ca.location", settings.schema_registry_ca),
+                ("ssl.certificate.location", settings.schema_registry_cert),
+                ("ssl.key.location", settings.schema_registry_key),
+            )
+            if setting
+        )
         try:
             client = SchemaRegistryClient(conf)
         except (ValueError, TypeError, OSError) as exc:

@@ -49,7 +49,7 @@ CONTAINER_MAGIC = b"Obj\x01"
 #: One message to check: where it is (``line 3``, ``topic[0]@12``); its value: the Kafka
 #: value bytes, an already decoded value (container files), or why it could not be read; and
 #: its topic (``None`` for a file: the ``kafka.format`` applies).
-Message = tuple[str, "bytes | None | Decoded | InvalidEvent", "str | None"]
+Message = tuple[str, "bytes | Decoded | InvalidEvent | None", "str | None"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,7 +136,7 @@ def test_trigger_window_run_and_backfill() -> None:
     assert _map(back, old).notes == ["trigger_too_old"]
     assert len(_map(back, new).ops) == 2
     assert _map(run, msg).notes == ["trigger_no_time"]
-    with pytest.raises(ConfigError, match="workflows.since"):
+    with pytest.raises(ConfigError, match=r"workflows\.since"):
         _actions(backfill=True, workflows={"backfill": True, "since": _iso(2 * 86_400)})
 
 

@@ -483,19 +483,19 @@ def test_formats_per_topic(client, schema_registry):
 
 
 def test_settings_that_cannot_work_name_the_setting():
-    with pytest.raises(ConfigError, match="kafka.schema_registry_url"):
+    with pytest.raises(ConfigError, match=r"kafka\.schema_registry_url"):
         load_settings(environ={}, overrides={"kafka.format": "avro"})
-    with pytest.raises(ConfigError, match="kafka.schema_registry_url"):
+    with pytest.raises(ConfigError, match=r"kafka\.schema_registry_url"):
         load_settings(environ={}, overrides={"kafka.formats": {"t": "avro"}})
-    with pytest.raises(ConfigError, match="kafka.avro_schema_file"):
+    with pytest.raises(ConfigError, match=r"kafka\.avro_schema_file"):
         load_settings(environ={}, overrides={"kafka.format": "avro-plain"})
-    with pytest.raises(ConfigError, match="kafka.schema_registry_basic_auth") as err:
+    with pytest.raises(ConfigError, match=r"kafka\.schema_registry_basic_auth") as err:
         load_settings(environ={"SCHEMA_REGISTRY_BASIC_AUTH": "only-a-secret"})
     assert "only-a-secret" not in str(err.value)
-    with pytest.raises(ConfigError, match="kafka.schema_registry_url") as err:
+    with pytest.raises(ConfigError, match=r"kafka\.schema_registry_url") as err:
         load_settings(environ={"SCHEMA_REGISTRY_URL": "http://me:pw123@registry:8081"})
     assert "pw123" not in str(err.value)
-    with pytest.raises(ConfigError, match="kafka.avro_schema_file"):
+    with pytest.raises(ConfigError, match=r"kafka\.avro_schema_file"):
         decoder_for(KafkaSettings(format="avro-plain", avro_schema_file="/nonexistent.avsc"))
     env = {
         "SCHEMA_REGISTRY_URL": "https://r:8081/apis/ccompat/v7/",

@@ -9,6 +9,7 @@ import pytest
 from consumer.config import MappingSettings
 from consumer.errors import InvalidEvent
 from consumer.events import parse_event
+from consumer.limits import MAX_USER_ID_LENGTH
 from consumer.mapping import Mapped, Mapper, check_user_id, normalize_phone
 from consumer.ops import Identify, Merge
 
@@ -439,3 +440,125 @@ def test_alias_of_anonymous_user_uses_prefix() -> None:
         Merge("u1", "anon_a1"),
     ]
     assert run(msg).ops == [Merge("u1", "a1")]
+
+
+# -- the hand-tuned pieces give what the plain rules give -----------------------------------
+
+
+def _props_by_the_rules(mapper: Mapper, traits: dict[str, Any]) -> dict[str, Any]:
+    """The custom properties as the rules state them (and as a comprehension built them before
+    the copy-and-delete of ``Mapper.props``): every trait in its order, minus the sources of
+    active reserved fields (but the name parts), the dropped ones and ``id``; renamed."""
+    skip = mapper._consumed | mapper._drop
+    out: dict[str, Any] = {}
+    for key, value in traits.items():
+        name = mapper._rename.get(key, key)
+        if key not in skip and name != "id":
+            out[name] = value
+    return out
+
+
+_TRAIT_KEYS = [
+    "email",
+    "name",
+    "firstName",
+    "lastName",
+    "first_name",
+    "last_name",
+    "phone",
+    "phone_number",
+    "phoneNumber",
+    "avatar",
+    "createdAt",
+    "created_at",
+    "locale",
+    "timezone",
+    "id",
+    "plan",
+    "seats",
+    "company",
+    "ssn",
+    "mail",
+]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"drop": ["ssn", "phone"]},
+        {"fields": {"email": ["mail"], "phone_number": []}},
+        {"rename": {"plan": "tier", "seats": "id"}, "drop": ["ssn"]},
+    ],
+)
+def test_props_keep_every_custom_trait_in_its_order_then_the_reserved_fields(
+    settings: dict[str, Any],
+) -> None:
+    import random
+
+    rng = random.Random(27)
+    mapper = Mapper(MappingSettings(**settings))
+    values: list[Any] = ["Ada", "", None, 7, 1.5, True, {"a": 1}, ["x"], "4155550132"]
+    for _ in range(2_000):
+        keys = rng.sample(_TRAIT_KEYS, rng.randint(0, len(_TRAIT_KEYS)))
+        traits = {k: rng.choice(values) for k in keys}
+        notes: list[str] = []
+        got = mapper.props(traits, {"locale": "de-DE"}, notes)
+        custom = _props_by_the_rules(mapper, traits)
+        reserved = {k: v for k, v in got.items() if k not in custom}
+        # The custom properties first, in the traits' order (a reserved value may replace
+        # a same-named one in place), then the reserved fields.
+        assert list(got)[: len(custom)] == list(custom)
+        assert {k: got[k] for k in custom if k not in mapper.settings.field_sources()} == {
+            k: v for k, v in custom.items() if k not in mapper.settings.field_sources()
+        }
+        assert set(reserved) <= set(mapper.settings.field_sources())
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["u1", "", "a/b", "a#b", "x" * MAX_USER_ID_LENGTH, "x" * (MAX_USER_ID_LENGTH + 1), "ü"],
+)
+def test_an_event_s_user_id_goes_through_check_user_id(user_id: str) -> None:
+    # Mapper.map reads the user id inline (not through Mapper._user_id): the same rule.
+    event = parse_event({"type": "identify", "userId": "placeholder", "traits": {"plan": "x"}})
+    event.user_id = user_id
+    try:
+        check_user_id(user_id)
+        expected: Any = Mapped([Identify(user_id, {"plan": "x"})], [])
+    except InvalidEvent as exc:
+        expected = (exc.kind, exc.reason)
+    if user_id == "":
+        expected = Mapped([], ["no_user_id"])  # an empty id is no id (as parse_event reads it)
+        event.user_id = None
+    mapper = Mapper(MappingSettings())
+    try:
+        got: Any = mapper.map(event)
+    except InvalidEvent as exc:
+        got = (exc.kind, exc.reason)
+    assert got == expected
+
+
+def test_the_phone_cache_gives_what_phonenumbers_gives() -> None:
+    import phonenumbers
+
+    def by_the_library(raw: str | int, region: str) -> str | None:
+        for text in [str(raw), *([f"+{raw}"] if type(raw) is int else [])]:
+            try:
+                number = phonenumbers.parse(text, region)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_valid_number(number):
+                return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return None
+
+    areas = [212, 310, 415, 512, 617, 646, 206, 303, 404, 312]
+    raws: list[str | int] = [f"({areas[n % 10]}) {200 + n % 700:03d}-{n:04d}" for n in range(300)]
+    raws += ["+44 7911 123456", "07911 123456", "4155550132", 4155550132, 14155550132, 0, "x"]
+    raws += ["+1 (415) 555-0132 ext. 9", "1-800-FLOWERS", "+49 30 123456", "", "+", "00"]
+    normalize_phone.cache_clear()
+    for region in ("US", "GB", "DE"):
+        for _ in range(2):  # the second pass answers from the cache
+            for raw in raws:
+                assert normalize_phone(raw, region) == by_the_library(raw, region), (raw, region)
+    assert normalize_phone.cache_info().hits >= len(raws) * 3
