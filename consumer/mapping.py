@@ -26,6 +26,8 @@ custom property under its own (or its ``rename``) name, value unchanged. Further
 * ``created_at``: converted to UTC, ``datetime.isoformat()`` (``2024-01-02T03:04:05+00:00``);
   ISO strings in any offset or epoch seconds/milliseconds; unusable -> not sent, note
   ``invalid_created_at``.
+* A trait named (or renamed) ``channel_data`` or ``preferences`` is not sent: Knock reads those
+  names as channel data and preference sets, not properties (note ``structured_trait``).
 * ``locale`` / ``timezone`` fall back to ``context.locale`` / ``context.timezone`` (non-empty
   strings only) when no trait source is present.
 
@@ -51,6 +53,12 @@ _NAME_PARTS = (("firstName", "lastName"), ("first_name", "last_name"))
 _ALWAYS_CUSTOM = frozenset(k for pair in _NAME_PARTS for k in pair)
 _CONTEXT_FALLBACK = frozenset({"locale", "timezone"})
 _USER_UPDATE_TYPES = frozenset({"track", "page", "screen", "group"})
+#: Names Knock's identify body reserves for structures that are not user properties (channel
+#: data per channel id, preference sets per set id): a trait of that name would be read as one
+#: and refused (422) unless it happened to have its shape, and then it would change the user's
+#: channels or preferences. Such a trait is not sent (note ``structured_trait``); rename it to
+#: keep it as a property.
+NOT_PROPERTIES = ("channel_data", "preferences")
 _FALLBACK_CONTEXT, _FALLBACK_NAME = 1, 2
 
 
@@ -274,6 +282,10 @@ class Mapper:
                         props[fname] = value
                 elif fallback == _FALLBACK_NAME:
                     self._derive_name(props, traits)
+        for name in NOT_PROPERTIES:
+            if name in props:
+                del props[name]
+                notes.append("structured_trait")
         return props
 
     def _reserved(self, props: dict[str, Any], fname: str, value: Any, notes: list[str]) -> None:

@@ -562,3 +562,22 @@ def test_the_phone_cache_gives_what_phonenumbers_gives() -> None:
             for raw in raws:
                 assert normalize_phone(raw, region) == by_the_library(raw, region), (raw, region)
     assert normalize_phone.cache_info().hits >= len(raws) * 3
+
+
+def test_traits_named_as_knock_structures_are_not_sent() -> None:
+    """A trait ``preferences`` or ``channel_data`` would be read by Knock as preference sets or
+    channel data (a 422 unless it has their shape): left out with a note, kept when renamed."""
+    from consumer.config import MappingSettings
+    from consumer.mapping import Mapper
+
+    traits = {"email": "a@b.co", "preferences": {"newsletter": True}, "channel_data": 1, "plan": "x"}
+    notes: list[str] = []
+    props = Mapper(MappingSettings()).props(dict(traits), {}, notes)
+    assert props == {"email": "a@b.co", "plan": "x"}
+    assert notes == ["structured_trait", "structured_trait"]
+
+    notes = []
+    renamed = Mapper(MappingSettings(rename={"preferences": "prefs", "plan": "preferences"}))
+    props = renamed.props(dict(traits), {}, notes)
+    assert props == {"email": "a@b.co", "prefs": {"newsletter": True}}
+    assert notes == ["structured_trait", "structured_trait"]
