@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast chaos bench emulator clean fuzz
+.PHONY: setup demo test test-fast lint chaos bench emulator clean fuzz
 
 # PYTHONWARNINGS: setuptools' notice on every editable install ("be careful with folders in
 # your working directory with the same name as your package"), which pip shows despite --quiet.
@@ -15,7 +15,7 @@ QUIET_INSTALL := PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(BIN
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(QUIET_INSTALL) -e '.[test,bench]'
+	$(QUIET_INSTALL) -e '.[test,bench,lint]'
 	touch $@
 
 setup: $(STAMP)
@@ -34,6 +34,12 @@ demo-avro: setup
 ## test: the whole suite (unit, emulator, integration, shortened chaos) on a real broker
 test: setup
 	$(BIN)/python -m pytest
+
+## lint: formatting, lint rules and strict typing (the versions pinned in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff format --check consumer tests bench deploy
+	$(BIN)/ruff check consumer tests bench deploy
+	$(BIN)/mypy consumer
 
 ## test-fast: pure-logic unit tests only (no broker, no server)
 test-fast: $(STAMP)
