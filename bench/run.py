@@ -122,7 +122,10 @@ def _spawn(
     if rest:
         cmd += ["--", *rest]
     return subprocess.Popen(
-        cmd, cwd=ROOT, env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, before any thread runs in the child
     )
 
 
@@ -151,7 +154,7 @@ def emulator_process(api_key: str, rate_limits: str) -> Any:
                 env={**os.environ, "KNOCK_API_KEY": api_key},
                 stdout=subprocess.PIPE,
                 text=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, before any thread runs in the child
             )
             assert self._proc.stdout is not None
             line = self._proc.stdout.readline()  # "... listening on URL", once it is bound
@@ -563,7 +566,7 @@ def _run_group(
             cwd=cwd,
             env={**os.environ, **env.child_env},
             stdout=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, before any thread runs in the child
         )
         for _ in range(procs)
     ]
@@ -676,7 +679,7 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
             cwd=ROOT,
             env={**os.environ, **env.child_env},
             stdout=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, before any thread runs in the child
         )
         rss_probe = _PeakRss([sink])
         try:

@@ -108,7 +108,10 @@ def test_nothing_of_a_spilled_user_stays_in_memory(tmp_path) -> None:
 
 def test_the_floor_holds_spilled_users_offsets_until_they_are_applied(tmp_path) -> None:
     b = Backlog(work_dir=str(tmp_path))
-    none = lambda tp: None  # nothing on the per-event path
+
+    def none(tp):  # nothing on the per-event path
+        return None
+
     for tp, off, uid in [(TP0, 0, "a"), (TP0, 1, "b"), (TP1, 0, "b"), (TP0, 2, "c")]:
         assert b.read(tp, off)
         b.fold(tp, off, [Identify(uid, {"x": off})], lambda h: None)

@@ -162,7 +162,7 @@ def test_backpressure_pauses_at_max_pending_and_resumes_at_half(api):
         settings(api, sink__max_pending=40, kafka__consume_batch=10),
         edge=MemoryEdge(broker, [TOPIC]),
     )
-    broker.probe = lambda: sink.metrics.pending._value.get()
+    broker.probe = sink.metrics.pending._value.get
     live(api, broker, sink)
     assert actual_state(api.users()) == expected_state(events)
     # Each entry: whether fetching was paused at a consume, and the pending count it was

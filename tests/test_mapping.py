@@ -570,7 +570,12 @@ def test_traits_named_as_knock_structures_are_not_sent() -> None:
     from consumer.config import MappingSettings
     from consumer.mapping import Mapper
 
-    traits = {"email": "a@b.co", "preferences": {"newsletter": True}, "channel_data": 1, "plan": "x"}
+    traits = {
+        "email": "a@b.co",
+        "preferences": {"newsletter": True},
+        "channel_data": 1,
+        "plan": "x",
+    }
     notes: list[str] = []
     props = Mapper(MappingSettings()).props(dict(traits), {}, notes)
     assert props == {"email": "a@b.co", "plan": "x"}

@@ -333,7 +333,7 @@ def test_a_registry_refusing_the_credentials_at_start_is_a_config_error(kafka, a
             kafka__schema_registry_url=reg.url,
             kafka__schema_registry_basic_auth=f"sink:{secret}",
         )
-        with pytest.raises(ConfigError, match="kafka.schema_registry_basic_auth") as err:
+        with pytest.raises(ConfigError, match=r"kafka\.schema_registry_basic_auth") as err:
             Sink(settings).run()
         assert secret not in str(err.value) and "HTTP 401" in str(err.value)
     finally:

@@ -69,7 +69,7 @@ def test_a_stalled_partition_keeps_its_records_in_order_until_the_registry_answe
 
 
 def test_dropped_partitions_forget_their_records_and_a_refusal_is_fatal():
-    stalls, tracker, now, calls, waits = setup()
+    stalls, tracker, now, _calls, _waits = setup()
     stalls.stall(Record("t", 0, 0), tracker.track(A, 0), RegistryUnavailable("down"))
     stalls.drop([A])
     assert not stalls.holds(A) and len(stalls) == 0

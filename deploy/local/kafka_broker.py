@@ -146,7 +146,7 @@ class Broker(LocalService):
                 libs, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config)
             )
             subprocess.run(fmt, check=True, capture_output=True)
-        log = open(self.dir / "broker.log", "ab")
+        log = open(self.dir / "broker.log", "ab")  # noqa: SIM115 - the child writes it for its lifetime
         self.proc = subprocess.Popen(
             self._java(libs, "kafka.Kafka", str(config)),
             stdout=log,

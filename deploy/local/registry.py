@@ -190,7 +190,7 @@ class Registry(LocalService):
 
     def start(self, timeout: float = 120.0) -> Registry:
         app = ensure_app(self.version)
-        log = open(self.dir / "registry.log", "ab")
+        log = open(self.dir / "registry.log", "ab")  # noqa: SIM115 - the child writes it for its lifetime
         began = time.monotonic()
         self.proc = subprocess.Popen(
             self._command(app),
