@@ -22,6 +22,8 @@ from consumer.repartition import Repartitioner, event_time, user_key
 from consumer.sink import Sink
 from tests.conftest import ROOT, wait_for
 from tests.model import actual_state, expected_state
+from tests.segment_rr import events_of, segment_events, time_of
+from tests.segment_rr import produce_round_robin as produce_segment_round_robin
 from tests.test_sink_avro import avro_value, event_schema, produce, serializer
 
 START = datetime(2024, 3, 1, tzinfo=UTC)
@@ -187,3 +189,84 @@ def test_avro_values_are_keyed_by_their_user_and_copied_unchanged(kafka, schema_
     assert by_value == {
         v: (f"u{i % 5}".encode() if i < 30 else b"k30") for i, v in enumerate(values)
     }
+
+
+# -- Segment's round robin, as a new user meets it (issue 29) ------------------------------
+
+
+def check_keyed_copy(copied: list[Any], records: list[Any]) -> None:
+    """Every record exactly once, each user on one partition, and each user's events in
+    event-time order (``timestamp``, else ``originalTimestamp``; poison has none)."""
+    produced = sorted(r if isinstance(r, bytes) else orjson.dumps(r) for r in records)
+    assert sorted(m.value() for m in copied) == produced
+    by_user: dict[bytes, list[Any]] = {}
+    for m in sorted(copied, key=lambda m: (m.partition(), m.offset())):
+        stamp = time_of(m.value())
+        if stamp is not None:
+            by_user.setdefault(m.key(), []).append((stamp, m.partition()))
+    assert all(len({p for _, p in seq}) == 1 for seq in by_user.values())
+    unordered = [
+        u for u, seq in by_user.items() if [s for s, _ in seq] != sorted(s for s, _ in seq)
+    ]
+    assert unordered == [], f"{len(unordered)} users out of event-time order"
+
+
+def test_round_robin_segment_events_reach_the_keyed_topic_in_event_time_order(
+    kafka, api, settings_for
+):
+    raw, keyed = kafka.topic(3, "raw"), f"keyed-{uuid.uuid4().hex[:10]}"
+    records = segment_events(3000)
+    produce_segment_round_robin(kafka.bootstrap, raw, records)
+    # Small transactions: many markers in the keyed topic, which the backfill reads past.
+    counts = Repartitioner(
+        KafkaSettings(bootstrap_servers=kafka.bootstrap), raw, keyed, batch=50
+    ).run()
+    poison = sum(isinstance(r, bytes) for r in records)
+    assert (counts.read, counts.written, counts.unkeyed) == (3000, 3000, poison)
+    check_keyed_copy(read_committed(kafka.bootstrap, keyed, 3000), records)
+    assert counts.transactions >= 60  # --batch bounds each
+    summary = Sink(settings_for(keyed)).run(from_beginning=True, until_end=True)
+    assert actual_state(api.users()) == expected_state(events_of(records))
+    assert dict(summary.dead_lettered) == {"undecodable": poison}
+    assert kafka.committed(f"g-{keyed}", keyed) == kafka.end_offsets(keyed)
+
+
+def test_a_sigkilled_repartition_of_round_robin_events_resumes_in_order_exactly_once(kafka):
+    raw, keyed = kafka.topic(3, "raw"), f"keyed-{uuid.uuid4().hex[:10]}"
+    records = segment_events(3000, seed=7)
+    produce_segment_round_robin(kafka.bootstrap, raw, records)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap}
+    cmd = [
+        sys.executable,
+        "-m",
+        "consumer.cli",
+        "repartition",
+        "--from",
+        raw,
+        "--to",
+        keyed,
+        "--batch",
+        "10",
+        "--kafka-option",
+        "session.timeout.ms=6000",
+    ]
+    group = f"knock-sink-repartition.{raw}.{keyed}"
+    first = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(
+            lambda: sum(kafka.committed(group, raw).values()) >= 300,
+            120,
+            "some transactions committed",
+        )
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    done = sum(kafka.committed(group, raw).values())
+    assert 300 <= done < 3000, "killed mid-way"
+    rerun = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, timeout=300, check=False)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    assert orjson.loads(rerun.stdout.splitlines()[-1])["written"] == 3000 - done
+    check_keyed_copy(read_committed(kafka.bootstrap, keyed, 3000), records)
+    assert kafka.committed(group, raw) == {0: 1000, 1: 1000, 2: 1000}
