@@ -359,6 +359,10 @@ def fill_transactional(
                     break
                 except BufferError:
                     producer.poll(0.05)
+        if not commit:
+            # Delivered first: an abort racing the partitions' registration with the
+            # coordinator can fail with INVALID_TXN_STATE (confluentinc/librdkafka#4849).
+            producer.flush(60)
         (producer.commit_transaction if commit else producer.abort_transaction)(60)
 
     for key, value in events(n, users, seed):

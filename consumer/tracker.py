@@ -82,16 +82,18 @@ class PartitionTracker:
 
     def committable(self) -> int | None:
         """The Kafka commit position (next offset to read), or ``None`` if nothing was ever
-        resolved contiguously from the first tracked offset; with nothing unresolved, the
-        consumer's position when it is further (:meth:`read_to`)."""
-        read_to = self._read_to
-        if (
-            read_to is not None
-            and not self._window
-            and (self._position is None or read_to > self._position)
-        ):
-            return read_to
-        return self._position
+        resolved contiguously from the first tracked offset. Once the consumer's position is
+        known (:meth:`read_to`), up to it: the first unresolved offset, else the position."""
+        position, read_to = self._position, self._read_to
+        if read_to is None:
+            return position
+        window = self._window
+        if not window:
+            return read_to if position is None or read_to > position else position
+        if position is None:
+            return None
+        at = min(window[0], read_to)
+        return at if at > position else position
 
     def read_to(self, offset: int) -> None:
         """The consumer's position: every offset below it was delivered (and tracked, if it

@@ -88,13 +88,23 @@ def time_of(value: bytes) -> str | None:
 
 
 def produce_round_robin(
-    bootstrap: str, topic: str, records: list[dict[str, Any] | bytes], *, partitions: int = 3
+    bootstrap: str,
+    topic: str,
+    records: list[dict[str, Any] | bytes],
+    *,
+    partitions: int = 3,
+    start: int = 0,
+    skip: set[int] | None = None,
 ) -> None:
-    """Record *i* on partition *i* mod ``partitions``, without a key, in production order."""
+    """Record *i* on partition *i* mod ``partitions``, without a key, in production order
+    (``records`` from record ``start`` on; those falling on a partition in ``skip`` are left
+    out, as if that partition's producer were away)."""
     from confluent_kafka import Producer
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    for i, r in enumerate(records):
+    for i, r in enumerate(records, start):
+        if skip and i % partitions in skip:
+            continue
         p.produce(topic, r if isinstance(r, bytes) else orjson.dumps(r), partition=i % partitions)
         p.poll(0)
     assert p.flush(30) == 0

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -270,3 +271,33 @@ def test_a_sigkilled_repartition_of_round_robin_events_resumes_in_order_exactly_
     assert orjson.loads(rerun.stdout.splitlines()[-1])["written"] == 3000 - done
     check_keyed_copy(read_committed(kafka.bootstrap, keyed, 3000), records)
     assert kafka.committed(group, raw) == {0: 1000, 1: 1000, 2: 1000}
+
+
+def test_a_following_repartition_keeps_order_and_waits_a_bounded_time_for_an_idle_partition(
+    kafka,
+):
+    raw, keyed = kafka.topic(3, "raw"), f"keyed-{uuid.uuid4().hex[:10]}"
+    records = segment_events(1200, seed=11)
+    rep = Repartitioner(
+        KafkaSettings(bootstrap_servers=kafka.bootstrap), raw, keyed, batch=100, lateness=1.0
+    )
+    stop = threading.Event()
+    counts: list[Any] = []
+    runner = threading.Thread(target=lambda: counts.append(rep.run(until_end=False, stop=stop)))
+    runner.start()
+    group = f"knock-sink-repartition.{raw}.{keyed}"
+    try:
+        # Produced while it runs, in bursts: between them every partition is at its end.
+        for at in range(0, 1080, 120):
+            produce_segment_round_robin(kafka.bootstrap, raw, records[at : at + 120], start=at)
+        # Then partition 2 stays idle: what the others bring goes once it was waited for.
+        tail = [r for i, r in enumerate(records[1080:], 1080) if i % 3 != 2]
+        produce_segment_round_robin(kafka.bootstrap, raw, records[1080:], start=1080, skip={2})
+        ends = kafka.end_offsets(raw)
+        wait_for(lambda: kafka.committed(group, raw) == ends, 60, "every record copied")
+    finally:
+        stop.set()
+        runner.join(60)
+    assert not runner.is_alive() and counts[0].late == 0
+    sent = records[:1080] + tail
+    check_keyed_copy(read_committed(kafka.bootstrap, keyed, len(sent)), sent)

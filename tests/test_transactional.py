@@ -50,6 +50,9 @@ def produce_in_transactions(
                 topic, orjson.dumps(e), key=user.encode(), partition=hash_part(user, partitions)
             )
         if k % abort_every == abort_every - 1:
+            # Delivered first: an abort racing the partitions' registration with the
+            # coordinator can fail with INVALID_TXN_STATE (confluentinc/librdkafka#4849).
+            assert p.flush(30) == 0
             p.abort_transaction(30)
         else:
             p.commit_transaction(30)
@@ -157,3 +160,41 @@ def test_run_commits_past_the_markers_of_a_transactional_topic(kafka, api, setti
         sink.stop()
         runner.join(60)
     assert not runner.is_alive()
+
+
+# -- the position as what was read, without a broker ----------------------------------------
+
+
+def test_the_tracker_commits_up_to_the_consumers_position_never_past_unresolved_work():
+    from consumer.tracker import OffsetTracker
+
+    tp = ("t", 0)
+    t = OffsetTracker()
+    t.add([tp])
+    a, b = t.track(tp, 0), t.track(tp, 1)
+    t.read_to({tp: 3})  # offset 2: a commit marker
+    assert t.committable() == {}
+    a.release()
+    assert t.committable() == {tp: 1}
+    b.release()
+    assert t.committable() == {tp: 3}  # past the marker
+    t.mark_committed({tp: 3})
+    c = t.track(tp, 5)  # 3 and 4: aborted records, never delivered
+    t.read_to({tp: 6})
+    assert t.committable() == {tp: 5}  # the first unresolved: never back below the commit
+    c.release()
+    assert t.committable() == {tp: 6}
+    t.read_to({tp: 4, ("t", 9): 7})  # a stale position, a partition not owned: nothing
+    assert t.committable() == {tp: 6}
+
+
+def test_the_read_ahead_finishes_a_partition_by_position():
+    from consumer.flow import ReadAhead
+
+    tp = ("t", 0)
+    ra = ReadAhead({tp: 10}, idle=1.0, now=0.0)
+    ra.read_to({tp: 8})
+    assert ra.left(tp) == 2 and ra.finished() == set()
+    ra.read_to({tp: 10, ("t", 1): 99})
+    assert ra.left(tp) == 0 and ra.finished() == {tp}
+    assert not ra.holding(0.0, full=False, short=lambda: True)
