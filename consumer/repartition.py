@@ -15,14 +15,16 @@ lands on one partition, in order, and the sink group reads that topic instead.
   partition whose buffer is momentarily empty, its next fetch not back yet, is waited for. So
   when each source partition is in event-time order (what a round-robin producer writes), every
   user's events reach the keyed topic in event-time order. Without ``--follow`` a partition's
-  end is its high watermark when it was assigned (an open transaction below it is waited for
-  until it commits or aborts, at most the producer's transaction timeout); with ``--follow``
-  the end moves, and a partition at its latest high watermark with nothing buffered is waited
-  for at most ``lateness`` seconds after the record that waits for it was read: its fetches
-  report the high watermark every ``fetch.wait.max.ms`` (500 ms), and a record produced before
-  the one waiting, but fetched after it, is otherwise caught. A record that comes later than
-  that and is older than one already written for its user is written as it comes, and counted
-  (``late``).
+  end is its end offset when it was assigned (read_committed: the last stable offset, so an
+  open transaction is not waited for; what lies past the end is left, uncommitted, for the next
+  run). With ``--follow`` the end moves: a partition short of its latest high watermark is
+  waited for until its records come (an open transaction: until it commits or aborts, which
+  the producer's transaction timeout bounds), and one at its latest high watermark with nothing
+  buffered at most ``lateness`` seconds after the record that waits for it was read. Why a
+  while rather than not at all: its fetches report the high watermark about every
+  ``fetch.wait.max.ms`` (500 ms), so a record produced just before the waiting one may be
+  fetched after it. A record that comes later than that and is older than one already written
+  for its user is written as it comes, and counted (``late``).
 * **Exactly once.** Kafka transactions, read-process-write: the records written and the source
   offsets they came from (``send_offsets_to_transaction``) commit together, so a crash at any
   point leaves either both or neither; a rerun (same transactional id, fencing any zombie)
@@ -58,7 +60,7 @@ from .stalls import REGISTRY_BACKOFF
 log = logging.getLogger("knock_sink.repartition")
 
 
-#: ``--follow``: users whose last written event time is remembered (to count late records).
+#: Users whose last written event time is remembered (to count late records).
 REMEMBERED: Final = 100_000
 #: Seconds a ``--follow`` merge waits, after a record was read, for a partition at its latest
 #: high watermark with nothing buffered (see the module docstring).
@@ -72,8 +74,9 @@ class Counts:
     #: Written without a user id (undecodable, or no userId/anonymousId): original key kept.
     unkeyed: int = 0
     transactions: int = 0
-    #: ``--follow``: written older than a record of the same user written before it (it came
-    #: more than ``lateness`` seconds after its turn).
+    #: Written older than a record of the same user written before it: it came more than
+    #: ``lateness`` seconds after its turn (``--follow``), or its source partition is itself out
+    #: of event-time order.
     late: int = 0
 
     def describe(self) -> dict[str, int]:
@@ -183,7 +186,7 @@ class Repartitioner:
         self._n = 0
         #: The event time of the last record read in each partition (for records without one).
         self._last: dict[Partition, float] = {}
-        #: --follow: the event time of the last record written per user (to count late ones).
+        #: The event time of the last record written per user (to count late ones).
         self._written: OrderedDict[str, float] = OrderedDict()
         self.counts = Counts()
         self._stop: threading.Event | None = None
@@ -206,7 +209,7 @@ class Repartitioner:
 
     def run(self, *, until_end: bool = True, stop: threading.Event | None = None) -> Counts:
         """Copy until ``stop`` is set or, with ``until_end``, until every source partition is
-        read to its end (its high watermark when assigned) and written."""
+        read to its end (its end offset when it was assigned) and written."""
         self._stop = stop
         self._until_end = until_end
         self._ensure_target()
@@ -377,7 +380,7 @@ class Repartitioner:
                 key: Any = user.encode() if user is not None else msg.key()
                 if user is None:
                     self.counts.unkeyed += 1
-                elif not self._until_end:
+                else:
                     self._note_written(user, w.time)
                 ts_type, ts = msg.timestamp()
                 self._producer.produce(
@@ -404,8 +407,8 @@ class Repartitioner:
         self.counts.transactions += 1
 
     def _note_written(self, user: str, t: float) -> None:
-        """--follow: count a record older than one of its user written before (bounded memory:
-        the last :data:`REMEMBERED` users)."""
+        """Count a record older than one of its user written before (bounded memory: the last
+        :data:`REMEMBERED` users)."""
         written = self._written
         last = written.get(user)
         if last is not None and t < last:

@@ -223,7 +223,7 @@ def test_round_robin_segment_events_reach_the_keyed_topic_in_event_time_order(
         KafkaSettings(bootstrap_servers=kafka.bootstrap), raw, keyed, batch=50
     ).run()
     poison = sum(isinstance(r, bytes) for r in records)
-    assert (counts.read, counts.written, counts.unkeyed) == (3000, 3000, poison)
+    assert (counts.read, counts.written, counts.unkeyed, counts.late) == (3000, 3000, poison, 0)
     check_keyed_copy(read_committed(kafka.bootstrap, keyed, 3000), records)
     assert counts.transactions >= 60  # --batch bounds each
     summary = Sink(settings_for(keyed)).run(from_beginning=True, until_end=True)
