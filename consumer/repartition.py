@@ -60,6 +60,10 @@ from .stalls import REGISTRY_BACKOFF
 log = logging.getLogger("knock_sink.repartition")
 
 
+#: Records read and not yet written a partition holds before its fetching pauses: one far ahead
+#: of the others in event time (or one waiting for another's open transaction) waits for them
+#: in Kafka rather than in memory. It has records waiting, so the merge never waits for it.
+MAX_BUFFERED: Final = 10_000
 #: Users whose last written event time is remembered (to count late records).
 REMEMBERED: Final = 100_000
 #: Seconds a ``--follow`` merge waits, after a record was read, for a partition at its latest
@@ -131,6 +135,8 @@ class Repartitioner:
         yields records to write.
     :param lateness: ``--follow``: seconds a record waits for a partition at its latest high
         watermark with nothing buffered (see the module docstring).
+    :param max_buffered: records a partition holds read and not yet written before its
+        fetching pauses (see :data:`MAX_BUFFERED`).
     """
 
     def __init__(
@@ -142,6 +148,7 @@ class Repartitioner:
         batch: int = 1000,
         decoder: Decoder | None = None,
         lateness: float = LATENESS,
+        max_buffered: int = MAX_BUFFERED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if source == target:
@@ -151,6 +158,8 @@ class Repartitioner:
         self._batch = batch
         self._decoder = decoder or decoder_for(settings)
         self._lateness = lateness
+        self._max_buffered = max(1, max_buffered)
+        self._paused: set[Partition] = set()
         self._clock = clock
         name = f"knock-sink-repartition.{source}.{target}"
         base = {**settings.librdkafka()}
@@ -227,6 +236,7 @@ class Repartitioner:
                 # transaction, not a poll.
                 for at in range(0, len(out), self._batch):
                     self._write(out[at : at + self._batch])
+                self._balance()
                 if until_end and self._finished():
                     break
         finally:
@@ -246,6 +256,19 @@ class Repartitioner:
             self._starts.pop(tp, None)
             self._ends.pop(tp, None)
             self._last.pop(tp, None)
+            self._paused.discard(tp)
+
+    def _balance(self) -> None:
+        """Pause fetching a partition holding more than ``max_buffered`` records; resume it at
+        half (see :data:`MAX_BUFFERED`)."""
+        limit = self._max_buffered
+        for tp, q in self._buffers.items():
+            if tp not in self._paused and len(q) > limit:
+                self._consumer.pause([TopicPartition(*tp)])
+                self._paused.add(tp)
+            elif tp in self._paused and len(q) <= limit // 2:
+                self._consumer.resume([TopicPartition(*tp)])
+                self._paused.discard(tp)
 
     def _learn_starts(self) -> None:
         """Where newly assigned partitions start, and (without --follow) end: asked of the

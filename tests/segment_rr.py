@@ -95,16 +95,18 @@ def produce_round_robin(
     partitions: int = 3,
     start: int = 0,
     skip: set[int] | None = None,
+    shift: int = 0,
 ) -> None:
     """Record *i* on partition *i* mod ``partitions``, without a key, in production order
     (``records`` from record ``start`` on; those falling on a partition in ``skip`` are left
-    out, as if that partition's producer were away)."""
+    out, as if that partition's producer were away; ``shift``: partition numbers start there)."""
     from confluent_kafka import Producer
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     for i, r in enumerate(records, start):
         if skip and i % partitions in skip:
             continue
-        p.produce(topic, r if isinstance(r, bytes) else orjson.dumps(r), partition=i % partitions)
+        value = r if isinstance(r, bytes) else orjson.dumps(r)
+        p.produce(topic, value, partition=shift + i % partitions)
         p.poll(0)
     assert p.flush(30) == 0

@@ -301,3 +301,26 @@ def test_a_following_repartition_keeps_order_and_waits_a_bounded_time_for_an_idl
     assert not runner.is_alive() and counts[0].late == 0
     sent = records[:1080] + tail
     check_keyed_copy(read_committed(kafka.bootstrap, keyed, len(sent)), sent)
+
+
+def test_a_partition_far_ahead_in_event_time_waits_in_kafka_not_in_memory(kafka):
+    raw, keyed = kafka.topic(3, "raw"), f"keyed-{uuid.uuid4().hex[:10]}"
+    records = segment_events(1800, seed=5)
+    # Partition 0 gets the last third of the events (stamped after all the others), 1 and 2
+    # the first two thirds round robin: everything read of partition 0 waits for them.
+    late, early = records[1200:], records[:1200]
+    produce_segment_round_robin(kafka.bootstrap, raw, early, partitions=2, shift=1)
+    produce_segment_round_robin(kafka.bootstrap, raw, late, partitions=1)
+    peak: list[int] = [0]
+
+    class Watched(Repartitioner):
+        def _balance(self) -> None:
+            peak[0] = max([peak[0], *(len(q) for q in self._buffers.values())])
+            super()._balance()
+
+    counts = Watched(
+        KafkaSettings(bootstrap_servers=kafka.bootstrap), raw, keyed, batch=20, max_buffered=60
+    ).run()
+    assert (counts.written, counts.late) == (1800, 0)
+    assert peak[0] <= 60 + 20  # the limit, and one poll's records beyond it
+    check_keyed_copy(read_committed(kafka.bootstrap, keyed, 1800), records)
