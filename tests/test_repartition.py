@@ -247,7 +247,7 @@ def test_a_sigkilled_repartition_of_round_robin_events_resumes_in_order_exactly_
         "--to",
         keyed,
         "--batch",
-        "10",
+        "25",
         "--kafka-option",
         "session.timeout.ms=6000",
     ]
