@@ -8,8 +8,8 @@ same event, ``messageId`` and ``timestamp`` included, produced again right after
 little poison (values that are not JSON).
 
 An alias's ``previousId`` is a visitor no other event names: an alias is keyed by the user it
-merges into, so in a topic keyed by user it is ordered against that user's events only (README,
-Topics not keyed by user), and an exact outcome cannot ask more of it.
+merges into, so in a topic keyed by user it is ordered against that user's events only
+(docs/repartition.md, Aliases), and an exact outcome cannot ask more of it.
 """
 
 from __future__ import annotations

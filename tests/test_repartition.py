@@ -43,7 +43,7 @@ def unkeyed_events(n: int, users: int) -> list[dict[str, Any]]:
         if i % 50 == 49:
             # Now and then an alias, keyed by the user it merges into. Its previousId is one no
             # other event names: an alias relates two keys, and no keying orders it against
-            # the events of the other one (README, Topics not keyed by user).
+            # the events of the other one (docs/delivery.md, Topics not keyed by user).
             e = {
                 "type": "alias",
                 "previousId": f"visitor{i}",
