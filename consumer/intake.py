@@ -141,10 +141,11 @@ class Intake:
                 stalls.stall(rec, handle, exc)
         self._ingest.counted(len(records))
         if self._positions is not None:
-            # Every record delivered is tracked by now (an empty batch too: the position
-            # passes the final commit marker after its last record), so the position vouches
-            # for the transaction markers and aborted records in between, never delivered.
-            # Here, not in a rebalance callback: one runs inside consume, before its records.
+            # Every record delivered is tracked by now, so the position vouches for the
+            # transaction markers and aborted records in between, never delivered. After an
+            # empty batch too: the position may pass the final marker only after the last
+            # record came. Not in a rebalance callback: those run inside consume, when the
+            # position is already past records of the batch not yet tracked.
             tracker.read_to(self._positions(tracker.owned()))
 
     def feed(self) -> None:
