@@ -316,3 +316,73 @@ def fill(
         "avg_bytes": round(total / max(n, 1)),
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def fill_transactional(
+    bootstrap: str,
+    topic: str,
+    n: int,
+    users: int,
+    *,
+    seed: int = 7,
+    partitions: int = 4,
+    size: int = 100,
+    abort_every: int = 10,
+) -> dict[str, Any]:
+    """Create ``topic`` and produce the same ``events(n, users, seed)`` as :func:`fill`, in
+    transactions of ``size`` records, as an exactly-once producer writes them (``repartition``,
+    Kafka Streams, Flink): every ``abort_every``-th transaction is first written and aborted,
+    then written again and committed. A ``read_committed`` reader gets exactly the events of
+    :func:`fill`; the topic also holds a commit or abort marker per transaction and partition,
+    and the aborted copies, none of which is delivered."""
+    import uuid
+
+    ensure_topic(bootstrap, topic, partitions)
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"bench-fill-{uuid.uuid4().hex}",
+            "linger.ms": 5,
+        }
+    )
+    producer.init_transactions(30)
+    started = time.monotonic()
+    total = aborted = transactions = 0
+    chunk: list[tuple[bytes, bytes]] = []
+
+    def write(records: list[tuple[bytes, bytes]], commit: bool) -> None:
+        producer.begin_transaction()
+        for key, value in records:
+            while True:
+                try:
+                    producer.produce(topic, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        if not commit:
+            # Delivered first: an abort racing the partitions' registration with the
+            # coordinator can fail with INVALID_TXN_STATE (confluentinc/librdkafka#4849).
+            producer.flush(60)
+        (producer.commit_transaction if commit else producer.abort_transaction)(60)
+
+    for key, value in events(n, users, seed):
+        total += len(value)
+        chunk.append((key, value))
+        if len(chunk) == size:
+            transactions += 1
+            if transactions % abort_every == 0:
+                write(chunk, False)
+                aborted += len(chunk)
+            write(chunk, True)
+            chunk = []
+    if chunk:
+        write(chunk, True)
+    return {
+        "topic": topic,
+        "events": n,
+        "users": users,
+        "bytes": total,
+        "aborted": aborted,
+        "transaction_size": size,
+        "seconds": round(time.monotonic() - started, 1),
+    }

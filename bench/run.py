@@ -21,6 +21,11 @@ child process (:mod:`bench.cases`) and prints a table, also saved as JSON:
 8. ``spill``: case 4 on a backlog whose held users outgrow the memory budget (5M events over
    500k users at full scale, every default): peak RSS, sends per user, time against the bound.
    The longest case (the bound alone is 472 s); ``--cases spill`` runs it alone.
+9. ``txn``: the same events backfilled (limits off) from a plain topic and from one written
+   in Kafka transactions of 100 records, one in ten written and aborted before it is written
+   again and committed (what an exactly-once producer leaves: a marker per transaction and
+   partition, and aborted records, none delivered), one after the other in one run: the
+   transactional topic's time over the plain one's.
 
 CPU seconds and peak RSS are the child's own (``wait4`` rusage: user + system time of all its
 threads; ``VmHWM``, peak RSS since exec, of the largest process); the broker and the emulator run
@@ -52,7 +57,7 @@ sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 
-from bench.generate import fill  # noqa: E402
+from bench.generate import fill, fill_transactional  # noqa: E402
 
 SEED = 7
 PARTITIONS = 4
@@ -72,6 +77,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "ceiling_s": 0,
         "live": ([100], 4.0),
         "spill": (2_000, 400),
+        "txn": (20_000, 2_000),
     },
     # The issue's sizes (docs/performance.md has the run times on the reference machine).
     "full": {
@@ -83,9 +89,21 @@ SCALES: dict[str, dict[str, Any]] = {
         "ceiling_s": 20,
         "live": ([300, 900], 60.0),
         "spill": (5_000_000, 500_000),
+        "txn": (200_000, 20_000),
     },
 }
-ALL_CASES = ["ceiling", "decode", "sink", "naive", "limits", "backlog", "scale", "live", "spill"]
+ALL_CASES = [
+    "ceiling",
+    "decode",
+    "sink",
+    "naive",
+    "limits",
+    "backlog",
+    "scale",
+    "live",
+    "spill",
+    "txn",
+]
 LIVE_PARTITIONS = 3
 WRITES = (
     "POST /v1/users/bulk/identify",
@@ -501,6 +519,42 @@ def case_backlog(env: Env, sc: dict[str, Any]) -> dict[str, Any]:
     return _row("backlog", f"5. sink, {n / 1e6:g}M-event backlog", r, api.stats())
 
 
+def case_txn(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Case 9: one backfill of the plain topic, then one of the transactional topic holding
+    the same events (a fresh topic each run, deleted after: a rerun cannot tell a complete
+    one by its offsets, which count markers and aborted records)."""
+    from confluent_kafka.admin import AdminClient
+
+    n, users = sc["txn"]
+    plain = env.topic("txnplain", n, users)
+    txn = f"bench-txn-{n}-{uuid.uuid4().hex[:6]}"
+    log(f"producing {n:,} events over {users:,} users to {txn}, in transactions")
+    info = fill_transactional(env.bootstrap, txn, n, users, seed=SEED, partitions=PARTITIONS)
+    log(f"  {info['aborted']:,} aborted records beside them, in {info['seconds']} s")
+    env.topics[txn] = info
+    rows = []
+    try:
+        for case, topic, title in (
+            ("txn-plain", plain, "9. sink, plain topic"),
+            ("txn", txn, "9. sink, same events, transactional topic"),
+        ):
+            api = env.api["off"]
+            api.reset()
+            r = _run_child(
+                "sink",
+                [],
+                env.tmp,
+                env.child_env,
+                _sink_args(env, topic, f"{case}-{uuid.uuid4().hex[:6]}", "off"),
+            )
+            rows.append(_row(case, title, r, api.stats()))
+    finally:
+        AdminClient({"bootstrap.servers": env.bootstrap}).delete_topics([txn])
+    if rows[0]["events"] != rows[1]["events"]:
+        raise RuntimeError(f"txn case: {rows[1]['events']} events read, {rows[0]['events']} meant")
+    return rows
+
+
 def _group_done(bootstrap: str, group: str, ends: dict[int, int], topic: str) -> bool:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
@@ -835,6 +889,8 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         )
     if "backlog" in rows:
         out["backlog_peak_rss_mb"] = rows["backlog"]["peak_rss_mb"]
+    if "txn" in rows and "txn-plain" in rows:
+        out["txn_over_plain"] = round(rows["txn"]["seconds"] / rows["txn-plain"]["seconds"], 2)
     if "spill" in rows:
         out["spill_over_bound"] = rows["spill"]["time_over_bound"]
         out["spill_sends_per_user"] = rows["spill"]["sends_per_user"]
@@ -856,6 +912,7 @@ TARGETS = {
     "spill_sends_per_user": ("<=", 1.0),
     "spill_peak_rss_mb": ("<=", 400),
     "run_over_issue": (">=", 4),
+    "txn_over_plain": ("<=", 1.2),
 }
 
 
@@ -952,6 +1009,9 @@ def main(argv: list[str] | None = None) -> int:
         "--spill-events", type=int, help="override case 8's topic size (users = events / 10)"
     )
     p.add_argument(
+        "--txn-events", type=int, help="override case 9's topic size (users = events / 10)"
+    )
+    p.add_argument(
         "--live-rates",
         type=float,
         nargs="+",
@@ -1002,6 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
         sc["limits"] = (args.limits_events, max(1, args.limits_events // 10))
     if args.spill_events:
         sc["spill"] = (args.spill_events, max(1, args.spill_events // 10))
+    if args.txn_events:
+        sc["txn"] = (args.txn_events, max(1, args.txn_events // 10))
 
     key = "sk_test_bench_" + uuid.uuid4().hex[:8]
     started = time.monotonic()
@@ -1069,6 +1131,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.extend(case_scale(env, sc))
                 elif case == "live":
                     rows.extend(case_live(env, sc))
+                elif case == "txn":
+                    rows.extend(case_txn(env, sc))
                 r = rows[-1]
                 log(
                     f"  {r['events']:,} events in {r['seconds']:.1f} s: {r['events_per_s']:,.0f}/s, "

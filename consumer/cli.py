@@ -341,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", type=int, default=1000, help="records per transaction at most (default 1000)"
     )
     rep.add_argument(
+        "--lateness",
+        # Not sink.lateness (run's and backfill's --lateness, 5 s of event time): the merge's
+        # own wait, in seconds of wall time, set by nothing else.
+        dest="merge_lateness",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --follow: how long a record waits for a source partition that is at its "
+        "end with nothing new (default 1; see docs/repartition.md)",
+    )
+    rep.add_argument(
         "--config", metavar="FILE", help="TOML settings file (its [kafka] section applies)"
     )
     rep.add_argument("--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS)")
@@ -424,13 +435,19 @@ def _repartition(args: argparse.Namespace) -> int:
     setup(settings.sink.log_level, settings.sink.log_format, secrets=settings.secrets())
     if args.batch < 1:
         raise ConfigError("--batch", "must be at least 1")
+    if args.merge_lateness is not None and args.merge_lateness < 0:
+        raise ConfigError("--lateness", "must be at least 0")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        counts = Repartitioner(settings.kafka, args.source, args.target, batch=args.batch).run(
-            until_end=not args.follow, stop=stop
-        )
+        counts = Repartitioner(
+            settings.kafka,
+            args.source,
+            args.target,
+            batch=args.batch,
+            **({} if args.merge_lateness is None else {"lateness": args.merge_lateness}),
+        ).run(until_end=not args.follow, stop=stop)
     except FatalRegistryError as exc:
         print(f"knock-sink: stopped: {exc}", file=sys.stderr)
         return EXIT_FATAL

@@ -19,7 +19,7 @@ reads a clock of its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -145,6 +145,15 @@ class ReadAhead:
         for rec in records:
             self._fetched[(rec.topic, rec.partition)] = rec.offset + 1
             self._last_fetch = now
+
+    def read_to(self, positions: Mapping[Partition, int]) -> None:
+        """The consumer's ``positions``: what lies below them is read, records or not. Why:
+        transaction markers and aborted records take offsets and are never delivered, so the
+        last record delivered never brings a partition of a transactional topic to its end."""
+        fetched = self._fetched
+        for tp, at in positions.items():
+            if tp in self._ends and at > fetched.get(tp, 0):
+                fetched[tp] = at
 
     @property
     def ends(self) -> dict[Partition, int]:

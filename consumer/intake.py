@@ -50,6 +50,9 @@ class Intake:
     :param tracker: the loop's tracker: a handle per record of an owned partition.
     :param fetch: the loop's fetch control: stalled partitions and those far ahead in the
         event-time order are held back there.
+    :param positions: the consumer's positions (:meth:`~consumer.records.Source.positions`),
+        taken after each batch as how far the owned partitions are read (see
+        :meth:`~consumer.tracker.OffsetTracker.read_to`).
     """
 
     def __init__(
@@ -63,8 +66,10 @@ class Intake:
         fetch: FetchControl,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        positions: Callable[[list[Partition]], dict[Partition, int]] | None = None,
     ) -> None:
         self._ingest = ingest
+        self._positions = positions
         self._dispatch = dispatch
         self._tracker = tracker
         self._dlq = dlq
@@ -135,6 +140,13 @@ class Intake:
             except RegistryError as exc:
                 stalls.stall(rec, handle, exc)
         self._ingest.counted(len(records))
+        if self._positions is not None:
+            # Every record delivered is tracked by now, so the position vouches for the
+            # transaction markers and aborted records in between, never delivered. After an
+            # empty batch too: the position may pass the final marker only after the last
+            # record came. Not in a rebalance callback: those run inside consume, when the
+            # position is already past records of the batch not yet tracked.
+            tracker.read_to(self._positions(tracker.owned()))
 
     def feed(self) -> None:
         """Hand on the ops whose event-time turn has come."""

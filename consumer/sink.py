@@ -197,6 +197,7 @@ class Sink:
                 fetch=self._fetch,
                 metrics=self.metrics,
                 clock=self._clock,
+                positions=self._source.positions,
             )
         self._dispatch.hold()
         return BackfillStage(
@@ -367,11 +368,13 @@ class Sink:
 
     def _reached(self, ends: dict[Partition, int]) -> bool:
         assert self._source is not None
+        stage = self._stage
         return reached(
             ends,
             self._committed,
             self._source,
             lambda: bool(self._tracker.pending() or not self._dispatch.idle),
+            held=stage.holds_users if isinstance(stage, BackfillStage) else None,
         )
 
     def _close(self) -> None:

@@ -127,8 +127,9 @@ class Stage(Protocol):
 
     def committable(self) -> dict[Partition, int]:
         """Commit positions that moved since :meth:`mark_committed`: each one past only what
-        was applied or confirmed dead-lettered. Does *not* commit, and must not block (a query
-        of a backfill's spill file at most)."""
+        was applied or confirmed dead-lettered, or never delivered (transaction markers and
+        aborted records, below the consumer's position). Does *not* commit, and must not
+        block (a query of a backfill's spill file at most)."""
         ...
 
     def mark_committed(self, positions: dict[Partition, int]) -> None:

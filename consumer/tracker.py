@@ -26,7 +26,15 @@ class PartitionTracker:
     popped while it is resolved.
     """
 
-    __slots__ = ("_last_tracked", "_position", "_unresolved", "_window", "key", "retired")
+    __slots__ = (
+        "_last_tracked",
+        "_position",
+        "_read_to",
+        "_unresolved",
+        "_window",
+        "key",
+        "retired",
+    )
 
     def __init__(self, key: Partition = ("", -1)) -> None:
         self.key = key
@@ -38,6 +46,8 @@ class PartitionTracker:
         self._unresolved: set[int] = set()
         self._last_tracked: int | None = None
         self._position: int | None = None
+        #: The consumer's position as last told (:meth:`read_to`).
+        self._read_to: int | None = None
 
     def track(self, offset: int) -> None:
         """Start tracking ``offset`` as unresolved.
@@ -72,8 +82,27 @@ class PartitionTracker:
 
     def committable(self) -> int | None:
         """The Kafka commit position (next offset to read), or ``None`` if nothing was ever
-        resolved contiguously from the first tracked offset."""
-        return self._position
+        resolved contiguously from the first tracked offset. Once the consumer's position is
+        known (:meth:`read_to`), up to it: the first unresolved offset, else the position."""
+        position, read_to = self._position, self._read_to
+        if read_to is None:
+            return position
+        window = self._window
+        if not window:
+            return read_to if position is None or read_to > position else position
+        if position is None:
+            return None
+        at = min(window[0], read_to)
+        return at if at > position else position
+
+    def read_to(self, offset: int) -> None:
+        """The consumer's position: every offset below it was delivered (and tracked, if it
+        owes anything) or is no record at all (a transaction marker, an aborted record). Why:
+        those never come as records, so one past the last tracked offset never reaches the
+        end of a transactional topic, and its commit (and lag) would stay short of it."""
+        last = self._last_tracked if self._last_tracked is not None else -1
+        if offset > last and (self._read_to is None or offset > self._read_to):
+            self._read_to = offset
 
     def pending(self) -> int:
         """How many tracked offsets are not resolved yet."""
@@ -208,6 +237,19 @@ class OffsetTracker:
         except KeyError:
             raise KeyError(f"partition {tp} is not owned; add() it first") from None
         return partition.handle(offset)
+
+    def owned(self) -> list[Partition]:
+        """The owned partitions."""
+        return list(self._partitions)
+
+    def read_to(self, positions: Mapping[Partition, int]) -> None:
+        """The consumer's ``positions`` of owned partitions, taken after every record
+        delivered before them was tracked (see :meth:`PartitionTracker.read_to`); unowned
+        ones are skipped."""
+        for tp, offset in positions.items():
+            partition = self._partitions.get(tp)
+            if partition is not None:
+                partition.read_to(offset)
 
     def accepts(self, tp: Partition, offset: int) -> bool:
         """Whether ``offset`` may be tracked on owned ``tp`` (False: the consumer rewound)."""

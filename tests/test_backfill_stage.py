@@ -168,3 +168,66 @@ def test_a_stopped_loop_ends_a_wait_for_the_registry(build):
     r.stop.set()  # the wait returns at once: the record was not read
     stage.submit(r.fetched())
     assert r.dispatch.queued == 0 and stage.committable() == {}
+
+
+class PastMarker:
+    """The in-memory source with a transaction marker after each partition's last record: once
+    that record is delivered, the position is one past the marker, as librdkafka's is."""
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
+
+    def positions(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        ends = self._source._broker.ends()
+        return {
+            tp: at + 1 if at == ends[tp] else at for tp, at in self._source.positions(tps).items()
+        }
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_partition_read_past_its_final_marker_is_finished_and_commits_its_end(stopping):
+    broker = Broker()
+    broker.create(TOPIC, 2)
+    produce(broker, 0, identify("a", n=1), identify("b", n=1))
+    produce(broker, 1, identify("c", n=1))
+    r = rig(broker, sink__lateness=0)
+    r.dispatch.hold()
+    ends = {tp: end + 1 for tp, end in broker.ends().items()}  # each ends past its marker
+    stage = BackfillStage(
+        ends,
+        dict.fromkeys(ends, 0),
+        settings=r.settings,
+        ingest=r.ingest,
+        dispatch=r.dispatch,
+        source=PastMarker(r.source),
+        fetch=r.fetch,
+        tracker=r.tracker,
+        dlq=r.dlq,
+        metrics=r.metrics,
+        stop=r.stop,
+        clock=r.clock,
+    )
+    try:
+        stage.submit(r.fetched())
+        assert stage.holds_users()
+        if stopping:  # the position may then be past records never taken in: not taken
+            r.stop.set()
+        stage.feed()
+        queued = r.queued()
+        if stopping:
+            # Not finished by position: nobody sent yet, nothing committable past a held user.
+            assert queued == [] and stage.holds_users()
+            assert stage.committable() == {A: 0, B: 0}
+            return
+        # Finished by position, not by a second without a record: its users go at once.
+        assert sorted(p.op.user_id for p in queued) == ["a", "b", "c"]  # type: ignore[union-attr]
+        assert not stage.holds_users()
+        for p in queued:
+            p.source.release()
+        assert stage.committable() == {A: 3, B: 2}  # the end offsets, past the markers
+    finally:
+        stage.close()
+        r.close()

@@ -399,3 +399,30 @@ def test_spilling_folding_and_sending_equal_every_event_applied_alone(
     committed.update(b.committable(lambda tp: None))
     assert committed == {tp: len(events[tp]) for tp in parts}  # every offset applied
     b.close()
+
+
+def test_the_floor_passes_offsets_never_delivered_up_to_the_position_never_a_held_user(
+    tmp_path,
+) -> None:
+    # Offsets 1 and 3 of TP0 are transaction markers: never delivered, never read as records.
+    b = Backlog(work_dir=str(tmp_path))
+
+    def none(tp):
+        return None  # nothing on the per-event path
+
+    assert b.read(TP0, 0)
+    b.fold(TP0, 0, [Identify("a", {"x": 0})], lambda h: None)
+    b.read_to(TP0, 2)
+    assert b.read(TP0, 2)  # the next record, past the marker: not a rewind
+    b.fold(TP0, 2, [Identify("b", {"x": 2})], lambda h: None)
+    b.read_to(TP0, 4)
+    assert b.committable(none) == {TP0: 0}  # a, held, still owes offset 0
+    for held in b.take(2):
+        b.handle(held).release()
+    assert b.committable(none) == {TP0: 4} and len(b) == 0
+    b.mark_committed({TP0: 4})
+    b.read_to(TP0, 3)  # a stale position takes nothing back
+    assert b.committable(none) == {}
+    b.freeze()
+    b.read_to(TP0, 9)  # nor does a frozen backlog vouch for anything
+    assert b.committable(none) == {}

@@ -48,6 +48,8 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
         "scale-2",
         "live-100",
         "spill",
+        "txn-plain",
+        "txn",
     }
     live = rows["live-100"]
     # Every user produced reached Knock, each with a latency read back from the emulator.
@@ -67,5 +69,6 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
         "backlog_peak_rss_mb",
         "sink_over_decode",
         "spill_peak_rss_mb",
+        "txn_over_plain",
     }
     assert "knock-sink benchmark" in proc.stdout

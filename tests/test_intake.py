@@ -154,3 +154,43 @@ def test_a_users_identifies_of_one_partition_fold_as_they_are_queued(stage):
     host, *riders = (p.op for p in queued)
     assert host.props == {"n": 4, "k0": 0, "k1": 1, "k2": 2, "k3": 3, "k4": 4}  # type: ignore[union-attr]
     assert all(op.props is RIDER for op in riders)  # type: ignore[union-attr]
+
+
+def test_the_commit_passes_offsets_never_delivered_once_the_position_is_past_them():
+    # A transactional topic: offset 2 is a commit marker, 3 and 4 an aborted transaction,
+    # none delivered. The consumer's position (taken after each batch) vouches for them.
+    broker = Broker()
+    broker.create(TOPIC, 2)
+    r = rig(broker)
+    at: dict[tuple[str, int], int] = {}
+    intake = Intake(
+        r.settings,
+        ingest=r.ingest,
+        dispatch=r.dispatch,
+        tracker=r.tracker,
+        dlq=r.dlq,
+        fetch=r.fetch,
+        metrics=r.metrics,
+        clock=r.clock,
+        positions=lambda tps: {tp: at[tp] for tp in tps if tp in at},
+    )
+    try:
+        produce(r.broker, 0, identify("a", n=1), identify("b", n=2))
+        records = r.fetched()
+        at[A] = 3  # past the marker after the last record
+        intake.submit(records)
+        handles = [p.source for p in r.queued()]
+        assert intake.committable() == {}  # nothing applied: the position vouches for nothing
+        handles[0].release()
+        assert intake.committable() == {A: 1}  # never past the first unresolved offset
+        handles[1].release()
+        assert intake.committable() == {A: 3}
+        intake.mark_committed({A: 3})
+        at[A] = 5  # the aborted records: an empty batch still takes the position
+        intake.submit([])
+        assert intake.committable() == {A: 5}
+        at[A] = 4  # a position behind what was taken never takes the commit back
+        intake.submit([])
+        assert intake.committable() == {A: 5}
+    finally:
+        r.close()

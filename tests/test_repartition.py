@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,8 @@ from consumer.repartition import Repartitioner, event_time, user_key
 from consumer.sink import Sink
 from tests.conftest import ROOT, wait_for
 from tests.model import actual_state, expected_state
+from tests.segment_rr import events_of, segment_events, time_of
+from tests.segment_rr import produce_round_robin as produce_segment_round_robin
 from tests.test_sink_avro import avro_value, event_schema, produce, serializer
 
 START = datetime(2024, 3, 1, tzinfo=UTC)
@@ -40,7 +43,7 @@ def unkeyed_events(n: int, users: int) -> list[dict[str, Any]]:
         if i % 50 == 49:
             # Now and then an alias, keyed by the user it merges into. Its previousId is one no
             # other event names: an alias relates two keys, and no keying orders it against
-            # the events of the other one (README, Topics not keyed by user).
+            # the events of the other one (docs/delivery.md, Topics not keyed by user).
             e = {
                 "type": "alias",
                 "previousId": f"visitor{i}",
@@ -187,3 +190,137 @@ def test_avro_values_are_keyed_by_their_user_and_copied_unchanged(kafka, schema_
     assert by_value == {
         v: (f"u{i % 5}".encode() if i < 30 else b"k30") for i, v in enumerate(values)
     }
+
+
+# -- Segment's round robin, as a new user meets it (issue 29) ------------------------------
+
+
+def check_keyed_copy(copied: list[Any], records: list[Any]) -> None:
+    """Every record exactly once, each user on one partition, and each user's events in
+    event-time order (``timestamp``, else ``originalTimestamp``; poison has none)."""
+    produced = sorted(r if isinstance(r, bytes) else orjson.dumps(r) for r in records)
+    assert sorted(m.value() for m in copied) == produced
+    by_user: dict[bytes, list[Any]] = {}
+    for m in sorted(copied, key=lambda m: (m.partition(), m.offset())):
+        stamp = time_of(m.value())
+        if stamp is not None:
+            by_user.setdefault(m.key(), []).append((stamp, m.partition()))
+    assert all(len({p for _, p in seq}) == 1 for seq in by_user.values())
+    unordered = [
+        u for u, seq in by_user.items() if [s for s, _ in seq] != sorted(s for s, _ in seq)
+    ]
+    assert unordered == [], f"{len(unordered)} users out of event-time order"
+
+
+def test_round_robin_segment_events_reach_the_keyed_topic_in_event_time_order(
+    kafka, api, settings_for
+):
+    raw, keyed = kafka.topic(3, "raw"), f"keyed-{uuid.uuid4().hex[:10]}"
+    records = segment_events(3000)
+    produce_segment_round_robin(kafka.bootstrap, raw, records)
+    # Small transactions: many markers in the keyed topic, which the backfill reads past.
+    counts = Repartitioner(
+        KafkaSettings(bootstrap_servers=kafka.bootstrap), raw, keyed, batch=50
+    ).run()
+    poison = sum(isinstance(r, bytes) for r in records)
+    assert (counts.read, counts.written, counts.unkeyed, counts.late) == (3000, 3000, poison, 0)
+    check_keyed_copy(read_committed(kafka.bootstrap, keyed, 3000), records)
+    assert counts.transactions >= 60  # --batch bounds each
+    summary = Sink(settings_for(keyed)).run(from_beginning=True, until_end=True)
+    assert actual_state(api.users()) == expected_state(events_of(records))
+    assert dict(summary.dead_lettered) == {"undecodable": poison}
+    assert kafka.committed(f"g-{keyed}", keyed) == kafka.end_offsets(keyed)
+
+
+def test_a_sigkilled_repartition_of_round_robin_events_resumes_in_order_exactly_once(kafka):
+    raw, keyed = kafka.topic(3, "raw"), f"keyed-{uuid.uuid4().hex[:10]}"
+    records = segment_events(3000, seed=7)
+    produce_segment_round_robin(kafka.bootstrap, raw, records)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap}
+    cmd = [
+        sys.executable,
+        "-m",
+        "consumer.cli",
+        "repartition",
+        "--from",
+        raw,
+        "--to",
+        keyed,
+        "--batch",
+        "25",
+        "--kafka-option",
+        "session.timeout.ms=6000",
+    ]
+    group = f"knock-sink-repartition.{raw}.{keyed}"
+    first = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(
+            lambda: sum(kafka.committed(group, raw).values()) >= 300,
+            120,
+            "some transactions committed",
+        )
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    done = sum(kafka.committed(group, raw).values())
+    assert 300 <= done < 3000, "killed mid-way"
+    rerun = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, timeout=300, check=False)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    assert orjson.loads(rerun.stdout.splitlines()[-1])["written"] == 3000 - done
+    check_keyed_copy(read_committed(kafka.bootstrap, keyed, 3000), records)
+    assert kafka.committed(group, raw) == {0: 1000, 1: 1000, 2: 1000}
+
+
+def test_a_following_repartition_keeps_order_and_waits_a_bounded_time_for_an_idle_partition(
+    kafka,
+):
+    raw, keyed = kafka.topic(3, "raw"), f"keyed-{uuid.uuid4().hex[:10]}"
+    records = segment_events(1200, seed=11)
+    rep = Repartitioner(
+        KafkaSettings(bootstrap_servers=kafka.bootstrap), raw, keyed, batch=100, lateness=1.0
+    )
+    stop = threading.Event()
+    counts: list[Any] = []
+    runner = threading.Thread(target=lambda: counts.append(rep.run(until_end=False, stop=stop)))
+    runner.start()
+    group = f"knock-sink-repartition.{raw}.{keyed}"
+    try:
+        # Produced while it runs, in bursts: between them every partition is at its end.
+        for at in range(0, 1080, 120):
+            produce_segment_round_robin(kafka.bootstrap, raw, records[at : at + 120], start=at)
+        # Then partition 2 stays idle: what the others bring goes once it was waited for.
+        tail = [r for i, r in enumerate(records[1080:], 1080) if i % 3 != 2]
+        produce_segment_round_robin(kafka.bootstrap, raw, records[1080:], start=1080, skip={2})
+        ends = kafka.end_offsets(raw)
+        wait_for(lambda: kafka.committed(group, raw) == ends, 60, "every record copied")
+    finally:
+        stop.set()
+        runner.join(60)
+    assert not runner.is_alive() and counts[0].late == 0
+    sent = records[:1080] + tail
+    check_keyed_copy(read_committed(kafka.bootstrap, keyed, len(sent)), sent)
+
+
+def test_a_partition_far_ahead_in_event_time_waits_in_kafka_not_in_memory(kafka):
+    raw, keyed = kafka.topic(3, "raw"), f"keyed-{uuid.uuid4().hex[:10]}"
+    records = segment_events(1800, seed=5)
+    # Partition 0 gets the last third of the events (stamped after all the others), 1 and 2
+    # the first two thirds round robin: everything read of partition 0 waits for them.
+    late, early = records[1200:], records[:1200]
+    produce_segment_round_robin(kafka.bootstrap, raw, early, partitions=2, shift=1)
+    produce_segment_round_robin(kafka.bootstrap, raw, late, partitions=1)
+    peak: list[int] = [0]
+
+    class Watched(Repartitioner):
+        def _balance(self) -> None:
+            peak[0] = max([peak[0], *(len(q) for q in self._buffers.values())])
+            super()._balance()
+
+    counts = Watched(
+        KafkaSettings(bootstrap_servers=kafka.bootstrap), raw, keyed, batch=20, max_buffered=60
+    ).run()
+    assert (counts.written, counts.late) == (1800, 0)
+    assert peak[0] <= 60 + 20  # the limit, and one poll's records beyond it
+    check_keyed_copy(read_committed(kafka.bootstrap, keyed, 1800), records)

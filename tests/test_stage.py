@@ -29,6 +29,7 @@ def live(r: Rig) -> Stage:
         fetch=r.fetch,
         metrics=r.metrics,
         clock=r.clock,
+        positions=r.source.positions,
     )
 
 

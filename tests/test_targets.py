@@ -66,3 +66,15 @@ def test_a_target_never_delivered_is_reached_by_position_once_nothing_is_owed():
     assert reached({A: 6}, {A: 5}, src, busy) and asked
     assert not reached({A: 6}, {A: 5}, src, lambda: True)  # events still owed
     assert not reached({A: 7}, {A: 5}, src, busy)  # not read that far
+
+
+def test_held_users_still_to_send_keep_a_backfill_read_to_its_end_from_ending():
+    # A backfill read past its last marker before it sent anyone: nothing tracked is pending,
+    # but its held users are not applied yet.
+    broker = broker_of(5)
+    broker.commits = {A: 6}
+    src = source(broker)
+    held = [True]
+    assert not reached({A: 6}, {A: 5}, src, lambda: False, held=lambda: held[0])
+    held[0] = False
+    assert reached({A: 6}, {A: 5}, src, lambda: False, held=lambda: held[0])

@@ -154,6 +154,14 @@ class Backlog:
         self._read[tp] = offset + 1
         return True
 
+    def read_to(self, tp: Partition, position: int) -> None:
+        """Everything of ``tp`` below ``position`` (the consumer's) is read, records or not:
+        offsets no record was delivered for (transaction markers, aborted records) owe
+        nothing, so the commit floor may pass them. The caller vouches that every record
+        delivered below it was :meth:`read`."""
+        if not self.frozen and position > self._read.get(tp, -1):
+            self._read[tp] = position
+
     def fold(
         self,
         tp: Partition,

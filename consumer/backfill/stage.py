@@ -80,6 +80,7 @@ class BackfillStage:
     ) -> None:
         sink = settings.sink
         self._ingest = ingest
+        self._source = source
         self._dispatch = dispatch
         self._tracker = tracker
         self._dlq = dlq
@@ -170,6 +171,7 @@ class BackfillStage:
         if self._order is not None:
             self._order.step()
         now = self._clock()
+        self._read_past_markers()
         finished = self._focus.read_ahead.finished()
         reading_ahead = self._focus.step(now, finished)
         backlog = self._backlog
@@ -186,6 +188,11 @@ class BackfillStage:
 
     def holds_back(self, now: float) -> bool:
         return self._focus.holds_back(now)
+
+    def holds_users(self) -> bool:
+        """Whether held users are still to be sent (in memory or spilled): they hold no
+        tracked offset, so a backfill read to its end is not applied until they are."""
+        return len(self._backlog) > 0
 
     def committable(self) -> dict[Partition, int]:
         """Commit positions that moved: held users' offsets bound the tracker's (see
@@ -330,6 +337,28 @@ class BackfillStage:
                 self._dispatch.queue(op, handle, tp)
         if handle is not None:
             handle.release()
+
+    def _read_past_markers(self) -> None:
+        """Take the consumer's position, up to its end target, as how far each partition not
+        yet read to its end is read. Why: transaction markers and aborted records take offsets
+        and are never delivered, so by its last record a partition of a transactional topic
+        never reaches its end: it was never finished (its users never sent while the next was
+        read, fetching focused on it until a second without a record), and its commit stopped
+        short of the end offset. Not once the loop stops or the backlog froze: a batch can then
+        be left part-taken, and the position is past records never read."""
+        if self._stop.is_set() or self._backlog.frozen:
+            return
+        read_ahead = self._focus.read_ahead
+        ends = read_ahead.ends
+        short = [tp for tp in ends if read_ahead.left(tp)]
+        if not short:
+            return
+        positions = {
+            tp: min(at, ends[tp]) for tp, at in self._source.positions(short).items() if tp in ends
+        }
+        read_ahead.read_to(positions)
+        for tp, at in positions.items():
+            self._backlog.read_to(tp, at)
 
     def _add_held(self, held: Held) -> None:
         """Queue a held user's folded state as one update (fed, or ejected at a barrier); its

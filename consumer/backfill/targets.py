@@ -31,15 +31,19 @@ def reached(
     committed: dict[Partition, int],
     source: Source,
     busy: Callable[[], bool],
+    held: Callable[[], bool] | None = None,
 ) -> bool:
     """Whether every end target is committed. ``busy``: whether events are still pending,
-    queued or in flight (asked only when some target is not committed)."""
+    queued or in flight; ``held``: whether held users are still to be sent (both asked only
+    when some target is not committed)."""
     short = [tp for tp, hi in ends.items() if committed.get(tp, -1) < hi]
     if not short:
         return True
     # A transactional topic (repartition writes one) ends in a commit marker, never
-    # delivered nor tracked: read past it with nothing left to apply is the end too.
-    if busy():
+    # delivered nor tracked: read past it with nothing left to apply is the end too. Held
+    # users hold no tracked offset: without them, a backfill read to its end before it sent
+    # anyone would end there, having applied nothing.
+    if busy() or (held is not None and held()):
         return False
     positions = source.positions(short)
     return all(positions.get(tp, -1) >= ends[tp] for tp in short)
