@@ -213,7 +213,7 @@ class Planner:
             for u in _users(op):
                 self._open.pop(u, None)
             return
-        uid = op.user_id  # type: ignore[union-attr]
+        uid = op.user_id
         if p.lane is None or p.attempts or p.not_before:
             self._open.pop(uid, None)
             return
@@ -221,12 +221,12 @@ class Planner:
         if host is not None:
             h, owned = host
             into = h.op.props  # type: ignore[union-attr]
-            if h.lane == p.lane and self._can_fold(into, op.props):  # type: ignore[union-attr]
+            if h.lane == p.lane and self._can_fold(into, op.props):
                 if not owned:
                     into = dict(into)
                     h.op = Identify(uid, into)
                     self._open[uid] = (h, True)
-                self._fold(into, op.props)  # type: ignore[union-attr]
+                self._fold(into, op.props)
                 p.op = Identify(uid, RIDER)
                 return
         self._open[uid] = (p, False)
@@ -238,8 +238,8 @@ class Planner:
         for p in self._queue:
             op = p.op
             if op.__class__ is Identify:
-                uid = op.user_id  # type: ignore[union-attr]
-                if op.props is RIDER:  # type: ignore[union-attr]
+                uid = op.user_id
+                if op.props is RIDER:
                     continue
                 if p.lane is not None and p.attempts == 0 and p.not_before == 0.0:
                     open_[uid] = (p, False)
@@ -368,14 +368,14 @@ class _Cut:
         op = p.op
         if op.__class__ is Identify:
             # The common case without tuples, sets or generators.
-            uid = op.user_id  # type: ignore[union-attr]
+            uid = op.user_id
             if p.not_before > self._now or uid in self.held:
                 self._keep(p, uid)
                 return True
             if self._budget > 0 and uid not in self.last and len(self.last) >= self._budget:
                 self._keep(p, uid)
                 return False
-            if self.identify(p, op):  # type: ignore[arg-type]
+            if self.identify(p, op):
                 if self._open.get(uid, _NOT_OPEN)[0] is p:
                     del self._open[uid]
             else:

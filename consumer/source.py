@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from .config import FETCH_QUEUE_BACKOFF_MS, PREFETCH_KBYTES, KafkaSettings
 from .deadletter import KafkaWriter, Originals
 from .errors import ConfigError
-from .records import Partition, RebalanceCallback, Record, Replay
+from .records import Headers, Partition, RebalanceCallback, Record, Replay
 
 log = logging.getLogger("knock_sink.source")
 
@@ -127,8 +127,12 @@ class KafkaSource:
         for msg in self._consumer.consume(n, timeout):
             err = msg.error()
             if err is None:
-                # Once per message: each accessor is a C call, so each is asked once.
-                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                # Once per message: each accessor is a C call, so each is asked once. A message
+                # without an error always has all three (the stubs type them optional).
+                topic: str
+                partition: int
+                offset: int
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()  # type: ignore[assignment]
                 if stop_at and offset >= stop_at.get((topic, partition), offset + 1):
                     continue  # at or past --until-timestamp: not this backfill's
                 ts_type, ts = msg.timestamp()
@@ -139,7 +143,7 @@ class KafkaSource:
                         offset,
                         msg.key(),
                         msg.value(),
-                        msg.headers(),
+                        msg.headers(),  # type: ignore[arg-type]  # a consumed message's: a list
                         ts if ts_type else None,
                     )
                 )
@@ -368,20 +372,27 @@ def read_to_end(
         consumer.assign(assign)
         while todo:
             for msg in consumer.consume(500, 0.5):
-                if msg.error() is not None:
-                    if msg.error().fatal():
-                        raise KafkaException(msg.error())
+                err = msg.error()
+                if err is not None:
+                    if err.fatal():
+                        raise KafkaException(err)
                     continue
-                key = (msg.topic(), msg.partition())
-                if key in todo and msg.offset() < todo[key]:
+                # A message without an error has all three (the stubs type them optional).
+                topic, partition, offset = (
+                    cast(str, msg.topic()),
+                    cast(int, msg.partition()),
+                    cast(int, msg.offset()),
+                )
+                key = (topic, partition)
+                if key in todo and offset < todo[key]:
                     ts_type, ts = msg.timestamp()
                     yield Record(
-                        msg.topic(),
-                        msg.partition(),
-                        msg.offset(),
+                        topic,
+                        partition,
+                        offset,
                         msg.key(),
                         msg.value(),
-                        msg.headers(),
+                        cast("Headers | None", msg.headers()),
                         ts if ts_type else None,
                     )
             # By position, not by the last record: an end that is a transaction marker is

@@ -47,8 +47,9 @@ from typing import Final
 
 import orjson
 
+from ..config import NestedMerge
 from ..ops import Identify, Op, entities
-from ..plan import NestedMerge, folding
+from ..plan import folding
 from ..records import Partition
 from .held import (
     H_FOLDED,
@@ -178,11 +179,11 @@ class Backlog:
         users = self._users
         foldable = True
         for op in ops:
-            if op.__class__ is not Identify or op.user_id in self._barred:  # type: ignore[union-attr]
+            if op.__class__ is not Identify or op.user_id in self._barred:
                 foldable = False
                 break
             held = users.get(op.user_id)
-            if held is not None and not self._can_fold(unpacked(held), op.props):  # type: ignore[union-attr]
+            if held is not None and not self._can_fold(unpacked(held), op.props):
                 foldable = False
                 break
         if not foldable:
@@ -333,7 +334,7 @@ class Backlog:
             while n < len(moving) and freed < excess:
                 props = moving[n].props
                 freed += (
-                    len(props) + PER_BYTES + PER_USER if props.__class__ is bytes else per_unpacked
+                    len(props) + PER_BYTES + PER_USER if props.__class__ is bytes else per_unpacked  # type: ignore[comparison-overlap]  # packed: see Backlog.compact
                 )
                 n += 1
             moving = moving[:n]

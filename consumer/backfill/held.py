@@ -128,7 +128,7 @@ def unpacked(held: Held) -> dict[str, Any]:
     """``held``'s properties as a dict: decoded back first if :meth:`Backlog.compact` packed
     them. Everything the backlog hands out goes through here."""
     props = held.props
-    if props.__class__ is bytes:
+    if props.__class__ is bytes:  # type: ignore[comparison-overlap]  # packed: see Backlog.compact
         props = held.props = orjson.loads(props)
         held.owned = True
     return props
@@ -200,7 +200,7 @@ class HeldHandle:
             # backlog is sent, that would hold every sent user's properties).
             for held in (self.held, *(self.held.riders or ())):
                 held.done = True
-                held.props = None  # type: ignore[assignment]
+                held.props = None
             self.held.riders = None
             return True
         return False

@@ -57,7 +57,7 @@ class Sizes:
         sample of them."""
         sample = list(islice(users.values(), 0, None, max(1, len(users) // SAMPLE)))
         sizes = [size(h.props) for h in sample]
-        unpacked = [n for n, h in zip(sizes, sample, strict=True) if h.props.__class__ is not bytes]
+        unpacked = [n for n, h in zip(sizes, sample, strict=True) if h.props.__class__ is not bytes]  # type: ignore[comparison-overlap]  # packed: see Backlog.compact
         average = sum(sizes) / len(sizes)
         return len(users) * average, sum(unpacked) / len(unpacked) if unpacked else average
 

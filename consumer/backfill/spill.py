@@ -108,7 +108,7 @@ class Spill:
                     None
                     if h is None
                     else h.props
-                    if h.props.__class__ is bytes
+                    if h.props.__class__ is bytes  # type: ignore[comparison-overlap]  # packed: see Backlog.compact
                     else dumps(h.props),
                 )
                 for i, uid, events, p, offset, h in rows
