@@ -56,6 +56,8 @@ class Budget:
         self._gauge = gauge
         self._all: set[Partition] = set()
         self._owned: set[Partition] = set()
+        #: The partitions the limiters were last paced for.
+        self._paced_for: set[Partition] = set()
         self.share: float | None = None
         #: An owned partition the partition count did not know: call :meth:`known` again (from
         #: the loop: the rebalance callbacks must not call into the consumer).
@@ -88,10 +90,12 @@ class Budget:
         ordered = sorted(self._all | self._owned)
         index = {tp: i for i, tp in enumerate(ordered)}
         slots = Slots(frozenset(index[tp] for tp in self._owned), len(ordered) or 1, settle=SLOT)
+        gained = bool(self._owned - self._paced_for)
+        self._paced_for = set(self._owned)
         if slots.fraction == 1 and self._group == 1:
             self._limits.share(1.0)  # alone: no turns to take
         else:
-            self._limits.divide(self._group, slots)
+            self._limits.divide(self._group, slots, settle=SLOT if gained else 0.0)
         share = self._group * slots.fraction
         if share != self.share:
             log.info(

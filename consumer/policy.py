@@ -344,6 +344,13 @@ class RateLimiter:
         with self._lock:
             slot[1] = self._clock()
 
+    def hold(self, seconds: float) -> None:
+        """Nobody sends on this endpoint for ``seconds`` from now (the window stays)."""
+        if self.per_second is None or seconds <= 0:
+            return
+        with self._lock:
+            self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+
     def penalize(self, seconds: float) -> None:
         """Nobody sends on this endpoint for ``seconds`` from now (after a 429), and the window
         widens by :data:`WINDOW_STEP` (up to :data:`MAX_WINDOW`, never narrower than it was)."""
@@ -393,7 +400,7 @@ class RateLimits:
         for limiter in self._limiters.values():
             limiter.share(share, slots)
 
-    def divide(self, group: float, slots: Slots) -> None:
+    def divide(self, group: float, slots: Slots, *, settle: float = 0.0) -> None:
         """This member's part of ``group`` (the group's share of Knock's budget), the members
         splitting it by the partitions of ``slots``.
 
@@ -402,11 +409,16 @@ class RateLimits:
         is paced to ``group x slots.fraction`` at any time: the members' parts add up to the
         route's rate, and their bursts (``floor`` of each part) to at most Knock's. Any other
         route (tier 1 always) takes turns in ``slots``. Consistent across members: each
-        decides from the route and the partition count, which they share."""
+        decides from the route and the partition count, which they share.
+
+        :param settle: seconds before the first request on a route paced by rate (the turns
+            settle in ``slots``): a member that gains partitions waits out the window in which
+            their previous owner may have sent at its larger rate until its revoke."""
         for limiter in self._limiters.values():
             base = limiter.base
             if slots.owned and base is not None and base * group >= slots.total:
                 limiter.share(group * slots.fraction)
+                limiter.hold(settle)
             else:
                 limiter.share(group, slots)
 

@@ -128,6 +128,24 @@ def test_only_routes_too_small_to_divide_by_rate_take_turns(total):
     assert idle.for_endpoint("identify").ready_in() > 0
 
 
+def test_a_member_that_gains_partitions_waits_a_slot_before_its_first_request():
+    """Its partitions' previous owner paced to a larger part until its revoke: the new owner
+    holds back every route for one slot, those paced by rate included."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from consumer.budget import Budget
+
+    limits = RateLimits("knock")
+    budget = Budget(limits, None, Gauge("s", "s", registry=CollectorRegistry()))
+    budget.known([("t", p) for p in range(6)])
+    budget.update([("t", 0), ("t", 3)])
+    assert not limits.taking_turns("identify")
+    assert limits.for_endpoint("identify").ready_in() == pytest.approx(SLOT, abs=0.05)
+    fresh = RateLimits("knock")
+    fresh.divide(1.0, Slots(frozenset({0, 3}), 6))
+    assert fresh.for_endpoint("identify").ready_in() == 0.0
+
+
 def test_the_idle_ratio_is_what_a_members_part_of_knocks_tiers_left_unsent():
     from prometheus_client import CollectorRegistry, Gauge
 
