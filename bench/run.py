@@ -26,6 +26,10 @@ child process (:mod:`bench.cases`) and prints a table, also saved as JSON:
    again and committed (what an exactly-once producer leaves: a marker per transaction and
    partition, and aborted records, none delivered), one after the other in one run: the
    transactional topic's time over the plain one's.
+10. ``group``: issue 28's backlog (a 6-partition topic, 10 identify events a user) through
+    ``knock-sink run`` under Knock's limits with every default, 1 then 3 processes of one group,
+    timed until the group's commits reach the end offsets: the ratio of the two, bulk calls and
+    429s (the design: docs/operations.md, Scaling out).
 
 CPU seconds and peak RSS are the child's own (``wait4`` rusage: user + system time of all its
 threads; ``VmHWM``, peak RSS since exec, of the largest process); the broker and the emulator run
@@ -78,6 +82,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "live": ([100], 4.0),
         "spill": (2_000, 400),
         "txn": (20_000, 2_000),
+        "group": (6_000, 600),
     },
     # The issue's sizes (docs/performance.md has the run times on the reference machine).
     "full": {
@@ -90,6 +95,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "live": ([300, 900], 60.0),
         "spill": (5_000_000, 500_000),
         "txn": (200_000, 20_000),
+        "group": (60_000, 6_000),
     },
 }
 ALL_CASES = [
@@ -103,7 +109,10 @@ ALL_CASES = [
     "live",
     "spill",
     "txn",
+    "group",
 ]
+#: Partitions of the ``group`` case's topic (issue 28's).
+GROUP_PARTITIONS = 6
 LIVE_PARTITIONS = 3
 WRITES = (
     "POST /v1/users/bulk/identify",
@@ -291,7 +300,7 @@ class Env:
         self.child_env = {"KNOCK_API_KEY": self.key}
         self.topics: dict[str, dict[str, Any]] = {}
 
-    def topic(self, name: str, events: int, users: int) -> str:
+    def topic(self, name: str, events: int, users: int, partitions: int = PARTITIONS) -> str:
         topic = f"bench-{name}-{events}"
         if topic not in self.topics and _filled(self.bootstrap, topic) == events:
             # A shared broker (--bootstrap) keeps the topic between runs: the same seed gives
@@ -301,7 +310,7 @@ class Env:
         if topic not in self.topics:
             log(f"producing {events:,} events over {users:,} users to {topic}")
             self.topics[topic] = info = fill(
-                self.bootstrap, topic, events, users, seed=SEED, partitions=PARTITIONS
+                self.bootstrap, topic, events, users, seed=SEED, partitions=partitions
             )
             log(
                 f"  {info['bytes'] / 1e6:,.0f} MB (avg {info['avg_bytes']} B) in {info['seconds']} s"
@@ -605,18 +614,40 @@ def case_scale(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def case_group(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
+    n, users = sc["group"]
+    topic = env.topic("group", n, users, partitions=GROUP_PARTITIONS)
+    ends = _ends(env.bootstrap, topic)
+    rows = []
+    for procs in (1, 3):
+        r, stats = _run_group(env, topic, ends, procs, limits="knock")
+        row = _row(f"group-{procs}", f"10. sink run, Knock limits, {procs} process(es)", r, stats)
+        row["processes"] = procs
+        row["bulk_calls"] = sum(stats["requests"].get(WRITES[0], {}).values())
+        row["lower_bound_s"] = round(stats["users"] / (BULK + SINGLES), 2)
+        rows.append(row)
+        log(f"  {procs} process(es): {row['seconds']:.1f} s, {row['bulk_calls']} bulk calls")
+    rows[-1]["time_over_one"] = round(rows[-1]["seconds"] / rows[0]["seconds"], 2)
+    return rows
+
+
 def _run_group(
-    env: Env, topic: str, ends: dict[int, int], procs: int, cwd: Path = ROOT
+    env: Env,
+    topic: str,
+    ends: dict[int, int],
+    procs: int,
+    cwd: Path = ROOT,
+    limits: str = "off",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``procs`` processes of ``knock-sink run`` (the package under ``cwd``) in a new group,
     until the group has committed ``ends``; the run's figures and the emulator's stats."""
-    api = env.api["off"]
+    api = env.api[limits]
     api.reset()
     group = f"scale{procs}-{uuid.uuid4().hex[:6]}"
     started = time.monotonic()
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "consumer.cli", *_sink_args(env, topic, group, "off", "run")],
+            [sys.executable, "-m", "consumer.cli", *_sink_args(env, topic, group, limits, "run")],
             cwd=cwd,
             env={**os.environ, **env.child_env},
             stdout=subprocess.DEVNULL,
@@ -864,6 +895,9 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if "group-1" in rows and "group-3" in rows:
+        out["group_3_over_1"] = round(rows["group-3"]["seconds"] / rows["group-1"]["seconds"], 2)
+        out["group_429"] = rows["group-1"]["knock_429"] + rows["group-3"]["knock_429"]
     if "scale-1" in rows and "scale-1-issue" in rows:
         out["run_over_issue"] = round(
             rows["scale-1"]["events_per_s"] / rows["scale-1-issue"]["events_per_s"], 2
@@ -913,6 +947,8 @@ TARGETS = {
     "spill_peak_rss_mb": ("<=", 400),
     "run_over_issue": (">=", 4),
     "txn_over_plain": ("<=", 1.2),
+    "group_3_over_1": ("<=", 1.1),
+    "group_429": ("<=", 0),
 }
 
 
@@ -1133,6 +1169,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.extend(case_live(env, sc))
                 elif case == "txn":
                     rows.extend(case_txn(env, sc))
+                elif case == "group":
+                    rows.extend(case_group(env, sc))
                 r = rows[-1]
                 log(
                     f"  {r['events']:,} events in {r['seconds']:.1f} s: {r['events_per_s']:,.0f}/s, "

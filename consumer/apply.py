@@ -56,8 +56,9 @@ class Applier:
     :class:`~consumer.outcome.Rejections`) is safe to share between threads.
 
     :param singles: at most this many entries of a level go through single identify instead of
-        bulk (Knock paces the two endpoints separately, so both budgets add up), and entries
-        whose user was in a bulk call less than ``entity_gap`` ago always do.
+        bulk (Knock paces the two endpoints separately, so both budgets add up); entries
+        whose user was in a bulk call less than ``entity_gap`` ago go first, and those past
+        ``singles`` are given back to wait out the gap.
     """
 
     def __init__(
@@ -110,12 +111,25 @@ class Applier:
         recent = gap.recent([e.user_id for e in entries], leaves)
         bulk = [e for e in entries if e.user_id not in recent]
         singles = [e for e in entries if e.user_id in recent]
+        if gap and len(singles) > self._singles:
+            # Single identify is 60 users a second: past this level's share of it, a recent
+            # user waits out the gap for a later bulk call, rather than holding this plan (its
+            # users, a flight slot) for seconds of singles while the bulk budget goes unused.
+            for e in singles[self._singles :]:
+                blocked.add(e.user_id)
+                out.retry.extend((p, gap.gap) for p in e.items)
+            del singles[self._singles :]
         room = max(0, self._singles - len(singles))
         if room and len(bulk) > self._bulk_size:
             # Past one bulk call the next waits a whole second for Knock's tier-1 budget,
             # while single identify has its own budget: spend it on the overflow.
             singles.extend(bulk[self._bulk_size : self._bulk_size + room])
             del bulk[self._bulk_size : self._bulk_size + room]
+        if gap and len(bulk) > self._bulk_size:
+            # Under Knock's limits a second bulk call costs a whole second of tier 1 (in a
+            # group, a turn): the few users past a full call wait for the next plan's instead.
+            self._give_back(bulk[self._bulk_size :], blocked, out)
+            del bulk[self._bulk_size :]
         gap.stamp([e.user_id for e in bulk], now)
         tasks: list[Future[None]] = [
             self._pool.submit(self._bulk, chunk, blocked, out)

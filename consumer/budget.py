@@ -2,9 +2,10 @@
 
 Knock counts requests per environment; every member of the group paces itself with its own
 :class:`~consumer.policy.RateLimits`. So each member takes the share of each tier that its
-partitions are of the subscribed topics' partitions, by taking turns on the wall clock
-(:class:`~consumer.policy.Slots`), times ``knock.budget_share`` when several groups share one
-environment. A member that holds no partition sends nothing; a member that holds every
+partitions are of the subscribed topics' partitions, times ``knock.budget_share`` when several
+groups share one environment: by rate on the routes whose budget divides so, by taking turns on
+the wall clock (:class:`~consumer.policy.Slots`) on the others, tier 1 first
+(:meth:`~consumer.policy.RateLimits.divide`). A member that holds no partition sends nothing; a member that holds every
 partition of a group with the whole budget paces exactly as a lone process.
 
 Plan sizes (:class:`~consumer.flow.Sizing`) need no change: a level is one bulk call plus the
@@ -15,15 +16,22 @@ budgets alike, so the identify budget per bulk call stays the same.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import Gauge
 
 from .errors import ConfigError
-from .policy import SLOT_USABLE, RateLimits, Slots
+from .limits import per_second
+from .policy import SLOT, RateLimits, Slots
 from .records import Partition
 
 log = logging.getLogger("knock_sink.budget")
+
+
+#: Seconds over which :meth:`Budget.tick` measures the budget left idle.
+IDLE_WINDOW = 10.0
+#: The routes whose idle budget is reported: the two an update is sent through.
+WATCHED = ("bulk_identify", "identify")
 
 
 class Budget:
@@ -31,12 +39,25 @@ class Budget:
     :param all_partitions: every partition of the subscribed topics, read when needed (the
         count may grow)."""
 
-    def __init__(self, limits: RateLimits, group_share: float | None, gauge: Gauge) -> None:
+    def __init__(
+        self,
+        limits: RateLimits,
+        group_share: float | None,
+        gauge: Gauge,
+        idle: Gauge | None = None,
+        *,
+        now: float = 0.0,
+    ) -> None:
         self._limits = limits
+        self._idle = idle
+        self._since = now
+        self._spent_then: dict[str, int] = {}
         self._group = group_share or 1.0
         self._gauge = gauge
         self._all: set[Partition] = set()
         self._owned: set[Partition] = set()
+        #: The partitions the limiters were last paced for.
+        self._paced_for: set[Partition] = set()
         self.share: float | None = None
         #: An owned partition the partition count did not know: call :meth:`known` again (from
         #: the loop: the rebalance callbacks must not call into the consumer).
@@ -68,13 +89,13 @@ class Budget:
             self.stale = True
         ordered = sorted(self._all | self._owned)
         index = {tp: i for i, tp in enumerate(ordered)}
-        slots = Slots(
-            frozenset(index[tp] for tp in self._owned), len(ordered) or 1, settle=SLOT_USABLE
-        )
+        slots = Slots(frozenset(index[tp] for tp in self._owned), len(ordered) or 1, settle=SLOT)
+        gained = bool(self._owned - self._paced_for)
+        self._paced_for = set(self._owned)
         if slots.fraction == 1 and self._group == 1:
             self._limits.share(1.0)  # alone: no turns to take
         else:
-            self._limits.share(self._group, slots)
+            self._limits.divide(self._group, slots, settle=SLOT if gained else 0.0)
         share = self._group * slots.fraction
         if share != self.share:
             log.info(
@@ -86,3 +107,19 @@ class Budget:
         self.share = share
         self._gauge.set(share)
         return share
+
+    def tick(self, now: float, spent: Mapping[str, int]) -> None:
+        """Every :data:`IDLE_WINDOW` seconds, set the idle ratio of each watched route: 1 less
+        the requests Knock counted (``spent``, running totals by route) over what this process's
+        share of Knock's tier allowed in that time. Measured against Knock's numbers, so turns'
+        own cost shows as idle too."""
+        if self._idle is None or self._limits.mode != "knock" or now - self._since < IDLE_WINDOW:
+            return
+        seconds, self._since = now - self._since, now
+        share = 1.0 if self.share is None else self.share
+        for route in WATCHED:
+            allowed = per_second(route) * share * seconds
+            used = spent.get(route, 0) - self._spent_then.get(route, 0)
+            self._spent_then[route] = spent.get(route, 0)
+            ratio = 1.0 if allowed <= 0 else max(0.0, 1.0 - used / allowed)
+            self._idle.labels(route).set(round(ratio, 3))

@@ -9,8 +9,12 @@ cut when its bulk call could leave now, and carries everything read until then.
 ``sink.flush_interval`` is the other end of the trade-off: the least time between two cuts.
 At its default (below the limiter's second) the limiter sets the pace, one bulk call a second
 carrying what arrived in that second; a longer interval sends fewer, fuller calls, and each
-event waits up to that long more. A plan that is full (a bulk call's worth of users and the
-single-identify overflow) is cut at once: waiting cannot make it carry more.
+event waits up to that long more. A plan that is full (a bulk call's worth of ops and the
+single-identify overflow) is cut at once, but under the limits still not before its bulk call
+could leave: the ops pending include those of users still in flight, which cannot go in it, so
+a plan cut early carries fewer users than it would at its call, and when the group takes turns
+(:class:`~consumer.policy.Slots`) it spends a whole turn on them. (Taking turns, the limiter
+says "ready" a little before the turn, so the plan is built when it opens.)
 
 No I/O and no clock of its own: the loop passes ``now`` and how long the limiter would hold a
 bulk call.
@@ -36,8 +40,8 @@ class Cadence:
     ) -> bool:
         """Whether to cut a plan now. ``pending``: ops queued with the planner; ``full_at``: ops
         that fill a plan; ``bulk_ready_in``: seconds before the bulk limiter grants a call."""
+        if self.paced and bulk_ready_in > 0.0:
+            return False
         if pending >= full_at:
             return True
-        if now - last_cut < self.flush_interval:
-            return False
-        return not self.paced or bulk_ready_in <= 0.0
+        return now - last_cut >= self.flush_interval

@@ -40,12 +40,21 @@ KNOCK_WINDOW: Final = 1.005
 #: says the margin was too thin there (1 % of budget per call is cheaper than a lost second).
 WINDOW_STEP: Final = 0.01
 MAX_WINDOW: Final = 1.10
-#: Members of one consumer group take turns on Knock's budget in slots of this many seconds of
-#: the wall clock (see :class:`Slots`); requests start only in the first :data:`SLOT_USABLE`
-#: seconds of a slot, so the next owner finds every tier's budget refilled (Knock's second,
-#: plus a tenth for the jitter between our clocks and Knock's arrival times).
-SLOT: Final = 2.2
-SLOT_USABLE: Final = 1.1
+#: Members of one consumer group take turns on the routes whose budget is too small to divide
+#: by rate (tier 1 is one request a second: see :class:`Slots`) in slots of :data:`SLOT` seconds
+#: of the wall clock. A request starts only in the first :data:`SLOT_USABLE` seconds of a slot,
+#: so the owner of the next slot finds Knock's second gone by since the last start, with
+#: :data:`SLOT_GUARD` to spare for the members' clocks disagreeing and for one request taking
+#: longer than another to reach Knock. Measured (docs/operations.md, Scaling out): slots of
+#: 2.2 s with 1.1 s usable left most of tier 1 idle; 1.2 s is one bulk call every 1.2 s, 84 %
+#: of the tier, the group's whole.
+SLOT_USABLE: Final = 0.1
+SLOT_GUARD: Final = 0.095
+SLOT: Final = KNOCK_WINDOW + SLOT_USABLE + SLOT_GUARD
+#: A plan is cut this long before its member's turn, so that its bulk call is built and
+#: waiting when the turn opens: a call that misses the first :data:`SLOT_USABLE` seconds waits
+#: a whole cycle of the group's turns.
+SLOT_LEAD: Final = 0.15
 
 
 def wait(seconds: float, stop: threading.Event | None = None) -> None:
@@ -154,8 +163,14 @@ class Slots:
     Why slots rather than each member pacing to ``share x N``: tier 1 is one request per second;
     three members each sending once every 3 s at their own phase would land two requests in
     one second of Knock's often enough to spend the saving on 429s. Dividing the clock is
-    the only split of a budget of one that needs no coordination. It assumes the members'
-    clocks agree within a few tens of milliseconds (NTP).
+    the only split of a budget of one that needs no coordination. So only the routes whose
+    budget cannot be divided by rate take turns (:meth:`RateLimits.divide`): the others pace to
+    their share at any time, and a plan's single identifies and the polling of its bulk
+    operation never wait for a turn. It assumes the members' clocks agree within
+    :data:`SLOT_GUARD` (NTP keeps them within a few milliseconds); a member whose clock is
+    further off, or whose request is held up longer than that on its way, draws a 429 with
+    ``Retry-After``, which every member honours (:meth:`RateLimiter.penalize`): time is lost,
+    nothing else.
 
     :param owned: the slot numbers (partition indices) this member holds; empty: it may send
         nothing.
@@ -166,7 +181,7 @@ class Slots:
     ) -> None:
         """:param settle: seconds from now before the first request: after a rebalance, the
         member that held these slots before (alone, it took no turns) may have sent until
-        its revoke, so the new owner waits out one usable stretch (:data:`SLOT_USABLE`)."""
+        its revoke, so the new owner waits out one slot (:data:`SLOT`)."""
         if total < 1:
             raise ValueError("total must be at least 1")
         self.owned = frozenset(i for i in owned if 0 <= i < total)
@@ -263,6 +278,16 @@ class RateLimiter:
             self.window = window * k / rate  # a 429's widening starts over
             self._granted = deque(self._granted, maxlen=k)
 
+    @property
+    def base(self) -> int | None:
+        """Knock's requests per second for the endpoint (``None``: unpaced)."""
+        return self._base[0]
+
+    @property
+    def slotted(self) -> bool:
+        """Whether requests wait for this member's turns (:class:`Slots`)."""
+        return self._slots is not None
+
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Block until a request may be sent, and count it as sent (and answered) now.
 
@@ -301,18 +326,30 @@ class RateLimiter:
 
     def ready_in(self) -> float:
         """Seconds until :meth:`acquire` would grant without waiting (0: now). Reserves
-        nothing: the loop asks it to decide when a plan's bulk call could leave."""
+        nothing: the loop asks it to decide when a plan's bulk call could leave. Taking
+        turns, :data:`SLOT_LEAD` less, so that the plan is cut before its turn opens."""
         if self.per_second is None:
             return 0.0
         with self._lock:
             now = self._clock()
-            turn = 0.0 if self._slots is None else self._slots.wait()
-            return max(0.0, self._ready_at(now) - now, 0.5 if turn is None else turn)
+            if self._slots is None:
+                turn = 0.0
+            else:
+                wait = self._slots.wait()
+                turn = 0.5 if wait is None else max(0.0, wait - SLOT_LEAD)
+            return max(0.0, self._ready_at(now) - now, turn)
 
     def finish(self, slot: list[float | None]) -> None:
         """The request of ``slot`` (from :meth:`take`) was answered: count it from now."""
         with self._lock:
             slot[1] = self._clock()
+
+    def hold(self, seconds: float) -> None:
+        """Nobody sends on this endpoint for ``seconds`` from now (the window stays)."""
+        if self.per_second is None or seconds <= 0:
+            return
+        with self._lock:
+            self._blocked_until = max(self._blocked_until, self._clock() + seconds)
 
     def penalize(self, seconds: float) -> None:
         """Nobody sends on this endpoint for ``seconds`` from now (after a 429), and the window
@@ -362,6 +399,32 @@ class RateLimits:
         """Every endpoint paced to ``share`` of its tier, in ``slots`` (see :meth:`RateLimiter.share`)."""
         for limiter in self._limiters.values():
             limiter.share(share, slots)
+
+    def divide(self, group: float, slots: Slots, *, settle: float = 0.0) -> None:
+        """This member's part of ``group`` (the group's share of Knock's budget), the members
+        splitting it by the partitions of ``slots``.
+
+        A route whose budget every member can pace to by rate (``N x group`` per second is at
+        least one request per partition, so each member's part is a whole request or more)
+        is paced to ``group x slots.fraction`` at any time: the members' parts add up to the
+        route's rate, and their bursts (``floor`` of each part) to at most Knock's. Any other
+        route (tier 1 always) takes turns in ``slots``. Consistent across members: each
+        decides from the route and the partition count, which they share.
+
+        :param settle: seconds before the first request on a route paced by rate (the turns
+            settle in ``slots``): a member that gains partitions waits out the window in which
+            their previous owner may have sent at its larger rate until its revoke."""
+        for limiter in self._limiters.values():
+            base = limiter.base
+            if slots.owned and base is not None and base * group >= slots.total:
+                limiter.share(group * slots.fraction)
+                limiter.hold(settle)
+            else:
+                limiter.share(group, slots)
+
+    def taking_turns(self, name: str) -> bool:
+        """Whether endpoint ``name`` waits for this member's slots."""
+        return self._limiters[name].slotted
 
     def for_endpoint(self, name: str) -> RateLimiter:
         """The limiter of endpoint ``name``; :class:`KeyError` for a name not in the table."""

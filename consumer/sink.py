@@ -87,7 +87,13 @@ class Sink:
         self._fetch = FetchControl()
         self._backpressure = Backpressure(settings.sink.max_pending)
         self._fetching = self._fetch.whole(BACKPRESSURE)
-        self._budget = Budget(self._knock.limits, settings.knock.budget_share, metrics.budget_share)
+        self._budget = Budget(
+            self._knock.limits,
+            settings.knock.budget_share,
+            metrics.budget_share,
+            metrics.budget_idle,
+            now=clock(),
+        )
         #: The run's stage, picked at start (:meth:`_pick_stage`).
         self._stage: Stage = NotStarted()
         #: The last position committed for each partition by this sink.
@@ -235,6 +241,7 @@ class Sink:
         self._dlq.pump()
         stage.feed()
         self._start_plan()
+        self._budget.tick(self._clock(), self.metrics.spent)
         if self._commit():  # not in _commit: that runs in the rebalance callbacks too
             self.metrics.set_lag(source.high_watermarks())
 

@@ -270,6 +270,32 @@ def test_a_user_in_a_bulk_call_less_than_the_gap_ago_goes_through_single_identif
     a.close()
 
 
+def test_under_the_gap_recent_users_past_the_singles_budget_and_a_calls_overflow_wait():
+    """Under Knock's limits a plan holds its users until its last single identify answers,
+    and a second bulk call costs a second of tier 1: what fits neither waits for a later plan
+    (issue 28: plans that trickled 300 recent users through single identify held the bulk
+    budget idle for 5 s)."""
+    knock = ScriptedKnock()
+    now = [100.0]
+    a = applier(knock, now, bulk_size=3, entity_gap=1.0, singles=2)
+    a.apply(cut(*(Identify(f"r{i}", {"a": 1}) for i in range(3))))
+    now[0] = 100.5
+    out = a.apply(
+        cut(
+            *(Identify(f"r{i}", {"a": 2}) for i in range(3)),
+            *(Identify(f"n{i}", {"a": 2}) for i in range(5)),
+        )
+    )
+    assert knock.calls("POST") == [["r0", "r1", "r2"], ["n0", "n1", "n2"]]
+    assert knock.calls("PUT") == [["r0"], ["r1"]]
+    assert sorted((p.op.user_id, delay) for p, delay in out.retry) == [
+        ("n3", 0.0),
+        ("n4", 0.0),
+        ("r2", 1.0),
+    ]
+    a.close()
+
+
 def test_a_merge_knock_refuses_is_dead_lettered_and_a_merge_of_a_failed_user_waits():
     from consumer.ops import Merge
 

@@ -17,7 +17,8 @@ import pytest
 from consumer.config import KnockSettings
 from consumer.emulator import EmulatorServer
 from consumer.flow import Sizing
-from consumer.policy import KNOCK_WINDOW, SLOT, SLOT_USABLE, RateLimiter, Slots
+from consumer.limits import ENDPOINT_TIER, per_second
+from consumer.policy import KNOCK_WINDOW, SLOT, SLOT_USABLE, RateLimiter, RateLimits, Slots
 from tests.conftest import ROOT, sink_env, wait_for
 from tests.model import actual_state, expected_state
 from tests.test_health import free_port
@@ -98,6 +99,69 @@ def test_limiter_in_slots_sends_only_in_its_own():
     for at in grants(limiter, t, 6):
         n = math.floor(at / SLOT + 1e-9)
         assert n % 3 == 1 and at - n * SLOT < SLOT_USABLE
+
+
+@pytest.mark.parametrize("total", [2, 6, 12, 100])
+def test_only_routes_too_small_to_divide_by_rate_take_turns(total):
+    """Tier 1 is one request a second: only turns split it. A route of N a second with N at
+    least the partition count is split by rate: every member's part is a whole request or
+    more, the parts add up to N, and the bursts to at most N, at any phase, so a plan's
+    single identifies and its bulk operation's polling never wait for a turn (issue 28: they
+    did, and three members took 122 s where one took 33)."""
+    k = min(3, total)
+    members = [frozenset(range(i, total, k)) for i in range(k)]
+    limits = [RateLimits("knock") for _ in members]
+    for lim, owned in zip(limits, members, strict=True):
+        lim.divide(1.0, Slots(owned, total))
+    for name in ENDPOINT_TIER:
+        n = per_second(name)
+        turns = [lim.taking_turns(name) for lim in limits]
+        assert turns == [n < total] * k, name
+        if n >= total:
+            parts = [lim.for_endpoint(name) for lim in limits]
+            rate = sum(p.per_second / p.window for p in parts)
+            assert rate == pytest.approx(n / KNOCK_WINDOW)
+            assert sum(p.per_second for p in parts) <= n
+    idle = RateLimits("knock")
+    idle.divide(1.0, Slots(frozenset(), total))
+    assert all(idle.taking_turns(name) for name in ENDPOINT_TIER)
+    assert idle.for_endpoint("identify").ready_in() > 0
+
+
+def test_a_member_that_gains_partitions_waits_a_slot_before_its_first_request():
+    """Its partitions' previous owner paced to a larger part until its revoke: the new owner
+    holds back every route for one slot, those paced by rate included."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from consumer.budget import Budget
+
+    limits = RateLimits("knock")
+    budget = Budget(limits, None, Gauge("s", "s", registry=CollectorRegistry()))
+    budget.known([("t", p) for p in range(6)])
+    budget.update([("t", 0), ("t", 3)])
+    assert not limits.taking_turns("identify")
+    assert limits.for_endpoint("identify").ready_in() == pytest.approx(SLOT, abs=0.05)
+    fresh = RateLimits("knock")
+    fresh.divide(1.0, Slots(frozenset({0, 3}), 6))
+    assert fresh.for_endpoint("identify").ready_in() == 0.0
+
+
+def test_the_idle_ratio_is_what_a_members_part_of_knocks_tiers_left_unsent():
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from consumer.budget import IDLE_WINDOW, Budget
+
+    r = CollectorRegistry()
+    share, idle = Gauge("s", "s", registry=r), Gauge("i", "i", ["route"], registry=r)
+    budget = Budget(RateLimits("knock"), None, share, idle, now=0.0)
+    budget.known([("t", p) for p in range(6)])
+    budget.update([("t", 0), ("t", 3)])  # a third of every tier
+    budget.tick(IDLE_WINDOW, {"bulk_identify": 2, "identify": 100})
+    value = lambda route: r.get_sample_value("i", {"route": route})  # noqa: E731
+    assert value("bulk_identify") == pytest.approx(1 - 2 / (IDLE_WINDOW / 3), abs=1e-3)
+    assert value("identify") == pytest.approx(1 - 100 / (60 * IDLE_WINDOW / 3), abs=1e-3)
+    budget.tick(2 * IDLE_WINDOW, {"bulk_identify": 2, "identify": 100})  # nothing sent since
+    assert value("bulk_identify") == value("identify") == 1.0
 
 
 # -- three processes ------------------------------------------------------------------------

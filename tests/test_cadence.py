@@ -20,9 +20,13 @@ def test_flush_interval_is_the_least_time_between_cuts() -> None:
     assert c.due(102.0, bulk_ready_in=0.0, **kw)
 
 
-def test_a_full_plan_is_cut_at_once() -> None:
+def test_a_full_plan_is_cut_at_once_once_its_bulk_call_could_leave() -> None:
     c = Cadence(flush_interval=5.0, paced=True)
-    assert c.due(100.1, pending=1060, full_at=1060, last_cut=100.0, bulk_ready_in=0.9)
+    kw = {"pending": 1060, "full_at": 1060, "last_cut": 100.0}
+    # Pending ops include those of users in flight: cut early, it would carry fewer users.
+    assert not c.due(100.1, bulk_ready_in=0.9, **kw)
+    assert c.due(100.1, bulk_ready_in=0.0, **kw)
+    assert Cadence(flush_interval=5.0, paced=False).due(100.1, bulk_ready_in=0.9, **kw)
 
 
 def test_unpaced_cut_ignores_the_limiter() -> None:
