@@ -245,7 +245,7 @@ def test_sigkill_during_a_backfill_then_the_same_command_resumes_from_its_commit
         n = int(v["userId"][1:])
         return f"u{n + 1 if n % 800 == 4 else n}".encode()
 
-    kafka.produce(topic, events[:100] + [b"poison"] + events[100:], key=key)
+    kafka.produce(topic, [*events[:100], b"poison", *events[100:]], key=key)
     ends = kafka.end_offsets(topic)
     env = sink_env(kafka, api, topic)
     # Sink paced to Knock's limits: about 1,060 users a second, so ~3 s of sending.

@@ -74,7 +74,10 @@ def test_the_identify_budget_per_bulk_call_stays_what_sizing_assumes(share):
 
 def test_slots_split_the_clock_by_partition_and_leave_the_next_owner_a_full_budget():
     now = [100 * 6 * SLOT]  # the start of slot 600: partition 0's of 6
-    wall = lambda: now[0]
+
+    def wall():
+        return now[0]
+
     mine, theirs, none = (
         Slots(frozenset({0, 3}), 6, wall=wall),
         Slots(frozenset({1, 2, 4, 5}), 6, wall=wall),

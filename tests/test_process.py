@@ -91,7 +91,7 @@ def test_sigkill_mid_run_then_restart_applies_everything_exactly(kafka, api):
         assert actual_state(api.users()) == expected
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
 
 
@@ -260,7 +260,7 @@ def test_sigkill_mid_run_then_restart_triggers_each_workflow_once(kafka, api, tm
         assert len({r["idempotency_key"] for r in runs}) == len(runs)
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
 
 
