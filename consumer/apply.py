@@ -25,8 +25,9 @@ from .apply_actions import ActionRunner
 from .entity_gap import EntityGap
 from .errors import ItemError, RetryableError
 from .knock import KnockClient
+from .known import Known
 from .limits import ENTITY_GAP
-from .ops import Merge
+from .ops import Merge, entities
 from .outcome import Outcome, Rejections, reason
 from .plan import Entry, Level, MergeStep, Plan
 
@@ -58,6 +59,13 @@ class Applier:
     :param singles: at most this many entries of a level go through single identify instead of
         bulk (Knock paces the two endpoints separately, so both budgets add up), and entries
         whose user was in a bulk call less than ``entity_gap`` ago always do.
+    :param known: what Knock confirmed of each user (change detection; ``None``: off). Every
+        entry is compared with it here, just before its call, rather than when the planner cuts
+        the plan: only here is the entry final (folded, given back and cut again, split between
+        bulk and single), and only here is the state as fresh as it can be: a plan's users are
+        in no other plan in flight, so no confirmation or invalidation of theirs can come
+        between this comparison and this call, while at cut time the previous plan of a user
+        may still be running. Both ``run`` and a backfill apply plans through here.
     """
 
     def __init__(
@@ -70,8 +78,10 @@ class Applier:
         singles: int = 0,
         entity_gap: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        known: Known | None = None,
     ) -> None:
         self._knock = knock
+        self._known = known
         self._bulk_size = bulk_size
         self._singles = singles
         self._clock = clock
@@ -102,11 +112,22 @@ class Applier:
         # and a user whose last bulk call will be a second old by then may go in bulk.
         leaves = now + (self._knock.ready_in("bulk_identify") if gap else 0.0)
         entries: list[Entry] = []
+        known = self._known
         for entry in level.identifies:
             if entry.user_id in blocked:
                 out.retry.extend((p, 0.0) for p in entry.items)
-            else:
+            elif known is None:
                 entries.append(entry)
+            else:
+                body = known.strip(entry.user_id, entry.props)
+                if not body and entry.props:
+                    # Knock has all of it: resolved as applied, and costs no call.
+                    out.done.extend(entry.items)
+                    out.unchanged.extend(entry.items)
+                elif body is entry.props:
+                    entries.append(entry)
+                else:
+                    entries.append(Entry(entry.user_id, body, entry.items))
         recent = gap.recent([e.user_id for e in entries], leaves)
         bulk = [e for e in entries if e.user_id not in recent]
         singles = [e for e in entries if e.user_id in recent]
@@ -129,6 +150,11 @@ class Applier:
                 blocked.update((op.user_id, op.from_user_id))
                 out.retry.append((step.pending, 0.0))
             else:
+                if known is not None:
+                    # Knock merges properties (the survivor's win) and deletes the other user:
+                    # what was known of either no longer says what Knock has, whatever the
+                    # answer (or none).
+                    known.forget((op.user_id, op.from_user_id))
                 tasks.append(self._pool.submit(self._merge, step, blocked, out))
         error: BaseException | None = None
         for t in tasks:
@@ -140,6 +166,13 @@ class Applier:
         if error is not None:
             raise error
         if level.actions:
+            if known is not None:
+                # Deletes, and actions identifying their users inline (triggers, subscriptions,
+                # audiences), change users outside the state's record: forget them before the
+                # call, so that no answer (or its absence) can leave a stale entry.
+                known.forget(
+                    u for a in level.actions for u in entities(a.pending.op) if "/" not in u
+                )
             self._actions.run(level.actions, blocked, out)
 
     # Tasks run on the pool; list.append and set.add are atomic under the GIL, which is all
@@ -147,13 +180,22 @@ class Applier:
 
     def _applied(self, entry: Entry, out: Outcome) -> None:
         self._rejections.applied(entry.user_id)
+        if self._known is not None:
+            # Recorded only now that Knock confirmed it, and only what was sent.
+            self._known.confirm(entry.user_id, entry.props)
         out.done.extend(entry.items)
+
+    def _unknown(self, user_ids: list[str]) -> None:
+        """Knock rejected these users, or may or may not have applied what was sent."""
+        if self._known is not None:
+            self._known.forget(user_ids)
 
     def _bulk(self, chunk: list[Entry], blocked: set[str], out: Outcome) -> None:
         users = [{"id": e.user_id, **e.props} for e in chunk]
         try:
             result = self._knock.bulk_identify(users)
         except RetryableError:  # only when stopping
+            self._unknown([e.user_id for e in chunk])
             self._give_back(chunk, blocked, out)
             return
         except ItemError:
@@ -169,6 +211,7 @@ class Applier:
         limited = set(result.rate_limited)
         for e in chunk:
             if e.user_id in result.failed:
+                self._unknown([e.user_id])
                 self._rejections.failed(e.items, e.user_id, result.failed[e.user_id], blocked, out)
             elif e.user_id in limited:
                 blocked.add(e.user_id)
@@ -180,9 +223,11 @@ class Applier:
         try:
             self._knock.identify(entry.user_id, entry.props)
         except RetryableError:
+            self._unknown([entry.user_id])
             self._give_back([entry], blocked, out)
             return
         except ItemError as exc:
+            self._unknown([entry.user_id])
             blocked.add(entry.user_id)
             out.dead.extend((p, "knock_rejected", reason(exc)) for p in entry.items)
             return

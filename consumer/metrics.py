@@ -100,6 +100,11 @@ class Metrics:
 
     consumed = counter("knock_sink_events_consumed", "Kafka messages read")
     applied = counter("knock_sink_events_applied", "Events whose changes Knock applied")
+    unchanged = counter(
+        "knock_sink_events_unchanged",
+        "Events not sent: Knock was known to have everything they carry (counted as applied too)",
+        doc="Change detection; see [change detection](../change-detection.md).",
+    )
     dead_lettered = counter(
         "knock_sink_events_dead_lettered",
         "Events parked in the dead-letter topic",

@@ -57,6 +57,7 @@ class Sink:
 
     :param edge: the Kafka clients (default: the real ones, :class:`~consumer.source.KafkaEdge`;
         the tests' in-memory edge stands in for a broker).
+    :param wall: wall time, for the age of what change detection knows (:mod:`consumer.known`).
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class Sink:
         decoder: Decoder | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         settings.require_runnable()
         self.settings = settings
@@ -82,7 +84,7 @@ class Sink:
             on_request=metrics.knock_request,
             on_wait=metrics.knock_wait,
         )
-        self._dispatch = Dispatch(settings, self._knock, metrics, clock)
+        self._dispatch = Dispatch(settings, self._knock, metrics, clock, wall)
         self._ingest = Ingest(settings, metrics, decoder)
         self._fetch = FetchControl()
         self._backpressure = Backpressure(settings.sink.max_pending)
@@ -256,6 +258,8 @@ class Sink:
             p.source.release()
             applied += p.source.events
         self.metrics.applied.inc(applied)
+        if out.unchanged:
+            self.metrics.unchanged.inc(sum(p.source.events for p in out.unchanged))
         self.metrics.freshness.applied(out.done, time.time())
         for p, kind, reason in out.dead:
             self._dlq.park(p.source, kind, reason, p.source.record())
