@@ -30,6 +30,7 @@ from .limits import ENTITY_GAP
 from .ops import Merge, entities
 from .outcome import Outcome, Rejections, reason
 from .plan import Entry, Level, MergeStep, Plan
+from .records import Partition
 
 __all__ = ["PLANS_IN_FLIGHT", "SWITCH_INTERVAL", "Applier", "Flight", "Outcome"]
 
@@ -44,6 +45,15 @@ PLANS_IN_FLIGHT = 2
 #: to take the next task): at 5 ms a wait, a plan's singles and its bulk call took longer than
 #: Knock's second, and a backfill under Knock's limits made fewer bulk calls than it could.
 SWITCH_INTERVAL = 0.001
+
+
+def _partition(entry: Entry) -> Partition | None:
+    """The one partition an entry's events came from, while it is still this process's."""
+    tp = entry.items[0].source.partition
+    for p in entry.items:
+        if p.source.partition != tp or not p.source.current:
+            return None
+    return tp
 
 
 def _chunks(items: list[Entry], size: int) -> Iterator[list[Entry]]:
@@ -119,7 +129,7 @@ class Applier:
             elif known is None:
                 entries.append(entry)
             else:
-                body = known.strip(entry.user_id, entry.props)
+                body = known.strip(entry.user_id, entry.props, _partition(entry))
                 if not body and entry.props:
                     # Knock has all of it: resolved as applied, and costs no call.
                     out.done.extend(entry.items)
@@ -182,7 +192,7 @@ class Applier:
         self._rejections.applied(entry.user_id)
         if self._known is not None:
             # Recorded only now that Knock confirmed it, and only what was sent.
-            self._known.confirm(entry.user_id, entry.props)
+            self._known.confirm(entry.user_id, entry.props, _partition(entry))
         out.done.extend(entry.items)
 
     def _unknown(self, user_ids: list[str]) -> None:

@@ -25,6 +25,14 @@ its last update: a user the stream keeps mentioning is sent whole at least once 
 which is the bound on how long a change made in Knock by someone else can hide), and the
 least recently used users are forgotten past ``max_users``.
 
+Each entry belongs to the partition its events came from, and is used only for events of that
+partition. The partition's owner is the only member of the group that writes that user's
+updates to Knock on a topic keyed by user; when the partition leaves this process (revoked,
+lost), its users are forgotten (:meth:`Known.forget_partitions`), since its next owner may
+change them. A user met on a second partition of a topic shows the topic is not keyed by user:
+from then on nothing of that topic is stripped in this process. Another member holding other
+partitions of such a topic is not seen from here: see docs/change-detection.md.
+
 Shared by the plans in flight (worker threads): every method takes the lock. Plans in flight
 never share a user, so between a plan's strip and its confirm no other plan changes the user.
 """
@@ -41,6 +49,7 @@ from typing import Any, Final
 import orjson
 
 from .config import NestedMerge
+from .records import Partition
 
 __all__ = ["OBJECT", "Known", "fingerprint"]
 
@@ -68,9 +77,11 @@ def fingerprint(value: Any) -> int | None:
 
 
 class _Entry:
-    __slots__ = ("fps", "nested", "since")
+    __slots__ = ("fps", "nested", "since", "tp")
 
-    def __init__(self, since: float, fps: dict[Path, int] | None = None) -> None:
+    def __init__(self, tp: Partition, since: float, fps: dict[Path, int] | None = None) -> None:
+        #: The partition whose events it was confirmed for.
+        self.tp = tp
         #: When Knock first confirmed what this entry holds (wall time): its expiry runs from
         #: here, so a user's later updates do not keep the rest of it alive.
         self.since = since
@@ -106,6 +117,8 @@ class Known:
         self._clock = clock
         self._users: OrderedDict[str, _Entry] = OrderedDict()
         self._paths: dict[Path, Path] = {}
+        #: Topics on which a user came from two partitions: nothing of them is stripped.
+        self.unkeyed: set[str] = set()
         self._lock = threading.Lock()
         #: Send everything (``backfill --full``): :meth:`strip` strips nothing; confirmations
         #: are still recorded, so the state is refreshed.
@@ -116,14 +129,18 @@ class Known:
 
     # -- the comparison --------------------------------------------------------------------
 
-    def strip(self, user: str, props: dict[str, Any]) -> dict[str, Any]:
-        """What of ``props`` Knock does not have yet: ``props`` itself when nothing is known (or
-        :attr:`full`), an empty dict when it has it all. ``props`` is not changed."""
-        if self.full:
+    def strip(self, user: str, props: dict[str, Any], tp: Partition | None) -> dict[str, Any]:
+        """What of ``props`` (from events of partition ``tp``; ``None``: of several, or no
+        longer this process's) Knock does not have yet: ``props`` itself when nothing is known
+        (or :attr:`full`), an empty dict when it has it all. ``props`` is not changed."""
+        if self.full or tp is None or tp[0] in self.unkeyed:
             return props
         with self._lock:
             entry = self._live(user)
             if entry is None:
+                return props
+            if entry.tp != tp:
+                self._moved(user, entry, tp)
                 return props
             self._users.move_to_end(user)
             fps = entry.fps
@@ -161,13 +178,20 @@ class Known:
 
     # -- what Knock confirmed --------------------------------------------------------------
 
-    def confirm(self, user: str, sent: dict[str, Any]) -> None:
-        """Knock confirmed the upsert ``sent`` of ``user`` (what was sent, after :meth:`strip`)."""
+    def confirm(self, user: str, sent: dict[str, Any], tp: Partition | None) -> None:
+        """Knock confirmed the upsert ``sent`` of ``user`` (what was sent, after :meth:`strip`),
+        made of events of partition ``tp`` (``None``: of several, or of a partition no longer
+        this process's, whose next owner may already have written the user: forgotten)."""
         now = self._clock()
         with self._lock:
             entry = self._live(user, now)
+            if entry is not None and entry.tp != tp:
+                self._moved(user, entry, tp)
+                entry = None
+            if tp is None:
+                return
             if entry is None:
-                entry = self._users[user] = _Entry(now)
+                entry = self._users[user] = _Entry(tp, now)
                 while len(self._users) > self._max:
                     self._users.popitem(last=False)
             else:
@@ -208,6 +232,20 @@ class Known:
                 return path
             shared = self._paths[path] = path
         return shared
+
+    def _moved(self, user: str, entry: _Entry, tp: Partition | None) -> None:
+        del self._users[user]
+        if tp is not None and tp[0] == entry.tp[0]:
+            self.unkeyed.add(tp[0])
+
+    def forget_partitions(self, tps: Iterable[Partition]) -> None:
+        """``tps`` left this process: their next owner may change their users."""
+        gone = set(tps)
+        if not gone:
+            return
+        with self._lock:
+            for u in [u for u, e in self._users.items() if e.tp in gone]:
+                del self._users[u]
 
     def forget(self, users: Iterable[str]) -> None:
         """What is known of ``users`` no longer holds (merged, deleted, identified by an action,

@@ -339,6 +339,8 @@ class Sink:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
         here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
+        if self._dispatch.known is not None:
+            self._dispatch.known.forget_partitions(gone)
         if self._stage.forget(gone):
             self._stop.set()
             self._dispatch.drop(lambda p: True)

@@ -32,9 +32,22 @@ def replace(into: dict[str, Any], props: dict[str, Any]) -> None:
     into.update(copy.deepcopy(props))
 
 
-def known(nested: str = "deep", ttl: float = 60.0, max_users: int = 100) -> tuple[Known, Clock]:
+TP = ("t", 0)
+
+
+class K(Known):
+    """Partition ``TP`` unless told."""
+
+    def strip(self, user: str, props: dict[str, Any], tp: Any = TP) -> dict[str, Any]:
+        return super().strip(user, props, tp)
+
+    def confirm(self, user: str, sent: dict[str, Any], tp: Any = TP) -> None:
+        super().confirm(user, sent, tp)
+
+
+def known(nested: str = "deep", ttl: float = 60.0, max_users: int = 100) -> tuple[K, Clock]:
     clock = Clock()
-    return Known(ttl, max_users, nested, clock=clock), clock  # type: ignore[arg-type]
+    return K(ttl, max_users, nested, clock=clock), clock  # type: ignore[arg-type]
 
 
 def test_nothing_known_sends_all() -> None:
@@ -169,3 +182,25 @@ def test_stripped_updates_leave_knock_as_the_full_ones(nested: str) -> None:
                 k.confirm("u", body)
                 assert sent == full, (props, body)
     assert stripped > 100
+
+
+def test_an_entry_serves_only_its_partition() -> None:
+    k, _ = known()
+    k.confirm("a", {"x": 1})
+    k.confirm("b", {"x": 1}, ("t", 1))
+    k.confirm("c", {"x": 1}, ("other", 0))
+    # Events of several partitions, or of a partition no longer ours: sent, and not recorded.
+    assert k.strip("a", {"x": 1}, None) == {"x": 1}
+    k.confirm("d", {"x": 1}, None)
+    assert k.strip("d", {"x": 1}) == {"x": 1}
+    # The partition left this process: its next owner may change its users.
+    k.forget_partitions([("t", 1)])
+    assert k.strip("b", {"x": 1}, ("t", 1)) == {"x": 1}
+    assert k.strip("a", {"x": 1}) == {}
+    # A user met on a second partition of a topic: the topic is not keyed by user, and
+    # nothing of it is stripped any more.
+    assert k.strip("a", {"x": 1}, ("t", 2)) == {"x": 1}
+    assert k.unkeyed == {"t"}
+    k.confirm("a", {"x": 1})
+    assert k.strip("a", {"x": 1}) == {"x": 1}
+    assert k.strip("c", {"x": 1}, ("other", 0)) == {}
