@@ -164,7 +164,7 @@ class Applier:
                     # Knock merges properties (the survivor's win) and deletes the other user:
                     # what was known of either no longer says what Knock has, whatever the
                     # answer (or none).
-                    known.forget((op.user_id, op.from_user_id))
+                    known.forget((op.user_id, op.from_user_id), step.pending.source.partition)
                 tasks.append(self._pool.submit(self._merge, step, blocked, out))
         error: BaseException | None = None
         for t in tasks:
@@ -180,9 +180,11 @@ class Applier:
                 # Deletes, and actions identifying their users inline (triggers, subscriptions,
                 # audiences), change users outside the state's record: forget them before the
                 # call, so that no answer (or its absence) can leave a stale entry.
-                known.forget(
-                    u for a in level.actions for u in entities(a.pending.op) if "/" not in u
-                )
+                for a in level.actions:
+                    known.forget(
+                        (u for u in entities(a.pending.op) if "/" not in u),
+                        a.pending.source.partition,
+                    )
             self._actions.run(level.actions, blocked, out)
 
     # Tasks run on the pool; list.append and set.add are atomic under the GIL, which is all
@@ -195,17 +197,18 @@ class Applier:
             self._known.confirm(entry.user_id, entry.props, _partition(entry))
         out.done.extend(entry.items)
 
-    def _unknown(self, user_ids: list[str]) -> None:
+    def _unknown(self, entries: list[Entry]) -> None:
         """Knock rejected these users, or may or may not have applied what was sent."""
         if self._known is not None:
-            self._known.forget(user_ids)
+            for e in entries:
+                self._known.forget((e.user_id,), e.items[0].source.partition)
 
     def _bulk(self, chunk: list[Entry], blocked: set[str], out: Outcome) -> None:
         users = [{"id": e.user_id, **e.props} for e in chunk]
         try:
             result = self._knock.bulk_identify(users)
         except RetryableError:  # only when stopping
-            self._unknown([e.user_id for e in chunk])
+            self._unknown(chunk)
             self._give_back(chunk, blocked, out)
             return
         except ItemError:
@@ -221,7 +224,7 @@ class Applier:
         limited = set(result.rate_limited)
         for e in chunk:
             if e.user_id in result.failed:
-                self._unknown([e.user_id])
+                self._unknown([e])
                 self._rejections.failed(e.items, e.user_id, result.failed[e.user_id], blocked, out)
             elif e.user_id in limited:
                 blocked.add(e.user_id)
@@ -233,11 +236,11 @@ class Applier:
         try:
             self._knock.identify(entry.user_id, entry.props)
         except RetryableError:
-            self._unknown([entry.user_id])
+            self._unknown([entry])
             self._give_back([entry], blocked, out)
             return
         except ItemError as exc:
-            self._unknown([entry.user_id])
+            self._unknown([entry])
             blocked.add(entry.user_id)
             out.dead.extend((p, "knock_rejected", reason(exc)) for p in entry.items)
             return

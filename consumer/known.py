@@ -120,6 +120,9 @@ class Known:
         #: Topics on which a user came from two partitions: nothing of them is stripped.
         self.unkeyed: set[str] = set()
         self._lock = threading.Lock()
+        #: Where each record and tombstone goes (:class:`~consumer.knownlog.KnownLog`), when
+        #: the state has a changelog.
+        self.log: Callable[[Partition, str, bytes | None], None] | None = None
         #: Send everything (``backfill --full``): :meth:`strip` strips nothing; confirmations
         #: are still recorded, so the state is refreshed.
         self.full = False
@@ -198,6 +201,9 @@ class Known:
                 self._users.move_to_end(user)
             for path, f in self._leaves(sent):
                 self._set(entry, path, f)
+            if self.log is not None:
+                # Under the lock: the changelog gets a user's records in the state's order.
+                self.log(tp, user, _encode(entry))
 
     def _leaves(self, props: dict[str, Any]) -> Iterator[tuple[Path, int | None]]:
         for k, v in props.items():
@@ -235,6 +241,8 @@ class Known:
 
     def _moved(self, user: str, entry: _Entry, tp: Partition | None) -> None:
         del self._users[user]
+        if self.log is not None:
+            self.log(entry.tp, user, None)
         if tp is not None and tp[0] == entry.tp[0]:
             self.unkeyed.add(tp[0])
 
@@ -247,12 +255,45 @@ class Known:
             for u in [u for u, e in self._users.items() if e.tp in gone]:
                 del self._users[u]
 
-    def forget(self, users: Iterable[str]) -> None:
+    def forget(self, users: Iterable[str], tp: Partition | None = None) -> None:
         """What is known of ``users`` no longer holds (merged, deleted, identified by an action,
-        rejected, or a call whose result is unknown)."""
+        rejected, or a call whose result is unknown), for an op of partition ``tp``. The
+        changelog gets a tombstone on ``tp`` too: the user may have been evicted from memory
+        and still be in the changelog there."""
         with self._lock:
             for u in users:
-                self._users.pop(u, None)
+                entry = self._users.pop(u, None)
+                if self.log is None:
+                    continue
+                if entry is not None:
+                    self.log(entry.tp, u, None)
+                if tp is not None and (entry is None or entry.tp != tp):
+                    self.log(tp, u, None)
+
+    def load(self, tp: Partition, records: Iterable[tuple[str, bytes | None]]) -> int:
+        """Take in partition ``tp``'s changelog, oldest record first; returns the users now
+        known for it. An unreadable or expired record is left out (only more is sent)."""
+        last = dict(records)  # the last record of each user wins, as compaction keeps it
+        now = self._clock()
+        n = 0
+        with self._lock:
+            for user, value in last.items():
+                if value is None:
+                    continue
+                entry = _decode(tp, value)
+                if entry is None or now - entry.since >= self._ttl:
+                    continue
+                have = self._users.get(user)
+                if have is not None and have.tp != tp:
+                    # Known from two partitions: trust neither.
+                    del self._users[user]
+                    continue
+                self._users[user] = entry
+                self._users.move_to_end(user)
+                n += 1
+            while len(self._users) > self._max:
+                self._users.popitem(last=False)
+        return n
 
     def _live(self, user: str, now: float | None = None) -> _Entry | None:
         entry = self._users.get(user)
@@ -262,6 +303,19 @@ class Known:
             del self._users[user]
             return None
         return entry
+
+
+def _encode(entry: _Entry) -> bytes:
+    return orjson.dumps({"t": entry.since, "f": [[list(p), f] for p, f in entry.fps.items()]})
+
+
+def _decode(tp: Partition, value: bytes) -> _Entry | None:
+    try:
+        raw = orjson.loads(value)
+        fps = {tuple(str(k) for k in p): int(f) for p, f in raw["f"]}
+        return _Entry(tp, float(raw["t"]), fps)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _is_object(path: Path, entry: _Entry) -> bool:

@@ -35,6 +35,7 @@ from .health import Health
 from .ingest import Ingest
 from .intake import Intake
 from .knock import KnockClient
+from .knownlog import KnownLog
 from .metrics import Metrics, Summary
 from .plan import Pending
 from .records import Edge, Partition, Replay, Source
@@ -96,6 +97,8 @@ class Sink:
         self._committed: dict[Partition, int] = {}
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
+        #: Change detection's changelog (a real broker and change detection on only).
+        self._known_log: KnownLog | None = None
         self._last_commit = clock()
         # The revoke's settle blocks the loop for up to the drain budget: never a stall.
         self.health = Health(
@@ -113,15 +116,24 @@ class Sink:
     # -- run -------------------------------------------------------------------------------
 
     def run(
-        self, *, from_beginning: bool = False, until_end: bool = False, replay: Replay | None = None
+        self,
+        *,
+        from_beginning: bool = False,
+        until_end: bool = False,
+        replay: Replay | None = None,
+        full: bool = False,
     ) -> Summary:
         """Consume until :meth:`stop` (or, with ``until_end``, until every event up to the end
         offsets seen at start is applied and committed). Raises :class:`FatalKnockError` after
         committing what is safe when Knock rejects the configuration at run time,
         :class:`~consumer.errors.FatalRegistryError` when the schema registry does (after
         applying and committing what came before the record it refused), and
-        :class:`ConfigError` when either rejects it at start."""
+        :class:`ConfigError` when either rejects it at start. With ``full``, change detection
+        sends everything (and records what Knock confirms)."""
         self._ingest.actions.window(backfill=until_end)
+        known = self._dispatch.known
+        if known is not None:
+            known.full = full
         kafka = self.settings.kafka
         if self.settings.sink.metrics_port:
             # Before the start-up check: the probes say "not ready" while it retries.
@@ -154,6 +166,11 @@ class Sink:
             raise
         self.health.checked()
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
+        if known is not None and isinstance(self._edge, KafkaEdge):
+            # Before the first assignment (inside the first consume), which restores from it.
+            self._known_log = KnownLog(kafka)
+            self._known_log.ensure(kafka.topics)
+            known.log = self._known_log.write
         ends, starts = (
             read_targets(self._source, kafka.topics, from_beginning, replay)
             if until_end
@@ -287,7 +304,14 @@ class Sink:
             return False
         self._last_commit = now
         positions = self._stage.committable()
-        if not positions or not self._source.commit(positions):
+        if not positions:
+            return False
+        if self._known_log is not None and not self._known_log.flush(5.0):
+            # Every tombstone of an event committed must be on the broker first: a restore
+            # that missed one would bring back a user Knock no longer has as recorded.
+            log.warning("change detection's changelog not flushed; commit deferred")
+            return False
+        if not self._source.commit(positions):
             return False
         self._stage.mark_committed(positions)
         self._committed.update(positions)
@@ -310,10 +334,36 @@ class Sink:
         return drained
 
     def _on_assign(self, tps: list[Partition]) -> None:
+        self._restore_known(tps)
         self._fetch.assigned(tps)
         self._tracker.add(tps)
         self.health.assigned(tps)
         self._budget.update(self.health.partitions)
+
+    def _restore_known(self, tps: list[Partition]) -> None:
+        """What Knock confirmed of the assigned partitions' users, from the changelog, before
+        any of their events is read. A changelog that cannot be read leaves the state empty
+        for the partition: only more is sent."""
+        known, changelog = self._dispatch.known, self._known_log
+        if known is None or changelog is None:
+            return
+        for tp in tps:
+            started = time.monotonic()
+            try:
+                users = known.load(tp, changelog.restore(tp))
+            except Exception as exc:  # any failure to read only costs sends
+                log.warning("change detection: %s[%d] not restored (%s)", tp[0], tp[1], exc)
+                continue
+            took = time.monotonic() - started
+            self.metrics.known_restore.observe(took)
+            log.info(
+                "change detection: restored %d users of %s[%d] in %.3f s",
+                users,
+                tp[0],
+                tp[1],
+                took,
+                extra={"topic": tp[0], "partition": tp[1]},
+            )
 
     def _on_lost(self, tps: list[Partition]) -> None:
         self.health.unassigned(tps)
@@ -387,6 +437,8 @@ class Sink:
         self._dispatch.close()
         self._knock.close()
         self._stage.close()
+        if self._known_log is not None:
+            self._known_log.close()
         if self._source is not None:
             self._source.close()
         if self._dlq is not None:

@@ -185,3 +185,44 @@ def test_merges_and_rejections_forget_what_is_known(kafka, api, settings_for):
         assert actual_state(api.users()) == expected_state(sent)
         assert total(live.sink.metrics.unchanged) == unchanged
         assert api.stats()["identify_entries"] == entries + 1
+
+
+def test_a_restarted_sink_restores_what_knock_confirmed(kafka, api, settings_for):
+    topic = kafka.topic(3)
+    waves = waves_of_repeated_traits()
+    settings = settings_for(topic)
+    with Live(kafka, topic, settings) as live:
+        kafka.produce(topic, waves[0])
+        live.settle()
+    entries = api.stats()["identify_entries"]
+    assert entries == 12
+    # A second sink of the group: the same traits again are not sent, a change is.
+    with Live(kafka, topic, settings) as live:
+        kafka.produce(topic, waves[0])
+        live.settle()
+        assert api.stats()["identify_entries"] == entries
+        kafka.produce(topic, waves[1])
+        live.settle()
+    assert api.stats()["identify_entries"] == entries + changes_needed(waves[:2]) - 12
+    assert actual_state(api.users()) == expected_state(waves[0] + waves[1])
+    restored = live.sink.metrics.known_restore.collect()[0].samples
+    assert any(s.name.endswith("_count") and s.value == 3 for s in restored)
+
+
+def test_a_backfill_of_an_applied_topic_sends_nothing_and_full_sends_all(kafka, api, settings_for):
+    topic = kafka.topic(2)
+    events = [e for wave in waves_of_repeated_traits() for e in wave]
+    kafka.produce(topic, events)
+    settings = settings_for(topic, kafka__group_id=f"bf-{topic}")
+    Sink(settings).run(from_beginning=True, until_end=True)
+    assert actual_state(api.users()) == expected_state(events)
+    first = api.stats()["identify_entries"]
+    assert first == 12  # a backfill folds each user into one entry
+
+    again = Sink(settings).run(from_beginning=True, until_end=True)
+    assert api.stats()["identify_entries"] == first
+    assert again.applied == len(events)
+
+    Sink(settings).run(from_beginning=True, until_end=True, full=True)
+    assert api.stats()["identify_entries"] == first + 12
+    assert actual_state(api.users()) == expected_state(events)

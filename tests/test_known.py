@@ -204,3 +204,30 @@ def test_an_entry_serves_only_its_partition() -> None:
     k.confirm("a", {"x": 1})
     assert k.strip("a", {"x": 1}) == {"x": 1}
     assert k.strip("c", {"x": 1}, ("other", 0)) == {}
+
+
+def test_the_changelog_brings_back_what_was_confirmed_and_not_what_was_forgotten() -> None:
+    k, clock = known()
+    written: list[tuple[Any, str, bytes | None]] = []
+    k.log = lambda tp, user, value: written.append((tp, user, value))
+    k.confirm("a", {"x": 1, "o": {"p": 1}})
+    k.confirm("a", {"y": 2})
+    k.confirm("b", {"x": 1})
+    k.confirm("c", {"x": 1}, ("t", 1))
+    k.forget(["b"], TP)
+    k.forget(["gone"], TP)  # not in memory (evicted): a tombstone all the same
+    assert (TP, "gone", None) in written
+    assert all(tp == ("t", 1) for tp, u, _ in written if u == "c")
+
+    restored, _ = known()
+    restored._clock = clock  # type: ignore[attr-defined]
+    records = [(u, v) for tp, u, v in written if tp == TP]
+    assert restored.load(TP, records) == 1
+    assert restored.strip("a", {"x": 1, "y": 2, "o": {"p": 1}}) == {}
+    assert restored.strip("b", {"x": 1}) == {"x": 1}
+    assert restored.strip("c", {"x": 1}, ("t", 1)) == {"x": 1}
+    # Expired in the meantime: not taken in.
+    clock.t += 60
+    later, _ = known()
+    later._clock = clock  # type: ignore[attr-defined]
+    assert later.load(TP, records) == 0
