@@ -331,6 +331,9 @@ class Sink:
         self._dlq.flush(max(0.5, deadline - self._clock()))
         # Step 3. Commit what the tracker vouches for.
         self._commit(force=True)
+        if self._known_log is not None:
+            # Even with nothing to commit: the partitions' next owner restores from it.
+            self._known_log.flush(max(0.5, deadline - self._clock()))
         return drained
 
     def _on_assign(self, tps: list[Partition]) -> None:

@@ -226,3 +226,33 @@ def test_a_backfill_of_an_applied_topic_sends_nothing_and_full_sends_all(kafka, 
     Sink(settings).run(from_beginning=True, until_end=True, full=True)
     assert api.stats()["identify_entries"] == first + 12
     assert actual_state(api.users()) == expected_state(events)
+
+
+def test_a_rebalance_hands_the_state_to_the_next_owner(kafka, api, settings_for):
+    topic = kafka.topic(4)
+    waves = waves_of_repeated_traits()
+    settings = settings_for(topic)
+    group = settings.kafka.group_id
+    with Live(kafka, topic, settings) as first:
+        kafka.produce(topic, waves[0])
+        first.settle()
+        entries = api.stats()["identify_entries"]
+        assert entries == 12
+        with Live(kafka, topic, settings) as second:
+            # Each member ends with some of the partitions, restored from the changelog.
+            wait_for(
+                lambda: (
+                    0 < len(second.sink.health.partitions) < 4
+                    and len(first.sink.health.partitions) + len(second.sink.health.partitions) == 4
+                ),
+                60,
+                "partitions shared",
+            )
+            kafka.produce(topic, waves[0])
+            first.settle()
+            assert api.stats()["identify_entries"] == entries
+            kafka.produce(topic, waves[1])
+            first.settle()
+            assert kafka.committed(group, topic) == kafka.end_offsets(topic)
+    assert api.stats()["identify_entries"] == entries + changes_needed(waves[:2]) - 12
+    assert actual_state(api.users()) == expected_state(waves[0] + waves[1])
