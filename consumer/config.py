@@ -428,9 +428,10 @@ class SinkSettings(_Section):
     that an update repeating them is not sent again; past it the user's next update goes out
     whole, so a user changed or deleted in Knock by someone else is set right within this long
     of its next mention (0: off, everything is sent) (docs/change-detection.md)."""
-    known_users: int = Field(default=200_000, ge=1)
-    """Change detection: users whose confirmed properties are remembered at most (the least
-    recently used are forgotten first; a forgotten user's next update goes out whole)."""
+    known_users: int = Field(default=100_000, ge=1)
+    """Change detection: users whose confirmed properties are remembered at most, in memory
+    (about 1 KB each with ten properties; the least recently used are forgotten first, and a
+    forgotten user's next update goes out whole)."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Serve Prometheus metrics and the ``/healthz`` and ``/readyz`` probes on this port
     (0: off)."""
