@@ -97,8 +97,11 @@ class Sink:
         self._committed: dict[Partition, int] = {}
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
-        #: Change detection's changelog (a real broker and change detection on only).
+        #: Change detection's changelog (a real broker and change detection on only), made
+        #: at the first assignment: the broker is known to answer then, and a sink that never
+        #: reaches it starts no client of its own for it.
         self._known_log: KnownLog | None = None
+        self._known_log_wanted = False
         self._last_commit = clock()
         # The revoke's settle blocks the loop for up to the drain budget: never a stall.
         self.health = Health(
@@ -166,11 +169,7 @@ class Sink:
             raise
         self.health.checked()
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
-        if known is not None and isinstance(self._edge, KafkaEdge):
-            # Before the first assignment (inside the first consume), which restores from it.
-            self._known_log = KnownLog(kafka)
-            self._known_log.ensure(kafka.topics)
-            known.log = self._known_log.write
+        self._known_log_wanted = known is not None and isinstance(self._edge, KafkaEdge)
         ends, starts = (
             read_targets(self._source, kafka.topics, from_beginning, replay)
             if until_end
@@ -347,8 +346,21 @@ class Sink:
         """What Knock confirmed of the assigned partitions' users, from the changelog, before
         any of their events is read. A changelog that cannot be read leaves the state empty
         for the partition: only more is sent."""
-        known, changelog = self._dispatch.known, self._known_log
-        if known is None or changelog is None:
+        known = self._dispatch.known
+        if known is None:
+            return
+        if self._known_log is None and self._known_log_wanted:
+            self._known_log_wanted = False
+            try:
+                self._known_log = KnownLog(self.settings.kafka)
+                self._known_log.ensure(self.settings.kafka.topics)
+            except Exception as exc:  # without a changelog, restarts only cost sends
+                log.warning("change detection: no changelog (%s): kept in memory only", exc)
+                self._known_log = None
+            else:
+                known.log = self._known_log.write
+        changelog = self._known_log
+        if changelog is None:
             return
         for tp in tps:
             started = time.monotonic()
