@@ -25,10 +25,12 @@ from .apply_actions import ActionRunner
 from .entity_gap import EntityGap
 from .errors import ItemError, RetryableError
 from .knock import KnockClient
+from .known import Known
 from .limits import ENTITY_GAP
-from .ops import Merge
+from .ops import Merge, entities
 from .outcome import Outcome, Rejections, reason
 from .plan import Entry, Level, MergeStep, Plan
+from .records import Partition
 
 __all__ = ["PLANS_IN_FLIGHT", "SWITCH_INTERVAL", "Applier", "Flight", "Outcome"]
 
@@ -45,6 +47,15 @@ PLANS_IN_FLIGHT = 2
 SWITCH_INTERVAL = 0.001
 
 
+def _partition(entry: Entry) -> Partition | None:
+    """The one partition an entry's events came from, while it is still this process's."""
+    tp = entry.items[0].source.partition
+    for p in entry.items:
+        if p.source.partition != tp or not p.source.current:
+            return None
+    return tp
+
+
 def _chunks(items: list[Entry], size: int) -> Iterator[list[Entry]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -59,6 +70,13 @@ class Applier:
         bulk (Knock paces the two endpoints separately, so both budgets add up); entries
         whose user was in a bulk call less than ``entity_gap`` ago go first, and those past
         ``singles`` are given back to wait out the gap.
+    :param known: what Knock confirmed of each user (change detection; ``None``: off). Every
+        entry is compared with it here, just before its call, rather than when the planner cuts
+        the plan: only here is the entry final (folded, given back and cut again, split between
+        bulk and single), and only here is the state as fresh as it can be: a plan's users are
+        in no other plan in flight, so no confirmation or invalidation of theirs can come
+        between this comparison and this call, while at cut time the previous plan of a user
+        may still be running. Both ``run`` and a backfill apply plans through here.
     """
 
     def __init__(
@@ -71,8 +89,10 @@ class Applier:
         singles: int = 0,
         entity_gap: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        known: Known | None = None,
     ) -> None:
         self._knock = knock
+        self._known = known
         self._bulk_size = bulk_size
         self._singles = singles
         self._clock = clock
@@ -103,11 +123,22 @@ class Applier:
         # and a user whose last bulk call will be a second old by then may go in bulk.
         leaves = now + (self._knock.ready_in("bulk_identify") if gap else 0.0)
         entries: list[Entry] = []
+        known = self._known
         for entry in level.identifies:
             if entry.user_id in blocked:
                 out.retry.extend((p, 0.0) for p in entry.items)
-            else:
+            elif known is None:
                 entries.append(entry)
+            else:
+                body = known.strip(entry.user_id, entry.props, _partition(entry))
+                if not body and entry.props:
+                    # Knock has all of it: resolved as applied, and costs no call.
+                    out.done.extend(entry.items)
+                    out.unchanged.extend(entry.items)
+                elif body is entry.props:
+                    entries.append(entry)
+                else:
+                    entries.append(Entry(entry.user_id, body, entry.items))
         recent = gap.recent([e.user_id for e in entries], leaves)
         bulk = [e for e in entries if e.user_id not in recent]
         singles = [e for e in entries if e.user_id in recent]
@@ -143,6 +174,11 @@ class Applier:
                 blocked.update((op.user_id, op.from_user_id))
                 out.retry.append((step.pending, 0.0))
             else:
+                if known is not None:
+                    # Knock merges properties (the survivor's win) and deletes the other user:
+                    # what was known of either no longer says what Knock has, whatever the
+                    # answer (or none).
+                    known.forget((op.user_id, op.from_user_id), step.pending.source.partition)
                 tasks.append(self._pool.submit(self._merge, step, blocked, out))
         error: BaseException | None = None
         for t in tasks:
@@ -154,6 +190,15 @@ class Applier:
         if error is not None:
             raise error
         if level.actions:
+            if known is not None:
+                # Deletes, and actions identifying their users inline (triggers, subscriptions,
+                # audiences), change users outside the state's record: forget them before the
+                # call, so that no answer (or its absence) can leave a stale entry.
+                for a in level.actions:
+                    known.forget(
+                        (u for u in entities(a.pending.op) if "/" not in u),
+                        a.pending.source.partition,
+                    )
             self._actions.run(level.actions, blocked, out)
 
     # Tasks run on the pool; list.append and set.add are atomic under the GIL, which is all
@@ -161,13 +206,23 @@ class Applier:
 
     def _applied(self, entry: Entry, out: Outcome) -> None:
         self._rejections.applied(entry.user_id)
+        if self._known is not None:
+            # Recorded only now that Knock confirmed it, and only what was sent.
+            self._known.confirm(entry.user_id, entry.props, _partition(entry))
         out.done.extend(entry.items)
+
+    def _unknown(self, entries: list[Entry]) -> None:
+        """Knock rejected these users, or may or may not have applied what was sent."""
+        if self._known is not None:
+            for e in entries:
+                self._known.forget((e.user_id,), e.items[0].source.partition)
 
     def _bulk(self, chunk: list[Entry], blocked: set[str], out: Outcome) -> None:
         users = [{"id": e.user_id, **e.props} for e in chunk]
         try:
             result = self._knock.bulk_identify(users)
         except RetryableError:  # only when stopping
+            self._unknown(chunk)
             self._give_back(chunk, blocked, out)
             return
         except ItemError:
@@ -183,6 +238,7 @@ class Applier:
         limited = set(result.rate_limited)
         for e in chunk:
             if e.user_id in result.failed:
+                self._unknown([e])
                 self._rejections.failed(e.items, e.user_id, result.failed[e.user_id], blocked, out)
             elif e.user_id in limited:
                 blocked.add(e.user_id)
@@ -194,9 +250,11 @@ class Applier:
         try:
             self._knock.identify(entry.user_id, entry.props)
         except RetryableError:
+            self._unknown([entry])
             self._give_back([entry], blocked, out)
             return
         except ItemError as exc:
+            self._unknown([entry])
             blocked.add(entry.user_id)
             out.dead.extend((p, "knock_rejected", reason(exc)) for p in entry.items)
             return

@@ -288,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
         "earliest: 24 h before the backfill starts)",
     )
     back.add_argument(
+        "--full",
+        action="store_true",
+        help="send every user whole, ignoring what change detection knows Knock has (and "
+        "record what Knock confirms)",
+    )
+    back.add_argument(
         "--dry-run",
         action="store_true",
         help="read, decode and map up to the end, print the Knock calls each event "
@@ -488,7 +494,10 @@ def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
     progress = _progress(sink, settings) if backfill else None
     try:
         summary = sink.run(
-            from_beginning=backfill and args.from_beginning, until_end=backfill, replay=replay
+            from_beginning=backfill and args.from_beginning,
+            until_end=backfill,
+            replay=replay,
+            full=backfill and args.full,
         )
     except (FatalKnockError, FatalRegistryError) as exc:
         if progress is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable
 
 from .apply import Applier, Flight, Outcome
@@ -21,6 +22,7 @@ from .cadence import Cadence
 from .config import Settings
 from .flow import Sizing
 from .knock import KnockClient
+from .known import Known
 from .metrics import Metrics
 from .ops import Op
 from .plan import Pending, Planner
@@ -36,13 +38,29 @@ class Dispatch:
     """
 
     def __init__(
-        self, settings: Settings, knock: KnockClient, metrics: Metrics, clock: Callable[[], float]
+        self,
+        settings: Settings,
+        knock: KnockClient,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._knock_settings = settings.knock
         self.sizing = sizing = Sizing.of(settings.knock)
         self._planner = Planner(nested=settings.knock.nested_merge)
         #: Pending numbers: the planner's order of arrival.
         self.next_seq: Callable[[], int] = itertools.count(1).__next__
+        #: What Knock confirmed of each user (change detection), ``None`` when off.
+        self.known: Known | None = (
+            Known(
+                settings.sink.known_ttl,
+                settings.sink.known_users,
+                settings.knock.nested_merge,
+                clock=wall,
+            )
+            if settings.sink.known_ttl > 0
+            else None
+        )
         self._flight = Flight(
             Applier(
                 knock,
@@ -52,6 +70,7 @@ class Dispatch:
                 singles=sizing.singles,
                 entity_gap=sizing.entity_gap,
                 clock=clock,
+                known=self.known,
             )
         )
         self._cadence = Cadence(settings.sink.flush_interval, settings.knock.paced)

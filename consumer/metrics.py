@@ -101,6 +101,17 @@ class Metrics:
 
     consumed = counter("knock_sink_events_consumed", "Kafka messages read")
     applied = counter("knock_sink_events_applied", "Events whose changes Knock applied")
+    unchanged = counter(
+        "knock_sink_events_unchanged",
+        "Events not sent: Knock was known to have everything they carry (counted as applied too)",
+        doc="Change detection; see [change detection](../change-detection.md).",
+    )
+    known_restore = histogram(
+        "knock_sink_known_restore_seconds",
+        "Time to restore change detection's state of one assigned partition from its changelog",
+        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        doc="See [change detection](../change-detection.md#restarts-and-rebalances).",
+    )
     dead_lettered = counter(
         "knock_sink_events_dead_lettered",
         "Events parked in the dead-letter topic",

@@ -36,6 +36,8 @@ class Outcome:
     done: list[Pending] = field(default_factory=list)
     retry: list[tuple[Pending, float]] = field(default_factory=list)
     dead: list[tuple[Pending, str, str]] = field(default_factory=list)
+    #: Of ``done``, those not sent: Knock was known to have all they carry (change detection).
+    unchanged: list[Pending] = field(default_factory=list)
     users_sent: int = 0
     calls: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

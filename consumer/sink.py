@@ -35,6 +35,7 @@ from .health import Health
 from .ingest import Ingest
 from .intake import Intake
 from .knock import KnockClient
+from .knownlog import KnownLog
 from .metrics import Metrics, Summary
 from .plan import Pending
 from .records import Edge, Partition, Replay, Source
@@ -57,6 +58,7 @@ class Sink:
 
     :param edge: the Kafka clients (default: the real ones, :class:`~consumer.source.KafkaEdge`;
         the tests' in-memory edge stands in for a broker).
+    :param wall: wall time, for the age of what change detection knows (:mod:`consumer.known`).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Sink:
         decoder: Decoder | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         settings.require_runnable()
         self.settings = settings
@@ -82,7 +85,7 @@ class Sink:
             on_request=metrics.knock_request,
             on_wait=metrics.knock_wait,
         )
-        self._dispatch = Dispatch(settings, self._knock, metrics, clock)
+        self._dispatch = Dispatch(settings, self._knock, metrics, clock, wall)
         self._ingest = Ingest(settings, metrics, decoder)
         self._fetch = FetchControl()
         self._backpressure = Backpressure(settings.sink.max_pending)
@@ -100,6 +103,11 @@ class Sink:
         self._committed: dict[Partition, int] = {}
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
+        #: Change detection's changelog (a real broker and change detection on only), made
+        #: at the first assignment: the broker is known to answer then, and a sink that never
+        #: reaches it starts no client of its own for it.
+        self._known_log: KnownLog | None = None
+        self._known_log_wanted = False
         self._last_commit = clock()
         # The revoke's settle blocks the loop for up to the drain budget: never a stall.
         self.health = Health(
@@ -117,15 +125,24 @@ class Sink:
     # -- run -------------------------------------------------------------------------------
 
     def run(
-        self, *, from_beginning: bool = False, until_end: bool = False, replay: Replay | None = None
+        self,
+        *,
+        from_beginning: bool = False,
+        until_end: bool = False,
+        replay: Replay | None = None,
+        full: bool = False,
     ) -> Summary:
         """Consume until :meth:`stop` (or, with ``until_end``, until every event up to the end
         offsets seen at start is applied and committed). Raises :class:`FatalKnockError` after
         committing what is safe when Knock rejects the configuration at run time,
         :class:`~consumer.errors.FatalRegistryError` when the schema registry does (after
         applying and committing what came before the record it refused), and
-        :class:`ConfigError` when either rejects it at start."""
+        :class:`ConfigError` when either rejects it at start. With ``full``, change detection
+        sends everything (and records what Knock confirms)."""
         self._ingest.actions.window(backfill=until_end)
+        known = self._dispatch.known
+        if known is not None:
+            known.full = full
         kafka = self.settings.kafka
         if self.settings.sink.metrics_port:
             # Before the start-up check: the probes say "not ready" while it retries.
@@ -158,6 +175,7 @@ class Sink:
             raise
         self.health.checked()
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
+        self._known_log_wanted = known is not None and isinstance(self._edge, KafkaEdge)
         ends, starts = (
             read_targets(self._source, kafka.topics, from_beginning, replay)
             if until_end
@@ -264,6 +282,8 @@ class Sink:
             p.source.release()
             applied += p.source.events
         self.metrics.applied.inc(applied)
+        if out.unchanged:
+            self.metrics.unchanged.inc(sum(p.source.events for p in out.unchanged))
         self.metrics.freshness.applied(out.done, time.time())
         for p, kind, reason in out.dead:
             self._dlq.park(p.source, kind, reason, p.source.record())
@@ -291,7 +311,14 @@ class Sink:
             return False
         self._last_commit = now
         positions = self._stage.committable()
-        if not positions or not self._source.commit(positions):
+        if not positions:
+            return False
+        if self._known_log is not None and not self._known_log.flush(5.0):
+            # Every tombstone of an event committed must be on the broker first: a restore
+            # that missed one would bring back a user Knock no longer has as recorded.
+            log.warning("change detection's changelog not flushed; commit deferred")
+            return False
+        if not self._source.commit(positions):
             return False
         self._stage.mark_committed(positions)
         self._committed.update(positions)
@@ -311,13 +338,55 @@ class Sink:
         self._dlq.flush(max(0.5, deadline - self._clock()))
         # Step 3. Commit what the tracker vouches for.
         self._commit(force=True)
+        if self._known_log is not None:
+            # Even with nothing to commit: the partitions' next owner restores from it.
+            self._known_log.flush(max(0.5, deadline - self._clock()))
         return drained
 
     def _on_assign(self, tps: list[Partition]) -> None:
+        self._restore_known(tps)
         self._fetch.assigned(tps)
         self._tracker.add(tps)
         self.health.assigned(tps)
         self._budget.update(self.health.partitions)
+
+    def _restore_known(self, tps: list[Partition]) -> None:
+        """What Knock confirmed of the assigned partitions' users, from the changelog, before
+        any of their events is read. A changelog that cannot be read leaves the state empty
+        for the partition: only more is sent."""
+        known = self._dispatch.known
+        if known is None:
+            return
+        if self._known_log is None and self._known_log_wanted:
+            self._known_log_wanted = False
+            try:
+                self._known_log = KnownLog(self.settings.kafka)
+                self._known_log.ensure(self.settings.kafka.topics)
+            except Exception as exc:  # without a changelog, restarts only cost sends
+                log.warning("change detection: no changelog (%s): kept in memory only", exc)
+                self._known_log = None
+            else:
+                known.log = self._known_log.write
+        changelog = self._known_log
+        if changelog is None:
+            return
+        for tp in tps:
+            started = time.monotonic()
+            try:
+                users = known.load(tp, changelog.restore(tp))
+            except Exception as exc:  # any failure to read only costs sends
+                log.warning("change detection: %s[%d] not restored (%s)", tp[0], tp[1], exc)
+                continue
+            took = time.monotonic() - started
+            self.metrics.known_restore.observe(took)
+            log.info(
+                "change detection: restored %d users of %s[%d] in %.3f s",
+                users,
+                tp[0],
+                tp[1],
+                took,
+                extra={"topic": tp[0], "partition": tp[1]},
+            )
 
     def _on_lost(self, tps: list[Partition]) -> None:
         self.health.unassigned(tps)
@@ -343,6 +412,8 @@ class Sink:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
         here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
+        if self._dispatch.known is not None:
+            self._dispatch.known.forget_partitions(gone)
         if self._stage.forget(gone):
             self._stop.set()
             self._dispatch.drop(lambda p: True)
@@ -391,6 +462,8 @@ class Sink:
         self._dispatch.close()
         self._knock.close()
         self._stage.close()
+        if self._known_log is not None:
+            self._known_log.close()
         if self._source is not None:
             self._source.close()
         if self._dlq is not None:

@@ -13,7 +13,14 @@ PACKAGE = Path(consumer.__file__).parent
 #: Third-party I/O library -> the sink modules allowed to import it at run time (paths inside
 #: the package; the emulator, a package of its own, is checked apart).
 EDGES = {
-    "confluent_kafka": {"source.py", "deadletter.py", "demo.py", "avro.py", "repartition.py"},
+    "confluent_kafka": {
+        "source.py",
+        "deadletter.py",
+        "demo.py",
+        "avro.py",
+        "repartition.py",
+        "knownlog.py",
+    },
     "httpx": {"knock/transport.py", "demo.py"},
 }
 

@@ -1,0 +1,338 @@
+"""Change detection: what Knock is known to have of each user, so that an update repeating it
+is not sent again.
+
+:class:`Known` holds, per user, a fingerprint of each property Knock *confirmed* (a bulk
+operation that completed with the user in neither its errors nor its rate-limited ids, or a 200
+to a single identify), never of what was only sent. Before an identify entry goes out the
+applier strips what the state says Knock already has (:meth:`Known.strip`); after Knock
+confirmed the rest, it records it (:meth:`Known.confirm`). Anything that may have changed a user
+in Knock other than a confirmed identify (a merge, a delete, an action identifying it inline, a
+rejection, a call whose fate is unknown) forgets the user (:meth:`Known.forget`).
+
+The one rule that keeps it exact: a property is stripped only when sending it again would leave
+Knock as it is. So a missing, evicted or expired entry only ever causes a send. Under
+``knock.nested_merge = "deep"`` Knock deep-merges nested objects, so a nested object compares
+leaf by leaf (a leaf is a value that is not an object, or an empty object): ``{"a": {"b": 1}}``
+sent after ``{"a": {"b": 1, "c": 2}}`` was confirmed is a no-op, since ``a`` is known to be an
+object already holding ``b = 1``. Under ``"either"`` a top-level value compares whole: sending
+a value twice is a no-op whether Knock replaces or merges objects. ``channel_data`` and
+``preferences`` compare whole in both modes (their merge rules are Knock's own).
+
+Only fingerprints are kept (8 bytes of BLAKE2b over the value's canonical JSON), not values:
+a collision between two different values of one property would skip a change, with odds of
+2^-64 per comparison. Each user's entry expires ``ttl`` seconds after it was created (not after
+its last update: a user the stream keeps mentioning is sent whole at least once per ``ttl``,
+which is the bound on how long a change made in Knock by someone else can hide), and the
+least recently used users are forgotten past ``max_users``.
+
+Each entry belongs to the partition its events came from, and is used only for events of that
+partition. The partition's owner is the only member of the group that writes that user's
+updates to Knock on a topic keyed by user; when the partition leaves this process (revoked,
+lost), its users are forgotten (:meth:`Known.forget_partitions`), since its next owner may
+change them. A user met on a second partition of a topic shows the topic is not keyed by user:
+from then on nothing of that topic is stripped in this process. Another member holding other
+partitions of such a topic is not seen from here: see docs/change-detection.md.
+
+Shared by the plans in flight (worker threads): every method takes the lock. Plans in flight
+never share a user, so between a plan's strip and its confirm no other plan changes the user.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from hashlib import blake2b
+from typing import Any, Final
+
+import orjson
+
+from .config import NestedMerge
+from .records import Partition
+
+__all__ = ["OBJECT", "Known", "fingerprint"]
+
+#: Properties compared whole whatever the nested-merge mode.
+WHOLE: Final = frozenset({"channel_data", "preferences"})
+#: The fingerprint of "an object is here" (an empty object sent under deep merge); never the
+#: fingerprint of a value (those are unsigned).
+OBJECT: Final = -1
+#: Distinct property paths shared between users' entries; past it, paths are not shared (the
+#: entries stay right, only larger).
+PATHS_SHARED: Final = 100_000
+
+Path = tuple[str, ...]
+
+
+def fingerprint(value: Any) -> int | None:
+    """8 bytes of BLAKE2b over ``value`` as canonical JSON (keys sorted), as an unsigned int,
+    stable across processes (a restored state compares with the same numbers); ``None`` for a
+    value JSON cannot hold, which is never stripped."""
+    try:
+        raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    return int.from_bytes(blake2b(raw, digest_size=8).digest(), "big")
+
+
+class _Entry:
+    __slots__ = ("fps", "nested", "since", "tp")
+
+    def __init__(self, tp: Partition, since: float, fps: dict[Path, int] | None = None) -> None:
+        #: The partition whose events it was confirmed for.
+        self.tp = tp
+        #: When Knock first confirmed what this entry holds (wall time): its expiry runs from
+        #: here, so a user's later updates do not keep the rest of it alive.
+        self.since = since
+        self.fps: dict[Path, int] = fps if fps is not None else {}
+        #: Whether a path deeper than one key is held (only then are paths scanned by prefix).
+        self.nested = any(len(p) > 1 for p in self.fps)
+
+
+class Known:
+    """Per user, the fingerprints of what Knock confirmed.
+
+    :param ttl: seconds an entry lives after its creation (> 0).
+    :param max_users: entries kept; the least recently used go first.
+    :param nested: the ``knock.nested_merge`` mode, the same rule the planner folds by.
+    :param clock: wall time (an entry's age survives a restart through the changelog).
+    """
+
+    def __init__(
+        self,
+        ttl: float,
+        max_users: int,
+        nested: NestedMerge,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if ttl <= 0 or max_users < 1:
+            raise ValueError("change detection needs ttl > 0 and max_users >= 1")
+        if nested not in ("deep", "either"):
+            raise ValueError(f"unknown nested merge mode {nested!r}")
+        self._ttl = ttl
+        self._max = max_users
+        self._deep = nested == "deep"
+        self._clock = clock
+        self._users: OrderedDict[str, _Entry] = OrderedDict()
+        self._paths: dict[Path, Path] = {}
+        #: Topics on which a user came from two partitions: nothing of them is stripped.
+        self.unkeyed: set[str] = set()
+        self._lock = threading.Lock()
+        #: Where each record and tombstone goes (:class:`~consumer.knownlog.KnownLog`), when
+        #: the state has a changelog.
+        self.log: Callable[[Partition, str, bytes | None], None] | None = None
+        #: Send everything (``backfill --full``): :meth:`strip` strips nothing; confirmations
+        #: are still recorded, so the state is refreshed.
+        self.full = False
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    # -- the comparison --------------------------------------------------------------------
+
+    def strip(self, user: str, props: dict[str, Any], tp: Partition | None) -> dict[str, Any]:
+        """What of ``props`` (from events of partition ``tp``; ``None``: of several, or no
+        longer this process's) Knock does not have yet: ``props`` itself when nothing is known
+        (or :attr:`full`), an empty dict when it has it all. ``props`` is not changed."""
+        if self.full or tp is None or tp[0] in self.unkeyed:
+            return props
+        with self._lock:
+            entry = self._live(user)
+            if entry is None:
+                return props
+            if entry.tp != tp:
+                self._moved(user, entry, tp)
+                return props
+            self._users.move_to_end(user)
+            fps = entry.fps
+            out: dict[str, Any] = {}
+            for k, v in props.items():
+                if self._deep and v.__class__ is dict and k not in WHOLE:
+                    sub = self._strip_object((k,), v, entry)
+                    if sub is not None:
+                        out[k] = sub
+                else:
+                    f = fps.get((k,))
+                    if f is None or f != fingerprint(v):
+                        out[k] = v
+            return out
+
+    def _strip_object(self, path: Path, obj: dict[str, Any], entry: _Entry) -> Any:
+        """The part of the object ``obj`` at ``path`` Knock lacks, ``None`` for none of it.
+        Sending a part is exact: a stripped leaf is known, so every object above it is too, and
+        Knock merges the rest into it."""
+        if not obj:
+            return None if _is_object(path, entry) else obj
+        fps = entry.fps
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            p = (*path, k)
+            if v.__class__ is dict:
+                sub = self._strip_object(p, v, entry)
+                if sub is not None:
+                    out[k] = sub
+            else:
+                f = fps.get(p)
+                if f is None or f != fingerprint(v):
+                    out[k] = v
+        return out or None
+
+    # -- what Knock confirmed --------------------------------------------------------------
+
+    def confirm(self, user: str, sent: dict[str, Any], tp: Partition | None) -> None:
+        """Knock confirmed the upsert ``sent`` of ``user`` (what was sent, after :meth:`strip`),
+        made of events of partition ``tp`` (``None``: of several, or of a partition no longer
+        this process's, whose next owner may already have written the user: forgotten)."""
+        now = self._clock()
+        with self._lock:
+            entry = self._live(user, now)
+            if entry is not None and entry.tp != tp:
+                self._moved(user, entry, tp)
+                entry = None
+            if tp is None:
+                return
+            if entry is None:
+                entry = self._users[user] = _Entry(tp, now)
+                while len(self._users) > self._max:
+                    self._users.popitem(last=False)
+            else:
+                self._users.move_to_end(user)
+            for path, f in self._leaves(sent):
+                self._set(entry, path, f)
+            if self.log is not None:
+                # Under the lock: the changelog gets a user's records in the state's order.
+                self.log(tp, user, _encode(entry))
+
+    def _leaves(self, props: dict[str, Any]) -> Iterator[tuple[Path, int | None]]:
+        for k, v in props.items():
+            if self._deep and v.__class__ is dict and k not in WHOLE:
+                yield from _object_leaves((k,), v)
+            else:
+                yield (k,), fingerprint(v)
+
+    def _set(self, entry: _Entry, path: Path, f: int | None) -> None:
+        fps = entry.fps
+        # An object written over a value replaces it: the value's entry goes. A value written
+        # over an object replaces it and all it held.
+        for i in range(1, len(path)):
+            fps.pop(path[:i], None)
+        if entry.nested and f != OBJECT:
+            n = len(path)
+            for p in [p for p in fps if len(p) > n and p[:n] == path]:
+                del fps[p]
+        if f is None:
+            fps.pop(path, None)
+            return
+        if f == OBJECT and _is_object(path, entry):
+            return
+        fps[self._share(path)] = f
+        if len(path) > 1:
+            entry.nested = True
+
+    def _share(self, path: Path) -> Path:
+        shared = self._paths.get(path)
+        if shared is None:
+            if len(self._paths) >= PATHS_SHARED:
+                return path
+            shared = self._paths[path] = path
+        return shared
+
+    def _moved(self, user: str, entry: _Entry, tp: Partition | None) -> None:
+        del self._users[user]
+        if self.log is not None:
+            self.log(entry.tp, user, None)
+        if tp is not None and tp[0] == entry.tp[0]:
+            self.unkeyed.add(tp[0])
+
+    def forget_partitions(self, tps: Iterable[Partition]) -> None:
+        """``tps`` left this process: their next owner may change their users."""
+        gone = set(tps)
+        if not gone:
+            return
+        with self._lock:
+            for u in [u for u, e in self._users.items() if e.tp in gone]:
+                del self._users[u]
+
+    def forget(self, users: Iterable[str], tp: Partition | None = None) -> None:
+        """What is known of ``users`` no longer holds (merged, deleted, identified by an action,
+        rejected, or a call whose result is unknown), for an op of partition ``tp``. The
+        changelog gets a tombstone on ``tp`` too: the user may have been evicted from memory
+        and still be in the changelog there."""
+        with self._lock:
+            for u in users:
+                entry = self._users.pop(u, None)
+                if self.log is None:
+                    continue
+                if entry is not None:
+                    self.log(entry.tp, u, None)
+                if tp is not None and (entry is None or entry.tp != tp):
+                    self.log(tp, u, None)
+
+    def load(self, tp: Partition, records: Iterable[tuple[str, bytes | None]]) -> int:
+        """Take in partition ``tp``'s changelog, oldest record first; returns the users now
+        known for it. An unreadable or expired record is left out (only more is sent)."""
+        last = dict(records)  # the last record of each user wins, as compaction keeps it
+        now = self._clock()
+        n = 0
+        with self._lock:
+            for user, value in last.items():
+                if value is None:
+                    continue
+                entry = _decode(tp, value)
+                if entry is None or now - entry.since >= self._ttl:
+                    continue
+                have = self._users.get(user)
+                if have is not None and have.tp != tp:
+                    # Known from two partitions: trust neither.
+                    del self._users[user]
+                    continue
+                self._users[user] = entry
+                self._users.move_to_end(user)
+                n += 1
+            while len(self._users) > self._max:
+                self._users.popitem(last=False)
+        return n
+
+    def _live(self, user: str, now: float | None = None) -> _Entry | None:
+        entry = self._users.get(user)
+        if entry is None:
+            return None
+        if (self._clock() if now is None else now) - entry.since >= self._ttl:
+            del self._users[user]
+            return None
+        return entry
+
+
+def _encode(entry: _Entry) -> bytes:
+    return orjson.dumps({"t": entry.since, "f": [[list(p), f] for p, f in entry.fps.items()]})
+
+
+def _decode(tp: Partition, value: bytes) -> _Entry | None:
+    try:
+        raw = orjson.loads(value)
+        fps = {tuple(str(k) for k in p): int(f) for p, f in raw["f"]}
+        return _Entry(tp, float(raw["t"]), fps)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _is_object(path: Path, entry: _Entry) -> bool:
+    """Whether Knock is known to hold an object at ``path``."""
+    if entry.fps.get(path) == OBJECT:
+        return True
+    n = len(path)
+    return entry.nested and any(len(p) > n and p[:n] == path for p in entry.fps)
+
+
+def _object_leaves(path: Path, obj: dict[str, Any]) -> Iterator[tuple[Path, int | None]]:
+    if not obj:
+        yield path, OBJECT
+        return
+    for k, v in obj.items():
+        p = (*path, k)
+        if v.__class__ is dict:
+            yield from _object_leaves(p, v)
+        else:
+            yield p, fingerprint(v)

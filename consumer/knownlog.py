@@ -1,0 +1,186 @@
+"""The changelog of change detection's state: a compacted topic per sink group and source topic
+(``<group_id>.<topic>.known``), partitioned like the source, so that what Knock confirmed of a
+partition's users follows the partition to whichever process owns it next.
+
+A record is keyed by user id and holds that user's whole entry (fingerprints and the time of
+its first confirmation: :meth:`consumer.known.Known.encode`); a tombstone (no value) says the user
+is forgotten. Compaction keeps the last of each. Written after Knock confirmed (records) or
+before the call that may change the user (tombstones); the loop flushes it before every
+commit (:meth:`KnownLog.flush`), so every record and tombstone of an event whose offset is
+committed is on the broker: what a restore misses is only ever of events that will be read
+again. Read back from its start to its end when a partition is assigned (:meth:`restore`),
+with a consumer assigned by hand that never joins a group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported, not in its stubs' __all__
+
+from .config import KafkaSettings
+from .errors import ConfigError
+from .records import Partition
+
+log = logging.getLogger("knock_sink.known")
+KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
+
+
+def log_topic(group_id: str, topic: str) -> str:
+    return f"{group_id}.{topic}.known"
+
+
+class KnownLog:
+    """The changelog topics of one sink group. Writes come from the worker threads (the
+    producer is thread-safe); restores and flushes from the loop's thread."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._group = settings.group_id
+        conf = {
+            **settings.librdkafka(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 20,
+        }
+        try:
+            self._producer = Producer(conf, logger=KAFKA_LOG)
+        except KafkaException as exc:
+            raise ConfigError("kafka.client", exc.args[0].str()) from None
+        #: Source topics whose changelog exists (writes for others are dropped).
+        self._ready: set[str] = set()
+
+    def ensure(self, topics: Iterable[str], timeout: float = 15.0) -> None:
+        """Create the missing changelog topics, compacted, with their source's partition count.
+        A changelog that cannot be created leaves change detection without one for that topic:
+        the state then starts empty after each restart (only more is sent)."""
+        conf: dict[str, Any] = {**self._settings.librdkafka(), "logger": KAFKA_LOG}
+        admin = AdminClient(conf)
+        try:
+            meta = admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            log.warning("change detection's changelog not checked (%s): kept in memory only", exc)
+            return
+        wanted = {}
+        for topic in topics:
+            src = meta.topics.get(topic)
+            if src is None or src.error is not None:
+                continue
+            name = log_topic(self._group, topic)
+            have = meta.topics.get(name)
+            if have is not None and have.error is None:
+                if len(have.partitions) != len(src.partitions):
+                    log.warning(
+                        "changelog %s has %d partitions, %s has %d: not used",
+                        name,
+                        len(have.partitions),
+                        topic,
+                        len(src.partitions),
+                    )
+                    continue
+                self._ready.add(topic)
+                continue
+            wanted[topic] = NewTopic(
+                name,
+                num_partitions=len(src.partitions),
+                config={"cleanup.policy": "compact"},
+            )
+        if not wanted:
+            return
+        futures = admin.create_topics(list(wanted.values()))
+        for topic, new in wanted.items():
+            try:
+                futures[new.topic].result(timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    log.warning("could not create changelog %s: %s", new.topic, exc.args[0])
+                    continue
+            self._ready.add(topic)
+
+    def write(self, tp: Partition, user: str, value: bytes | None) -> None:
+        """``user``'s entry (``None``: a tombstone) on ``tp``'s changelog partition."""
+        topic, partition = tp
+        if topic not in self._ready:
+            return
+        name = log_topic(self._group, topic)
+        key = user.encode()
+
+        def delivered(err: KafkaError | None, _m: Any) -> None:
+            if err is None:
+                return
+            if value is None:
+                # A lost tombstone would bring a forgotten user back at the next restore.
+                log.error("changelog tombstone to %s failed (%s); writing again", name, err)
+                self._produce(name, partition, key, value, delivered)
+            else:  # a lost record only makes the next owner send more
+                log.warning("changelog write to %s failed: %s", name, err)
+
+        self._produce(name, partition, key, value, delivered)
+
+    def _produce(self, name: str, partition: int, key: bytes, value: bytes | None, cb: Any) -> None:
+        while True:
+            try:
+                self._producer.produce(name, value, key, partition=partition, on_delivery=cb)
+                return
+            except BufferError:
+                self._producer.poll(0.1)
+
+    def flush(self, timeout: float) -> bool:
+        """True when every write so far is on the broker."""
+        return int(self._producer.flush(timeout)) == 0
+
+    def restore(self, tp: Partition, timeout: float = 30.0) -> list[tuple[str, bytes | None]]:
+        """Every record of ``tp``'s changelog partition, oldest first (empty when it has no
+        changelog). Raises :class:`KafkaException` when the broker cannot be read."""
+        topic, partition = tp
+        if topic not in self._ready:
+            return []
+        name = log_topic(self._group, topic)
+        consumer = Consumer(
+            {
+                **self._settings.librdkafka(),
+                "group.id": f"{self._group}.known-restore",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+            },
+            logger=KAFKA_LOG,
+        )
+        out: list[tuple[str, bytes | None]] = []
+        try:
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(name, partition), timeout)
+            if hi <= lo:
+                return out
+            consumer.assign([TopicPartition(name, partition, OFFSET_BEGINNING)])
+            deadline = time.monotonic() + timeout
+            while True:
+                for msg in consumer.consume(1000, 0.5):
+                    err = msg.error()
+                    if err is not None:
+                        if err.fatal():
+                            raise KafkaException(err)
+                        continue
+                    key = msg.key()
+                    if key is not None:
+                        out.append((key.decode(), msg.value()))
+                pos = consumer.position([TopicPartition(name, partition)])[0].offset
+                if pos >= hi:
+                    return out
+                if time.monotonic() > deadline:
+                    raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        self._producer.flush(5.0)

@@ -1,0 +1,233 @@
+"""Change detection's state (consumer.known): what is stripped is exactly what Knock would not
+change, checked against an independent model of Knock's merge."""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import pytest
+
+from consumer.known import Known, fingerprint
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def deep_merge(into: dict[str, Any], props: dict[str, Any]) -> None:
+    for k, v in props.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            deep_merge(into[k], v)
+        else:
+            into[k] = copy.deepcopy(v)
+
+
+def replace(into: dict[str, Any], props: dict[str, Any]) -> None:
+    into.update(copy.deepcopy(props))
+
+
+TP = ("t", 0)
+
+
+class K(Known):
+    """Partition ``TP`` unless told."""
+
+    def strip(self, user: str, props: dict[str, Any], tp: Any = TP) -> dict[str, Any]:
+        return super().strip(user, props, tp)
+
+    def confirm(self, user: str, sent: dict[str, Any], tp: Any = TP) -> None:
+        super().confirm(user, sent, tp)
+
+
+def known(nested: str = "deep", ttl: float = 60.0, max_users: int = 100) -> tuple[K, Clock]:
+    clock = Clock()
+    return K(ttl, max_users, nested, clock=clock), clock  # type: ignore[arg-type]
+
+
+def test_nothing_known_sends_all() -> None:
+    k, _ = known()
+    props = {"email": "a@x", "plan": {"tier": 1}}
+    assert k.strip("u", props) is props
+
+
+def test_top_level_values_strip_when_confirmed() -> None:
+    k, _ = known()
+    k.confirm("u", {"email": "a@x", "name": "A", "n": 1})
+    assert k.strip("u", {"email": "a@x", "name": "A", "n": 1}) == {}
+    assert k.strip("u", {"email": "b@x", "name": "A", "n": 1.0}) == {"email": "b@x", "n": 1.0}
+    assert k.strip("u", {"n": True}) == {"n": True}
+    assert k.strip("u", {"name": None}) == {"name": None}
+    assert k.strip("other", {"email": "a@x"}) == {"email": "a@x"}
+
+
+def test_deep_compares_nested_objects_by_their_keys() -> None:
+    k, _ = known("deep")
+    k.confirm("u", {"address": {"city": "Paris", "zip": "75001", "geo": {"lat": 1}}})
+    # A subset of what Knock holds: deep-merged, it changes nothing.
+    assert k.strip("u", {"address": {"city": "Paris"}}) == {}
+    assert k.strip("u", {"address": {"city": "Lyon", "zip": "75001"}}) == {
+        "address": {"city": "Lyon"}
+    }
+    assert k.strip("u", {"address": {"geo": {"lat": 1, "lon": 2}}}) == {
+        "address": {"geo": {"lon": 2}}
+    }
+    # An empty object merges into the one Knock has: nothing.
+    assert k.strip("u", {"address": {}}) == {}
+    # A value replacing the object is a change.
+    assert k.strip("u", {"address": "gone"}) == {"address": "gone"}
+
+
+def test_deep_value_then_object_then_value() -> None:
+    k, _ = known("deep")
+    k.confirm("u", {"a": 5})
+    assert k.strip("u", {"a": {"b": 1}}) == {"a": {"b": 1}}
+    k.confirm("u", {"a": {"b": 1}})
+    assert k.strip("u", {"a": 5}) == {"a": 5}
+    assert k.strip("u", {"a": {"b": 1}}) == {}
+    k.confirm("u", {"a": 5})
+    assert k.strip("u", {"a": {"b": 1}}) == {"a": {"b": 1}}
+    assert k.strip("u", {"a": {}}) == {"a": {}}
+    assert k.strip("u", {"a": 5}) == {}
+
+
+def test_either_compares_top_level_values_whole() -> None:
+    k, _ = known("either")
+    k.confirm("u", {"address": {"city": "Paris", "zip": "75001"}})
+    # Whether Knock replaced or merged, only the same object again is a no-op.
+    assert k.strip("u", {"address": {"zip": "75001", "city": "Paris"}}) == {}
+    assert k.strip("u", {"address": {"city": "Paris"}}) == {"address": {"city": "Paris"}}
+
+
+def test_channel_data_and_preferences_compare_whole_under_deep() -> None:
+    k, _ = known("deep")
+    k.confirm("u", {"preferences": {"default": {"a": True, "b": False}}})
+    assert k.strip("u", {"preferences": {"default": {"a": True}}}) == {
+        "preferences": {"default": {"a": True}}
+    }
+    assert k.strip("u", {"preferences": {"default": {"b": False, "a": True}}}) == {}
+
+
+def test_expiry_runs_from_the_first_confirmation() -> None:
+    k, clock = known(ttl=60)
+    k.confirm("u", {"email": "a@x"})
+    clock.t += 30
+    k.confirm("u", {"name": "A"})  # later updates do not keep the entry alive
+    assert k.strip("u", {"email": "a@x", "name": "A"}) == {}
+    clock.t += 30
+    props = {"email": "a@x", "name": "A"}
+    assert k.strip("u", props) is props
+    assert len(k) == 0
+
+
+def test_eviction_only_causes_sends() -> None:
+    k, _ = known(max_users=2)
+    k.confirm("a", {"x": 1})
+    k.confirm("b", {"x": 1})
+    assert k.strip("a", {"x": 1}) == {}  # a used: b is the least recent
+    k.confirm("c", {"x": 1})
+    assert len(k) == 2
+    assert k.strip("b", {"x": 1}) == {"x": 1}
+    assert k.strip("a", {"x": 1}) == {} and k.strip("c", {"x": 1}) == {}
+
+
+def test_forget_and_full() -> None:
+    k, _ = known()
+    k.confirm("a", {"x": 1})
+    k.full = True
+    assert k.strip("a", {"x": 1}) == {"x": 1}
+    k.full = False
+    k.forget(["a"])
+    assert k.strip("a", {"x": 1}) == {"x": 1}
+
+
+def test_values_json_cannot_hold_are_always_sent() -> None:
+    k, _ = known()
+    assert fingerprint(b"raw") is None
+    k.confirm("u", {"blob": b"raw", "x": 1})
+    assert k.strip("u", {"blob": b"raw", "x": 1}) == {"blob": b"raw"}
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> Any:
+    r = rng.random()
+    if depth < 2 and r < 0.35:
+        return {rng.choice("abc"): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 2))}
+    return rng.choice([1, 2, "x", None, [1], True, 1.0])
+
+
+@pytest.mark.parametrize("nested", ["deep", "either"])
+def test_stripped_updates_leave_knock_as_the_full_ones(nested: str) -> None:
+    """Random update sequences: Knock fed every update whole, and Knock fed only what the state
+    let through (confirmed as it goes), end equal after every step; under ``either`` for both
+    ways Knock may merge objects."""
+    merges = [deep_merge] if nested == "deep" else [deep_merge, replace]
+    rng = random.Random(7)
+    stripped = 0
+    for merge in merges:
+        for _ in range(300):
+            k, _ = known(nested)
+            full: dict[str, Any] = {}
+            sent: dict[str, Any] = {}
+            for _ in range(8):
+                props = {rng.choice("pqr"): _random_value(rng) for _ in range(rng.randint(1, 3))}
+                body = k.strip("u", props)
+                stripped += body != props
+                merge(full, props)
+                merge(sent, body)
+                k.confirm("u", body)
+                assert sent == full, (props, body)
+    assert stripped > 100
+
+
+def test_an_entry_serves_only_its_partition() -> None:
+    k, _ = known()
+    k.confirm("a", {"x": 1})
+    k.confirm("b", {"x": 1}, ("t", 1))
+    k.confirm("c", {"x": 1}, ("other", 0))
+    # Events of several partitions, or of a partition no longer ours: sent, and not recorded.
+    assert k.strip("a", {"x": 1}, None) == {"x": 1}
+    k.confirm("d", {"x": 1}, None)
+    assert k.strip("d", {"x": 1}) == {"x": 1}
+    # The partition left this process: its next owner may change its users.
+    k.forget_partitions([("t", 1)])
+    assert k.strip("b", {"x": 1}, ("t", 1)) == {"x": 1}
+    assert k.strip("a", {"x": 1}) == {}
+    # A user met on a second partition of a topic: the topic is not keyed by user, and
+    # nothing of it is stripped any more.
+    assert k.strip("a", {"x": 1}, ("t", 2)) == {"x": 1}
+    assert k.unkeyed == {"t"}
+    k.confirm("a", {"x": 1})
+    assert k.strip("a", {"x": 1}) == {"x": 1}
+    assert k.strip("c", {"x": 1}, ("other", 0)) == {}
+
+
+def test_the_changelog_brings_back_what_was_confirmed_and_not_what_was_forgotten() -> None:
+    k, clock = known()
+    written: list[tuple[Any, str, bytes | None]] = []
+    k.log = lambda tp, user, value: written.append((tp, user, value))
+    k.confirm("a", {"x": 1, "o": {"p": 1}})
+    k.confirm("a", {"y": 2})
+    k.confirm("b", {"x": 1})
+    k.confirm("c", {"x": 1}, ("t", 1))
+    k.forget(["b"], TP)
+    k.forget(["gone"], TP)  # not in memory (evicted): a tombstone all the same
+    assert (TP, "gone", None) in written
+    assert all(tp == ("t", 1) for tp, u, _ in written if u == "c")
+
+    restored, _ = known()
+    restored._clock = clock  # type: ignore[attr-defined]
+    records = [(u, v) for tp, u, v in written if tp == TP]
+    assert restored.load(TP, records) == 1
+    assert restored.strip("a", {"x": 1, "y": 2, "o": {"p": 1}}) == {}
+    assert restored.strip("b", {"x": 1}) == {"x": 1}
+    assert restored.strip("c", {"x": 1}, ("t", 1)) == {"x": 1}
+    # Expired in the meantime: not taken in.
+    clock.t += 60
+    later, _ = known()
+    later._clock = clock  # type: ignore[attr-defined]
+    assert later.load(TP, records) == 0
