@@ -28,6 +28,7 @@ from .config import Settings
 from .deadletter import DeadLetters
 from .decode import Decoder
 from .dispatch import Dispatch
+from .edge import KafkaEdge
 from .errors import ConfigError, FatalKnockError, RetryableError
 from .fetch import FetchControl
 from .flow import Backpressure
@@ -39,7 +40,6 @@ from .knownlog import KnownLog
 from .metrics import Metrics, Summary
 from .plan import Pending
 from .records import Edge, Partition, Replay, Source
-from .source import KafkaEdge
 from .stage import NotStarted, Stage
 from .tracker import OffsetTracker
 
@@ -56,7 +56,7 @@ DRAIN = "drain"
 class Sink:
     """Run with :meth:`run`; stop from any thread (or a signal handler) with :meth:`stop`.
 
-    :param edge: the Kafka clients (default: the real ones, :class:`~consumer.source.KafkaEdge`;
+    :param edge: the Kafka clients (default: the real ones, :class:`~consumer.edge.KafkaEdge`;
         the tests' in-memory edge stands in for a broker).
     :param wall: wall time, for the age of what change detection knows (:mod:`consumer.known`).
     """

@@ -18,7 +18,6 @@ from typing import Any, Final, cast
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from .config import FETCH_QUEUE_BACKOFF_MS, PREFETCH_KBYTES, KafkaSettings
-from .deadletter import KafkaWriter, Originals
 from .errors import ConfigError
 from .records import Headers, Partition, RebalanceCallback, Record, Replay
 
@@ -28,7 +27,7 @@ log = logging.getLogger("knock_sink.source")
 COMMITTED_ATTEMPTS = 12
 #: librdkafka's own log lines, through Python logging (its ``logger`` setting) rather than
 #: straight to stderr, so they take the sink's format and level.
-KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
+KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")  # the one logs.py filters
 
 #: The consumer settings the sink sets itself (the benchmark's ceilings take them too, so that
 #: they read as the sink does).
@@ -285,38 +284,6 @@ class KafkaSource:
 
     def close(self) -> None:
         self._consumer.close()
-
-
-class KafkaEdge:
-    """The Kafka clients of one sink run (see :class:`consumer.records.Edge`): the subscribed
-    consumer, the dead-letter producer, and the consumer that reads rejected events back."""
-
-    def __init__(self, settings: KafkaSettings) -> None:
-        self._settings = settings
-
-    def source(
-        self,
-        *,
-        on_assign: RebalanceCallback,
-        on_revoke: RebalanceCallback,
-        on_lost: RebalanceCallback,
-        from_beginning: bool,
-        replay: Replay | None = None,
-    ) -> KafkaSource:
-        return KafkaSource(
-            self._settings,
-            on_assign=on_assign,
-            on_revoke=on_revoke,
-            on_lost=on_lost,
-            from_beginning=from_beginning,
-            replay=replay,
-        )
-
-    def writer(self) -> KafkaWriter:
-        return KafkaWriter(self._settings)
-
-    def reader(self) -> Originals:
-        return Originals(self._settings)
 
 
 def read_to_end(
