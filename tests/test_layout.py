@@ -138,3 +138,26 @@ def test_no_module_imports_the_backfill_but_the_loop():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert "backfill" not in node.module, f"{name} imports the backfill"
+
+
+#: The path an event takes (docs/architecture.md), module by module: a step may use the steps
+#: before it, never one after it (a step that reached forward would be called back by what it
+#: calls). The loop, the stages and the cross-cutting modules (settings, errors, metrics) are
+#: outside the ranking.
+PATH_STEPS = [
+    {"consumer.source"},
+    {"consumer.decode", "consumer.avro"},
+    {"consumer.events"},
+    {"consumer.mapping", "consumer.actions", "consumer.ops"},
+    {"consumer.plan"},
+    {"consumer.knock", "consumer.knock.client", "consumer.knock.transport", "consumer.knock.bulk"},
+    {"consumer.apply", "consumer.apply_actions", "consumer.outcome", "consumer.deadletter"},
+]
+
+
+def test_no_step_of_the_path_imports_one_after_it():
+    graph = import_graph()
+    rank = {module: i for i, step in enumerate(PATH_STEPS) for module in step}
+    for module, i in rank.items():
+        later = {dep for dep in graph[module] if rank.get(dep, -1) > i}
+        assert not later, f"{module} imports {sorted(later)}, later in the path"
