@@ -400,6 +400,11 @@ class SinkSettings(_Section):
     buffered. Under Knock's limits a plan is also cut only when its bulk call could leave
     (about once a second); longer intervals send fewer, fuller calls and add up to that long
     to each event's latency (docs/performance.md#freshness)."""
+    read_ahead_idle: float = Field(default=1.0, gt=0)
+    """A backfill reading ahead: seconds without a record after which it stops reading ahead
+    and sends what it holds, once the partitions being read are past their end offsets by the
+    consumer's position (docs/backfills.md). Not shorter than moving from one partition to the
+    next takes."""
     max_pending: int = Field(default=20_000, ge=1)
     """Events buffered or in flight before fetching pauses (a backfill holds folded users
     instead, bounded by ``backfill_memory_mb``)."""

@@ -237,8 +237,6 @@ class Sink:
             metrics=self.metrics,
             stop=self._stop,
             clock=self._clock,
-            # Its value so far; a setting of its own belongs in config.
-            read_ahead_idle=self.settings.sink.flush_interval,
         )
 
     def _step(self) -> None:

@@ -31,17 +31,13 @@ FOCUS: Final = "focus"
 AHEAD_MARGIN: Final = 10.0
 #: Seconds of fetching the read rate is averaged over (see :class:`~consumer.flow.ReadRate`).
 RATE_WINDOW: Final = 5.0
-#: Seconds without a record after which reading ahead may end (see
-#: :class:`~consumer.flow.ReadAhead`); at least a second: moving from one partition to the next
-#: is a pause in fetching too, not an end that is never delivered.
-READ_AHEAD_IDLE: Final = 1.0
 
 
 class Focus:
     """The read-ahead of one backfill: which partitions fetch, and whether plans wait.
 
     :param ends: each partition's end target; ``starts``: where its reading starts.
-    :param idle: the read-ahead's idle time (:data:`READ_AHEAD_IDLE` at least).
+    :param idle: the read-ahead's idle time (``sink.read_ahead_idle``).
     :param send_rate: users a second Knock takes (``None`` without Knock's limits: sending
         never outlasts reading, so no pause).
     :param order: a backfill's event-time order, when topics not keyed by user are read side

@@ -37,7 +37,7 @@ from ..records import Partition, Record, Source
 from ..stalls import REGISTRY_BACKOFF
 from ..tracker import OffsetTracker
 from .backlog import Backlog, Held
-from .focus import READ_AHEAD_IDLE, Focus, send_rate
+from .focus import Focus, send_rate
 from .memory import TRIM_EVERY, HeldShare, give_back_memory
 
 log = logging.getLogger("knock_sink")
@@ -57,8 +57,6 @@ class BackfillStage:
     :param starts: the offset each partition's reading starts from.
     :param dispatch: the loop's plans, sized for held users by the loop.
     :param stop: the loop's stop event: a registry wait ends when it is set.
-    :param read_ahead_idle: seconds without a record after which reading ahead may end (see
-        :class:`~consumer.flow.ReadAhead`).
     """
 
     def __init__(
@@ -76,7 +74,6 @@ class BackfillStage:
         metrics: Metrics,
         stop: threading.Event,
         clock: Callable[[], float],
-        read_ahead_idle: float = READ_AHEAD_IDLE,
     ) -> None:
         sink = settings.sink
         self._ingest = ingest
@@ -127,7 +124,7 @@ class BackfillStage:
         self._focus = Focus(
             ends,
             starts,
-            idle=max(READ_AHEAD_IDLE, read_ahead_idle),
+            idle=sink.read_ahead_idle,
             send_rate=send_rate(dispatch.sizing.users_per_plan, settings.knock.paced),
             max_pending=sink.max_pending,
             backlog=self._backlog,
