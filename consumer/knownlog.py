@@ -37,6 +37,16 @@ log = logging.getLogger("knock_sink.known")
 KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
 
 
+#: Errors that say a partition's leader is being chosen or moving: asked again, not given up.
+_LEADER_MOVING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
 def log_topic(group_id: str, topic: str) -> str:
     return f"{group_id}.{topic}.known"
 
@@ -60,6 +70,9 @@ class KnownLog:
             raise ConfigError("kafka.client", exc.args[0].str()) from None
         #: Source topics whose changelog exists (writes for others are dropped).
         self._ready: set[str] = set()
+        #: Of those, the ones whose changelog this process created and has not written yet:
+        #: nothing to restore (a topic just created may have no partition leader for a moment).
+        self._created: set[str] = set()
 
     def ensure(self, topics: Iterable[str], timeout: float = 15.0) -> None:
         """Create the missing changelog topics, compacted, with their source's partition count.
@@ -102,6 +115,7 @@ class KnownLog:
         for topic, new in wanted.items():
             try:
                 futures[new.topic].result(timeout)
+                self._created.add(topic)
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     log.warning("could not create changelog %s: %s", new.topic, exc.args[0])
@@ -113,6 +127,7 @@ class KnownLog:
         topic, partition = tp
         if topic not in self._ready:
             return
+        self._created.discard(topic)  # it holds something now: the next assignment restores
         name = log_topic(self._group, topic)
         key = user.encode()
 
@@ -144,7 +159,7 @@ class KnownLog:
         """Every record of ``tp``'s changelog partition, oldest first (empty when it has no
         changelog). Raises :class:`KafkaException` when the broker cannot be read."""
         topic, partition = tp
-        if topic not in self._ready:
+        if topic not in self._ready or topic in self._created:
             return []
         name = log_topic(self._group, topic)
         consumer = Consumer(
@@ -159,7 +174,7 @@ class KnownLog:
         )
         out: list[tuple[str, bytes | None]] = []
         try:
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(name, partition), timeout)
+            lo, hi = self._marks(consumer, TopicPartition(name, partition), timeout)
             if hi <= lo:
                 return out
             consumer.assign([TopicPartition(name, partition, OFFSET_BEGINNING)])
@@ -181,6 +196,20 @@ class KnownLog:
                     raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
         finally:
             consumer.close()
+
+    @staticmethod
+    def _marks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        """The changelog partition's watermarks, asked again while its leader is moving (another
+        member may have created the topic a moment ago, or a broker is restarting)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                lo, hi = consumer.get_watermark_offsets(tp, max(0.5, deadline - time.monotonic()))
+                return lo, hi
+            except KafkaException as exc:
+                if exc.args[0].code() not in _LEADER_MOVING or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)  # a backoff between two asks of the broker, not a synchronisation
 
     def close(self) -> None:
         self._producer.flush(5.0)
