@@ -12,6 +12,10 @@ from consumer.sink import Sink
 from tests.conftest import wait_for
 from tests.model import actual_state, deep_merge, expected_state
 
+#: Change detection on (off by default until its memory is bounded in bytes): a day, as
+#: documented.
+ON = {"sink__known_ttl": 86_400.0}
+
 
 class Live:
     """A sink running ``run`` on a thread; :meth:`settle` waits until it committed the topic's
@@ -96,7 +100,7 @@ def test_repeated_traits_send_one_entry_per_change(kafka, api, settings_for):
     topic = kafka.topic(2)
     waves = waves_of_repeated_traits()
     sent: list[dict[str, Any]] = []
-    with Live(kafka, topic, settings_for(topic)) as live:
+    with Live(kafka, topic, settings_for(topic, **ON)) as live:
         for wave in waves:
             kafka.produce(topic, wave)
             sent += wave
@@ -155,7 +159,7 @@ def test_merges_and_rejections_forget_what_is_known(kafka, api, settings_for):
         {"type": "identify", "userId": "a", "traits": {"x": 1, "y": 1}},
         {"type": "identify", "userId": "b", "traits": {"x": 2}},
     ]
-    with Live(kafka, topic, settings_for(topic, sink__item_attempts=1)) as live:
+    with Live(kafka, topic, settings_for(topic, sink__item_attempts=1, **ON)) as live:
         kafka.produce(topic, sent)
         live.settle()
         # b merges into a (a's values win), then both are mentioned with what was known of
@@ -190,7 +194,7 @@ def test_merges_and_rejections_forget_what_is_known(kafka, api, settings_for):
 def test_a_restarted_sink_restores_what_knock_confirmed(kafka, api, settings_for):
     topic = kafka.topic(3)
     waves = waves_of_repeated_traits()
-    settings = settings_for(topic)
+    settings = settings_for(topic, **ON)
     with Live(kafka, topic, settings) as live:
         kafka.produce(topic, waves[0])
         live.settle()
@@ -213,7 +217,7 @@ def test_a_backfill_of_an_applied_topic_sends_nothing_and_full_sends_all(kafka, 
     topic = kafka.topic(2)
     events = [e for wave in waves_of_repeated_traits() for e in wave]
     kafka.produce(topic, events)
-    settings = settings_for(topic, kafka__group_id=f"bf-{topic}")
+    settings = settings_for(topic, kafka__group_id=f"bf-{topic}", **ON)
     Sink(settings).run(from_beginning=True, until_end=True)
     assert actual_state(api.users()) == expected_state(events)
     first = api.stats()["identify_entries"]
@@ -231,7 +235,7 @@ def test_a_backfill_of_an_applied_topic_sends_nothing_and_full_sends_all(kafka, 
 def test_a_rebalance_hands_the_state_to_the_next_owner(kafka, api, settings_for):
     topic = kafka.topic(4)
     waves = waves_of_repeated_traits()
-    settings = settings_for(topic)
+    settings = settings_for(topic, **ON)
     group = settings.kafka.group_id
     with Live(kafka, topic, settings) as first:
         kafka.produce(topic, waves[0])
