@@ -29,3 +29,16 @@ def test_without_an_id_or_a_memory_nothing_repeats():
     assert not RecentIds(10).duplicate(None, A, 1)
     off = RecentIds(0)
     assert not off.duplicate("m1", A, 1) and not off.duplicate("m1", B, 1)
+
+
+def test_only_a_merge_can_repeat_and_each_repeat_is_counted():
+    from consumer.ops import Identify, Merge
+
+    counted: list[int] = []
+    ids = RecentIds(10, lambda: counted.append(1))
+    merge = Merge(user_id="b", from_user_id="a", message_id="m1")
+    assert not ids.repeats(merge, A, 1)  # first seen: remembered
+    assert ids.repeats(merge, A, 2)  # same id elsewhere: a repeat, counted
+    assert not ids.repeats(merge, A, 1)  # the same event read again goes on
+    assert not ids.repeats(Identify("a", {}), A, 3)
+    assert counted == [1]

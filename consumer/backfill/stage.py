@@ -103,7 +103,9 @@ class BackfillStage:
         )
         self._trimmed = clock()
         # Merges repeating the ``messageId`` of one taken in elsewhere are skipped.
-        self._merges = RecentIds(sink.merge_ids) if sink.merge_ids else None
+        self._merges = (
+            RecentIds(sink.merge_ids, metrics.duplicate_merges.inc) if sink.merge_ids else None
+        )
         # Topics not keyed by user: events fold in event-time order across partitions, so the
         # partitions are read side by side, not one at a time (the limit: see
         # consumer.ordering.PendingOrder).
@@ -310,15 +312,10 @@ class BackfillStage:
                 break
         else:
             return ops
-        return [op for op in ops if not self._repeats(op, tp, offset)]
-
-    def _repeats(self, op: Op, tp: Partition, offset: int) -> bool:
-        if op.__class__ is not Merge or self._merges is None:
-            return False
-        if not self._merges.duplicate(op.message_id, tp, offset):
-            return False
-        self._metrics.duplicate_merges.inc()
-        return True
+        merges = self._merges
+        if merges is None:
+            return ops
+        return [op for op in ops if not merges.repeats(op, tp, offset)]
 
     def _fold(self, unit: Unit) -> None:
         """Fold one event's ops into their users' held state, or queue them on the per-event

@@ -46,7 +46,6 @@ class PendingOrder:
         self._add, self._next_seq = add, next_seq
         self._keys = keys
         self._lateness = settings.sink.lateness
-        self._metrics = metrics
         self.order = WindowOrder(
             self._hand_on,
             lateness=self._lateness,
@@ -55,7 +54,7 @@ class PendingOrder:
             clock=clock,
         )
         size = settings.sink.merge_ids
-        self._merges = RecentIds(size) if size else None
+        self._merges = RecentIds(size, metrics.duplicate_merges.inc) if size else None
 
     def _hand_on(self, p: Pending) -> None:
         p.seq = self._next_seq()
@@ -64,12 +63,7 @@ class PendingOrder:
     def repeats(self, op: Op, tp: Partition, offset: int) -> bool:
         """Whether ``op``, read at ``tp``/``offset``, is a merge repeating the ``messageId`` of
         one taken in from elsewhere (counted); if not, a merge is remembered."""
-        if op.__class__ is not Merge or self._merges is None:
-            return False
-        if not self._merges.duplicate(op.message_id, tp, offset):
-            return False
-        self._metrics.duplicate_merges.inc()
-        return True
+        return self._merges is not None and self._merges.repeats(op, tp, offset)
 
     def add(self, p: Pending, key: bytes | None = None) -> None:
         """Take in a consumed op (``p.source``: its tracker handle, held for it) of a record
