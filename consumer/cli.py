@@ -2,7 +2,9 @@
 
 Exit codes: 0 done (or stopped by SIGTERM/SIGINT after draining), 2 a bad setting (one line
 naming it), 3 Knock (API key, base URL) or the schema registry (credentials) rejected the
-configuration at run time, 1 anything unexpected. ``validate`` and ``backfill --dry-run``: 0
+configuration at run time, 4 a backfill that stopped on its own before its end (a partition
+moved to another consumer, or the consumer went back): what it committed stands, run it again
+to resume, 1 anything unexpected. ``validate`` and ``backfill --dry-run``: 0
 every message maps, 1 some would be dead-lettered, 2 bad usage.
 """
 
@@ -20,6 +22,7 @@ from .errors import ConfigError, FatalKnockError, FatalRegistryError
 
 EXIT_CONFIG = 2
 EXIT_FATAL = 3
+EXIT_INCOMPLETE = 4
 
 #: Flag dest -> dotted setting it overrides.
 FLAG_SETTINGS = {
@@ -513,6 +516,13 @@ def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
     if done is not None:
         out.update(group_id=settings.kafka.group_id, backfill=done)
     print(json.dumps(out, sort_keys=True))
+    if summary.reached is False and not summary.stopped:
+        print(
+            "knock-sink: the backfill stopped before its end (see the log); what it committed "
+            f"stands: run it again with --group-id {settings.kafka.group_id} to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     return 0
 
 

@@ -307,10 +307,16 @@ class Summary:
     knock_calls: dict[str, int]
     users_sent: int
     committed: dict[Partition, int]
+    #: A backfill: whether it got to its end targets (``None``: not a backfill).
+    reached: bool | None = None
+    #: Whether the stop was asked for (a signal, :meth:`~consumer.sink.Sink.stop`).
+    stopped: bool = False
 
     @classmethod
-    def of(cls, metrics: Metrics) -> Summary:
+    def of(cls, metrics: Metrics, *, reached: bool | None = None, stopped: bool = False) -> Summary:
         return cls(
+            reached=reached,
+            stopped=stopped,
             consumed=total(metrics.consumed),
             applied=total(metrics.applied),
             dead_lettered=by_label(metrics.dead_lettered),
@@ -337,4 +343,5 @@ class Summary:
             "knock_calls": self.knock_calls,
             "users_sent": self.users_sent,
             "committed": {f"{t}[{p}]": o for (t, p), o in sorted(self.committed.items())},
+            **({} if self.reached is None else {"complete": self.reached}),
         }

@@ -78,6 +78,8 @@ class Sink:
         self._edge = edge or KafkaEdge(settings.kafka)
         self._tracker = OffsetTracker()
         self._stop = threading.Event()
+        #: Set by :meth:`stop` (a signal, the caller): the stop was asked for, not the sink's own.
+        self._stopped = False
         self._knock_stop = threading.Event()
         self._knock = KnockClient.from_settings(
             settings.knock,
@@ -118,6 +120,7 @@ class Sink:
         """Ask the loop to stop fetching, drain and exit (safe from signal handlers). Before
         the loop has started (the start-up check retrying an unreachable Knock) it also
         interrupts Knock calls: there is nothing to drain yet."""
+        self._stopped = True
         self._stop.set()
         if not self.health.check_passed:
             self._knock_stop.set()
@@ -169,7 +172,9 @@ class Sink:
             raise ConfigError(setting, str(exc)) from None
         except RetryableError:  # stopped while Knock was unreachable
             self._close()
-            return Summary.of(self.metrics)
+            return Summary.of(
+                self.metrics, reached=False if until_end else None, stopped=self._stopped
+            )
         except ConfigError:
             self._close()
             raise
@@ -189,8 +194,14 @@ class Sink:
         # 700 allocations.
         thresholds = gc.get_threshold()
         gc.set_threshold(50_000, 20, 100)
+        # A backfill that stops before its targets (a partition lost or rewound, a signal) says
+        # so in its summary: its commits are good, but the replay is not done.
+        reached: bool | None = None if ends is None else False
         try:
-            while not self._stop.is_set() and not (ends is not None and self._reached(ends)):
+            while not self._stop.is_set():
+                if ends is not None and self._reached(ends):
+                    reached = True
+                    break
                 self._step()
             self._drain()
             if stage.fatal is not None:  # stopped fetching; what was mapped is applied
@@ -206,7 +217,7 @@ class Sink:
         finally:
             gc.set_threshold(*thresholds)
             self._close()
-        return Summary.of(self.metrics)
+        return Summary.of(self.metrics, reached=reached, stopped=self._stopped)
 
     def _pick_stage(self, ends: dict[Partition, int] | None, starts: dict[Partition, int]) -> Stage:
         """The live intake, or with end targets a backfill (its plans sized for held users)."""

@@ -69,6 +69,14 @@ class Kafka:
     ) -> None:
         """Produce JSON-encoded events (bytes are sent as they are), keyed by userId by default."""
         p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        # flush() counts a message that failed for good as delivered: each report is checked,
+        # so a test never measures the sink against events that never reached the topic.
+        failed: list[str] = []
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is not None:
+                failed.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
         for v in values:
             raw = v if isinstance(v, bytes) else orjson.dumps(v)
             k = (
@@ -81,9 +89,10 @@ class Kafka:
             kw = {} if partition is None else {"partition": partition}
             if k is not None and not isinstance(k, bytes):
                 k = str(k).encode()
-            p.produce(topic, raw, key=k, **kw)
+            p.produce(topic, raw, key=k, on_delivery=delivered, **kw)
             p.poll(0)
         assert p.flush(30) == 0
+        assert not failed, f"{len(failed)} events not produced, first: {failed[0]}"
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         """The group's committed positions per partition (missing partitions left out)."""

@@ -6,9 +6,11 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer
 
 from tests.conftest import ROOT, sink_env, wait_for
 from tests.model import actual_state, expected_state
@@ -179,6 +181,7 @@ def test_backfill_command_exits_zero_at_the_end(kafka, api):
     assert kafka.committed(out["group_id"], topic) == kafka.end_offsets(topic)
     assert kafka.committed(f"g-{topic}", topic) == {}
     assert out["backfill"]["events"] == 40 and out["backfill"]["dead_lettered"] == {}
+    assert out["complete"] is True
 
 
 def test_key_rejected_mid_run_stops_loudly_commits_nothing_past_it(kafka):
@@ -279,3 +282,49 @@ def test_bad_trigger_window_is_one_line_and_exit_code_2(kafka, api, args, needle
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_a_backfill_that_loses_a_partition_exits_4_and_a_rerun_finishes_it(kafka, api):
+    topic = kafka.topic(4)
+    events = [
+        {"type": "identify", "userId": f"u{i % 200}", "traits": {"i": i, f"k{i % 7}": i}}
+        for i in range(4000)
+    ]
+    kafka.produce(topic, events)
+    group = f"g-{topic}-replay"
+    env = sink_env(kafka, api, topic)
+    args = [*CLI, "backfill", "--from-beginning", "--group-id", group, "--rate-limits", "off"]
+    api.set_faults(latency_ms=300)  # slow enough for the second member to join mid-way
+    proc = subprocess.Popen(
+        [*args, "--bulk-size", "10"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    joiner = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "group.id": group,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        wait_for(lambda: api.stats()["identify_entries"] >= 10, 60, "the backfill under way")
+        joiner.subscribe([topic])
+        deadline = time.monotonic() + 90
+        while proc.poll() is None and time.monotonic() < deadline:
+            joiner.poll(0.1)  # a member of the group: the backfill loses partitions to it
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        joiner.close()
+    assert proc.returncode == 4, err
+    assert f"--group-id {group}" in err
+    api.clear_faults()
+    again = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["complete"] is True
+    assert kafka.committed(group, topic) == kafka.end_offsets(topic)
+    assert actual_state(api.users()) == expected_state(events)
