@@ -16,13 +16,17 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, FatalKnockError, FatalRegistryError
 
 EXIT_CONFIG = 2
 EXIT_FATAL = 3
 EXIT_INCOMPLETE = 4
+
+if TYPE_CHECKING:
+    #: The parser's subcommands (argparse has no public name for their type).
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 #: Flag dest -> dotted setting it overrides.
 FLAG_SETTINGS = {
@@ -232,6 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="consume continuously (stop with SIGTERM/SIGINT: drains, commits, exits 0)"
     )
     _add_sink_arguments(run)
+    _add_backfill(sub)
+    _add_validate(sub)
+    _add_repartition(sub)
+    emu = sub.add_parser("emulator", help="serve a local Knock-compatible API")
+    emulator_cli.add_arguments(emu)
+    _add_demo(sub)
+    return parser
+
+
+def _add_backfill(sub: Commands) -> None:
+    """``knock-sink backfill``: the sink's settings, where to start and stop, workflows, ``--full``, ``--dry-run``."""
     back = sub.add_parser(
         "backfill",
         help="replay topics and exit once everything up to their end is applied",
@@ -239,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(or up to --until-timestamp) is applied and committed. It reads ahead before it sends, "
         "holding each user's updates folded into one (spilled to disk past --backfill-memory-mb), "
         "so each user is sent once; killed, it resumes from its commit. A user's events from several "
-        "partitions are applied in event-time order (--lateness 0: in the order read).",
+        "partitions are applied in event-time order (--lateness 0: in the order read). It exits 4 if it stops on its own before its end (a "
+        "partition moved to another consumer of its group): run it again with the --group-id it "
+        "names to resume.",
     )
     _add_sink_arguments(back)
     back.add_argument(
@@ -303,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
         "would make (or why it would be dead-lettered); call nothing in Knock, commit "
         "nothing, join no group. Exit 0 when every event maps, 1 otherwise",
     )
+
+
+def _add_validate(sub: Commands) -> None:
+    """``knock-sink validate FILE``."""
     val = sub.add_parser(
         "validate",
         help="print the Knock calls each message of a file would make, calling nothing",
@@ -331,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--default-region", help="region for phone numbers without a country code (default US)"
     )
     _add_format_arguments(val)
+
+
+def _add_repartition(sub: Commands) -> None:
+    """``knock-sink repartition --from RAW --to KEYED``."""
     rep = sub.add_parser(
         "repartition",
         help="copy a topic into one keyed by user id, exactly once (transactions)",
@@ -373,8 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="librdkafka setting passed through (TLS, SASL...); repeatable",
     )
     _add_format_arguments(rep)
-    emu = sub.add_parser("emulator", help="serve a local Knock-compatible API")
-    emulator_cli.add_arguments(emu)
+
+
+def _add_demo(sub: Commands) -> None:
+    """``knock-sink demo``."""
     demo = sub.add_parser(
         "demo",
         help="local broker + local Knock API + sample events + the sink, then print the users",
@@ -388,7 +415,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write Avro events through a Schema Registry "
         "(SCHEMA_REGISTRY_URL, else the local Apicurio of deploy/local/registry)",
     )
-    return parser
 
 
 def _settings(args: argparse.Namespace) -> Any:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -32,6 +32,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from .config import KafkaSettings
 from .errors import ConfigError
 from .records import Partition
+
+if TYPE_CHECKING:
+    from .known import Known
 
 log = logging.getLogger("knock_sink.known")
 KAFKA_LOG = logging.getLogger("knock_sink.librdkafka")
@@ -213,3 +216,87 @@ class KnownLog:
 
     def close(self) -> None:
         self._producer.flush(5.0)
+
+
+class KnownSync:
+    """Change detection's state (:class:`~consumer.known.Known`) kept in step with its
+    changelog as partitions come and go: restored when a partition is assigned, forgotten when
+    it leaves, flushed before every commit. The loop calls it; it owns the changelog client.
+
+    :param known: the state (``None``: change detection off, and every verb does nothing).
+    :param settings: the Kafka settings the changelog's clients are made from.
+    :param durable: whether to keep a changelog at all (a real broker); else the state lives in
+        memory only and a restart only costs sends.
+    :param observe: hears each partition's restore time, in seconds (a metric).
+    """
+
+    def __init__(
+        self,
+        known: Known | None,
+        settings: KafkaSettings,
+        *,
+        durable: bool,
+        observe: Callable[[float], object] = lambda seconds: None,
+    ) -> None:
+        self._known = known
+        self._settings = settings
+        # The changelog is made at the first assignment: the broker is known to answer then,
+        # and a sink that never reaches it starts no client of its own for it.
+        self._wanted = known is not None and durable
+        self._log: KnownLog | None = None
+        self._observe = observe
+
+    def assigned(self, tps: Iterable[Partition]) -> None:
+        """What Knock confirmed of the assigned partitions' users, from the changelog, before
+        any of their events is read. A changelog that cannot be read leaves the state empty
+        for the partition: only more is sent."""
+        known = self._known
+        if known is None:
+            return
+        if self._log is None and self._wanted:
+            self._wanted = False
+            try:
+                self._log = KnownLog(self._settings)
+                self._log.ensure(self._settings.topics)
+            except Exception as exc:  # without a changelog, restarts only cost sends
+                log.warning("change detection: no changelog (%s): kept in memory only", exc)
+                self._log = None
+            else:
+                known.log = self._log.write
+        changelog = self._log
+        if changelog is None:
+            return
+        for tp in tps:
+            started = time.monotonic()
+            try:
+                users = known.load(tp, changelog.restore(tp))
+            except Exception as exc:  # any failure to read only costs sends
+                log.warning("change detection: %s[%d] not restored (%s)", tp[0], tp[1], exc)
+                continue
+            took = time.monotonic() - started
+            self._observe(took)
+            log.info(
+                "change detection: restored %d users of %s[%d] in %.3f s",
+                users,
+                tp[0],
+                tp[1],
+                took,
+                extra={"topic": tp[0], "partition": tp[1]},
+            )
+
+    def left(self, tps: set[Partition]) -> None:
+        """``tps`` left (revoked, lost, rewound): what is known of their users goes, their next
+        owner restores it from the changelog."""
+        if self._known is not None:
+            self._known.forget_partitions(tps)
+
+    def flush(self, timeout: float) -> bool:
+        """Every record and tombstone written so far on the broker within ``timeout`` seconds
+        (True without a changelog): asked before a commit, since a restore that missed a
+        tombstone of a committed event would bring back a user Knock no longer has as
+        recorded."""
+        return self._log is None or self._log.flush(timeout)
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()

@@ -36,7 +36,7 @@ from .health import Health
 from .ingest import Ingest
 from .intake import Intake
 from .knock import KnockClient
-from .knownlog import KnownLog
+from .knownlog import KnownSync
 from .metrics import Metrics, Summary
 from .plan import Pending
 from .records import Edge, Partition, Replay, Source
@@ -105,11 +105,12 @@ class Sink:
         self._committed: dict[Partition, int] = {}
         self._source: Source | None = None
         self._dlq: DeadLetters | None = None
-        #: Change detection's changelog (a real broker and change detection on only), made
-        #: at the first assignment: the broker is known to answer then, and a sink that never
-        #: reaches it starts no client of its own for it.
-        self._known_log: KnownLog | None = None
-        self._known_log_wanted = False
+        self._known = KnownSync(
+            self._dispatch.known,
+            settings.kafka,
+            durable=isinstance(self._edge, KafkaEdge),
+            observe=metrics.known_restore.observe,
+        )
         self._last_commit = clock()
         # The revoke's settle blocks the loop for up to the drain budget: never a stall.
         self.health = Health(
@@ -180,7 +181,6 @@ class Sink:
             raise
         self.health.checked()
         writer.ensure_topics(kafka.topics, kafka.dlq_for)
-        self._known_log_wanted = known is not None and isinstance(self._edge, KafkaEdge)
         ends, starts = (
             read_targets(self._source, kafka.topics, from_beginning, replay)
             if until_end
@@ -322,9 +322,7 @@ class Sink:
         positions = self._stage.committable()
         if not positions:
             return False
-        if self._known_log is not None and not self._known_log.flush(5.0):
-            # Every tombstone of an event committed must be on the broker first: a restore
-            # that missed one would bring back a user Knock no longer has as recorded.
+        if not self._known.flush(5.0):
             log.warning("change detection's changelog not flushed; commit deferred")
             return False
         if not self._source.commit(positions):
@@ -347,55 +345,16 @@ class Sink:
         self._dlq.flush(max(0.5, deadline - self._clock()))
         # Step 3. Commit what the tracker vouches for.
         self._commit(force=True)
-        if self._known_log is not None:
-            # Even with nothing to commit: the partitions' next owner restores from it.
-            self._known_log.flush(max(0.5, deadline - self._clock()))
+        # Even with nothing to commit: the partitions' next owner restores from it.
+        self._known.flush(max(0.5, deadline - self._clock()))
         return drained
 
     def _on_assign(self, tps: list[Partition]) -> None:
-        self._restore_known(tps)
+        self._known.assigned(tps)
         self._fetch.assigned(tps)
         self._tracker.add(tps)
         self.health.assigned(tps)
         self._budget.update(self.health.partitions)
-
-    def _restore_known(self, tps: list[Partition]) -> None:
-        """What Knock confirmed of the assigned partitions' users, from the changelog, before
-        any of their events is read. A changelog that cannot be read leaves the state empty
-        for the partition: only more is sent."""
-        known = self._dispatch.known
-        if known is None:
-            return
-        if self._known_log is None and self._known_log_wanted:
-            self._known_log_wanted = False
-            try:
-                self._known_log = KnownLog(self.settings.kafka)
-                self._known_log.ensure(self.settings.kafka.topics)
-            except Exception as exc:  # without a changelog, restarts only cost sends
-                log.warning("change detection: no changelog (%s): kept in memory only", exc)
-                self._known_log = None
-            else:
-                known.log = self._known_log.write
-        changelog = self._known_log
-        if changelog is None:
-            return
-        for tp in tps:
-            started = time.monotonic()
-            try:
-                users = known.load(tp, changelog.restore(tp))
-            except Exception as exc:  # any failure to read only costs sends
-                log.warning("change detection: %s[%d] not restored (%s)", tp[0], tp[1], exc)
-                continue
-            took = time.monotonic() - started
-            self.metrics.known_restore.observe(took)
-            log.info(
-                "change detection: restored %d users of %s[%d] in %.3f s",
-                users,
-                tp[0],
-                tp[1],
-                took,
-                extra={"topic": tp[0], "partition": tp[1]},
-            )
 
     def _on_lost(self, tps: list[Partition]) -> None:
         self.health.unassigned(tps)
@@ -421,8 +380,7 @@ class Sink:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
         here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
-        if self._dispatch.known is not None:
-            self._dispatch.known.forget_partitions(gone)
+        self._known.left(gone)
         if self._stage.forget(gone):
             self._stop.set()
             self._dispatch.drop(lambda p: True)
@@ -471,8 +429,7 @@ class Sink:
         self._dispatch.close()
         self._knock.close()
         self._stage.close()
-        if self._known_log is not None:
-            self._known_log.close()
+        self._known.close()
         if self._source is not None:
             self._source.close()
         if self._dlq is not None:
