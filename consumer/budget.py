@@ -1,11 +1,11 @@
 """Budget step: this process's share of Knock's rate limits, re-derived at every rebalance.
 
 Knock counts requests per environment; every member of the group paces itself with its own
-:class:`~consumer.policy.RateLimits`. So each member takes the share of each tier that its
+:class:`~consumer.pacing.RateLimits`. So each member takes the share of each tier that its
 partitions are of the subscribed topics' partitions, times ``knock.budget_share`` when several
 groups share one environment: by rate on the routes whose budget divides so, by taking turns on
-the wall clock (:class:`~consumer.policy.Slots`) on the others, tier 1 first
-(:meth:`~consumer.policy.RateLimits.divide`). A member that holds no partition sends nothing; a member that holds every
+the wall clock (:class:`~consumer.pacing.Slots`) on the others, tier 1 first
+(:meth:`~consumer.pacing.RateLimits.divide`). A member that holds no partition sends nothing; a member that holds every
 partition of a group with the whole budget paces exactly as a lone process.
 
 Plan sizes (:class:`~consumer.flow.Sizing`) need no change: a level is one bulk call plus the
@@ -22,7 +22,7 @@ from prometheus_client import Gauge
 
 from .errors import ConfigError
 from .limits import per_second
-from .policy import SLOT, RateLimits, Slots
+from .pacing import SLOT, RateLimits, Slots
 from .records import Partition
 
 log = logging.getLogger("knock_sink.budget")

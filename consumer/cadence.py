@@ -13,7 +13,7 @@ event waits up to that long more. A plan that is full (a bulk call's worth of op
 single-identify overflow) is cut at once, but under the limits still not before its bulk call
 could leave: the ops pending include those of users still in flight, which cannot go in it, so
 a plan cut early carries fewer users than it would at its call, and when the group takes turns
-(:class:`~consumer.policy.Slots`) it spends a whole turn on them. (Taking turns, the limiter
+(:class:`~consumer.pacing.Slots`) it spends a whole turn on them. (Taking turns, the limiter
 says "ready" a little before the turn, so the plan is built when it opens.)
 
 No I/O and no clock of its own: the loop passes ``now`` and how long the limiter would hold a

@@ -53,8 +53,8 @@ from .decode import Decoder
 from .errors import ConfigError, InvalidEvent, RegistryUnavailable
 from .events import parse_timestamp
 from .logs import KAFKA_LOG
-from .policy import wait
 from .records import Partition
+from .retry import wait
 from .stalls import REGISTRY_BACKOFF
 
 log = logging.getLogger("knock_sink.repartition")

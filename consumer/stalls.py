@@ -6,7 +6,7 @@ skipping it would let the commit run past it. So the record is kept, tracked and
 (the tracker commits nothing past it), together with every later record of its partition
 (their order is the partition's order), and the partition is paused while the loop goes on
 polling (group membership, other partitions). Decoding is retried with
-:class:`~consumer.policy.Backoff` until the registry answers.
+:class:`~consumer.retry.Backoff` until the registry answers.
 
 One registry serves every partition, so one backoff series is shared: a retry goes first to
 the oldest stalled record of each partition, and the series restarts once one answers.
@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable
 
 from .errors import FatalRegistryError, RegistryError
 from .handles import EventHandle
-from .policy import Backoff
 from .records import Partition, Record
+from .retry import Backoff
 
 log = logging.getLogger("knock_sink.stalls")
 

@@ -14,8 +14,8 @@ import consumer.entity_gap as entity_gap_mod
 from consumer.apply import Applier
 from consumer.knock import KnockClient
 from consumer.ops import Identify
+from consumer.pacing import RateLimits
 from consumer.plan import Pending, Planner
-from consumer.policy import RateLimits
 
 OP = {
     "__typename": "BulkOperation",

@@ -17,8 +17,8 @@ from consumer.knock import KnockClient
 from consumer.limits import ENTITY_GAP
 from consumer.ops import Audience, Delete, SetObject, SetTenant, Subscribe, Trigger
 from consumer.outcome import Outcome, Rejections
+from consumer.pacing import RateLimits
 from consumer.plan import ActionStep, Pending
-from consumer.policy import RateLimits
 
 UNPROCESSABLE = {"code": "invalid_params", "message": "bad", "status": 422, "type": "x"}
 

@@ -18,11 +18,11 @@ from consumer.config import KnockSettings
 from consumer.emulator import EmulatorServer
 from consumer.flow import Sizing
 from consumer.limits import ENDPOINT_TIER, per_second
-from consumer.policy import KNOCK_WINDOW, SLOT, SLOT_USABLE, RateLimiter, RateLimits, Slots
+from consumer.pacing import KNOCK_WINDOW, SLOT, SLOT_USABLE, RateLimiter, RateLimits, Slots
 from tests.conftest import ROOT, sink_env, wait_for
 from tests.model import actual_state, expected_state
 from tests.test_health import free_port
-from tests.test_policy import FakeTime
+from tests.test_retry_pacing import FakeTime
 
 CLI = [sys.executable, "-m", "consumer.cli"]
 

@@ -18,7 +18,8 @@ from pydantic import SecretStr
 from consumer.config import KnockSettings
 from consumer.errors import ConfigError, FatalKnockError, ItemError, KnockError, RetryableError
 from consumer.knock import BulkResult, KnockClient, MergeResult
-from consumer.policy import KNOCK_WINDOW, Backoff, RateLimits
+from consumer.pacing import KNOCK_WINDOW, RateLimits
+from consumer.retry import Backoff
 
 KEY = "sk_test_0123456789abcdefSECRET"
 BASE = "https://knock.test"

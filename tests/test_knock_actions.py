@@ -8,7 +8,7 @@ import pytest
 
 from consumer.errors import FatalKnockError, ItemError
 from consumer.knock import KnockClient
-from consumer.policy import RateLimits
+from consumer.pacing import RateLimits
 
 
 def client(api: Any, key: str | None = None) -> KnockClient:

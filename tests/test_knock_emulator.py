@@ -12,7 +12,7 @@ import pytest
 
 from consumer.errors import FatalKnockError, ItemError
 from consumer.knock import KnockClient, MergeResult
-from consumer.policy import RateLimits
+from consumer.pacing import RateLimits
 from tests.model import actual_state
 
 

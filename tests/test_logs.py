@@ -204,7 +204,7 @@ def test_no_secret_in_any_output_of_a_real_process(kafka, api, schema_registry):
 
 def test_a_retried_single_identify_names_its_user(api, caplog):
     from consumer.knock import KnockClient
-    from consumer.policy import RateLimits
+    from consumer.pacing import RateLimits
 
     api.set_faults(error_rate=1.0, error_statuses=[503])
 

@@ -5,8 +5,8 @@ the first waiting record."""
 from __future__ import annotations
 
 from consumer.errors import FatalRegistryError, RegistryUnavailable
-from consumer.policy import Backoff
 from consumer.records import Record
+from consumer.retry import Backoff
 from consumer.stalls import Stalls
 from consumer.tracker import OffsetTracker
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from ..config import KnockSettings
 from ..errors import FatalKnockError, ItemError, KnockError
 from ..limits import MAX_BULK
-from ..policy import Backoff, RateLimits, Sleeper, wait
+from ..pacing import RateLimits
+from ..retry import Backoff, Sleeper, wait
 from .bulk import BulkResult, BulkRunner
 from .transport import JSON, HttpClient, Transport, path_id
 

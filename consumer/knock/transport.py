@@ -1,7 +1,7 @@
 """One request to Knock, start to end: the only module of the sink that speaks HTTP.
 
 :meth:`Transport.send` waits for the route's rate limiter, sends, classifies the answer
-(:func:`consumer.policy.classify`), then returns it, raises, or waits and sends again.
+(:func:`consumer.retry.classify`), then returns it, raises, or waits and sends again.
 Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried for as long as it
 takes, until success or until the ``stop`` event is set; everything else becomes one error of
 :mod:`consumer.errors`, parsed from Knock's body here and nowhere else.
@@ -24,7 +24,8 @@ import httpx
 import orjson
 
 from ..errors import FatalKnockError, ItemError, KnockError, RetryableError
-from ..policy import Backoff, RateLimits, Sleeper, classify, parse_retry_after
+from ..pacing import RateLimits
+from ..retry import Backoff, Sleeper, classify, parse_retry_after
 
 __all__ = ["JSON", "HttpClient", "Transport", "path_id"]
 
@@ -204,7 +205,7 @@ class Transport:
                     raise status_error
                 error = status_error
             finally:
-                limiter.finish(slot)  # counted from the answer (see policy.KNOCK_WINDOW)
+                limiter.finish(slot)  # counted from the answer (see pacing.KNOCK_WINDOW)
             delay = self._backoff.delay(attempt, error.retry_after)
             if error.status == 429:
                 # Knock limits per endpoint: every thread must hold off, not only this one.

@@ -1,4 +1,5 @@
-"""Retry and rate-limit policy: a fake clock is advanced, nothing really sleeps."""
+"""Retries (:mod:`consumer.retry`) and pacing to Knock's tiers (:mod:`consumer.pacing`): a fake
+clock is advanced, nothing really sleeps."""
 
 from __future__ import annotations
 
@@ -11,15 +12,8 @@ import httpx
 import pytest
 
 from consumer.limits import ENDPOINT_TIER, TIERS
-from consumer.policy import (
-    KNOCK_WINDOW,
-    Backoff,
-    RateLimiter,
-    RateLimits,
-    classify,
-    parse_retry_after,
-    wait,
-)
+from consumer.pacing import KNOCK_WINDOW, RateLimiter, RateLimits
+from consumer.retry import Backoff, classify, parse_retry_after, wait
 
 
 class FakeTime:
