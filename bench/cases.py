@@ -132,7 +132,9 @@ def live(args: argparse.Namespace) -> dict[str, Any]:
 
     # Small linger: the benchmark measures produce -> applied, so the producer must not be
     # where the time goes.
-    producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 2, "acks": 1})
+    producer = Producer(
+        {"bootstrap.servers": args.bootstrap, "linger.ms": 2, "enable.idempotence": True}
+    )
     tick = 0.01
     started = time.monotonic()
     n = 0

@@ -286,6 +286,8 @@ def fill(
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
+            # In order and once per partition: the checks compare Knock with the events' model.
+            "enable.idempotence": True,
             "linger.ms": 20,
             "batch.size": 1_000_000,
             "queue.buffering.max.messages": 500_000,

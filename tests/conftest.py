@@ -68,9 +68,14 @@ class Kafka:
         partition: int | None = None,
     ) -> None:
         """Produce JSON-encoded events (bytes are sent as they are), keyed by userId by default."""
-        p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
-        # flush() counts a message that failed for good as delivered: each report is checked,
-        # so a test never measures the sink against events that never reached the topic.
+        p = Producer(
+            {"bootstrap.servers": self.bootstrap, "linger.ms": 5, "enable.idempotence": True}
+        )
+        # Idempotent: a produce request retried after a timeout (a loaded machine) would
+        # otherwise write its batch twice, or after the next one, and a user's events would be
+        # in another order on the topic than in the model. flush() counts a message that failed
+        # for good as delivered: each report is checked, so a test never measures the sink
+        # against events that never reached the topic.
         failed: list[str] = []
 
         def delivered(err: Any, msg: Any) -> None:

@@ -102,7 +102,7 @@ def produce_round_robin(
     out, as if that partition's producer were away; ``shift``: partition numbers start there)."""
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     for i, r in enumerate(records, start):
         if skip and i % partitions in skip:
             continue

@@ -243,7 +243,7 @@ def test_tombstones_delete_users_in_order_with_updates_around_them(kafka, api, s
         {"type": "identify", "userId": "u3", "traits": {"d": 3}},
         {"type": "tombstone", "userId": "u3"},
     ]
-    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True})
     for e in events:
         value = None if e["type"] == "tombstone" else __import__("orjson").dumps(e)
         producer.produce(topic, value, key=e["userId"].encode())
@@ -268,7 +268,7 @@ def test_a_refused_user_is_dead_lettered_alone_and_the_others_apply(kafka, api, 
         for u in ("a", "bad", "b")
     ]
     kafka.produce(topic, events)
-    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True})
     producer.produce(topic, None, key=b"bad")
     assert producer.flush(30) == 0
     summary = backfill(
@@ -298,7 +298,7 @@ def test_under_knocks_limits_bulk_actions_wait_out_the_entity_gap(kafka, setting
         {"type": "tombstone", "userId": "u1"},
         {"type": "group", "groupId": "acme", "userId": "u2", "traits": {"plan": "pro"}},
     ]
-    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True})
     for e in events:
         value = None if e["type"] == "tombstone" else __import__("orjson").dumps(e)
         producer.produce(topic, value, key=e["userId"].encode())

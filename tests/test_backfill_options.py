@@ -32,7 +32,7 @@ NEW_MS = OLD_MS + 86_400_000
 def produce_at(
     kafka, topic: str, events: list[dict], ts_ms: int, partition: int | None = None
 ) -> None:
-    p = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5})
+    p = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5, "enable.idempotence": True})
     for e in events:
         kw = {} if partition is None else {"partition": partition}
         p.produce(topic, orjson.dumps(e), key=e["userId"].encode(), timestamp=ts_ms, **kw)

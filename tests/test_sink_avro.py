@@ -108,7 +108,7 @@ def produce(
     keys: list[str],
     partitions: list[int] | None = None,
 ) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     for i, (value, key) in enumerate(zip(values, keys, strict=True)):
         kw = {} if partitions is None else {"partition": partitions[i]}
         p.produce(topic, value, key=key.encode(), **kw)
