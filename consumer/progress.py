@@ -3,9 +3,11 @@
 
 On a terminal a live table (rich): events read and applied, lag per partition (its target
 minus its commit), users sent, Knock calls and rate-limit waits, dead-lettered, and an ETA.
-Off a terminal one plain log line every few seconds. Under Knock's limits the ETA comes from
-the bound that governs a backfill: the users still to send at the bulk budget (users per
-event so far, times the events left); without limits from the rate applied so far.
+Off a terminal one plain log line every few seconds. Under Knock's limits the ETA is the users
+still to send (the distinct users per event read so far, sent or held, times the events left)
+at the rate users were sent over the last :data:`RATE_WINDOW` seconds, or at the bulk budget
+before that: a backfill that shares Knock's budget with a live sink, or meets 429s, shows the
+rate it gets, not the one it was promised. Without limits, from the rate applied so far.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -23,6 +26,9 @@ log = logging.getLogger("knock_sink.progress")
 
 #: Seconds between plain progress lines off a terminal.
 PLAIN_EVERY = 5.0
+#: Seconds of sending the ETA's rate is measured over, and the least it needs.
+RATE_WINDOW = 30.0
+RATE_MIN = 10.0
 
 
 @dataclass(frozen=True)
@@ -43,10 +49,16 @@ class Snapshot:
 
 
 def snapshot(
-    metrics: Metrics, started: float, *, bulk_per_second: float | None, now: float | None = None
+    metrics: Metrics,
+    started: float,
+    *,
+    bulk_per_second: float | None,
+    send_rate: float | None = None,
+    now: float | None = None,
 ) -> Snapshot:
     """The run so far. ``bulk_per_second``: users a second Knock's bulk budget allows this
-    process (``None``: limits off)."""
+    process (``None``: limits off); ``send_rate``: users a second sent lately (``None``: not
+    measured yet), which the ETA uses instead when there is one."""
     now = time.monotonic() if now is None else now
     committed = metrics.committed_positions()
     lag = {}
@@ -64,7 +76,12 @@ def snapshot(
     if remaining == 0 and lag:
         eta = 0.0
     elif bulk_per_second and consumed:
-        eta = remaining * (users / consumed if users else 1.0) / bulk_per_second
+        # Held users are read and not sent yet: left out, a backfill reading ahead counts
+        # almost no users per event.
+        held = sum(value for _labels, value in _gauge(metrics.held_states))
+        per_event = min(1.0, (users + held) / consumed) if users + held else 1.0
+        rate = send_rate if send_rate is not None else bulk_per_second
+        eta = remaining * per_event / rate if rate > 0 else None
     elif applied:
         eta = remaining / (applied / elapsed)
     wait = getattr(metrics, "rate_limit_wait", None)
@@ -135,6 +152,29 @@ def table(snap: Snapshot) -> Any:
     return t
 
 
+class SendRate:
+    """Users a second sent over the last :data:`RATE_WINDOW` seconds, from the count of users
+    sent read at each snapshot."""
+
+    def __init__(self) -> None:
+        # (time, users sent so far) at each reading since the first send.
+        self._readings: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, sent: int) -> float | None:
+        """The rate after this reading: ``None`` until users have been sent for
+        :data:`RATE_MIN` seconds."""
+        readings = self._readings
+        if not readings and not sent:
+            return None
+        readings.append((now, sent))
+        while len(readings) > 2 and now - readings[1][0] >= RATE_WINDOW:
+            readings.popleft()
+        then, before = readings[0]
+        if now - then < RATE_MIN:
+            return None
+        return (sent - before) / (now - then)
+
+
 class Progress:
     """Shows a backfill's progress on ``stream`` until :meth:`close`, which prints the summary.
 
@@ -156,6 +196,7 @@ class Progress:
         self._terminal = stream.isatty() if terminal is None else terminal
         self._every = every if every is not None else (0.5 if self._terminal else PLAIN_EVERY)
         self._started = time.monotonic()
+        self._rate = SendRate()
         self._done = threading.Event()
         self._live: Any = None
         if self._terminal:
@@ -178,7 +219,14 @@ class Progress:
         self._thread.start()
 
     def _snap(self) -> Snapshot:
-        return snapshot(self._metrics, self._started, bulk_per_second=self._bulk)
+        now = time.monotonic()
+        return snapshot(
+            self._metrics,
+            self._started,
+            bulk_per_second=self._bulk,
+            send_rate=self._rate.add(now, total(self._metrics.users_sent)),
+            now=now,
+        )
 
     def _loop(self) -> None:
         while not self._done.wait(self._every):
