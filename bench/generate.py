@@ -292,7 +292,6 @@ def fill(
             "batch.size": 1_000_000,
             "queue.buffering.max.messages": 500_000,
             "queue.buffering.max.kbytes": 1_048_576,
-            "acks": 1,
         }
     )
     started = time.monotonic()
