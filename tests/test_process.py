@@ -287,14 +287,15 @@ def test_bad_trigger_window_is_one_line_and_exit_code_2(kafka, api, args, needle
 def test_a_backfill_that_loses_a_partition_exits_4_and_a_rerun_finishes_it(kafka, api):
     topic = kafka.topic(4)
     events = [
-        {"type": "identify", "userId": f"u{i % 200}", "traits": {"i": i, f"k{i % 7}": i}}
-        for i in range(4000)
+        {"type": "identify", "userId": f"u{i % 600}", "traits": {"i": i, f"k{i % 7}": i}}
+        for i in range(6000)
     ]
     kafka.produce(topic, events)
     group = f"g-{topic}-replay"
     env = sink_env(kafka, api, topic)
     args = [*CLI, "backfill", "--from-beginning", "--group-id", group, "--rate-limits", "off"]
-    api.set_faults(latency_ms=300)  # slow enough for the second member to join mid-way
+    # Slow enough for the second member to join mid-way: 60 bulk calls of 10 users, 0.4 s each.
+    api.set_faults(latency_ms=400)
     proc = subprocess.Popen(
         [*args, "--bulk-size", "10"],
         env=env,
