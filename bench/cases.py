@@ -8,6 +8,8 @@ time and peak RSS are its own: ``python -m bench.cases KIND --result FILE [optio
 * ``live``: a steady producer of ``--rate`` identify events a second, each for a new user
   (``--prefix`` + a number; with ``--users K``, the same K users over and over) and stamped with its production time, for ``--seconds`` seconds
   (the ``live`` case of :mod:`bench.run`);
+* ``product``: a product's stream of tracks at ``--rate`` a second over ``--users`` users, each
+  carrying the user's traits, a ``--change`` share of them changed (the ``product`` case);
 * ``sink``: ``knock-sink`` itself (``consumer.cli.main`` with the arguments after ``--``), with
   ``--profile FILE`` to record it with pyinstrument.
 
@@ -167,6 +169,68 @@ def live(args: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": time.monotonic() - started, "events": n}
 
 
+def product(args: argparse.Namespace) -> dict[str, Any]:
+    """A product's event stream (issue 26): tracks at ``rate`` a second over ``users`` active
+    users, each carrying the user's current traits in ``context.traits`` (as RudderStack's SDKs
+    do), a ``change`` share of them changing one. Counts the changes that need sending (each
+    user's first sighting, and each change) and returns each user's last version, against
+    which the benchmark checks Knock's end state."""
+    import datetime as dt
+    import random
+
+    from confluent_kafka import Producer
+
+    rng = random.Random(args.seed)
+    producer = Producer(
+        {"bootstrap.servers": args.bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    )
+    version: dict[str, int] = {}
+    changes = 0
+    started = time.monotonic()
+    n = 0
+    while (elapsed := time.monotonic() - started) < args.seconds:
+        due = int(elapsed * args.rate) + 1
+        while n < due:
+            uid = f"{args.prefix}{rng.randrange(args.users):07d}"
+            v = version.get(uid)
+            if v is None or rng.random() < args.change:
+                v = version[uid] = 0 if v is None else v + 1
+                changes += 1
+            stamp = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+            event = {
+                "type": "track",
+                "userId": uid,
+                "event": "Viewed Page",
+                "messageId": f"m-{n}",
+                "timestamp": stamp.replace("+00:00", "Z"),
+                "properties": {"path": f"/page/{n % 50}"},
+                "context": {
+                    "traits": {
+                        "email": f"{uid}@example.com",
+                        "name": f"User {uid}",
+                        "plan": ("free", "pro", "team")[v % 3],
+                        "version": v,
+                        "company": "Acme",
+                        "role": "engineer",
+                        "locale": "en-GB",
+                        "signup_source": "ads",
+                    }
+                },
+            }
+            producer.produce(args.topic, orjson.dumps(event), uid.encode())
+            n += 1
+        producer.poll(0)
+        time.sleep(max(0.0, started + (n / args.rate) - time.monotonic(), 0.005))
+    if producer.flush(30) != 0:
+        raise RuntimeError("messages left unsent")
+    return {
+        "seconds": time.monotonic() - started,
+        "events": n,
+        "changes": changes,
+        "versions": version,
+    }
+
+
 def sink(args: argparse.Namespace) -> dict[str, Any]:
     from consumer import cli
 
@@ -195,7 +259,7 @@ def sink(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["ceiling", "naive", "live", "sink"])
+    p.add_argument("kind", choices=["ceiling", "naive", "live", "product", "sink"])
     p.add_argument("--result", required=True)
     p.add_argument("--bootstrap")
     p.add_argument("--topic")
@@ -208,6 +272,8 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--prefix", default="live-")
+    p.add_argument("--change", type=float, default=0.02, help="product: share of changing events")
+    p.add_argument("--seed", type=int, default=7)
     p.add_argument(
         "--users", type=int, default=0, help="live: cycle over this many users (0: new ones)"
     )
@@ -218,7 +284,8 @@ def main() -> int:
         argv, rest = argv[:cut], argv[cut + 1 :]
     args = p.parse_args(argv)
     args.rest = rest
-    result = {"ceiling": ceiling, "naive": naive, "live": live, "sink": sink}[args.kind](args)
+    kinds = {"ceiling": ceiling, "naive": naive, "live": live, "product": product, "sink": sink}
+    result = kinds[args.kind](args)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_s"] = usage.ru_utime + usage.ru_stime
     result["rss_mb"] = peak_rss_mb(os.getpid())

@@ -30,6 +30,13 @@ child process (:mod:`bench.cases`) and prints a table, also saved as JSON:
     ``knock-sink run`` under Knock's limits with every default, 1 then 3 processes of one group,
     timed until the group's commits reach the end offsets: the ratio of the two, bulk calls and
     429s (the design: docs/operations.md, Scaling out).
+11. ``product``: issue 26's product stream (tracks at 3,000 a second for 60 s over 20,000
+    active users, each carrying the user's traits in ``context.traits``, 2 % changing one)
+    through ``knock-sink run`` under Knock's limits, change detection off then on
+    (``sink.known_ttl = 86400``), the sink restarted (SIGTERM) halfway through: user entries
+    Knock received per change that needed sending (each user's first sighting and each change),
+    seconds from the producer's end to the group's commits at the topic's end, users whose
+    Knock state is their last version.
 
 CPU seconds and peak RSS are the child's own (``wait4`` rusage: user + system time of all its
 threads; ``VmHWM``, peak RSS since exec, of the largest process); the broker and the emulator run
@@ -83,6 +90,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "spill": (2_000, 400),
         "txn": (20_000, 2_000),
         "group": (6_000, 600),
+        "product": (100, 4.0, 200, 0.02),
     },
     # The issue's sizes (docs/performance.md has the run times on the reference machine).
     "full": {
@@ -96,6 +104,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "spill": (5_000_000, 500_000),
         "txn": (200_000, 20_000),
         "group": (60_000, 6_000),
+        "product": (3_000, 60.0, 20_000, 0.02),
     },
 }
 ALL_CASES = [
@@ -110,6 +119,7 @@ ALL_CASES = [
     "spill",
     "txn",
     "group",
+    "product",
 ]
 #: Partitions of the ``group`` case's topic (issue 28's).
 GROUP_PARTITIONS = 6
@@ -729,6 +739,60 @@ def _caught_up(names: dict[str, str], prefix: str, events: int, pool: int) -> bo
     return all(names.get(uid) == f"Live {n}" for uid, n in final.items())
 
 
+def _start_run(
+    env: Env, api: Any, topic: str, group: str, extra: list[str]
+) -> subprocess.Popen[bytes]:
+    """``knock-sink run`` with every default: only where to read and where Knock is."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "consumer.cli",
+            "run",
+            "--topic",
+            topic,
+            "--bootstrap-servers",
+            env.bootstrap,
+            "--group-id",
+            group,
+            "--knock-base-url",
+            api.url,
+            "--log-level",
+            "WARNING",
+            *extra,
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env.child_env},
+        stdout=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, before any thread runs in the child
+    )
+
+
+def _warm_up(env: Env, api: Any, sink: subprocess.Popen[bytes], topic: str, run: str) -> None:
+    """One user, applied: the sink has joined its group and sends."""
+    _run_child(
+        "live",
+        [
+            "--bootstrap",
+            env.bootstrap,
+            "--topic",
+            topic,
+            "--rate",
+            "1",
+            "--seconds",
+            "0.5",
+            "--prefix",
+            f"warm-{run}-",
+        ],
+        env.tmp,
+    )
+    deadline = time.monotonic() + 60
+    while not api.users():
+        if sink.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the live sink did not apply the warm-up event")
+        time.sleep(0.2)
+
+
 def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
     from bench.generate import ensure_topic
 
@@ -742,54 +806,10 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
         run = uuid.uuid4().hex[:6]
         topic, group, prefix = f"bench-live-{run}", f"live-{run}", f"live-{run}-"
         ensure_topic(env.bootstrap, topic, LIVE_PARTITIONS)
-        # Every default: only where to read and where Knock is.
-        sink = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "consumer.cli",
-                "run",
-                "--topic",
-                topic,
-                "--bootstrap-servers",
-                env.bootstrap,
-                "--group-id",
-                group,
-                "--knock-base-url",
-                api.url,
-                "--log-level",
-                "WARNING",
-                *sc.get("live_args", []),
-            ],
-            cwd=ROOT,
-            env={**os.environ, **env.child_env},
-            stdout=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, before any thread runs in the child
-        )
+        sink = _start_run(env, api, topic, group, sc.get("live_args", []))
         rss_probe = _PeakRss([sink])
         try:
-            # Warm up: one user, applied, says the sink has joined its group and sends.
-            _run_child(
-                "live",
-                [
-                    "--bootstrap",
-                    env.bootstrap,
-                    "--topic",
-                    topic,
-                    "--rate",
-                    "1",
-                    "--seconds",
-                    "0.5",
-                    "--prefix",
-                    f"warm-{run}-",
-                ],
-                env.tmp,
-            )
-            deadline = time.monotonic() + 60
-            while not api.users():
-                if sink.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the live sink did not apply the warm-up event")
-                time.sleep(0.2)
+            _warm_up(env, api, sink, topic, run)
             stats = api.stats()
             before = _knock(stats)
             bulk_before = sum(stats["requests"].get("POST /v1/users/bulk/identify", {}).values())
@@ -890,6 +910,120 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def case_product(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 26's product stream through ``knock-sink run`` under Knock's limits, change
+    detection off then on (``sink.known_ttl`` a day, the documented setting), the sink stopped
+    (SIGTERM) and started again halfway through each."""
+    from bench.generate import ensure_topic
+
+    rate, seconds, users, change = sc["product"]
+    api = env.api["knock"]
+    rows = []
+    for detect in (False, True):
+        api.reset()
+        run = uuid.uuid4().hex[:6]
+        topic, group, prefix = f"bench-product-{run}", f"product-{run}", f"p-{run}-"
+        ensure_topic(env.bootstrap, topic, LIVE_PARTITIONS)
+        config = env.tmp / f"product-{run}.toml"
+        config.write_text("[sink]\nknown_ttl = 86400\n" if detect else "")
+        extra = ["--config", str(config), *sc.get("product_args", [])]
+        sinks = [_start_run(env, api, topic, group, extra)]
+        probes = [_PeakRss(sinks[:1])]
+        cpu = 0.0
+        lags: list[int] = []
+        stop = threading.Event()
+        try:
+            _warm_up(env, api, sinks[0], topic, run)
+            before = _knock(api.stats())
+
+            def watch(stop: threading.Event, lags: list[int], group: str, topic: str) -> None:
+                while not stop.wait(1.0):
+                    lags.append(_lag(env.bootstrap, group, topic))
+
+            watcher = threading.Thread(target=watch, args=(stop, lags, group, topic), daemon=True)
+            watcher.start()
+            result = env.tmp / f"product-{run}.json"
+            producer = _spawn(
+                "product",
+                result,
+                [
+                    "--bootstrap",
+                    env.bootstrap,
+                    "--topic",
+                    topic,
+                    "--rate",
+                    str(rate),
+                    "--seconds",
+                    str(seconds),
+                    "--users",
+                    str(users),
+                    "--change",
+                    str(change),
+                    "--prefix",
+                    prefix,
+                ],
+            )
+            # Halfway through producing: a restart (a deploy), the changelog restored.
+            time.sleep(seconds / 2)  # a point in the scenario, not a synchronisation
+            sinks[0].send_signal(signal.SIGTERM)
+            code, used = _reap(sinks[0])
+            cpu += used
+            if code != 0:
+                raise RuntimeError(f"the product case's sink exited with {code} on SIGTERM")
+            sinks.append(_start_run(env, api, topic, group, extra))
+            probes.append(_PeakRss(sinks[1:]))
+            code, _ = _reap(producer)
+            if code != 0:
+                raise RuntimeError(f"product child exited with {code}")
+            stopped = time.monotonic()
+            r = json.loads(result.read_text())
+            ends = _ends(env.bootstrap, topic)
+            deadline = stopped + 300
+            while not _group_done(env.bootstrap, group, ends, topic):
+                if sinks[1].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the product case's sink did not commit the topic")
+                time.sleep(0.2)
+            drain = time.monotonic() - stopped
+        finally:
+            stop.set()
+            for sink in sinks:
+                if sink.returncode is None:
+                    sink.send_signal(signal.SIGTERM)
+        cpu += _reap(sinks[1])[1]
+        rss = max(p.stop() for p in probes)
+        calls, limited, entries = (a - b for a, b in zip(_knock(api.stats()), before, strict=True))
+        have = {u["id"]: u.get("version") for u in api.users() if u["id"].startswith(prefix)}
+        exact = sum(have.get(uid) == v for uid, v in r["versions"].items())
+        row = {
+            "case": f"product-{'on' if detect else 'off'}",
+            "title": f"11. product stream, change detection {'on' if detect else 'off'}",
+            "events": r["events"],
+            "seconds": round(r["seconds"], 2),
+            "events_per_s": round(r["events"] / r["seconds"], 1),
+            "cpu_s": round(cpu, 2),
+            "cpu_s_per_m_events": round(cpu / max(1, r["events"]) * 1e6, 1),
+            "peak_rss_mb": round(rss, 1),
+            "users": len(r["versions"]),
+            "exact_users": exact,
+            "changes": r["changes"],
+            "users_sent": entries,
+            "users_per_s": round(entries / r["seconds"], 1),
+            "entries_per_change": round(entries / max(1, r["changes"]), 2),
+            "drain_s": round(drain, 1),
+            "knock_calls": calls,
+            "knock_429": limited,
+            "lag_samples": lags,
+        }
+        rows.append(row)
+        log(
+            f"  change detection {'on' if detect else 'off'}: {entries:,} entries for "
+            f"{r['changes']:,} changes ({row['entries_per_change']} a change), committed "
+            f"{row['drain_s']} s after the producer stopped, {exact:,} of {row['users']:,} "
+            f"users exact, {limited} 429s"
+        )
+    return rows
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
@@ -925,6 +1059,15 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out["backlog_peak_rss_mb"] = rows["backlog"]["peak_rss_mb"]
     if "txn" in rows and "txn-plain" in rows:
         out["txn_over_plain"] = round(rows["txn"]["seconds"] / rows["txn-plain"]["seconds"], 2)
+    if "product-on" in rows:
+        on = rows["product-on"]
+        out["product_entries_per_change"] = on["entries_per_change"]
+        out["product_drain_s"] = on["drain_s"]
+        out["product_users_not_exact"] = on["users"] - on["exact_users"]
+        if "product-off" in rows:
+            out["product_entries_on_over_off"] = round(
+                on["users_sent"] / max(1, rows["product-off"]["users_sent"]), 3
+            )
     if "spill" in rows:
         out["spill_over_bound"] = rows["spill"]["time_over_bound"]
         out["spill_sends_per_user"] = rows["spill"]["sends_per_user"]
@@ -949,6 +1092,10 @@ TARGETS = {
     "txn_over_plain": ("<=", 1.2),
     "group_3_over_1": ("<=", 1.1),
     "group_429": ("<=", 0),
+    "product_entries_per_change": ("<=", 1.2),
+    "product_drain_s": ("<=", 10),
+    "product_users_not_exact": ("<=", 0),
+    "product_entries_on_over_off": ("<=", 1),
 }
 
 
@@ -999,6 +1146,14 @@ def render(report: dict[str, Any]) -> None:
             f"{live['knock_calls_per_s']} Knock calls/s, {live['users_per_bulk']} users per bulk "
             f"call, {live['knock_429']} 429s; lag at end {live['lag_at_end']}, "
             f"max {live['lag_max']}"
+        )
+
+    for prod in (r for r in report["rows"] if r["case"].startswith("product")):
+        console.print(
+            f"  {prod['case']}: {prod['users_sent']:,} user entries for {prod['changes']:,} "
+            f"changes ({prod['entries_per_change']} a change); committed {prod['drain_s']} s "
+            f"after the producer stopped; {prod['exact_users']:,} of {prod['users']:,} users "
+            f"exact; {prod['knock_429']} 429s; peak RSS {prod['peak_rss_mb']:,.0f} MB"
         )
 
 
@@ -1072,6 +1227,11 @@ def main(argv: list[str] | None = None) -> int:
         help="extra knock-sink flags for case 7, e.g. '--flush-interval 2 --log-level DEBUG'",
     )
     p.add_argument(
+        "--product-args",
+        default="",
+        help="extra knock-sink flags for case 11, e.g. '--log-level INFO'",
+    )
+    p.add_argument(
         "--limits-args",
         default="",
         help="extra knock-sink flags for case 4, e.g. '--max-pending 200000'",
@@ -1088,6 +1248,7 @@ def main(argv: list[str] | None = None) -> int:
         sc["main"] = (args.main_events, max(1, args.main_events // 10))
     sc["limits_args"] = args.limits_args.split()
     sc["live_args"] = args.live_args.split()
+    sc["product_args"] = args.product_args.split()
     sc["live_bulk_ms"] = args.live_bulk_ms
     sc["live_users"] = args.live_users
     sc["issue_ref"] = args.issue_ref
@@ -1171,6 +1332,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.extend(case_txn(env, sc))
                 elif case == "group":
                     rows.extend(case_group(env, sc))
+                elif case == "product":
+                    rows.extend(case_product(env, sc))
                 r = rows[-1]
                 log(
                     f"  {r['events']:,} events in {r['seconds']:.1f} s: {r['events_per_s']:,.0f}/s, "

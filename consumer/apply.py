@@ -110,6 +110,9 @@ class Applier:
         """Apply ``plan``. Raises :class:`~consumer.errors.FatalKnockError` when Knock rejects the
         configuration; everything else ends up in the returned :class:`Outcome`."""
         out = Outcome()
+        # Knock has all of it (the cut asked change detection): applied, and costs no call.
+        out.done.extend(plan.unchanged)
+        out.unchanged.extend(plan.unchanged)
         blocked: set[str] = set()
         for level in plan.levels:
             self._apply_level(level, blocked, out)

@@ -432,12 +432,12 @@ class SinkSettings(_Section):
     """Change detection: seconds a user's properties that Knock confirmed are remembered, so
     that an update repeating them is not sent again; past it the user's next update goes out
     whole, so a user changed or deleted in Knock by someone else is set right within this long
-    of its next mention (86400 is a day). 0, the default for now: off, everything is sent; the
-    remembered users are bounded in number, not yet in bytes (docs/change-detection.md)."""
-    known_users: int = Field(default=100_000, ge=1)
-    """Change detection: users whose confirmed properties are remembered at most, in memory
-    (about 1 KB each with ten properties; the least recently used are forgotten first, and a
-    forgotten user's next update goes out whole)."""
+    of its next mention (86400 is a day). 0, the default for now: off, everything is sent
+    (docs/change-detection.md)."""
+    known_memory_mb: int = Field(default=64, ge=1)
+    """Change detection: MiB of memory the remembered users may take (an estimate: about
+    1 KB for a user with ten properties); past it the least recently used are forgotten, and
+    a forgotten user's next update goes out whole. Not part of ``backfill_memory_mb``."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Serve Prometheus metrics and the ``/healthz`` and ``/readyz`` probes on this port
     (0: off)."""

@@ -54,7 +54,7 @@ class Dispatch:
         self.known: Known | None = (
             Known(
                 settings.sink.known_ttl,
-                settings.sink.known_users,
+                settings.sink.known_memory_mb << 20,
                 settings.knock.nested_merge,
                 clock=wall,
             )
@@ -129,7 +129,11 @@ class Dispatch:
         if not now and (not due or (wait is not None and wait(t))):
             return
         plan = self._planner.cut(
-            t, max_users=size, busy=self._flight.busy(), max_levels=self.sizing.max_levels
+            t,
+            max_users=size,
+            busy=self._flight.busy(),
+            max_levels=self.sizing.max_levels,
+            unchanged=self._unchanged if self.known is not None else None,
         )
         if plan:
             if log.isEnabledFor(logging.DEBUG):
@@ -142,6 +146,15 @@ class Dispatch:
             self._last_cut = t
             self._plan_users.observe(len(plan.users()))
             self._flight.start(plan)
+
+    def _unchanged(self, p: Pending) -> bool:
+        """Whether Knock is known to have all of the identify ``p`` carries (asked by the cut,
+        so that users with nothing to send take no room in a plan)."""
+        known = self.known
+        assert known is not None
+        source = p.source
+        tp = source.partition if source.current else None
+        return not known.strip(p.op.user_id, p.op.props, tp)  # type: ignore[union-attr]
 
     def collect(self, take: Callable[[Outcome], None], timeout: float = 0) -> bool:
         """Hand each finished plan's outcome to ``take`` (see :meth:`consumer.apply.Flight.collect`);

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import (
@@ -158,12 +158,15 @@ class KnownLog:
         """True when every write so far is on the broker."""
         return int(self._producer.flush(timeout)) == 0
 
-    def restore(self, tp: Partition, timeout: float = 30.0) -> list[tuple[str, bytes | None]]:
-        """Every record of ``tp``'s changelog partition, oldest first (empty when it has no
-        changelog). Raises :class:`KafkaException` when the broker cannot be read."""
+    def restore(
+        self, tp: Partition, timeout: float = 30.0
+    ) -> Iterator[list[tuple[str, bytes | None]]]:
+        """Every record of ``tp``'s changelog partition, oldest first, a batch at a time as it
+        is read (nothing when it has no changelog): a restore holds one batch, not the
+        partition. Raises :class:`KafkaException` when the broker cannot be read."""
         topic, partition = tp
         if topic not in self._ready or topic in self._created:
-            return []
+            return
         name = log_topic(self._group, topic)
         consumer = Consumer(
             {
@@ -175,14 +178,14 @@ class KnownLog:
             },
             logger=KAFKA_LOG,
         )
-        out: list[tuple[str, bytes | None]] = []
         try:
             lo, hi = self._marks(consumer, TopicPartition(name, partition), timeout)
             if hi <= lo:
-                return out
+                return
             consumer.assign([TopicPartition(name, partition, OFFSET_BEGINNING)])
             deadline = time.monotonic() + timeout
             while True:
+                out: list[tuple[str, bytes | None]] = []
                 for msg in consumer.consume(1000, 0.5):
                     err = msg.error()
                     if err is not None:
@@ -192,9 +195,11 @@ class KnownLog:
                     key = msg.key()
                     if key is not None:
                         out.append((key.decode(), msg.value()))
+                if out:
+                    yield out
                 pos = consumer.position([TopicPartition(name, partition)])[0].offset
                 if pos >= hi:
-                    return out
+                    return
                 if time.monotonic() > deadline:
                     raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
         finally:
@@ -271,6 +276,8 @@ class KnownSync:
             try:
                 users = known.load(tp, changelog.restore(tp))
             except Exception as exc:  # any failure to read only costs sends
+                # What was read may lack a later tombstone: none of it is trusted.
+                known.forget_partitions([tp])
                 log.warning("change detection: %s[%d] not restored (%s)", tp[0], tp[1], exc)
                 continue
             took = time.monotonic() - started

@@ -112,6 +112,17 @@ class Metrics:
         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         doc="See [change detection](../change-detection.md#restarts-and-rebalances).",
     )
+    known_users = gauge(
+        "knock_sink_known_users",
+        "Users whose confirmed properties change detection remembers",
+        doc="See [change detection](../change-detection.md#what-it-costs).",
+    )
+    known_bytes = gauge(
+        "knock_sink_known_memory_bytes",
+        "Change detection's estimate of the memory its record takes (bounded by "
+        "sink.known_memory_mb)",
+        doc="See [change detection](../change-detection.md#what-it-costs).",
+    )
     dead_lettered = counter(
         "knock_sink_events_dead_lettered",
         "Events parked in the dead-letter topic",

@@ -101,6 +101,9 @@ class Plan:
     """Levels to apply in order; level k+1 starts only once level k is fully applied."""
 
     levels: list[Level]
+    #: Identifies that change nothing Knock has (the cut's ``unchanged`` said so): resolved as
+    #: applied without a call, and not counted in the cut's user budget.
+    unchanged: list[Pending] = field(default_factory=list)
 
     def users(self) -> set[str]:
         """Every user a step of this plan touches."""
@@ -114,7 +117,7 @@ class Plan:
         return out
 
     def __bool__(self) -> bool:
-        return bool(self.levels)
+        return bool(self.levels or self.unchanged)
 
 
 def _users(op: Op) -> tuple[str, ...]:
@@ -272,6 +275,7 @@ class Planner:
         *,
         busy: Iterable[str] = (),
         max_levels: int | None = None,
+        unchanged: Callable[[Pending], bool] | None = None,
     ) -> Plan:
         """Take every op that can be sent at ``now``, as levels; the rest stays pending.
 
@@ -292,13 +296,20 @@ class Planner:
             a plan cut while another is applied shares no user with it: the two may run side
             by side, and whatever the first gives back with :meth:`retry` still precedes every
             later op of its users.
+        :param unchanged: says of a plain identify that sending it would change nothing Knock
+            has (change detection). It is asked only of a user's first op in the walk, with no
+            earlier op of the user planned, held or in flight, so that what Knock has is all
+            there is before it; such an op (with its riders) goes to :attr:`Plan.unchanged`
+            and costs nothing of ``max_users``: a plan is sized by what it sends.
         :raises ValueError: if ``max_users`` is less than 1.
         """
         if max_users is not None and max_users < 1:
             raise ValueError(f"max_users must be at least 1, got {max_users}")
         if max_levels is not None and max_levels < 1:
             raise ValueError(f"max_levels must be at least 1, got {max_levels}")
-        cut = _Cut(self, now, busy=busy, max_users=max_users, max_levels=max_levels)
+        cut = _Cut(
+            self, now, busy=busy, max_users=max_users, max_levels=max_levels, unchanged=unchanged
+        )
         ops = iter(self._queue)
         for p in ops:
             if not cut.take(p):
@@ -333,10 +344,13 @@ class _Cut:
         "_now",
         "_open",
         "_top",
+        "_unchanged",
         "held",
         "kept",
         "last",
         "levels",
+        "same",
+        "skipped",
     )
 
     def __init__(
@@ -347,8 +361,13 @@ class _Cut:
         busy: Iterable[str],
         max_users: int | None,
         max_levels: int | None,
+        unchanged: Callable[[Pending], bool] | None = None,
     ) -> None:
         self._can_fold, self._fold, self._open = planner._can_fold, planner._fold, planner._open
+        self._unchanged = unchanged
+        #: Ops that change nothing (with their riders), and the users whose last op was one.
+        self.same: list[Pending] = []
+        self.skipped: set[str] = set()
         self._now = now
         self._budget = max_users if max_users is not None else -1
         self._top = max_levels if max_levels is not None else 1 << 30
@@ -360,7 +379,8 @@ class _Cut:
         self.kept: list[Pending] = []
 
     def plan(self) -> Plan:
-        return Plan(levels=[lv for lv in self.levels if lv.identifies or lv.merges or lv.actions])
+        levels = [lv for lv in self.levels if lv.identifies or lv.merges or lv.actions]
+        return Plan(levels=levels, unchanged=self.same)
 
     def take(self, p: Pending) -> bool:
         """Plan ``p``, or keep it pending (and its users held); False once the user budget is
@@ -371,6 +391,8 @@ class _Cut:
             uid = op.user_id
             if p.not_before > self._now or uid in self.held:
                 self._keep(p, uid)
+                return True
+            if uid not in self.last and (self.skipped or self._unchanged) and self._same(p, uid):
                 return True
             if self._budget > 0 and uid not in self.last and len(self.last) >= self._budget:
                 self._keep(p, uid)
@@ -394,16 +416,37 @@ class _Cut:
             self._keep(p, *users)
         return True
 
+    def _same(self, p: Pending, uid: str) -> bool:
+        """Whether ``p``, its user's first op in the walk, changes nothing (taken into
+        :attr:`same`): a rider of a host that did not, or an op :attr:`_unchanged` says
+        does not."""
+        props = p.op.props  # type: ignore[union-attr]
+        if props is RIDER:
+            if uid not in self.skipped:
+                return False
+        elif not props or self._unchanged is None or not self._unchanged(p):
+            self.skipped.discard(uid)
+            return False
+        else:
+            self.skipped.add(uid)
+        self.same.append(p)
+        if self._open.get(uid, _NOT_OPEN)[0] is p:
+            del self._open[uid]  # resolved: nothing may fold into it any more
+        return True
+
     def riders_only(self, rest: Iterable[Pending]) -> None:
         """The budget was reached: of ``rest``, plan only the riders of users already planned
         (they go with their host) and keep everything else. Only users already in the plan
         matter here (a backlog read ahead makes this the long part of the walk: keep it to
         lookups)."""
-        last, held, kept = self.last, self.held, self.kept
+        last, held, kept, skipped = self.last, self.held, self.kept, self.skipped
         for p in rest:
             op = p.op
             if isinstance(op, Identify):
                 uid = op.user_id
+                if op.props is RIDER and uid in skipped and uid not in last and uid not in held:
+                    self.same.append(p)  # goes with its host, which changed nothing
+                    continue
                 if uid in last:
                     if op.props is RIDER and uid not in held:
                         self.identify(p, op)

@@ -111,6 +111,9 @@ class Sink:
             durable=isinstance(self._edge, KafkaEdge),
             observe=metrics.known_restore.observe,
         )
+        if (known := self._dispatch.known) is not None:
+            metrics.known_users.set_function(known.__len__)
+            metrics.known_bytes.set_function(lambda: known.memory_bytes)
         self._last_commit = clock()
         # The revoke's settle blocks the loop for up to the drain budget: never a stall.
         self.health = Health(

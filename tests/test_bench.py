@@ -50,6 +50,8 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
         "spill",
         "txn-plain",
         "txn",
+        "product-off",
+        "product-on",
     }
     live = rows["live-100"]
     # Every user produced reached Knock, each with a latency read back from the emulator.
@@ -60,6 +62,9 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
             assert row[key] > 0, (case, key)
         if case not in ("ceiling", "decode"):
             assert row["knock_calls"] > 0 and row["users_per_s"] > 0, case
+    for case in ("product-off", "product-on"):
+        # Every user ends at its last version, whatever was left out as known.
+        assert rows[case]["exact_users"] == rows[case]["users"] > 0, case
     for case in ("limits", "spill"):
         assert rows[case]["lower_bound_s"] > 0 and rows[case]["time_over_bound"] > 0, case
     assert set(report["ratios"]) >= {
@@ -70,5 +75,6 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
         "sink_over_decode",
         "spill_peak_rss_mb",
         "txn_over_plain",
+        "product_entries_per_change",
     }
     assert "knock-sink benchmark" in proc.stdout

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from consumer.known import Known, fingerprint
+from consumer.known import PATH_BYTES, Known, entry_bytes, fingerprint
 
 
 class Clock:
@@ -45,9 +45,9 @@ class K(Known):
         super().confirm(user, sent, tp)
 
 
-def known(nested: str = "deep", ttl: float = 60.0, max_users: int = 100) -> tuple[K, Clock]:
+def known(nested: str = "deep", ttl: float = 60.0, max_bytes: int = 1 << 20) -> tuple[K, Clock]:
     clock = Clock()
-    return K(ttl, max_users, nested, clock=clock), clock  # type: ignore[arg-type]
+    return K(ttl, max_bytes, nested, clock=clock), clock  # type: ignore[arg-type]
 
 
 def test_nothing_known_sends_all() -> None:
@@ -126,7 +126,8 @@ def test_expiry_runs_from_the_first_confirmation() -> None:
 
 
 def test_eviction_only_causes_sends() -> None:
-    k, _ = known(max_users=2)
+    # Room for the one shared path and two users of one leaf each.
+    k, _ = known(max_bytes=PATH_BYTES + 2 * entry_bytes("a", 1))
     k.confirm("a", {"x": 1})
     k.confirm("b", {"x": 1})
     assert k.strip("a", {"x": 1}) == {}  # a used: b is the least recent
@@ -134,6 +135,109 @@ def test_eviction_only_causes_sends() -> None:
     assert len(k) == 2
     assert k.strip("b", {"x": 1}) == {"x": 1}
     assert k.strip("a", {"x": 1}) == {} and k.strip("c", {"x": 1}) == {}
+    assert k.memory_bytes == PATH_BYTES + 2 * entry_bytes("a", 1)
+    # A user that grows past what is left pushes out the least recent ones, never itself.
+    k.confirm("c", {"y": 2, "z": 3})
+    assert len(k) == 1 and k.strip("c", {"x": 1, "y": 2, "z": 3}) == {}
+    assert k.memory_bytes == 3 * PATH_BYTES + entry_bytes("c", 3)
+
+
+def accounted(k: Known) -> int:
+    """The estimate recomputed from the entries, independently of the running count."""
+    users = k._users
+    paths = k._paths
+    return sum(entry_bytes(u, len(e.fps)) for u, e in users.items()) + PATH_BYTES * len(paths)
+
+
+def test_the_running_estimate_matches_the_entries_after_any_sequence() -> None:
+    rng = random.Random(5)
+    k, clock = known(max_bytes=12_000)
+    written: list[tuple[Any, str, bytes | None]] = []
+    k.log = lambda tp, user, value: written.append((tp, user, value))
+    users = [f"user-{i}" for i in range(40)]
+    for _ in range(3_000):
+        u, tp = rng.choice(users), ("t", rng.randrange(2))
+        op = rng.random()
+        if op < 0.6:
+            props = {f"p{rng.randrange(8)}": rng.randrange(3) for _ in range(rng.randrange(1, 5))}
+            if rng.random() < 0.3:
+                props["o"] = {f"q{rng.randrange(3)}": {"r": rng.randrange(2)}}
+            k.confirm(u, props, tp)
+        elif op < 0.75:
+            k.strip(u, {"p0": 1}, tp)
+        elif op < 0.85:
+            k.forget([u], tp)
+        elif op < 0.9:
+            k.forget_partitions([tp])
+        elif op < 0.95:
+            clock.t += rng.choice([1, 30])
+        else:
+            mine = [(user, v) for t, user, v in written if t == tp]
+            k.load(tp, [mine[: len(mine) // 2], mine[len(mine) // 2 :]])
+        assert k.memory_bytes == accounted(k)
+        assert k.memory_bytes <= 12_000 or len(k) == 1
+
+
+def test_the_estimate_is_near_what_the_allocator_counts() -> None:
+    import tracemalloc
+
+    for leaves, nested in ((1, False), (10, False), (10, True), (40, False)):
+        k, _ = known(ttl=1e9, max_bytes=1 << 40)
+        n = 2_000
+        users = [f"user-{i:08d}" for i in range(n)]
+        props = [
+            {
+                **{f"trait_{j}": f"value-{i}-{j}" for j in range(leaves)},
+                **({"address": {"city": "Paris", "zip": str(i)}} if nested else {}),
+            }
+            for i in range(n)
+        ]
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for u, p in zip(users, props, strict=True):
+            k.confirm(u, p)
+        traced = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        # Counted for the users' ids too, which the allocator counted before: a little over.
+        assert 0.8 * traced <= k.memory_bytes <= 1.5 * traced, (
+            leaves,
+            nested,
+            k.memory_bytes,
+            traced,
+        )
+
+
+def test_a_restore_stays_within_the_bound_and_keeps_the_last_read() -> None:
+    k, clock = known(max_bytes=PATH_BYTES + 3 * entry_bytes("u0", 1))
+    records = [(f"u{i}", _record(clock.t, {"x": i})) for i in range(10)]
+    assert k.load(TP, [records[:4], records[4:]]) == 3
+    assert k.memory_bytes == PATH_BYTES + 3 * entry_bytes("u0", 1)
+    assert [k.strip(f"u{i}", {"x": i}) for i in (6, 7, 8, 9)] == [{"x": 6}, {}, {}, {}]
+
+
+def test_a_restore_trusts_no_user_known_from_two_partitions() -> None:
+    k, clock = known()
+    k.confirm("torn", {"x": 1}, ("t", 1))
+    records = [
+        ("a", _record(clock.t, {"x": 1})),
+        ("torn", _record(clock.t, {"x": 5})),
+        ("b", None),
+        ("torn", _record(clock.t, {"x": 6})),  # a later record of it on this partition too
+    ]
+    assert k.load(TP, [records[:2], records[2:]]) == 1
+    assert k.strip("torn", {"x": 6}) == {"x": 6}
+    assert k.strip("torn", {"x": 1}, ("t", 1)) == {"x": 1}
+    assert k.strip("a", {"x": 1}) == {}
+
+
+def _record(since: float, props: dict[str, Any]) -> bytes:
+    k, clock = known()
+    clock.t = since
+    out: list[bytes | None] = []
+    k.log = lambda tp, user, value: out.append(value)
+    k.confirm("any", props)
+    assert out[-1] is not None
+    return out[-1]
 
 
 def test_forget_and_full() -> None:
@@ -222,7 +326,7 @@ def test_the_changelog_brings_back_what_was_confirmed_and_not_what_was_forgotten
     restored, _ = known()
     restored._clock = clock  # type: ignore[attr-defined]
     records = [(u, v) for tp, u, v in written if tp == TP]
-    assert restored.load(TP, records) == 1
+    assert restored.load(TP, [records[:2], records[2:]]) == 1
     assert restored.strip("a", {"x": 1, "y": 2, "o": {"p": 1}}) == {}
     assert restored.strip("b", {"x": 1}) == {"x": 1}
     assert restored.strip("c", {"x": 1}, ("t", 1)) == {"x": 1}
@@ -230,4 +334,4 @@ def test_the_changelog_brings_back_what_was_confirmed_and_not_what_was_forgotten
     clock.t += 60
     later, _ = known()
     later._clock = clock  # type: ignore[attr-defined]
-    assert later.load(TP, records) == 0
+    assert later.load(TP, [records]) == 0

@@ -670,6 +670,7 @@ class Stats:
     retried = 0
     held_cuts = 0
     riders = 0
+    unchanged = 0
 
 
 def run_planned(
@@ -679,11 +680,21 @@ def run_planned(
     start: Store,
     fail_rate: float,
     nested: str = "either",
+    detect: bool = False,
 ) -> Store:
     """Feed ops to a planner in bursts and apply its plans as the sink would: levels in order,
     steps within a level in any order, failures (and steps after them on the same users) given
-    back with a delay."""
+    back with a delay. With ``detect``, the cut asks a perfect change detector (the model's
+    state as applied so far) which ops change nothing, as the sink's asks what Knock confirmed:
+    asked at the wrong moment (an earlier op of the user not applied yet), it skips a change."""
     store = copy.deepcopy(start)
+
+    def unchanged(p: Pending) -> bool:
+        op = p.op
+        assert isinstance(op, Identify) and op.props is not RIDER and op.props
+        have = store.get(op.user_id)
+        return have is not None and upsert(copy.deepcopy(have), op.props) == have
+
     pl = Planner(nested=nested)  # type: ignore[arg-type]
     # Lanes: some ops fold on add (riders), some do not, and lanes do not fold into each other.
     pendings = [Pending(i, op, ("t", 0, i), rng.choice([None, 0, 1])) for i, op in enumerate(ops)]
@@ -702,7 +713,9 @@ def run_planned(
             now,
             max_users=rng.choice([None, None, 1, 2, 3]),
             max_levels=rng.choice([None, None, 1, 2]),
+            unchanged=unchanged if detect else None,
         )
+        Stats.unchanged += len(plan.unchanged)
         if len(pl):
             Stats.held_cuts += 1
         Stats.multi_level_plans += len(plan.levels) > 1
@@ -763,6 +776,21 @@ def test_planned_equals_sequential(upsert: Apply, fail_rate: float) -> None:
         got = run_planned(rng, ops, upsert, start, fail_rate)
         assert got == expected, f"seed {seed}"
         assert ops == before, "planning mutated an op"
+
+
+@pytest.mark.parametrize("upsert", [deep_apply, shallow_apply], ids=["deep", "shallow"])
+@pytest.mark.parametrize("fail_rate", [0.0, 0.2])
+def test_planned_with_change_detection_equals_sequential(upsert: Apply, fail_rate: float) -> None:
+    Stats.unchanged = 0
+    for seed in range(400):
+        rng = random.Random(seed)
+        ops = random_ops(rng, rng.randint(1, 60))
+        # Repeats: some identifies again, as product streams carry a user's traits each time.
+        ops += [op for op in ops if isinstance(op, Identify) and rng.random() < 0.5]
+        start = random_start()
+        expected = sequential(ops, upsert, start)
+        assert run_planned(rng, ops, upsert, start, fail_rate, detect=True) == expected, seed
+    assert Stats.unchanged > 50  # not vacuous: many ops were resolved without a call
 
 
 def test_randomised_runs_exercise_the_interesting_paths() -> None:
@@ -1070,3 +1098,74 @@ def test_a_dropped_host_takes_its_riders_and_the_next_op_starts_afresh() -> None
     assert len(pl.drop(lambda p: p.lane == 0)) == 2
     pl.add(laned(3, "u", a=3))  # same lane: it must not ride on the dropped host
     assert pl._queue[0].op.props == {"a": 3}  # type: ignore[union-attr]
+
+
+# --- change detection in the cut -----------------------------------------------------------------
+
+
+def test_unchanged_ops_cost_nothing_of_the_user_budget() -> None:
+    pl = planner(*(ident(i, u, a=1) for i, u in enumerate("abcde", 1)))
+    asked: list[int] = []
+
+    def same(p: Pending) -> bool:
+        asked.append(p.seq)
+        return p.op.user_id in "abc"  # type: ignore[union-attr]
+
+    plan = pl.cut(0.0, max_users=2, unchanged=same)
+    assert [p.seq for p in plan.unchanged] == [1, 2, 3]
+    assert view(plan) == [[("I", "d", {"a": 1}, [4]), ("I", "e", {"a": 1}, [5])]]
+    assert asked == [1, 2, 3, 4, 5] and queued(pl) == []
+    assert plan  # a plan of unchanged ops only is still one to resolve
+    assert Planner().cut(0.0, unchanged=same).unchanged == []
+
+
+def test_only_a_users_first_op_with_nothing_before_it_is_asked() -> None:
+    # u: held in flight; v: an op before the same one; w: riders of a host that changed
+    # nothing, then a change.
+    pl = Planner()
+    for p in (
+        ident(1, "u", a=1),
+        ident(2, "v", a=1),
+        ident(3, "v", a=1),
+        laned(4, "w", lane=0, a=1),
+        laned(5, "w", lane=0, b=1),
+        merge(6, "x", "y"),
+        ident(7, "w", c=2),  # no lane: not a rider of 4
+    ):
+        pl.add(p)
+    asked: list[int] = []
+
+    def same(p: Pending) -> bool:
+        asked.append(p.seq)
+        return p.seq in (3, 4)
+
+    plan = pl.cut(0.0, busy={"u"}, unchanged=same)
+    assert [p.seq for p in plan.unchanged] == [4, 5]  # 5 rides on 4
+    assert asked == [2, 4, 7]  # 3 comes after v's planned op 2; u is in flight
+    assert queued(pl) == [1]
+    assert view(plan)[0][:2] == [("I", "v", {"a": 1}, [2, 3]), ("I", "w", {"c": 2}, [7])]
+
+
+def test_nothing_folds_into_an_op_resolved_as_unchanged() -> None:
+    pl = planner(laned(1, "w", lane=0, a=1))
+    plan = pl.cut(0.0, unchanged=lambda p: True)
+    assert [p.seq for p in plan.unchanged] == [1]
+    pl.add(laned(2, "w", lane=0, a=2))  # would have been a rider of 1
+    nxt = pl.cut(0.0, unchanged=lambda p: False)
+    assert view(nxt) == [[("I", "w", {"a": 2}, [2])]] and nxt.unchanged == []
+
+
+def test_riders_of_an_unchanged_host_go_with_it_past_the_budget() -> None:
+    pl = Planner()
+    for p in (
+        laned(1, "a", lane=0, x=1),
+        laned(2, "b", lane=0, x=1),
+        laned(3, "c", lane=0, x=1),
+        laned(4, "a", lane=0, y=1),  # rider of 1 (sent)
+        laned(5, "b", lane=0, y=1),  # rider of 2 (unchanged)
+    ):
+        pl.add(p)
+    plan = pl.cut(0.0, max_users=1, unchanged=lambda p: p.op.user_id == "b")  # type: ignore[union-attr]
+    assert view(plan) == [[("I", "a", {"x": 1, "y": 1}, [1, 4])]]
+    assert [p.seq for p in plan.unchanged] == [2, 5]
+    assert queued(pl) == [3]
