@@ -280,16 +280,17 @@ def _run_child(
 
 
 def _sink_args(
-    env: Env, topic: str, group: str, limits: str, command: str = "backfill"
+    env: Env, topic: str, limits: str, command: str = "backfill", group: str | None = None
 ) -> list[str]:
+    """The sink's command line with every default but where to read and where Knock is. A
+    backfill picks its own group, as a user's does (the summary names it)."""
     args = [
         command,
         "--topic",
         topic,
         "--bootstrap-servers",
         env.bootstrap,
-        "--group-id",
-        group,
+        *(["--group-id", group] if group else []),
         "--knock-base-url",
         env.api[limits].url,
         "--rate-limits",
@@ -443,7 +444,7 @@ def case_sink(env: Env, sc: dict[str, Any], profile: Path | None = None) -> dict
         extra,
         env.tmp,
         env.child_env,
-        _sink_args(env, topic, f"sink-{uuid.uuid4().hex[:6]}", "off"),
+        _sink_args(env, topic, "off"),
     )
     return _row("sink", "2. sink, limits off", r, api.stats())
 
@@ -505,7 +506,7 @@ def case_limits(
             extra,
             env.tmp,
             env.child_env,
-            _sink_args(env, topic, f"limits-{uuid.uuid4().hex[:6]}", "knock") + flags,
+            _sink_args(env, topic, "knock") + flags,
         )
     finally:
         stop.set()
@@ -533,7 +534,7 @@ def case_backlog(env: Env, sc: dict[str, Any]) -> dict[str, Any]:
         [],
         env.tmp,
         env.child_env,
-        _sink_args(env, topic, f"backlog-{uuid.uuid4().hex[:6]}", "off"),
+        _sink_args(env, topic, "off"),
     )
     return _row("backlog", f"5. sink, {n / 1e6:g}M-event backlog", r, api.stats())
 
@@ -564,7 +565,7 @@ def case_txn(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
                 [],
                 env.tmp,
                 env.child_env,
-                _sink_args(env, topic, f"{case}-{uuid.uuid4().hex[:6]}", "off"),
+                _sink_args(env, topic, "off"),
             )
             rows.append(_row(case, title, r, api.stats()))
     finally:
@@ -657,7 +658,7 @@ def _run_group(
     started = time.monotonic()
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "consumer.cli", *_sink_args(env, topic, group, limits, "run")],
+            [sys.executable, "-m", "consumer.cli", *_sink_args(env, topic, limits, "run", group)],
             cwd=cwd,
             env={**os.environ, **env.child_env},
             stdout=subprocess.DEVNULL,

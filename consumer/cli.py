@@ -267,7 +267,9 @@ def _add_backfill(sub: Commands) -> None:
     )
     back.epilog = (
         "A backfill runs in a consumer group of its own, <group>-backfill-<UTC time>, unless "
-        "--group-id is given, so the live group's offsets are untouched."
+        "--group-id is given, so the live group's offsets are untouched. With --group-id it "
+        "keeps what Knock confirmed in that group's changelog, and a rerun sends only what "
+        "changed (change detection); without, it keeps no record."
     )
     start = back.add_mutually_exclusive_group()
     start.add_argument(
@@ -504,7 +506,12 @@ def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         group = f"{settings.kafka.group_id}-backfill-{stamp}"
         settings = settings.model_copy(
-            update={"kafka": settings.kafka.model_copy(update={"group_id": group})}
+            update={
+                "kafka": settings.kafka.model_copy(update={"group_id": group}),
+                # A new group has no record of what Knock confirmed to restore, and keeping
+                # one would leave a changelog topic behind for every backfill run.
+                "sink": settings.sink.model_copy(update={"known_ttl": 0.0}),
+            }
         )
     setup(settings.sink.log_level, settings.sink.log_format, secrets=settings.secrets())
     sys.setswitchinterval(SWITCH_INTERVAL)  # the workers' requests wait less for the lock

@@ -12,8 +12,7 @@ from consumer.sink import Sink
 from tests.conftest import wait_for
 from tests.model import actual_state, deep_merge, expected_state
 
-#: Change detection on (off by default until its memory is bounded in bytes): a day, as
-#: documented.
+#: Change detection on, a day, as by default (said here so the tests do not hang on it).
 ON = {"sink__known_ttl": 86_400.0}
 
 

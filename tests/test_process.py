@@ -182,6 +182,9 @@ def test_backfill_command_exits_zero_at_the_end(kafka, api):
     assert kafka.committed(f"g-{topic}", topic) == {}
     assert out["backfill"]["events"] == 40 and out["backfill"]["dead_lettered"] == {}
     assert out["complete"] is True
+    # A new group has no record of what Knock confirmed: none kept, no changelog topic left.
+    topics = kafka.admin.list_topics(timeout=10).topics
+    assert not [t for t in topics if t.startswith(out["group_id"])]
 
 
 def test_key_rejected_mid_run_stops_loudly_commits_nothing_past_it(kafka):
@@ -329,3 +332,5 @@ def test_a_backfill_that_loses_a_partition_exits_4_and_a_rerun_finishes_it(kafka
     assert json.loads(again.stdout)["complete"] is True
     assert kafka.committed(group, topic) == kafka.end_offsets(topic)
     assert actual_state(api.users()) == expected_state(events)
+    # A named group keeps its record of what Knock confirmed, for a later replay through it.
+    assert f"{group}.{topic}.known" in kafka.admin.list_topics(timeout=10).topics
