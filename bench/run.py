@@ -926,7 +926,7 @@ def case_product(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
         topic, group, prefix = f"bench-product-{run}", f"product-{run}", f"p-{run}-"
         ensure_topic(env.bootstrap, topic, LIVE_PARTITIONS)
         config = env.tmp / f"product-{run}.toml"
-        config.write_text("[sink]\nknown_ttl = 86400\n" if detect else "")
+        config.write_text(f"[sink]\nknown_ttl = {86_400 if detect else 0}\n")
         extra = ["--config", str(config), *sc.get("product_args", [])]
         sinks = [_start_run(env, api, topic, group, extra)]
         probes = [_PeakRss(sinks[:1])]

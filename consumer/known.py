@@ -93,8 +93,17 @@ def entry_bytes(user: str, leaves: int) -> int:
     return ENTRY_BYTES + len(user) + LEAF_BYTES * leaves
 
 
+def _whole(props: dict[str, Any]) -> int | None:
+    """One fingerprint of a whole update (``None`` when JSON cannot hold it)."""
+    try:
+        raw = orjson.dumps(props, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    return int.from_bytes(blake2b(raw, digest_size=8).digest(), "big")
+
+
 class _Entry:
-    __slots__ = ("fps", "nested", "since", "tp")
+    __slots__ = ("fps", "nested", "same", "since", "tp")
 
     def __init__(self, tp: Partition, since: float, fps: dict[Path, int] | None = None) -> None:
         #: The partition whose events it was confirmed for.
@@ -105,6 +114,10 @@ class _Entry:
         self.fps: dict[Path, int] = fps if fps is not None else {}
         #: Whether a path deeper than one key is held (only then are paths scanned by prefix).
         self.nested = any(len(p) > 1 for p in self.fps)
+        #: The whole-update fingerprint of the last update found to carry nothing new, until
+        #: the entry changes: a stream repeating a user's traits byte for byte is then
+        #: compared in one hash, not one per property.
+        self.same: int | None = None
 
 
 class Known:
@@ -172,6 +185,11 @@ class Known:
                 self._moved(user, entry, tp)
                 return props
             self._users.move_to_end(user)
+            whole = None
+            if entry.same is not None:
+                whole = _whole(props)
+                if whole == entry.same:
+                    return {}
             fps = entry.fps
             out: dict[str, Any] = {}
             for k, v in props.items():
@@ -183,6 +201,8 @@ class Known:
                     f = fps.get((k,))
                     if f is None or f != fingerprint(v):
                         out[k] = v
+            if not out:
+                entry.same = whole if whole is not None else _whole(props)
             return out
 
     def _strip_object(self, path: Path, obj: dict[str, Any], entry: _Entry) -> Any:
@@ -224,6 +244,7 @@ class Known:
             else:
                 self._users.move_to_end(user)
                 self._bytes -= entry_bytes(user, len(entry.fps))
+                entry.same = None  # what it held may have changed
             for path, f in self._leaves(sent):
                 self._set(entry, path, f)
             self._bytes += entry_bytes(user, len(entry.fps))

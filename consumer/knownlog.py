@@ -66,6 +66,10 @@ class KnownLog:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 20,
+            # librdkafka queues up to 1 GiB by default: a sink confirming users faster than
+            # the broker takes their records grew to 667 MB (benchmark case 6, 2026-12-05).
+            # Past 16 MiB a write waits (``_produce``), which slows confirmations instead.
+            "queue.buffering.max.kbytes": 16_384,
         }
         try:
             self._producer = Producer(conf, logger=KAFKA_LOG)

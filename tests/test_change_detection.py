@@ -12,7 +12,7 @@ from consumer.sink import Sink
 from tests.conftest import wait_for
 from tests.model import actual_state, deep_merge, expected_state
 
-#: Change detection on, a day, as by default (said here so the tests do not hang on it).
+#: Change detection on: a day, as documented (off by default for now).
 ON = {"sink__known_ttl": 86_400.0}
 
 

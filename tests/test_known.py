@@ -335,3 +335,13 @@ def test_the_changelog_brings_back_what_was_confirmed_and_not_what_was_forgotten
     later, _ = known()
     later._clock = clock  # type: ignore[attr-defined]
     assert later.load(TP, [records]) == 0
+
+
+def test_a_repeat_compared_whole_is_compared_again_once_the_user_changed() -> None:
+    k, _ = known()
+    k.confirm("u", {"a": 1, "o": {"p": 1}})
+    assert k.strip("u", {"a": 1, "o": {"p": 1}}) == {}  # remembered as a whole
+    assert k.strip("u", {"a": 1, "o": {"p": 1}}) == {}  # the one-hash path
+    k.confirm("u", {"a": 2})
+    assert k.strip("u", {"a": 1, "o": {"p": 1}}) == {"a": 1}
+    assert k.strip("u", {"o": {"p": 1}, "a": 2}) == {}  # key order does not matter

@@ -151,15 +151,19 @@ def test_wrong_api_key_at_start_exits_2_without_showing_it(kafka, api):
     assert "knock.api_key" in proc.stderr and "sk_this_is_secret" not in proc.stderr + proc.stdout
 
 
-def test_backfill_command_exits_zero_at_the_end(kafka, api):
+def test_backfill_command_exits_zero_at_the_end(kafka, api, tmp_path):
     topic = kafka.topic(2)
     events = [{"type": "identify", "userId": f"u{i % 5}", "traits": {"i": i}} for i in range(40)]
     kafka.produce(topic, events)
     env = sink_env(kafka, api, topic)
+    config = tmp_path / "on.toml"
+    config.write_text("[sink]\nknown_ttl = 86400\n")  # change detection asked for
     proc = subprocess.run(
         [
             *CLI,
             "backfill",
+            "--config",
+            str(config),
             "--topic",
             topic,
             "--from-beginning",
@@ -182,7 +186,8 @@ def test_backfill_command_exits_zero_at_the_end(kafka, api):
     assert kafka.committed(f"g-{topic}", topic) == {}
     assert out["backfill"]["events"] == 40 and out["backfill"]["dead_lettered"] == {}
     assert out["complete"] is True
-    # A new group has no record of what Knock confirmed: none kept, no changelog topic left.
+    # A new group has no record of what Knock confirmed to restore: even with change detection
+    # on, none is kept and no changelog topic is left behind.
     topics = kafka.admin.list_topics(timeout=10).topics
     assert not [t for t in topics if t.startswith(out["group_id"])]
 
@@ -332,5 +337,46 @@ def test_a_backfill_that_loses_a_partition_exits_4_and_a_rerun_finishes_it(kafka
     assert json.loads(again.stdout)["complete"] is True
     assert kafka.committed(group, topic) == kafka.end_offsets(topic)
     assert actual_state(api.users()) == expected_state(events)
-    # A named group keeps its record of what Knock confirmed, for a later replay through it.
-    assert f"{group}.{topic}.known" in kafka.admin.list_topics(timeout=10).topics
+
+
+def test_changes_right_around_a_sigkill_are_never_left_out(kafka, api, tmp_path):
+    # Change detection on: after each kill the next process restores what Knock confirmed from
+    # the changelog, and a change whose confirmation the kill cut short must still go out (a
+    # record missing or stale only ever causes a send).
+    from tests.test_change_detection import waves_of_repeated_traits
+
+    topic = kafka.topic(PARTITIONS)
+    waves = waves_of_repeated_traits()
+    env = sink_env(kafka, api, topic)
+    group = f"g-{topic}"
+    config = tmp_path / "on.toml"
+    config.write_text("[sink]\nknown_ttl = 86400\n")
+    args = ("--rate-limits", "off", "--bulk-size", "3", "--config", str(config))
+    proc = start(env, *args)
+    try:
+        kafka.produce(topic, waves[0])
+        ends = kafka.end_offsets(topic)
+        wait_for(lambda: kafka.committed(group, topic) == ends, 60, "wave 0 committed")
+        for wave in waves[1:3]:
+            # Slow Knock down; kill as the first entry of the wave's changes is confirmed.
+            base = api.stats()["identify_entries"]
+            api.set_faults(latency_ms=150)
+            kafka.produce(topic, wave)
+            wait_for(lambda b=base: api.stats()["identify_entries"] > b, 60, "a change applied")
+            proc.kill()
+            proc.wait(30)
+            assert proc.returncode == -signal.SIGKILL
+            assert kafka.committed(group, topic) != kafka.end_offsets(topic)  # cut short
+            api.clear_faults()
+            proc = start(env, *args)
+        kafka.produce(topic, waves[3])
+        ends = kafka.end_offsets(topic)
+        wait_for(lambda: kafka.committed(group, topic) == ends, 90, "everything committed")
+        assert actual_state(api.users()) == expected_state([e for w in waves for e in w])
+        # Not vacuous: repeats were left out. Pinned to "either", the sink never folds two
+        # updates carrying "address": without change detection each event is an entry.
+        assert api.stats()["identify_entries"] < sum(len(w) for w in waves) // 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
