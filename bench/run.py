@@ -719,6 +719,25 @@ def _lag(bootstrap: str, group: str, topic: str) -> int:
     return sum(ends[tp.partition] - max(tp.offset, 0) for tp in res)
 
 
+class _LagWatch:
+    """Samples a group's lag on a topic every second on a thread of its own, until stopped."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._args = (bootstrap, group, topic)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.samples.append(_lag(*self._args))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _iso(text: str) -> float:
     return dt.datetime.fromisoformat(text).timestamp()
 
@@ -814,15 +833,7 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
             stats = api.stats()
             before = _knock(stats)
             bulk_before = sum(stats["requests"].get("POST /v1/users/bulk/identify", {}).values())
-            lags: list[int] = []
-            stop = threading.Event()
-
-            def watch(stop: threading.Event, lags: list[int], group: str, topic: str) -> None:
-                while not stop.wait(1.0):
-                    lags.append(_lag(env.bootstrap, group, topic))
-
-            watcher = threading.Thread(target=watch, args=(stop, lags, group, topic), daemon=True)
-            watcher.start()
+            lags = _LagWatch(env.bootstrap, group, topic)
             r = _run_child(
                 "live",
                 [
@@ -842,8 +853,7 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
                 env.tmp,
             )
             expected = min(r["events"], sc.get("live_users") or r["events"])
-            stop.set()
-            watcher.join()
+            lags.stop()
             lag_end = _lag(env.bootstrap, group, topic)
             stats = api.stats()
             calls, limited, entries = (a - b for a, b in zip(_knock(stats), before, strict=True))
@@ -899,8 +909,8 @@ def case_live(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
             "bulk_calls": bulk,
             "users_per_bulk": round(entries / max(1, bulk), 1),
             "lag_at_end": lag_end,
-            "lag_max": max(lags, default=lag_end),
-            "lag_samples": lags,
+            "lag_max": max(lags.samples, default=lag_end),
+            "lag_samples": lags.samples,
         }
         rows.append(row)
         log(
@@ -931,18 +941,12 @@ def case_product(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
         sinks = [_start_run(env, api, topic, group, extra)]
         probes = [_PeakRss(sinks[:1])]
         cpu = 0.0
-        lags: list[int] = []
-        stop = threading.Event()
+        lags: _LagWatch | None = None
         try:
             _warm_up(env, api, sinks[0], topic, run)
             before = _knock(api.stats())
 
-            def watch(stop: threading.Event, lags: list[int], group: str, topic: str) -> None:
-                while not stop.wait(1.0):
-                    lags.append(_lag(env.bootstrap, group, topic))
-
-            watcher = threading.Thread(target=watch, args=(stop, lags, group, topic), daemon=True)
-            watcher.start()
+            lags = _LagWatch(env.bootstrap, group, topic)
             result = env.tmp / f"product-{run}.json"
             producer = _spawn(
                 "product",
@@ -986,7 +990,8 @@ def case_product(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
                 time.sleep(0.2)
             drain = time.monotonic() - stopped
         finally:
-            stop.set()
+            if lags is not None:
+                lags.stop()
             for sink in sinks:
                 if sink.returncode is None:
                     sink.send_signal(signal.SIGTERM)
@@ -1013,7 +1018,7 @@ def case_product(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
             "drain_s": round(drain, 1),
             "knock_calls": calls,
             "knock_429": limited,
-            "lag_samples": lags,
+            "lag_samples": lags.samples if lags is not None else [],
         }
         rows.append(row)
         log(

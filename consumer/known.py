@@ -93,15 +93,6 @@ def entry_bytes(user: str, leaves: int) -> int:
     return ENTRY_BYTES + len(user) + LEAF_BYTES * leaves
 
 
-def _whole(props: dict[str, Any]) -> int | None:
-    """One fingerprint of a whole update (``None`` when JSON cannot hold it)."""
-    try:
-        raw = orjson.dumps(props, option=orjson.OPT_SORT_KEYS)
-    except (TypeError, orjson.JSONEncodeError):
-        return None
-    return int.from_bytes(blake2b(raw, digest_size=8).digest(), "big")
-
-
 class _Entry:
     __slots__ = ("fps", "nested", "same", "since", "tp")
 
@@ -187,7 +178,7 @@ class Known:
             self._users.move_to_end(user)
             whole = None
             if entry.same is not None:
-                whole = _whole(props)
+                whole = fingerprint(props)
                 if whole == entry.same:
                     return {}
             fps = entry.fps
@@ -202,7 +193,7 @@ class Known:
                     if f is None or f != fingerprint(v):
                         out[k] = v
             if not out:
-                entry.same = whole if whole is not None else _whole(props)
+                entry.same = whole if whole is not None else fingerprint(props)
             return out
 
     def _strip_object(self, path: Path, obj: dict[str, Any], entry: _Entry) -> Any:

@@ -311,7 +311,9 @@ def test_a_live_run_applies_a_split_users_events_in_event_time_order_within_the_
     kafka, api, settings_for
 ):
     topic = kafka.topic(3)
-    lateness = 2.0
+    # The default window: a pair read further apart than it (wall time) is applied as read,
+    # and a loaded CI machine once took more than 2 s between the two partitions' reads.
+    lateness = 5.0
     sink = Sink(settings_for(topic, sink__lateness=lateness))
     runner = threading.Thread(target=sink.run)
     runner.start()
