@@ -91,6 +91,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "txn": (20_000, 2_000),
         "group": (6_000, 600),
         "product": (100, 4.0, 200, 0.02),
+        "workers": (4_000, 40),
     },
     # The issue's sizes (docs/performance.md has the run times on the reference machine).
     "full": {
@@ -105,6 +106,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "txn": (200_000, 20_000),
         "group": (60_000, 6_000),
         "product": (3_000, 60.0, 20_000, 0.02),
+        "workers": (400_000, 4_000),
     },
 }
 ALL_CASES = [
@@ -120,6 +122,7 @@ ALL_CASES = [
     "txn",
     "group",
     "product",
+    "workers",
 ]
 #: Partitions of the ``group`` case's topic (issue 28's).
 GROUP_PARTITIONS = 6
@@ -234,10 +237,12 @@ def _reap(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
 
 class _PeakRss:
     """Samples the children's ``VmHWM`` (peak RSS since exec) every 0.2 s; ``ru_maxrss`` from
-    wait4 would include this process' own peak, carried over fork and exec."""
+    wait4 would include this process' own peak, carried over fork and exec. With ``tree``,
+    their own children too (``backfill --workers``' worker processes)."""
 
-    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+    def __init__(self, procs: list[subprocess.Popen[bytes]], *, tree: bool = False) -> None:
         self.peak = {p.pid: 0.0 for p in procs}
+        self._tree = tree
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -246,6 +251,10 @@ class _PeakRss:
         from bench.cases import peak_rss_mb
 
         while not self._stop.wait(0.2):
+            if self._tree:
+                for pid in list(self.peak):
+                    for child in _children(pid):
+                        self.peak.setdefault(child, 0.0)
             for pid in self.peak:
                 try:
                     self.peak[pid] = max(self.peak[pid], peak_rss_mb(pid))
@@ -256,6 +265,13 @@ class _PeakRss:
         self._stop.set()
         self._thread.join()
         return max(self.peak.values())
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def _run_child(
@@ -689,6 +705,44 @@ def _run_group(
     }, api.stats()
 
 
+def case_workers(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Case 12: a default backfill of a deep-history topic (about 100 events a user, 4
+    partitions), limits off, in one process and with ``--workers 2``: what spreading a
+    backfill over processes buys when it is bound by the per-event path, not by Knock."""
+    n, users = sc["workers"]
+    topic = env.topic("deep", n, users)
+    api = env.api["off"]
+    rows = []
+    for workers in (1, 2):
+        api.reset()
+        rest = _sink_args(env, topic, "off") + (["--workers", str(workers)] if workers > 1 else [])
+        result = env.tmp / f"workers-{uuid.uuid4().hex[:8]}.json"
+        proc = _spawn("sink", result, [], env.child_env, rest)
+        rss = _PeakRss([proc], tree=True)
+        try:
+            code, cpu = _reap(proc)
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            peak = rss.stop()  # the largest process: the starting one or a worker
+        if code != 0:
+            raise RuntimeError(f"backfill --workers {workers} exited with {code}")
+        r = json.loads(result.read_text())
+        r.update(cpu_s=cpu, rss_mb=peak)
+        row = _row(
+            f"workers-{workers}",
+            f"12. backfill, limits off, {workers} worker process(es)",
+            r,
+            api.stats(),
+        )
+        row.update(workers=workers, cores=os.cpu_count())
+        rows.append(row)
+        log(f"  {workers} worker(s): {row['events_per_s']:,.0f} events/s")
+    rows[-1]["speedup_over_one"] = round(rows[-1]["events_per_s"] / rows[0]["events_per_s"], 2)
+    return rows
+
+
 def _code_at(env: Env, ref: str) -> Path | None:
     """The ``consumer`` package as it was at ``ref``, unpacked under the run's temporary
     directory (``python -m consumer.cli`` run from there imports it before the installed one),
@@ -1074,6 +1128,8 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
             out["product_entries_on_over_off"] = round(
                 on["users_sent"] / max(1, rows["product-off"]["users_sent"]), 3
             )
+    if "workers-1" in rows and "workers-2" in rows:
+        out["workers_2_over_1"] = rows["workers-2"]["speedup_over_one"]
     if "spill" in rows:
         out["spill_over_bound"] = rows["spill"]["time_over_bound"]
         out["spill_sends_per_user"] = rows["spill"]["sends_per_user"]
@@ -1102,6 +1158,8 @@ TARGETS = {
     "product_drain_s": ("<=", 10),
     "product_users_not_exact": ("<=", 0),
     "product_entries_on_over_off": ("<=", 1),
+    # Two workers on two cores: the per-event path is Python, one process a core.
+    "workers_2_over_1": (">=", 1.5),
 }
 
 
@@ -1340,6 +1398,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.extend(case_group(env, sc))
                 elif case == "product":
                     rows.extend(case_product(env, sc))
+                elif case == "workers":
+                    rows.extend(case_workers(env, sc))
                 r = rows[-1]
                 log(
                     f"  {r['events']:,} events in {r['seconds']:.1f} s: {r['events_per_s']:,.0f}/s, "

@@ -14,11 +14,12 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, FatalKnockError, FatalRegistryError
+from .records import Worker
 
 EXIT_CONFIG = 2
 EXIT_FATAL = 3
@@ -136,6 +137,20 @@ def _offsets(text: str) -> dict[tuple[str, int], int]:
     if not out:
         raise argparse.ArgumentTypeError("no TOPIC:PARTITION:OFFSET given")
     return out
+
+
+def _worker(text: str) -> Worker:
+    """``I/N`` -> worker I of N (``--worker``)."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or int(index) >= int(count):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return Worker(int(index), int(count))
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
@@ -315,6 +330,24 @@ def _add_backfill(sub: Commands) -> None:
         help="send every user whole, ignoring what change detection knows Knock has (and "
         "record what Knock confirms)",
     )
+    spread = back.add_mutually_exclusive_group()
+    spread.add_argument(
+        "--workers",
+        type=_count,
+        metavar="N",
+        help="run the backfill in N processes on this machine, each reading a fixed share of "
+        "the partitions (worker I/N of --worker); together they spend one Knock budget. Topics "
+        "keyed by user only",
+    )
+    spread.add_argument(
+        "--worker",
+        type=_worker,
+        metavar="I/N",
+        help="run only worker I (0 to N-1) of N, on any machine: it reads every N-th partition "
+        "from the I-th, commits under --group-id (required, the same for every worker) and, "
+        "killed, resumes alone when run again (the chart's backfill.workers: an Indexed Job, "
+        "I each pod's index)",
+    )
     back.add_argument(
         "--dry-run",
         action="store_true",
@@ -492,19 +525,43 @@ def _repartition(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
+def _own_group(settings: Any) -> str:
+    """A backfill's group when no ``--group-id`` is given: the live group's commits stay where
+    they are."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{settings.kafka.group_id}-backfill-{stamp}"
+
+
+def _run_sink(
+    args: argparse.Namespace,
+    *,
+    backfill: bool,
+    worker: Worker | None = None,
+    group: str | None = None,
+    emit: Callable[[dict[str, Any]], object] | None = None,
+) -> int:
+    """``run`` or ``backfill`` in this process; prints the summary (or hands it to ``emit``).
+    ``worker``: this process is that backfill worker; ``group``: the backfill's own group,
+    chosen by the process that started the workers (``--workers``)."""
     from .apply import SWITCH_INTERVAL
     from .logs import setup
     from .records import Replay
     from .sink import Sink
 
+    worker = worker or (args.worker if backfill else None)
     if backfill and args.dry_run:
+        if worker is not None or args.workers:
+            raise ConfigError("--dry-run", "reads in one process: drop --workers/--worker")
         return _dry_run(args)
     settings = _settings(args)
+    if worker is not None and not (args.group_id or group):
+        raise ConfigError(
+            "--group-id",
+            "every worker of one backfill commits under one group: give --worker the same "
+            "--group-id on each (the backfill's own, not the live sink's)",
+        )
     if backfill and not args.group_id:
-        # A group of its own: the live group's commits stay where they are.
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        group = f"{settings.kafka.group_id}-backfill-{stamp}"
+        group = group or _own_group(settings)
         settings = settings.model_copy(
             update={
                 "kafka": settings.kafka.model_copy(update={"group_id": group}),
@@ -513,21 +570,30 @@ def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
                 "sink": settings.sink.model_copy(update={"known_ttl": 0.0}),
             }
         )
-    setup(settings.sink.log_level, settings.sink.log_format, secrets=settings.secrets())
+    setup(
+        settings.sink.log_level,
+        settings.sink.log_format,
+        secrets=settings.secrets(),
+        worker=None if worker is None else str(worker),
+    )
     sys.setswitchinterval(SWITCH_INTERVAL)  # the workers' requests wait less for the lock
     sink = Sink(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sink.stop())
     replay = None
     if backfill and (
-        args.from_timestamp is not None or args.from_offsets or args.until_timestamp is not None
+        args.from_timestamp is not None
+        or args.from_offsets
+        or args.until_timestamp is not None
+        or worker is not None
     ):
         replay = Replay(
             from_offsets=args.from_offsets,
             from_time_ms=args.from_timestamp,
             until_time_ms=args.until_timestamp,
+            worker=worker,
         )
-    progress = _progress(sink, settings) if backfill else None
+    progress = _progress(sink, settings, worker) if backfill else None
     try:
         summary = sink.run(
             from_beginning=backfill and args.from_beginning,
@@ -548,18 +614,24 @@ def _run_sink(args: argparse.Namespace, *, backfill: bool) -> int:
     out = summary.describe()
     if done is not None:
         out.update(group_id=settings.kafka.group_id, backfill=done)
-    print(json.dumps(out, sort_keys=True))
+    if worker is not None:
+        out.update(worker=str(worker))
+    if emit is None:
+        print(json.dumps(out, sort_keys=True))
+    else:
+        emit(out)
     if summary.reached is False and not summary.stopped:
+        again = "" if worker is None else f" --worker {worker}"
         print(
             "knock-sink: the backfill stopped before its end (see the log); what it committed "
-            f"stands: run it again with --group-id {settings.kafka.group_id} to resume",
+            f"stands: run it again with --group-id {settings.kafka.group_id}{again} to resume",
             file=sys.stderr,
         )
         return EXIT_INCOMPLETE
     return 0
 
 
-def _progress(sink: Any, settings: Any) -> Any:
+def _progress(sink: Any, settings: Any, worker: Worker | None = None) -> Any:
     from .limits import per_second
     from .progress import Progress
 
@@ -569,8 +641,16 @@ def _progress(sink: Any, settings: Any) -> Any:
             settings.knock.bulk_size
             * per_second("bulk_identify")
             * (settings.knock.budget_share or 1.0)
+            # A worker's share of the turns is about its share of the partitions.
+            / (1 if worker is None else worker.count)
         )
-    return Progress(sink.metrics, sys.stderr, bulk_per_second=bound)
+    # Workers share one stderr: a live table each would overwrite the others'.
+    return Progress(
+        sink.metrics,
+        sys.stderr,
+        bulk_per_second=bound,
+        **({} if worker is None else {"terminal": False}),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -588,6 +668,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args)
         if args.command == "repartition":
             return _repartition(args)
+        if args.command == "backfill" and (args.workers or 1) > 1 and not args.dry_run:
+            from .workers import run_workers
+
+            # The settings are checked once, here, before any worker starts.
+            return run_workers(args, _run_sink, _own_group, _settings(args))
         return _run_sink(args, backfill=args.command == "backfill")
     except ConfigError as exc:
         print(f"knock-sink: {exc}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 ``json`` writes one object per record: ``time`` (UTC, ISO-8601), ``level``, ``logger``,
 ``message``, and ``topic``/``partition``/``offset``/``user`` when the call site passed them with
-``extra=`` (``suppressed`` when :class:`Repeats` held lines back), plus ``exception`` for a
+``extra=`` (``suppressed`` when :class:`Repeats` held lines back), ``worker`` in a backfill
+worker's process (``backfill --workers``/``--worker``), plus ``exception`` for a
 traceback. ``text`` is the classic one-liner. ``auto`` (the
 default) picks text on a terminal and JSON otherwise (a container's stderr goes to a log
 collector). librdkafka's own lines come through here too (every client's ``logger`` setting is
@@ -31,7 +32,7 @@ LogFormat = Literal["auto", "json", "text"]
 
 #: Record attributes copied into a JSON line when a call site set them with ``extra=``
 #: (``suppressed`` is set by :class:`Repeats`).
-FIELDS = ("topic", "partition", "offset", "user", "suppressed")
+FIELDS = ("topic", "partition", "offset", "user", "suppressed", "worker")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REDACTED = "[redacted]"
 MIN_SECRET = 6
@@ -108,8 +109,9 @@ class _Redacting(logging.Formatter):
 
 
 class TextFormatter(_Redacting):
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__(secrets, TEXT_FORMAT)
+    def __init__(self, secrets: Iterable[str] = (), worker: str | None = None) -> None:
+        tagged = TEXT_FORMAT.replace("%(name)s:", f"%(name)s [worker {worker}]:")
+        super().__init__(secrets, TEXT_FORMAT if worker is None else tagged)
 
     def format(self, record: logging.LogRecord) -> str:
         return self.redact(super().format(record))
@@ -132,20 +134,39 @@ class JsonFormatter(_Redacting):
         return self.redact(json.dumps(line, default=str, ensure_ascii=False))
 
 
+class _Tag(logging.Filter):
+    """Sets ``worker`` on every record the handler writes."""
+
+    def __init__(self, worker: str) -> None:
+        super().__init__()
+        self._worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self._worker
+        return True
+
+
 def setup(
     level: str,
     fmt: LogFormat = "auto",
     *,
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    worker: str | None = None,
 ) -> logging.Handler:
     """Send every logger's records at ``level`` and above to ``stream`` (stderr) in ``fmt``;
-    returns the handler installed on the root logger (replacing any earlier one)."""
+    returns the handler installed on the root logger (replacing any earlier one). ``worker``
+    (``"I/N"``) tags every line of a backfill worker's process, whose lines share one stderr
+    with the other workers'."""
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "text" if stream.isatty() else "json"
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else TextFormatter(secrets))
+    handler.setFormatter(
+        JsonFormatter(secrets) if fmt == "json" else TextFormatter(secrets, worker)
+    )
+    if worker is not None:
+        handler.addFilter(_Tag(worker))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

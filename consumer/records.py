@@ -101,18 +101,49 @@ class Source(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Worker:
+    """Worker ``index`` of ``count`` of one backfill (``--worker I/N``): it reads a fixed share of
+    the partitions, assigned by hand rather than through the group's rebalances, so that each
+    worker can be killed and run again alone and no worker's partitions ever move.
+
+    The share is the topics' partitions sorted by topic then number, every ``count``-th from
+    ``index``: each worker gets whole partitions (a user's state lives in one partition of a
+    topic keyed by user), the shares never overlap, and together they cover every partition.
+    Spreading them round robin rather than in runs keeps the shares even over several topics.
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"worker {self.index}/{self.count}: I must be in 0..N-1")
+
+    def owns(self, partitions: Iterable[Partition]) -> list[Partition]:
+        """This worker's share of ``partitions`` (every partition of the subscribed topics)."""
+        return [tp for i, tp in enumerate(sorted(partitions)) if i % self.count == self.index]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True, slots=True)
 class Replay:
-    """Where a backfill starts and stops, beyond ``--from-beginning`` and the end offsets.
+    """Where a backfill starts and stops, beyond ``--from-beginning`` and the end offsets, and
+    which partitions it reads.
 
     :ivar from_offsets: the first offset to read, per partition (the others start from the
         group's commit, or the earliest offset for a new group).
     :ivar from_time_ms: start each partition at its first offset at or after this time.
     :ivar until_time_ms: stop each partition before its first offset at or after this time.
+    :ivar worker: read only this worker's share of the partitions, assigned by hand
+        (``None``: every partition, through the group).
     """
 
     from_offsets: dict[Partition, int] | None = None
     from_time_ms: int | None = None
     until_time_ms: int | None = None
+    worker: Worker | None = None
 
 
 class DeadLetterWriter(Protocol):

@@ -39,7 +39,7 @@ from .knock import KnockClient
 from .knownlog import KnownSync
 from .metrics import Metrics, Summary
 from .plan import Pending
-from .records import Edge, Partition, Replay, Source
+from .records import Edge, Partition, Replay, Source, Worker
 from .stage import NotStarted, Stage
 from .tracker import OffsetTracker
 
@@ -189,9 +189,14 @@ class Sink:
             if until_end
             else (None, {})
         )
+        if replay is not None and replay.worker is not None:
+            # Before its share is assigned: the share's first pacing is then its turns among
+            # every partition's, never a lone process's (a group learns the count after).
+            source = self._source
+            self._budget.refresh(lambda: source.end_offsets(kafka.topics))
         for (topic, partition), target in (ends or {}).items():
             self.metrics.target.labels(topic, str(partition)).set(target)
-        self._stage = stage = self._pick_stage(ends, starts)
+        self._stage = stage = self._pick_stage(ends, starts, replay.worker if replay else None)
         # The loop allocates a few small objects per event and keeps them until Knock applied
         # them: with the default thresholds the collector rescans that young, live heap every
         # 700 allocations.
@@ -222,7 +227,12 @@ class Sink:
             self._close()
         return Summary.of(self.metrics, reached=reached, stopped=self._stopped)
 
-    def _pick_stage(self, ends: dict[Partition, int] | None, starts: dict[Partition, int]) -> Stage:
+    def _pick_stage(
+        self,
+        ends: dict[Partition, int] | None,
+        starts: dict[Partition, int],
+        worker: Worker | None = None,
+    ) -> Stage:
         """The live intake, or with end targets a backfill (its plans sized for held users)."""
         assert self._source is not None and self._dlq is not None
         if ends is None:
@@ -251,6 +261,7 @@ class Sink:
             metrics=self.metrics,
             stop=self._stop,
             clock=self._clock,
+            worker=worker,
         )
 
     def _step(self) -> None:

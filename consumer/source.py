@@ -42,7 +42,8 @@ CONSUMER_DEFAULTS: Final[dict[str, Any]] = {
 
 
 class KafkaSource:
-    """A subscribed consumer. ``on_assign`` / ``on_revoke`` / ``on_lost`` are called from inside
+    """A subscribed consumer (or, for a backfill worker, one assigned its share by hand: see
+    :class:`~consumer.records.Worker`). ``on_assign`` / ``on_revoke`` / ``on_lost`` are called from inside
     :meth:`consume`, on the caller's thread, with ``(topic, partition)`` lists; ``on_revoke`` runs
     while the partitions are still ours, so it may commit for them."""
 
@@ -81,12 +82,16 @@ class KafkaSource:
             if replay.until_time_ms is None
             else self.offsets_at(self._topics, replay.until_time_ms)
         )
-        self._consumer.subscribe(
-            list(settings.topics),
-            on_assign=self._assigned,
-            on_revoke=self._revoked,
-            on_lost=self._lost,
-        )
+        #: A backfill worker's share, assigned by hand at the first :meth:`consume` (so that
+        #: ``on_assign`` runs inside it, as a group's assignment does); ``None``: subscribed.
+        self._worker = replay.worker
+        if self._worker is None:
+            self._consumer.subscribe(
+                list(settings.topics),
+                on_assign=self._assigned,
+                on_revoke=self._revoked,
+                on_lost=self._lost,
+            )
 
     # -- rebalance callbacks (librdkafka thread == caller's thread, inside consume) --
 
@@ -108,6 +113,18 @@ class KafkaSource:
         # A new partition fetches until the loop's fetch control, told here, holds it back.
         self._on_assign([(p.topic, p.partition) for p in parts])
 
+    def _assign_share(self) -> None:
+        """A worker's fixed share: no group membership, so no rebalance ever moves it, and the
+        commits go to the group as a standalone consumer's do (Kafka takes them from a consumer
+        outside the group while the group has no members: a backfill's group has none)."""
+        assert self._worker is not None
+        share = self._worker.owns(self.end_offsets(self._topics))
+        self._worker = None
+        if not share:
+            log.warning("this worker's share of the partitions is empty: nothing to read")
+        # OFFSET_INVALID: from the group's commit, else auto.offset.reset, as a subscription.
+        self._assigned(self._consumer, [TopicPartition(t, p) for t, p in share])
+
     def _revoked(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         self._on_revoke([(p.topic, p.partition) for p in parts])
         consumer.incremental_unassign(parts)
@@ -121,6 +138,8 @@ class KafkaSource:
     def consume(self, n: int, timeout: float) -> list[Record]:
         """Up to ``n`` records; per-partition errors are logged and left out, fatal client
         errors raised."""
+        if self._worker is not None:
+            self._assign_share()
         out = []
         stop_at = self._stop_at
         for msg in self._consumer.consume(n, timeout):

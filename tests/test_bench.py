@@ -32,7 +32,7 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=320,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -52,6 +52,8 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
         "txn",
         "product-off",
         "product-on",
+        "workers-1",
+        "workers-2",
     }
     live = rows["live-100"]
     # Every user produced reached Knock, each with a latency read back from the emulator.
@@ -62,6 +64,10 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
             assert row[key] > 0, (case, key)
         if case not in ("ceiling", "decode"):
             assert row["knock_calls"] > 0 and row["users_per_s"] > 0, case
+    assert rows["workers-2"]["workers"] == 2 and rows["workers-2"]["cores"] > 0
+    for case in ("workers-1", "workers-2"):
+        # Each user of the deep-history topic sent once, by one process or split over two.
+        assert rows[case]["users_sent"] == rows[case]["distinct_users"] > 0, case
     for case in ("product-off", "product-on"):
         # Every user ends at its last version, whatever was left out as known.
         assert rows[case]["exact_users"] == rows[case]["users"] > 0, case
@@ -76,5 +82,6 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
         "spill_peak_rss_mb",
         "txn_over_plain",
         "product_entries_per_change",
+        "workers_2_over_1",
     }
     assert "knock-sink benchmark" in proc.stdout

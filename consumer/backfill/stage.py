@@ -25,7 +25,7 @@ from typing import Final
 from ..config import Settings
 from ..deadletter import DeadLetters
 from ..dispatch import Dispatch
-from ..errors import FatalRegistryError, InvalidEvent, RegistryUnavailable
+from ..errors import ConfigError, FatalRegistryError, InvalidEvent, RegistryUnavailable
 from ..fetch import FetchControl
 from ..handles import EventHandle
 from ..ingest import Ingest
@@ -33,7 +33,7 @@ from ..mapping import Mapped
 from ..metrics import Metrics
 from ..ops import Identify, Merge, Op
 from ..ordering import EventOrder, RecentIds, event_time, users_of
-from ..records import Partition, Record, Source
+from ..records import Partition, Record, Source, Worker
 from ..stalls import REGISTRY_BACKOFF
 from ..tracker import OffsetTracker
 from .backlog import Backlog, Held
@@ -57,6 +57,8 @@ class BackfillStage:
     :param starts: the offset each partition's reading starts from.
     :param dispatch: the loop's plans, sized for held users by the loop.
     :param stop: the loop's stop event: a registry wait ends when it is set.
+    :param worker: this process is one worker of several (``--worker``): a topic found not
+        keyed by user stops it (:meth:`_refuse`).
     """
 
     def __init__(
@@ -74,8 +76,10 @@ class BackfillStage:
         metrics: Metrics,
         stop: threading.Event,
         clock: Callable[[], float],
+        worker: Worker | None = None,
     ) -> None:
         sink = settings.sink
+        self._worker = worker
         self._ingest = ingest
         self._source = source
         self._dispatch = dispatch
@@ -118,6 +122,7 @@ class BackfillStage:
                 pause=fetch.holder(ORDER),
                 resume=fetch.releaser(ORDER),
                 on_late=metrics.late_events.inc,
+                on_unkeyed=self._refuse if worker is not None else lambda topic: None,
                 clock=clock,
             )
             if sink.lateness > 0
@@ -141,6 +146,21 @@ class BackfillStage:
     @property
     def fatal(self) -> FatalRegistryError | None:
         return None  # a refusal is raised from submit: what was held cannot be applied
+
+    def _refuse(self, topic: str) -> None:
+        """A worker reads only its share of the partitions, so a user whose events are on
+        partitions of several workers would be folded by each apart, out of event-time
+        order: such a topic needs one process (or ``repartition`` first). Raised from
+        :meth:`submit`, before this topic's first send: its users are held until all of this
+        worker's partitions holding them are read, and the verdict comes within its first
+        records."""
+        raise ConfigError(
+            "--worker",
+            f"topic {topic} is not keyed by user (a user's events are on several partitions), "
+            "so its backfill cannot be split over workers: run it in one process (without "
+            "--workers/--worker), or copy it into a topic keyed by user with `knock-sink "
+            "repartition` and backfill that (docs/repartition.md)",
+        )
 
     # -- the stage's verbs -----------------------------------------------------------------
 

@@ -14,8 +14,11 @@ def read_targets(
     """``(ends, starts)`` for ``--until-end``: each partition's end target, the high watermark
     seen now (or the replay's stop), and the offset its reading starts from (the replay's
     start, else the group's commit unless ``from_beginning``, and never below the low
-    watermark), for the partitions with something left to read between the two."""
+    watermark), for the partitions with something left to read between the two: of the
+    replay's worker's share only, when it names a worker."""
     marks = source.end_offsets(topics)
+    if replay is not None and replay.worker is not None:
+        marks = {tp: marks[tp] for tp in replay.worker.owns(marks)}
     start = {} if from_beginning else source.committed(marks)
     if replay is not None:
         start.update(source.start_offsets())

@@ -42,6 +42,8 @@ class ExactOrder(OrderQueues):
     :param limit: ops waiting before partitions far ahead are paused.
     :param pause, resume: pause and resume fetching partitions (the loop's).
     :param may_resume: whether a partition this paused may be resumed (not held by another stage).
+    :param on_unkeyed: called with a topic when it is found not keyed by user (at its first
+        record without its user's id as key, among its first :data:`KEYED_AFTER`); it may raise.
     """
 
     exact = True
@@ -57,9 +59,11 @@ class ExactOrder(OrderQueues):
         resume: Callable[[list[Partition]], None] = lambda tps: None,
         may_resume: Callable[[Partition], bool] = lambda tp: True,
         on_late: Callable[[], object] = lambda: None,
+        on_unkeyed: Callable[[str], object] = lambda topic: None,
         clock: Callable[[], float],
     ) -> None:
         super().__init__(release, on_late=on_late, clock=clock)
+        self._on_unkeyed = on_unkeyed
         self._ends = ends
         self._positions = positions
         self._limit = limit
@@ -158,6 +162,7 @@ class ExactOrder(OrderQueues):
                 )
             return
         if not matches:
+            self._on_unkeyed(topic)
             self._keyed[topic] = False
             log.info(
                 "topic %s is not keyed by user (%s[%d]@%d): a backfill applies each user's "

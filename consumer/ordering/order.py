@@ -24,6 +24,7 @@ class EventOrder:
         record handed over), to find those read to their end when their last events had no op.
     :param limit: exact mode: ops waiting before partitions far ahead are paused.
     :param pause, resume: exact mode: pause and resume fetching partitions (the loop's).
+    :param on_unkeyed: exact mode: called with a topic when it is found not keyed by user.
     :param may_resume: exact mode: whether a partition this paused may be resumed (not held by
         another stage).
     """
@@ -41,6 +42,7 @@ class EventOrder:
         resume: Callable[[list[Partition]], None] = lambda tps: None,
         may_resume: Callable[[Partition], bool] = lambda tp: True,
         on_late: Callable[[], object] = lambda: None,
+        on_unkeyed: Callable[[str], object] = lambda topic: None,
         clock: Callable[[], float],
     ) -> None:
         self._order: ExactOrder | WindowOrder
@@ -54,6 +56,7 @@ class EventOrder:
                 resume=resume,
                 may_resume=may_resume,
                 on_late=on_late,
+                on_unkeyed=on_unkeyed,
                 clock=clock,
             )
         else:
