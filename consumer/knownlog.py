@@ -137,23 +137,34 @@ class KnownLog:
         self._created.discard(topic)  # it holds something now: the next assignment restores
         name = log_topic(self._group, topic)
         key = user.encode()
+        if value is not None:
+            # The report's callback must not hold the value: it lives until the report is
+            # served, and an orjson value takes a 4 KiB block whatever its length. With the
+            # values held and the reports served only at each flush, a run of 1,000,000 new
+            # users peaked at 749 MB; without either, 269 MB (2026-12-05).
+            self._produce(name, partition, key, value, self._record_delivered)
+            return
 
         def delivered(err: KafkaError | None, _m: Any) -> None:
-            if err is None:
-                return
-            if value is None:
+            if err is not None:
                 # A lost tombstone would bring a forgotten user back at the next restore.
                 log.error("changelog tombstone to %s failed (%s); writing again", name, err)
-                self._produce(name, partition, key, value, delivered)
-            else:  # a lost record only makes the next owner send more
-                log.warning("changelog write to %s failed: %s", name, err)
+                self._produce(name, partition, key, None, delivered)
 
-        self._produce(name, partition, key, value, delivered)
+        self._produce(name, partition, key, None, delivered)
+
+    @staticmethod
+    def _record_delivered(err: KafkaError | None, msg: Any) -> None:
+        if err is not None:  # a lost record only makes the next owner send more
+            log.warning("changelog write to %s failed: %s", msg.topic(), err)
 
     def _produce(self, name: str, partition: int, key: bytes, value: bytes | None, cb: Any) -> None:
         while True:
             try:
                 self._producer.produce(name, value, key, partition=partition, on_delivery=cb)
+                # Serve the reports as they come, not only at the next flush: librdkafka keeps
+                # each message until its report is served.
+                self._producer.poll(0)
                 return
             except BufferError:
                 self._producer.poll(0.1)
