@@ -37,6 +37,9 @@ child process (:mod:`bench.cases`) and prints a table, also saved as JSON:
     Knock received per change that needed sending (each user's first sighting and each change),
     seconds from the producer's end to the group's commits at the topic's end, users whose
     Knock state is their last version.
+12. ``workers``: a default backfill of a deep-history topic (about 100 events a user, 4
+    partitions), limits off, in one process then with ``--workers 2``: events a second, the
+    speed-up and the cores (CPU and peak RSS over the worker processes too).
 
 CPU seconds and peak RSS are the child's own (``wait4`` rusage: user + system time of all its
 threads; ``VmHWM``, peak RSS since exec, of the largest process); the broker and the emulator run
