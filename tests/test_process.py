@@ -339,30 +339,55 @@ def test_a_backfill_that_loses_a_partition_exits_4_and_a_rerun_finishes_it(kafka
     assert actual_state(api.users()) == expected_state(events)
 
 
+def detection_on(
+    kafka: Any, api: Any, tmp_path: Any
+) -> tuple[str, list[list[dict[str, Any]]], dict[str, str], str, tuple[str, ...]]:
+    """For the fault tests with change detection on: a topic, the waves of repeated traits to
+    produce to it, the sink's environment, its group and ``run``'s arguments."""
+    from tests.test_change_detection import waves_of_repeated_traits
+
+    topic = kafka.topic(PARTITIONS)
+    config = tmp_path / "on.toml"
+    config.write_text("[sink]\nknown_ttl = 86400\n")
+    args = ("--rate-limits", "off", "--bulk-size", "3", "--config", str(config))
+    return topic, waves_of_repeated_traits(), sink_env(kafka, api, topic), f"g-{topic}", args
+
+
+def wave_under_way(kafka: Any, api: Any, topic: str, wave: list[dict[str, Any]]) -> None:
+    """Produce ``wave`` with Knock slowed to 150 ms a call; return once its first change is
+    confirmed: the moment for a fault."""
+    base = api.stats()["identify_entries"]
+    api.set_faults(latency_ms=150)
+    kafka.produce(topic, wave)
+    wait_for(lambda: api.stats()["identify_entries"] > base, 60, "a change of the wave applied")
+
+
+def committed_through(kafka: Any, topic: str, group: str, wave: list[dict[str, Any]]) -> None:
+    kafka.produce(topic, wave)
+    ends = kafka.end_offsets(topic)
+    wait_for(lambda: kafka.committed(group, topic) == ends, 60, "the wave committed")
+
+
+def ends_exact(kafka: Any, api: Any, topic: str, group: str, waves: list[list[Any]]) -> None:
+    """Every wave committed, Knock exact, and not vacuously: repeats were left out. Pinned to
+    "either", the sink never folds two updates carrying "address": without change detection
+    each event would be an entry."""
+    ends = kafka.end_offsets(topic)
+    wait_for(lambda: kafka.committed(group, topic) == ends, 120, "everything committed")
+    assert actual_state(api.users()) == expected_state([e for w in waves for e in w])
+    assert api.stats()["identify_entries"] < sum(len(w) for w in waves) // 2
+
+
 def test_changes_right_around_a_sigkill_are_never_left_out(kafka, api, tmp_path):
     # Change detection on: after each kill the next process restores what Knock confirmed from
     # the changelog, and a change whose confirmation the kill cut short must still go out (a
     # record missing or stale only ever causes a send).
-    from tests.test_change_detection import waves_of_repeated_traits
-
-    topic = kafka.topic(PARTITIONS)
-    waves = waves_of_repeated_traits()
-    env = sink_env(kafka, api, topic)
-    group = f"g-{topic}"
-    config = tmp_path / "on.toml"
-    config.write_text("[sink]\nknown_ttl = 86400\n")
-    args = ("--rate-limits", "off", "--bulk-size", "3", "--config", str(config))
+    topic, waves, env, group, args = detection_on(kafka, api, tmp_path)
     proc = start(env, *args)
     try:
-        kafka.produce(topic, waves[0])
-        ends = kafka.end_offsets(topic)
-        wait_for(lambda: kafka.committed(group, topic) == ends, 60, "wave 0 committed")
+        committed_through(kafka, topic, group, waves[0])
         for wave in waves[1:3]:
-            # Slow Knock down; kill as the first entry of the wave's changes is confirmed.
-            base = api.stats()["identify_entries"]
-            api.set_faults(latency_ms=150)
-            kafka.produce(topic, wave)
-            wait_for(lambda b=base: api.stats()["identify_entries"] > b, 60, "a change applied")
+            wave_under_way(kafka, api, topic, wave)  # kill as its first change is confirmed
             proc.kill()
             proc.wait(30)
             assert proc.returncode == -signal.SIGKILL
@@ -370,12 +395,7 @@ def test_changes_right_around_a_sigkill_are_never_left_out(kafka, api, tmp_path)
             api.clear_faults()
             proc = start(env, *args)
         kafka.produce(topic, waves[3])
-        ends = kafka.end_offsets(topic)
-        wait_for(lambda: kafka.committed(group, topic) == ends, 90, "everything committed")
-        assert actual_state(api.users()) == expected_state([e for w in waves for e in w])
-        # Not vacuous: repeats were left out. Pinned to "either", the sink never folds two
-        # updates carrying "address": without change detection each event is an entry.
-        assert api.stats()["identify_entries"] < sum(len(w) for w in waves) // 2
+        ends_exact(kafka, api, topic, group, waves)
     finally:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
@@ -388,36 +408,21 @@ def test_changes_right_around_a_rebalance_are_never_left_out(kafka, api, tmp_pat
     restores what Knock confirmed from the changelog. The end state is exact, and repeats were
     still left out."""
     from tests.test_budget import partitions
-    from tests.test_change_detection import waves_of_repeated_traits
     from tests.test_health import free_port
 
-    topic = kafka.topic(PARTITIONS)
-    waves = waves_of_repeated_traits()
-    env = sink_env(kafka, api, topic)
-    group = f"g-{topic}"
-    config = tmp_path / "on.toml"
-    config.write_text("[sink]\nknown_ttl = 86400\n")
-    args = ("--rate-limits", "off", "--bulk-size", "3", "--config", str(config))
+    topic, waves, env, group, args = detection_on(kafka, api, tmp_path)
     first = start(env, *args)
     second = None
     try:
-        kafka.produce(topic, waves[0])
-        ends = kafka.end_offsets(topic)
-        wait_for(lambda: kafka.committed(group, topic) == ends, 60, "wave 0 committed")
-        # A member joins as wave 1's first change is confirmed (Knock slowed to 150 ms a call).
-        base = api.stats()["identify_entries"]
-        api.set_faults(latency_ms=150)
-        kafka.produce(topic, waves[1])
-        wait_for(lambda: api.stats()["identify_entries"] > base, 60, "a change of wave 1 applied")
+        committed_through(kafka, topic, group, waves[0])
+        wave_under_way(kafka, api, topic, waves[1])  # a member joins
         port = free_port()
         second = start(env, *args, "--metrics-port", str(port))
         wait_for(lambda: partitions(port), 60, "the second member holding partitions")
         ends = kafka.end_offsets(topic)
         wait_for(lambda: kafka.committed(group, topic) == ends, 90, "wave 1 committed")
-        # It leaves (SIGTERM: it drains and hands its partitions back) as wave 2's are.
-        base = api.stats()["identify_entries"]
-        kafka.produce(topic, waves[2])
-        wait_for(lambda: api.stats()["identify_entries"] > base, 60, "a change of wave 2 applied")
+        # It leaves (SIGTERM: it drains and hands its partitions back) as wave 2 goes out.
+        wave_under_way(kafka, api, topic, waves[2])
         second.send_signal(signal.SIGTERM)
         out, err = second.communicate(timeout=90)
         assert second.returncode == 0, err[-3000:]
@@ -425,10 +430,7 @@ def test_changes_right_around_a_rebalance_are_never_left_out(kafka, api, tmp_pat
         assert json.loads(out.strip().splitlines()[-1])["consumed"] > 0
         api.clear_faults()
         kafka.produce(topic, waves[3])
-        ends = kafka.end_offsets(topic)
-        wait_for(lambda: kafka.committed(group, topic) == ends, 90, "everything committed")
-        assert actual_state(api.users()) == expected_state([e for w in waves for e in w])
-        assert api.stats()["identify_entries"] < sum(len(w) for w in waves) // 2
+        ends_exact(kafka, api, topic, group, waves)
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
@@ -444,37 +446,23 @@ def test_changes_right_around_a_broker_restart_are_never_left_out(api, tmp_path)
     from kafka_broker import Broker  # deploy/local, on sys.path through tests/conftest.py
 
     from tests.conftest import Kafka
-    from tests.test_change_detection import waves_of_repeated_traits
 
     broker = Broker()
     broker.start()
     try:
         kafka = Kafka(broker.bootstrap, broker)
-        topic = kafka.topic(PARTITIONS)
-        waves = waves_of_repeated_traits()
-        env = sink_env(kafka, api, topic)
-        group = f"g-{topic}"
-        config = tmp_path / "on.toml"
-        config.write_text("[sink]\nknown_ttl = 86400\n")
-        proc = start(env, "--rate-limits", "off", "--bulk-size", "3", "--config", str(config))
+        topic, waves, env, group, args = detection_on(kafka, api, tmp_path)
+        proc = start(env, *args)
         try:
-            kafka.produce(topic, waves[0])
-            ends = kafka.end_offsets(topic)
-            wait_for(lambda: kafka.committed(group, topic) == ends, 60, "wave 0 committed")
-            base = api.stats()["identify_entries"]
-            api.set_faults(latency_ms=150)
-            kafka.produce(topic, waves[1])
-            wait_for(lambda: api.stats()["identify_entries"] > base, 60, "a change applied")
+            committed_through(kafka, topic, group, waves[0])
+            wave_under_way(kafka, api, topic, waves[1])
             assert kafka.committed(group, topic) != kafka.end_offsets(topic)  # mid-wave
             broker.stop()
             broker.start()
             api.clear_faults()
             for wave in waves[2:]:
                 kafka.produce(topic, wave)
-            ends = kafka.end_offsets(topic)
-            wait_for(lambda: kafka.committed(group, topic) == ends, 120, "everything committed")
-            assert actual_state(api.users()) == expected_state([e for w in waves for e in w])
-            assert api.stats()["identify_entries"] < sum(len(w) for w in waves) // 2
+            ends_exact(kafka, api, topic, group, waves)
         finally:
             proc.send_signal(signal.SIGTERM)
             _out, err = proc.communicate(timeout=90)

@@ -18,6 +18,7 @@ from consumer.records import Worker
 from consumer.workers import combine, worst
 from tests.conftest import ROOT, sink_env, wait_for
 from tests.model import actual_state, expected_state
+from tests.test_budget import statuses
 
 CLI = [sys.executable, "-m", "consumer.cli"]
 PARTITIONS = 4
@@ -47,14 +48,6 @@ def produce(kafka: Any, topic: str, parts: list[list[dict[str, Any]]]) -> list[d
     for p, events in enumerate(parts):
         kafka.produce(topic, events, partition=p)
     return [e for events in parts for e in events]
-
-
-def statuses(api: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for by_status in api.stats()["requests"].values():
-        for status, n in by_status.items():
-            out[status] = out.get(status, 0) + n
-    return out
 
 
 # -- pure logic --------------------------------------------------------------------------------
