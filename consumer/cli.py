@@ -142,9 +142,12 @@ def _offsets(text: str) -> dict[tuple[str, int], int]:
 def _worker(text: str) -> Worker:
     """``I/N`` -> worker I of N (``--worker``)."""
     index, sep, count = text.partition("/")
-    if not sep or not index.isdigit() or not count.isdigit() or int(index) >= int(count):
-        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
-    return Worker(int(index), int(count))
+    try:
+        if not sep or not index.isdigit() or not count.isdigit():
+            raise ValueError
+        return Worker(int(index), int(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}") from None
 
 
 def _count(text: str) -> int:

@@ -63,6 +63,22 @@ def test_secrets_are_blanked_in_both_formats():
         assert "sk_live_abc" not in out and "hunter2" not in out and "[redacted]" in out
 
 
+def test_a_workers_lines_say_which_worker_wrote_them_in_both_formats():
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    out = {}
+    try:
+        for fmt in ("json", "text"):
+            stream = io.StringIO()
+            setup("INFO", fmt, stream=stream, worker="1/3")  # type: ignore[arg-type]
+            logging.getLogger("knock_sink.x").info("held users sent")
+            out[fmt] = stream.getvalue().strip()
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    assert json.loads(out["json"])["worker"] == "1/3"
+    assert out["text"].endswith("knock_sink.x [worker 1/3]: held users sent")
+
+
 def test_auto_is_text_on_a_terminal_json_elsewhere():
     class Tty(io.StringIO):
         def isatty(self) -> bool:

@@ -79,7 +79,6 @@ class BackfillStage:
         worker: Worker | None = None,
     ) -> None:
         sink = settings.sink
-        self._worker = worker
         self._ingest = ingest
         self._source = source
         self._dispatch = dispatch
@@ -151,9 +150,10 @@ class BackfillStage:
         """A worker reads only its share of the partitions, so a user whose events are on
         partitions of several workers would be folded by each apart, out of event-time
         order: such a topic needs one process (or ``repartition`` first). Raised from
-        :meth:`submit`, before this topic's first send: its users are held until all of this
-        worker's partitions holding them are read, and the verdict comes within its first
-        records."""
+        :meth:`submit`, as a rule before this topic's first send: its users are held until
+        all of this worker's partitions holding them are read, and the verdict comes within
+        its first records (a partition of it read to its end before then may have sent its
+        users)."""
         raise ConfigError(
             "--worker",
             f"topic {topic} is not keyed by user (a user's events are on several partitions), "
