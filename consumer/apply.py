@@ -118,6 +118,12 @@ class Applier:
             self._apply_level(level, blocked, out)
         return out
 
+    def settle(self, out: Outcome) -> None:
+        """Take in what a finished plan learnt of what Knock has (the loop's thread: change
+        detection's state has one writer)."""
+        if self._known is not None and out.known:
+            self._known.settle(out.known)
+
     def _apply_level(self, level: Level, blocked: set[str], out: Outcome) -> None:
         gap = self._gap
         now = self._clock()
@@ -133,7 +139,12 @@ class Applier:
             elif known is None:
                 entries.append(entry)
             else:
-                body = known.strip(entry.user_id, entry.props, _partition(entry))
+                body = known.strip(
+                    entry.user_id,
+                    entry.props,
+                    _partition(entry),
+                    out.touched.get(entry.user_id, ()),
+                )
                 if not body and entry.props:
                     # Knock has all of it: resolved as applied, and costs no call.
                     out.done.extend(entry.items)
@@ -181,7 +192,9 @@ class Applier:
                     # Knock merges properties (the survivor's win) and deletes the other user:
                     # what was known of either no longer says what Knock has, whatever the
                     # answer (or none).
-                    known.forget((op.user_id, op.from_user_id), step.pending.source.partition)
+                    pair, tp = (op.user_id, op.from_user_id), step.pending.source.partition
+                    known.tombstones(pair, tp)
+                    out.forgot(pair, tp, logged=True)
                 tasks.append(self._pool.submit(self._merge, step, blocked, out))
         error: BaseException | None = None
         for t in tasks:
@@ -198,10 +211,9 @@ class Applier:
                 # audiences), change users outside the state's record: forget them before the
                 # call, so that no answer (or its absence) can leave a stale entry.
                 for a in level.actions:
-                    known.forget(
-                        (u for u in entities(a.pending.op) if "/" not in u),
-                        a.pending.source.partition,
-                    )
+                    users = [u for u in entities(a.pending.op) if "/" not in u]
+                    known.tombstones(users, a.pending.source.partition)
+                    out.forgot(users, a.pending.source.partition, logged=True)
             self._actions.run(level.actions, blocked, out)
 
     # Tasks run on the pool; list.append and set.add are atomic under the GIL, which is all
@@ -211,21 +223,21 @@ class Applier:
         self._rejections.applied(entry.user_id)
         if self._known is not None:
             # Recorded only now that Knock confirmed it, and only what was sent.
-            self._known.confirm(entry.user_id, entry.props, _partition(entry))
+            out.confirmed(entry.user_id, entry.props, _partition(entry), entry.items[0].source)
         out.done.extend(entry.items)
 
-    def _unknown(self, entries: list[Entry]) -> None:
+    def _unknown(self, entries: list[Entry], out: Outcome) -> None:
         """Knock rejected these users, or may or may not have applied what was sent."""
         if self._known is not None:
             for e in entries:
-                self._known.forget((e.user_id,), e.items[0].source.partition)
+                out.forgot((e.user_id,), e.items[0].source.partition)
 
     def _bulk(self, chunk: list[Entry], blocked: set[str], out: Outcome) -> None:
         users = [{"id": e.user_id, **e.props} for e in chunk]
         try:
             result = self._knock.bulk_identify(users)
         except RetryableError:  # only when stopping
-            self._unknown(chunk)
+            self._unknown(chunk, out)
             self._give_back(chunk, blocked, out)
             return
         except ItemError:
@@ -241,7 +253,7 @@ class Applier:
         limited = set(result.rate_limited)
         for e in chunk:
             if e.user_id in result.failed:
-                self._unknown([e])
+                self._unknown([e], out)
                 self._rejections.failed(e.items, e.user_id, result.failed[e.user_id], blocked, out)
             elif e.user_id in limited:
                 blocked.add(e.user_id)
@@ -253,11 +265,11 @@ class Applier:
         try:
             self._knock.identify(entry.user_id, entry.props)
         except RetryableError:
-            self._unknown([entry])
+            self._unknown([entry], out)
             self._give_back([entry], blocked, out)
             return
         except ItemError as exc:
-            self._unknown([entry])
+            self._unknown([entry], out)
             blocked.add(entry.user_id)
             out.dead.extend((p, "knock_rejected", reason(exc)) for p in entry.items)
             return
@@ -331,6 +343,7 @@ class Flight:
                 except BaseException as exc:
                     error = error or exc
                 else:
+                    self._applier.settle(out)
                     take(out)
             if error is not None:
                 raise error

@@ -428,13 +428,12 @@ class SinkSettings(_Section):
     for a backfill too (docs/delivery.md#event-time-order-inside-the-sink)."""
     merge_ids: int = Field(default=100_000, ge=0)
     """Merges (alias) whose ``messageId`` is remembered, to skip a repeat of one (0: off)."""
-    known_ttl: float = Field(default=0.0, ge=0)
+    known_ttl: float = Field(default=86_400.0, ge=0)
     """Change detection: seconds a user's properties that Knock confirmed are remembered, so
     that an update repeating them is not sent again; past it the user's next update goes out
     whole, so a user changed or deleted in Knock by someone else is set right within this long
-    of its next mention (86400 is a day). 0, the default for now: off, everything is sent. A
-    backfill in a group of its own (no ``--group-id``) keeps no record
-    (docs/change-detection.md)."""
+    of its next mention (the default: a day). 0: off, everything is sent. A backfill in a
+    group of its own (no ``--group-id``) keeps no record (docs/change-detection.md)."""
     known_memory_mb: int = Field(default=64, ge=1)
     """Change detection: MiB of memory the remembered users may take (an estimate: about
     1 KB for a user with ten properties); past it the least recently used are forgotten, and

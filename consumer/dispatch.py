@@ -24,7 +24,7 @@ from .flow import Sizing
 from .knock import KnockClient
 from .known import Known
 from .metrics import Metrics
-from .ops import Op
+from .ops import Identify, Op
 from .plan import Pending, Planner
 from .stage import Committable
 
@@ -46,6 +46,7 @@ class Dispatch:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._knock_settings = settings.knock
+        self._anonymous_prefix = settings.mapping.anonymous_prefix
         self.sizing = sizing = Sizing.of(settings.knock)
         self._planner = Planner(nested=settings.knock.nested_merge)
         #: Pending numbers: the planner's order of arrival.
@@ -147,6 +148,32 @@ class Dispatch:
             self._plan_users.observe(len(plan.users()))
             self._flight.start(plan)
 
+    def check_key(self, topic: str, key: bytes | None, ops: list[Op]) -> None:
+        """Change detection compares a topic's updates only while its records are keyed by
+        their user: then Kafka's partitioner keeps each user on one partition, and no other
+        member of the group writes a user this process knows. The first identify whose record
+        has another key, or none (Segment's round robin), turns it off for the topic in this
+        process: every member reads records of both kinds from its first ones, before it has
+        recorded anything of the topic."""
+        known = self.known
+        if known is None or topic in known.unkeyed:
+            return
+        for op in ops:
+            if op.__class__ is Identify:
+                user: str = op.user_id
+                k = None if key is None else key.decode("utf-8", "replace")
+                # An anonymous user's id is the prefix and its anonymousId, which producers
+                # (RudderStack) use as the key when there is no userId.
+                if k is None or (k != user and self._anonymous_prefix + k != user):
+                    known.unkeyed.add(topic)
+                    log.info(
+                        "change detection off for topic %s: its records are not keyed by their "
+                        "user's id (%s)",
+                        topic,
+                        "a record has no key" if k is None else "a record's key is another id",
+                    )
+                return
+
     def _unchanged(self, p: Pending) -> bool:
         """Whether Knock is known to have all of the identify ``p`` carries (asked by the cut,
         so that users with nothing to send take no room in a plan)."""
@@ -154,7 +181,7 @@ class Dispatch:
         assert known is not None
         source = p.source
         tp = source.partition if source.current else None
-        return not known.strip(p.op.user_id, p.op.props, tp)  # type: ignore[union-attr]
+        return known.unchanged(p.op.user_id, p.op.props, tp)  # type: ignore[union-attr]
 
     def collect(self, take: Callable[[Outcome], None], timeout: float = 0) -> bool:
         """Hand each finished plan's outcome to ``take`` (see :meth:`consumer.apply.Flight.collect`);

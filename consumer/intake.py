@@ -209,6 +209,7 @@ class Intake:
             return
         ops = mapped.ops
         ingest.count(kind, mapped)
+        self._dispatch.check_key(tp[0], rec.key, ops)
         if not ops:
             handle.release()  # zero-op events resolve here
             return

@@ -70,6 +70,10 @@ class KnownLog:
             # the broker takes their records grew to 667 MB (benchmark case 6, 2026-12-05).
             # Past 16 MiB a write waits (``_produce``), which slows confirmations instead.
             "queue.buffering.max.kbytes": 16_384,
+            # A record spells out its user's property paths and fingerprints as JSON: LZ4 took
+            # the changelog of benchmark case 6's topic from 79 to 35 MB a partition
+            # (2026-12-06), compressing on librdkafka's thread, outside the interpreter lock.
+            "compression.type": "lz4",
         }
         try:
             self._producer = Producer(conf, logger=KAFKA_LOG)

@@ -11,12 +11,16 @@ them from here.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from .errors import ItemError
+from .known import Confirmed, Forgotten
 from .plan import Pending
+from .records import Partition
 
 #: Users remembered as rejected before the memory starts over.
 REJECTED_KEPT = 100_000
@@ -38,9 +42,29 @@ class Outcome:
     dead: list[tuple[Pending, str, str]] = field(default_factory=list)
     #: Of ``done``, those not sent: Knock was known to have all they carry (change detection).
     unchanged: list[Pending] = field(default_factory=list)
+    #: What the plan learnt of what Knock has (change detection), in order, for the loop to
+    #: take in (:meth:`consumer.known.Known.settle`).
+    known: list[Confirmed | Forgotten] = field(default_factory=list)
+    #: Per user whose known state the plan changed, what it confirmed of it so far, in order
+    #: (``None``: it forgot the user): its later levels compare with that too
+    #: (:meth:`consumer.known.Known.strip`'s ``earlier``).
+    touched: dict[str, list[Confirmed] | None] = field(default_factory=dict)
     users_sent: int = 0
     calls: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def confirmed(self, user: str, sent: dict[str, Any], tp: Partition | None, source: Any) -> None:
+        c = Confirmed(user, sent, tp, source)
+        self.known.append(c)
+        earlier = self.touched.setdefault(user, [])
+        if earlier is not None:
+            earlier.append(c)
+
+    def forgot(self, users: Iterable[str], tp: Partition | None, *, logged: bool = False) -> None:
+        gone = tuple(users)
+        self.known.append(Forgotten(gone, tp, logged))
+        for u in gone:
+            self.touched[u] = None
 
     def count(self, operation: str, users: int = 0) -> None:
         with self._lock:

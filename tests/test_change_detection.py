@@ -12,7 +12,7 @@ from consumer.sink import Sink
 from tests.conftest import wait_for
 from tests.model import actual_state, deep_merge, expected_state
 
-#: Change detection on: a day, as documented (off by default for now).
+#: Change detection on: a day, the default (spelled out: these tests are about it).
 ON = {"sink__known_ttl": 86_400.0}
 
 
@@ -120,6 +120,23 @@ def test_without_change_detection_every_plan_sends(kafka, api, settings_for):
             live.settle()
     assert api.stats()["identify_entries"] >= 12 * 4
     assert total(live.sink.metrics.unchanged) == 0
+
+
+def test_a_topic_not_keyed_by_user_is_never_compared(kafka, api, settings_for):
+    # Segment's round robin (no key) and a key that is another id: another member of the group
+    # may write a user this process knows, so nothing is left out, whatever the default.
+    waves = waves_of_repeated_traits()
+    for key in (lambda e: None, lambda e: e["messageId"].encode()):
+        topic = kafka.topic(2)
+        before = api.stats()["identify_entries"]
+        with Live(kafka, topic, settings_for(topic)) as live:
+            for wave in waves:
+                kafka.produce(topic, wave, key=key)
+                live.settle()
+        assert actual_state(api.users()) == expected_state([e for w in waves for e in w])
+        assert total(live.sink.metrics.unchanged) == 0
+        assert api.stats()["identify_entries"] - before >= 12 * 4
+        assert topic in live.sink._dispatch.known.unkeyed
 
 
 class Wall:

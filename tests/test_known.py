@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from consumer.known import PATH_BYTES, Known, entry_bytes, fingerprint
+from consumer.known import PATH_BYTES, Confirmed, Forgotten, Known, entry_bytes, fingerprint
 
 
 class Clock:
@@ -38,8 +38,10 @@ TP = ("t", 0)
 class K(Known):
     """Partition ``TP`` unless told."""
 
-    def strip(self, user: str, props: dict[str, Any], tp: Any = TP) -> dict[str, Any]:
-        return super().strip(user, props, tp)
+    def strip(
+        self, user: str, props: dict[str, Any], tp: Any = TP, earlier: Any = ()
+    ) -> dict[str, Any]:
+        return super().strip(user, props, tp, earlier)
 
     def confirm(self, user: str, sent: dict[str, Any], tp: Any = TP) -> None:
         super().confirm(user, sent, tp)
@@ -122,6 +124,8 @@ def test_expiry_runs_from_the_first_confirmation() -> None:
     clock.t += 30
     props = {"email": "a@x", "name": "A"}
     assert k.strip("u", props) is props
+    assert len(k) == 1  # a plan's thread only reads: the loop drops it at its next look
+    assert k.unchanged("u", props, TP) is False
     assert len(k) == 0
 
 
@@ -130,7 +134,7 @@ def test_eviction_only_causes_sends() -> None:
     k, _ = known(max_bytes=PATH_BYTES + 2 * entry_bytes("a", 1))
     k.confirm("a", {"x": 1})
     k.confirm("b", {"x": 1})
-    assert k.strip("a", {"x": 1}) == {}  # a used: b is the least recent
+    assert k.unchanged("a", {"x": 1}, TP)  # the cut's look: a used, b is the least recent
     k.confirm("c", {"x": 1})
     assert len(k) == 2
     assert k.strip("b", {"x": 1}) == {"x": 1}
@@ -302,12 +306,54 @@ def test_an_entry_serves_only_its_partition() -> None:
     assert k.strip("b", {"x": 1}, ("t", 1)) == {"x": 1}
     assert k.strip("a", {"x": 1}) == {}
     # A user met on a second partition of a topic: the topic is not keyed by user, and
-    # nothing of it is stripped any more.
+    # nothing of it is stripped any more. A plan's thread only reads; the loop's look (the
+    # cut's, or a confirmation) draws the conclusion.
     assert k.strip("a", {"x": 1}, ("t", 2)) == {"x": 1}
+    assert k.unkeyed == set()
+    assert k.unchanged("a", {"x": 1}, ("t", 2)) is False
     assert k.unkeyed == {"t"}
     k.confirm("a", {"x": 1})
     assert k.strip("a", {"x": 1}) == {"x": 1}
     assert k.strip("c", {"x": 1}, ("other", 0)) == {}
+
+
+def test_the_loop_takes_in_a_plans_changes_in_order() -> None:
+    k, _ = known()
+    written: list[tuple[Any, str, bool]] = []
+    k.log = lambda tp, user, value: written.append((tp, user, value is not None))
+    k.confirm("m", {"x": 1})
+    # A plan confirms a, then merges m into a (tombstones first, from the plan's thread), then
+    # confirms a again.
+    k.tombstones(("a", "m"), TP)
+    assert written[1:] == [(TP, "a", False), (TP, "m", False)]
+    assert k.strip("m", {"x": 1}) == {}  # the state changes when the loop takes the plan in
+    k.settle(
+        [
+            Confirmed("a", {"x": 1}, TP),
+            Forgotten(("a", "m"), TP, logged=True),
+            Confirmed("a", {"y": 2}, TP),
+        ]
+    )
+    # The first confirmation is left out: its record would follow a's tombstone. The logged
+    # forget writes nothing again.
+    assert written[3:] == [(TP, "a", True)]
+    assert k.strip("a", {"x": 1, "y": 2}) == {"x": 1}
+    assert k.strip("m", {"x": 1}) == {"x": 1}
+    # A forget not logged ahead (a call whose fate is unknown) writes its tombstone then.
+    k.settle([Forgotten(("a",), TP)])
+    assert written[4:] == [(TP, "a", False)]
+
+
+def test_a_plans_later_levels_compare_with_what_it_confirmed_before() -> None:
+    k, _ = known()
+    k.confirm("u", {"a": 1, "b": 1})
+    earlier = [Confirmed("u", {"a": 2}, TP)]
+    assert k.strip("u", {"a": 2, "b": 1}, TP, earlier) == {}
+    assert k.strip("u", {"a": 1, "b": 1}, TP, earlier) == {"a": 1}
+    assert k.strip("new", {"x": 1}, TP, [Confirmed("new", {"x": 1}, TP)]) == {}
+    assert k.strip("u", {"b": 1}, TP, None) == {"b": 1}  # the plan forgot the user
+    assert k.strip("u", {"a": 2}) == {"a": 2}  # the state is the loop's to change
+    assert k.strip("u", {"a": 2}, TP, [Confirmed("u", {"a": 2}, ("t", 1))]) == {"a": 2}
 
 
 def test_the_changelog_brings_back_what_was_confirmed_and_not_what_was_forgotten() -> None:

@@ -291,6 +291,7 @@ class BackfillStage:
             return True
         assert mapped is not None
         self._ingest.count(kind, mapped)
+        self._dispatch.check_key(tp[0], rec.key, mapped.ops)
         ops = self._fresh(mapped.ops, tp, rec.offset)
         stamps = (seen, rec.timestamp, stamp)
         order = self._order
