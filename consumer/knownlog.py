@@ -55,8 +55,9 @@ def log_topic(group_id: str, topic: str) -> str:
 
 
 class KnownLog:
-    """The changelog topics of one sink group. Writes come from the worker threads (the
-    producer is thread-safe); restores and flushes from the loop's thread."""
+    """The changelog topics of one sink group. Records come from the loop's thread, tombstones
+    written ahead of a call from the plans' threads too (the producer is thread-safe); restores
+    and flushes from the loop's thread."""
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
