@@ -28,8 +28,9 @@ child process (:mod:`bench.cases`) and prints a table, also saved as JSON:
    transactional topic's time over the plain one's.
 10. ``group``: issue 28's backlog (a 6-partition topic, 10 identify events a user) through
     ``knock-sink run`` under Knock's limits with every default, 1 then 3 processes of one group,
-    timed until the group's commits reach the end offsets: the ratio of the two, bulk calls and
-    429s (the design: docs/operations.md, Scaling out).
+    timed until the group's commits reach the end offsets, from the processes' start and from
+    the first Knock call: the ratio of the two, one process against the bound users ÷ 1,060 a
+    second, entries a user, bulk calls and 429s (the design: docs/operations.md, Scaling out).
 11. ``product``: issue 26's product stream (tracks at 3,000 a second for 60 s over 20,000
     active users, each carrying the user's traits in ``context.traits``, 2 % changing one)
     through ``knock-sink run`` under Knock's limits, change detection off then on
@@ -655,8 +656,14 @@ def case_group(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
         row["processes"] = procs
         row["bulk_calls"] = sum(stats["requests"].get(WRITES[0], {}).values())
         row["lower_bound_s"] = round(stats["users"] / (BULK + SINGLES), 2)
+        row["from_first_call_s"] = round(r["from_first_call_s"], 2)
+        row["entries_per_user"] = round(stats["identify_entries"] / stats["users"], 2)
         rows.append(row)
-        log(f"  {procs} process(es): {row['seconds']:.1f} s, {row['bulk_calls']} bulk calls")
+        log(
+            f"  {procs} process(es): {row['seconds']:.1f} s ({row['from_first_call_s']:.1f} s from "
+            f"the first Knock call; bound {row['lower_bound_s']:.1f} s), {row['bulk_calls']} bulk "
+            f"calls, {row['entries_per_user']:.2f} entries a user"
+        )
     rows[-1]["time_over_one"] = round(rows[-1]["seconds"] / rows[0]["seconds"], 2)
     return rows
 
@@ -692,6 +699,7 @@ def _run_group(
                 raise RuntimeError("a sink process exited early")
             time.sleep(0.2)
         seconds = time.monotonic() - started
+        ended = time.time()
     finally:
         for c in children:
             if c.returncode is None:
@@ -700,12 +708,18 @@ def _run_group(
     for c in children:
         cpu += _reap(c)[1]
     rss = rss_probe.stop()  # the largest process
+    stats = api.stats()
+    first = stats.get("first_request_at")
     return {
         "events": sum(ends.values()),
         "seconds": seconds,
+        # Issue 28 counts a backlog's time from the first Knock call: a group's forming and
+        # the processes' start are outside it (the emulator notes its first request; the same
+        # machine's wall clock, to the 0.2 s of the commit poll).
+        "from_first_call_s": None if first is None else ended - first,
         "cpu_s": cpu,
         "rss_mb": rss,
-    }, api.stats()
+    }, stats
 
 
 def case_workers(env: Env, sc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1094,6 +1108,14 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "group-1" in rows and "group-3" in rows:
         out["group_3_over_1"] = round(rows["group-3"]["seconds"] / rows["group-1"]["seconds"], 2)
+        one, three = rows["group-1"], rows["group-3"]
+        out["group_3_over_1_from_first_call"] = round(
+            three["from_first_call_s"] / one["from_first_call_s"], 2
+        )
+        out["group_1_over_bound_from_first_call"] = round(
+            one["from_first_call_s"] / one["lower_bound_s"], 2
+        )
+        out["group_1_entries_per_user"] = one["entries_per_user"]
         out["group_429"] = rows["group-1"]["knock_429"] + rows["group-3"]["knock_429"]
     if "scale-1" in rows and "scale-1-issue" in rows:
         out["run_over_issue"] = round(
@@ -1156,6 +1178,10 @@ TARGETS = {
     "run_over_issue": (">=", 4),
     "txn_over_plain": ("<=", 1.2),
     "group_3_over_1": ("<=", 1.1),
+    "group_3_over_1_from_first_call": ("<=", 1.1),
+    # Issue 28: one process through the backlog within 1.3 x its bound, about one entry a user.
+    "group_1_over_bound_from_first_call": ("<=", 1.3),
+    "group_1_entries_per_user": ("<=", 1.1),
     "group_429": ("<=", 0),
     "product_entries_per_change": ("<=", 1.2),
     "product_drain_s": ("<=", 10),

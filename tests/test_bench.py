@@ -73,6 +73,10 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
         assert rows[case]["exact_users"] == rows[case]["users"] > 0, case
     for case in ("limits", "spill"):
         assert rows[case]["lower_bound_s"] > 0 and rows[case]["time_over_bound"] > 0, case
+    for case in ("group-1", "group-3"):
+        # Timed from the first Knock call too, which comes after the processes start.
+        assert 0 < rows[case]["from_first_call_s"] < rows[case]["seconds"], case
+        assert rows[case]["entries_per_user"] >= 1, case
     assert set(report["ratios"]) >= {
         "sink_over_ceiling",
         "sink_over_naive",
@@ -83,5 +87,7 @@ def test_bench_small_runs_every_case(kafka: Kafka, tmp_path: Path) -> None:
         "txn_over_plain",
         "product_entries_per_change",
         "workers_2_over_1",
+        "group_3_over_1_from_first_call",
+        "group_1_over_bound_from_first_call",
     }
     assert "knock-sink benchmark" in proc.stdout

@@ -67,6 +67,7 @@ async def stats(request: Request, em: Emulator) -> Response:
     body: dict[str, Any] = {
         "requests": {k: dict(v) for k, v in em.stats.requests.items()},
         "identify_entries": em.stats.identify_entries,
+        "first_request_at": em.stats.first_request_at,
         "users": em.store.count_users(),
         "bulk_operations": em.bulk.counts(),
         "triggers": len(em.triggers),

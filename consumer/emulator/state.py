@@ -36,12 +36,17 @@ class Stats:
 
     def __init__(self) -> None:
         self.requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        #: Wall time (Unix seconds) of the first request counted: the benchmark times a run
+        #: from the sink's first call as well as from its start.
+        self.first_request_at: float | None = None
         self.identify_entries = 0
         self.identify_by_user: Counter[str] = Counter()
         #: Users the ``failing_users`` fault refused, by route.
         self.refused: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
     def record(self, endpoint: str, status: int) -> None:
+        if self.first_request_at is None:
+            self.first_request_at = time.time()
         self.requests[endpoint][str(status)] += 1
 
     def refuse(self, endpoint: str, user_ids: Iterable[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import httpx
@@ -191,7 +192,9 @@ def test_401_through_the_sdk(emulator: EmulatorServer) -> None:
         pytest.raises(knockapi.AuthenticationError),
     ):
         knock.users.get("u1")
-    assert emulator.stats()["requests"] == {"GET /v1/users/{user_id}": {"401": 1}}
+    stats = emulator.stats()
+    assert stats["requests"] == {"GET /v1/users/{user_id}": {"401": 1}}
+    assert stats["first_request_at"] <= time.time()
 
 
 def test_sdk_headers_are_accepted_and_idempotency_key_ignored_on_identify(
