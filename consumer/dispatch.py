@@ -21,6 +21,7 @@ from .apply import Applier, Flight, Outcome
 from .cadence import Cadence
 from .config import Settings
 from .flow import Sizing
+from .keying import keyed_by
 from .knock import KnockClient
 from .known import Known
 from .metrics import Metrics
@@ -160,17 +161,13 @@ class Dispatch:
             return
         for op in ops:
             if op.__class__ is Identify:
-                user: str = op.user_id
-                k = None if key is None else key.decode("utf-8", "replace")
-                # An anonymous user's id is the prefix and its anonymousId, which producers
-                # (RudderStack) use as the key when there is no userId.
-                if k is None or (k != user and self._anonymous_prefix + k != user):
+                if not keyed_by(key, (op.user_id,), self._anonymous_prefix):
                     known.unkeyed.add(topic)
                     log.info(
                         "change detection off for topic %s: its records are not keyed by their "
                         "user's id (%s)",
                         topic,
-                        "a record has no key" if k is None else "a record's key is another id",
+                        "a record has no key" if key is None else "a record's key is another id",
                     )
                 return
 

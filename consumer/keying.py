@@ -12,7 +12,7 @@ tells :mod:`consumer.ordering` which users' updates to hold for event-time order
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from .records import Partition
 
@@ -24,6 +24,18 @@ WARN_EVERY = 300.0
 #: as many before them): bounded memory on any topic; a user seen on two partitions within
 #: this many users is what the watch catches.
 REMEMBERED = 100_000
+
+
+def keyed_by(key: bytes | None, users: Collection[str], prefix: str = "") -> bool:
+    """Whether a record's Kafka ``key`` is the id of one of ``users`` (the record's users), or,
+    with ``prefix`` (``mapping.anonymous_prefix``), that id without it: an anonymous user's id
+    is the prefix and its anonymousId, which producers (RudderStack) key by when there is no
+    userId. The one rule of a record keyed by user, for the backfill's order and change
+    detection."""
+    if key is None:
+        return False
+    k = key.decode("utf-8", "replace")
+    return k in users or (bool(prefix) and prefix + k in users)
 
 
 class KeyWatch:

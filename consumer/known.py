@@ -36,8 +36,10 @@ partition. The partition's owner is the only member of the group that writes tha
 updates to Knock on a topic keyed by user; when the partition leaves this process (revoked,
 lost), its users are forgotten (:meth:`Known.forget_partitions`), since its next owner may
 change them. A user met on a second partition of a topic shows the topic is not keyed by user:
-from then on nothing of that topic is stripped in this process. Another member holding other
-partitions of such a topic is not seen from here: see docs/change-detection.md.
+from then on nothing of that topic is stripped in this process, nor of a topic whose records
+are not keyed by their user's id (:meth:`consumer.dispatch.Dispatch.check_key`, which tells
+:attr:`Known.unkeyed`): another member holding other partitions of such a topic is not seen from
+here (docs/change-detection.md).
 
 One writer: only the loop's thread changes the state (the cut's :meth:`unchanged`, restores,
 revokes, and :meth:`settle`, which takes in what a finished plan learnt: its confirmations and
@@ -52,7 +54,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -202,7 +204,7 @@ class Known:
         user: str,
         props: dict[str, Any],
         tp: Partition | None,
-        earlier: Iterable[Confirmed] | None = (),
+        earlier: Sequence[Confirmed] | None = (),
     ) -> dict[str, Any]:
         """What of ``props`` (from events of partition ``tp``; ``None``: of several, or no
         longer this process's) Knock does not have yet: ``props`` itself when nothing is known
@@ -217,11 +219,10 @@ class Known:
         entry = self._users.get(user)
         if entry is not None and (entry.tp != tp or self._clock() - entry.since >= self._ttl):
             entry = None
-        confirmed = list(earlier)
-        if confirmed:
+        if earlier:
             # A scratch copy with the plan's confirmations: the state itself is the loop's.
             scratch = _Entry(tp, 0.0, dict(entry.fps) if entry is not None else None)
-            for c in confirmed:
+            for c in earlier:
                 if c.tp != tp:
                     return props
                 self._record(scratch, c.sent, share=False)
@@ -276,7 +277,7 @@ class Known:
         Sending a part is exact: a stripped leaf is known, so every object above it is too, and
         Knock merges the rest into it."""
         if not obj:
-            return None if _is_object(path, entry) else obj
+            return None if path in _objects(entry) else obj
         fps = entry.fps
         out: dict[str, Any] = {}
         for k, v in obj.items():
@@ -518,14 +519,6 @@ def _objects(entry: _Entry) -> frozenset[Path]:
         [p[:i] for p in entry.fps if len(p) > 1 for i in range(1, len(p))]
         + [p for p, f in entry.fps.items() if f == OBJECT]
     )
-
-
-def _is_object(path: Path, entry: _Entry) -> bool:
-    """Whether Knock is known to hold an object at ``path``."""
-    if entry.fps.get(path) == OBJECT:
-        return True
-    n = len(path)
-    return entry.nested and any(len(p) > n and p[:n] == path for p in entry.fps)
 
 
 def _object_leaves(path: Path, obj: dict[str, Any]) -> Iterator[tuple[Path, int | None]]:

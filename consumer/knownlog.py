@@ -4,8 +4,9 @@ partition's users follows the partition to whichever process owns it next.
 
 A record is keyed by user id and holds that user's whole entry (fingerprints and the time of
 its first confirmation: :meth:`consumer.known.Known.encode`); a tombstone (no value) says the user
-is forgotten. Compaction keeps the last of each. Written after Knock confirmed (records) or
-before the call that may change the user (tombstones); the loop flushes it before every
+is forgotten. Compaction keeps the last of each. Written after Knock confirmed (records) and
+before a call that may change the user (tombstones; or once Knock rejected the user, or a call's
+fate is unknown); the loop flushes it before every
 commit (:meth:`KnownLog.flush`), so every record and tombstone of an event whose offset is
 committed is on the broker: what a restore misses is only ever of events that will be read
 again. Read back from its start to its end when a partition is assigned (:meth:`restore`),

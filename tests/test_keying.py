@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from consumer.keying import WARN_EVERY, KeyWatch
+from consumer.keying import WARN_EVERY, KeyWatch, keyed_by
 from consumer.metrics import total
 from consumer.sink import Sink
 from tests.conftest import wait_for
@@ -91,3 +91,13 @@ def test_an_unkeyed_topic_is_detected_by_the_sink(kafka, api, settings_for, capl
     assert [r.name for r in caplog.records if "not keyed by user" in r.getMessage()] == [
         "knock_sink.keying"
     ]
+
+
+def test_a_record_is_keyed_by_user_when_its_key_is_one_of_its_users_ids() -> None:
+    assert keyed_by(b"u1", ("u1",))
+    assert keyed_by(b"u2", ("u1", "u2"))
+    assert not keyed_by(None, ("u1",))
+    assert not keyed_by(b"m-17", ("u1",))
+    # An anonymous user: the key is its anonymousId, the user id has the prefix in front.
+    assert keyed_by(b"a9", ("anon:a9",), "anon:")
+    assert not keyed_by(b"a9", ("anon:a9",))

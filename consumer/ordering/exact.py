@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..keying import keyed_by
 from ..records import Partition
 from .queues import OrderQueues
 
@@ -146,7 +147,7 @@ class ExactOrder(OrderQueues):
         )
         if not people:
             return
-        matches = key is not None and key.decode("utf-8", "replace") in people
+        matches = keyed_by(key, people)
         if verdict:
             if not matches and topic not in self._warned:
                 self._warned.add(topic)
