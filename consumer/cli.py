@@ -42,6 +42,7 @@ FLAG_SETTINGS = {
     "nested_merge": "knock.nested_merge",
     "flush_interval": "sink.flush_interval",
     "max_pending": "sink.max_pending",
+    "catch_up_lag": "sink.catch_up_lag",
     "lateness": "sink.lateness",
     "metrics_port": "sink.metrics_port",
     "backfill_memory_mb": "sink.backfill_memory_mb",
@@ -210,6 +211,13 @@ def _add_sink_arguments(p: argparse.ArgumentParser) -> None:
         "calls, staler data in Knock (default 0.5)",
     )
     p.add_argument("--max-pending", type=int, help="events buffered before fetching pauses")
+    p.add_argument(
+        "--catch-up-lag",
+        type=int,
+        metavar="EVENTS",
+        help="run: a partition this far behind folds its users until it is read to where it "
+        "ended, then sends each once (default 1000; 0: off)",
+    )
     p.add_argument(
         "--lateness",
         type=float,

@@ -408,6 +408,13 @@ class SinkSettings(_Section):
     max_pending: int = Field(default=20_000, ge=1)
     """Events buffered or in flight before fetching pauses (a backfill holds folded users
     instead, bounded by ``backfill_memory_mb``)."""
+    catch_up_lag: int = Field(default=1_000, ge=0)
+    """``run``: a partition at least this many events behind (when assigned, or as lag builds)
+    holds its users, folding each one's events, until it is read to where it ended then; each
+    user then goes out once (docs/operations.md#catching-up). 0: off, events go out as read."""
+    catch_up_pending: int = Field(default=200_000, ge=1)
+    """``run``: events read but unresolved at which fetching pauses while partitions catch up
+    (in place of ``max_pending``); when reached, what is folded goes out."""
     drain_timeout: float = Field(default=30.0, gt=0)
     """Seconds allowed on shutdown or partition revoke to finish in-flight work."""
     item_attempts: int = Field(default=5, ge=1)

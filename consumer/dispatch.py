@@ -16,6 +16,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 
 from .apply import Applier, Flight, Outcome
 from .cadence import Cadence
@@ -113,17 +114,27 @@ class Dispatch:
         """Remove the queued ops matching ``predicate`` (a revoke, a stopped backfill)."""
         return self._planner.drop(predicate)
 
-    def start(self, *, wait: Callable[[float], bool] | None = None, now: bool = False) -> None:
+    def start(
+        self,
+        *,
+        wait: Callable[[float], bool] | None = None,
+        now: bool = False,
+        held: AbstractSet[object] = frozenset(),
+    ) -> None:
         """Cut the next plan and start it, when there is room in flight and a plan is due (full,
         or old enough) and ``wait`` (given the clock) does not hold it back; with ``now``, due
-        or not (a drain). Its users are disjoint from those of the plans in flight."""
-        if self._flight.full or len(self._planner) == 0:
+        or not (a drain). Its users are disjoint from those of the plans in flight. The ops of
+        ``held`` lanes (partitions catching up, :mod:`consumer.catchup`) stay queued, folding per
+        user as they are added, and count for no cut."""
+        # Ops of held lanes are not sendable: with only those queued, no cut (each walks them).
+        pending = len(self._planner) - (self._planner.queued_in(held) if held else 0)
+        if self._flight.full or pending <= 0:
             return
         t = self._clock()
         size = self.sizing.users_per_plan
         due = self._cadence.due(
             t,
-            pending=len(self._planner),
+            pending=pending,
             full_at=size,
             last_cut=self._last_cut,
             bulk_ready_in=self._knock.ready_in("bulk_identify"),
@@ -136,6 +147,7 @@ class Dispatch:
             busy=self._flight.busy(),
             max_levels=self.sizing.max_levels,
             unchanged=self._unchanged if self.known is not None else None,
+            lanes=held,
         )
         if plan:
             if log.isEnabledFor(logging.DEBUG):

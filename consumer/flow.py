@@ -75,10 +75,13 @@ class Backpressure:
     def __init__(self, max_pending: int) -> None:
         self.max_pending = max_pending
 
-    def update(self, pending: int, fetching: Pausable) -> None:
-        if pending >= self.max_pending:
+    def update(self, pending: int, fetching: Pausable, limit: int | None = None) -> None:
+        """``limit``: pause at this many instead (partitions catching up, see
+        :mod:`consumer.catchup`)."""
+        at = self.max_pending if limit is None else limit
+        if pending >= at:
             fetching.pause()
-        elif pending <= self.max_pending // 2:
+        elif pending <= at // 2:
             fetching.resume()
 
 

@@ -154,6 +154,11 @@ class Metrics:
     )
     pending = gauge("knock_sink_pending_events", "Events read but not yet committable")
     paused = gauge("knock_sink_paused", "1 while fetching is paused", doc="Backpressure.")
+    catching_up = gauge(
+        "knock_sink_catching_up_partitions",
+        "Partitions behind by a backlog whose users are held and folded until it is read",
+        doc="See [catching up](../operations.md#catching-up).",
+    )
     users_on_several_partitions = counter(
         "knock_sink_users_on_several_partitions",
         "Users whose events came on more than one partition of a topic (not keyed by user)",

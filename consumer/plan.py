@@ -26,6 +26,7 @@ No I/O and no clock: time is the ``now`` argument.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from itertools import pairwise
 from types import MappingProxyType
@@ -120,6 +121,18 @@ class Plan:
         return bool(self.levels or self.unchanged)
 
 
+def _pendings(plan: Plan) -> Iterable[Pending]:
+    """Every pending a plan resolves."""
+    for level in plan.levels:
+        for e in level.identifies:
+            yield from e.items
+        for m in level.merges:
+            yield m.pending
+        for a in level.actions:
+            yield a.pending
+    yield from plan.unchanged
+
+
 def _users(op: Op) -> tuple[str, ...]:
     return entities(op)
 
@@ -180,7 +193,7 @@ class Planner:
     ``add`` is O(1); ``cut`` and ``drop`` are O(pending); ``retry`` sorts.
     """
 
-    __slots__ = ("_can_fold", "_fold", "_last_seq", "_open", "_queue")
+    __slots__ = ("_can_fold", "_fold", "_lanes", "_last_seq", "_open", "_queue")
 
     def __init__(self, *, nested: NestedMerge = "either") -> None:
         """:param nested: what Knock does with nested objects. ``either`` (default) folds only
@@ -189,6 +202,8 @@ class Planner:
         deep merge and folds such objects into one deep-merged entry.
         """
         self._queue: list[Pending] = []
+        #: Ops queued per lane: what a cut holding some lanes could take (:meth:`queued_in`).
+        self._lanes: dict[object, int] = {}
         self._last_seq: int | None = None
         self._can_fold, self._fold = folding(nested)
         # user -> (its last queued op, if a fresh identify with a lane; whether its props are
@@ -211,6 +226,8 @@ class Planner:
             raise ValueError(f"seq {p.seq} added after {self._last_seq}")
         self._queue.append(p)
         self._last_seq = p.seq
+        lanes = self._lanes
+        lanes[p.lane] = lanes.get(p.lane, 0) + 1
         op = p.op
         if op.__class__ is not Identify:
             for u in _users(op):
@@ -264,8 +281,10 @@ class Planner:
         for a, b in pairwise(merged):
             if a.seq == b.seq:
                 raise ValueError(f"seq {a.seq} is already pending")
+        lanes = self._lanes
         for p in items:
             p.not_before = not_before
+            lanes[p.lane] = lanes.get(p.lane, 0) + 1
         self._queue = merged
 
     def cut(
@@ -276,10 +295,12 @@ class Planner:
         busy: Iterable[str] = (),
         max_levels: int | None = None,
         unchanged: Callable[[Pending], bool] | None = None,
+        lanes: AbstractSet[object] = frozenset(),
     ) -> Plan:
         """Take every op that can be sent at ``now``, as levels; the rest stays pending.
 
-        An op is held if its ``not_before`` is after ``now`` or if it touches a user held earlier
+        An op is held if its ``not_before`` is after ``now``, if its lane is one of ``lanes``
+        (partitions catching up, :mod:`consumer.catchup`), or if it touches a user held earlier
         in this walk; a held op holds all its users, so nothing overtakes it. An op goes one level
         above the last planned op of each of its users, except that an identify folds into its
         user's last planned entry when that is exact (see :func:`_can_fold`).
@@ -308,7 +329,13 @@ class Planner:
         if max_levels is not None and max_levels < 1:
             raise ValueError(f"max_levels must be at least 1, got {max_levels}")
         cut = _Cut(
-            self, now, busy=busy, max_users=max_users, max_levels=max_levels, unchanged=unchanged
+            self,
+            now,
+            busy=busy,
+            max_users=max_users,
+            max_levels=max_levels,
+            unchanged=unchanged,
+            lanes=lanes,
         )
         ops = iter(self._queue)
         for p in ops:
@@ -316,7 +343,11 @@ class Planner:
                 cut.riders_only(ops)  # the rest of the queue, in the same pass
                 break
         self._queue = cut.kept
-        return cut.plan()
+        plan = cut.plan()
+        counts = self._lanes
+        for p in _pendings(plan):
+            counts[p.lane] -= 1
+        return plan
 
     def drop(self, predicate: Callable[[Pending], bool]) -> list[Pending]:
         """Remove and return (in seq order) the pending ops matching ``predicate``."""
@@ -326,7 +357,15 @@ class Planner:
             (dropped if predicate(p) else kept).append(p)
         self._queue = kept
         self._reopen()
+        lanes = self._lanes
+        for p in dropped:
+            lanes[p.lane] -= 1
         return dropped
+
+    def queued_in(self, lanes: Iterable[object]) -> int:
+        """Ops queued in ``lanes``."""
+        counts = self._lanes
+        return sum(counts.get(lane, 0) for lane in lanes)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -341,6 +380,7 @@ class _Cut:
         "_budget",
         "_can_fold",
         "_fold",
+        "_lanes",
         "_now",
         "_open",
         "_top",
@@ -362,8 +402,11 @@ class _Cut:
         max_users: int | None,
         max_levels: int | None,
         unchanged: Callable[[Pending], bool] | None = None,
+        lanes: AbstractSet[object] = frozenset(),
     ) -> None:
         self._can_fold, self._fold, self._open = planner._can_fold, planner._fold, planner._open
+        #: Lanes whose ops are all kept (``None`` when none: one test less per op).
+        self._lanes = lanes or None
         self._unchanged = unchanged
         #: Ops that change nothing (with their riders), and the users whose last op was one.
         self.same: list[Pending] = []
@@ -389,7 +432,11 @@ class _Cut:
         if op.__class__ is Identify:
             # The common case without tuples, sets or generators.
             uid = op.user_id
-            if p.not_before > self._now or uid in self.held:
+            if (
+                p.not_before > self._now
+                or uid in self.held
+                or (self._lanes is not None and p.lane in self._lanes)
+            ):
                 self._keep(p, uid)
                 return True
             if uid not in self.last and (self.skipped or self._unchanged) and self._same(p, uid):
@@ -404,7 +451,11 @@ class _Cut:
                 self._keep(p, uid)
             return True
         users = _users(op)
-        if p.not_before > self._now or any(u in self.held for u in users):
+        if (
+            p.not_before > self._now
+            or (self._lanes is not None and p.lane in self._lanes)
+            or any(u in self.held for u in users)
+        ):
             self._keep(p, *users)
             return True
         if self._budget > 0 and self.last:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from .apply import Outcome
 from .backfill import BackfillStage, reached, read_targets
 from .budget import Budget
+from .catchup import FOCUS as CATCH_UP
+from .catchup import CatchUp
 from .config import Settings
 from .deadletter import DeadLetters
 from .decode import Decoder
@@ -101,6 +103,8 @@ class Sink:
         )
         #: The run's stage, picked at start (:meth:`_pick_stage`).
         self._stage: Stage = NotStarted()
+        #: ``run``'s partitions behind by a backlog (``None``: a backfill, or off).
+        self._catch_up: CatchUp | None = None
         #: The last position committed for each partition by this sink.
         self._committed: dict[Partition, int] = {}
         self._source: Source | None = None
@@ -236,6 +240,18 @@ class Sink:
         """The live intake, or with end targets a backfill (its plans sized for held users)."""
         assert self._source is not None and self._dlq is not None
         if ends is None:
+            if self.settings.sink.catch_up_lag:
+                self._catch_up = CatchUp(
+                    self.settings.sink.catch_up_lag,
+                    self.settings.sink.catch_up_pending,
+                    positions=self._source.positions,
+                    highs=self._source.high_watermarks,
+                    pause=self._fetch.holder(CATCH_UP),
+                    resume=self._fetch.releaser(CATCH_UP),
+                )
+                # Partitions assigned before the stage was picked (none with a real consumer:
+                # its first assignment comes in the loop's first consume).
+                self._catch_up.assigned(self.health.partitions)
             return Intake(
                 self.settings,
                 ingest=self._ingest,
@@ -273,7 +289,13 @@ class Sink:
         if self._budget.stale and self._budget.share is not None:
             self._budget.refresh(lambda: source.end_offsets(self.settings.kafka.topics))
         pending = self._tracker.pending()
-        self._backpressure.update(pending, self._fetching)
+        limit = None
+        if (catch_up := self._catch_up) is not None:
+            catch_up.step(self._clock(), pending)
+            self.metrics.catching_up.set(catch_up.catching_up)
+            if catch_up.catching_up:
+                limit = catch_up.pending
+        self._backpressure.update(pending, self._fetching, limit)
         self.metrics.pending.set(pending)
         self.metrics.paused.set(1 if self._fetch.paused else 0)
         stage.poll()
@@ -295,7 +317,11 @@ class Sink:
             self._stop.set()
 
     def _start_plan(self) -> None:
-        self._dispatch.start(wait=self._stage.holds_back, now=self._stop.is_set())
+        self._dispatch.start(
+            wait=self._stage.holds_back,
+            now=self._stop.is_set(),
+            held=self._catch_up.held if self._catch_up is not None else frozenset(),
+        )
 
     def _take(self, out: Outcome) -> None:
         """Resolve what Knock applied, park what it rejected, give back what must be retried."""
@@ -364,6 +390,8 @@ class Sink:
         return drained
 
     def _on_assign(self, tps: list[Partition]) -> None:
+        if self._catch_up is not None:
+            self._catch_up.assigned(tps)
         self._known.assigned(tps)
         self._fetch.assigned(tps)
         self._tracker.add(tps)
@@ -394,6 +422,8 @@ class Sink:
         """Drop everything held for ``tps`` (revoked, lost or rewound: they will be read again,
         here or by their new owner; lost ones are not committed, they may be someone else's)."""
         gone = set(tps)
+        if self._catch_up is not None:
+            self._catch_up.unassigned(gone)
         self._known.left(gone)
         if self._stage.forget(gone):
             self._stop.set()
@@ -406,6 +436,8 @@ class Sink:
         assert self._dlq is not None
         self._fetch.hold_all(DRAIN)
         self._stage.flush()  # what a live sink holds for event-time order goes on now
+        if self._catch_up is not None:
+            self._catch_up.release_all()  # and what it folds while catching up
         deadline = self._clock() + self.settings.sink.drain_timeout
         while self._clock() < deadline:
             self.health.turned()

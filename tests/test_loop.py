@@ -295,3 +295,50 @@ def test_a_rewound_partition_is_read_again_and_stale_results_never_count(api):
     assert actual_state(api.users()) == expected_state(events)
     assert broker.commits == broker.ends()
     assert summary.consumed > sum(len(log) for log in broker.partitions.values())
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        [(40, "revoke", [(TOPIC, 1)]), (60, "assign", [(TOPIC, 1)])],
+        [(30, "lost", [(TOPIC, 2)]), (31, "assign", [(TOPIC, 2)])],
+        [(25, "rewind", [(TOPIC, 0)]), (50, "rewind", [(TOPIC, 1), (TOPIC, 2)])],
+    ],
+    ids=["revoke", "lost", "rewind"],
+)
+def test_a_partition_that_moves_while_catching_up_ends_exact(api, schedule):
+    # Every partition starts behind (catch_up_lag 10): its users are held, folding, when it is
+    # revoked, lost or rewound mid-read. What was held is dropped with the partition and read
+    # again; nothing is committed past what Knock applied.
+    broker, events = stream()
+    api.set_faults(latency_ms=20)
+    broker.schedule = schedule
+    summary = live(api, broker, kafka__consume_batch=5, sink__catch_up_lag=10)
+    assert actual_state(api.users()) == expected_state(events)
+    assert broker.commits == broker.ends()
+    assert summary.dead_lettered == {}
+
+
+def test_a_backlog_caught_up_sends_each_user_once_in_memory(api):
+    # Identifies only (no merge to split a user's history): 12 users, 15 updates each, on three
+    # partitions behind by 60 events each; one entry a user, against one per plan otherwise.
+    broker = Broker()
+    broker.create(TOPIC, PARTITIONS)
+    events = []
+    for i in range(15):
+        for u in range(12):
+            e = {"type": "identify", "userId": f"u{u}", "traits": {"i": i, f"k{i % 3}": u}}
+            events.append(e)
+            broker.produce(TOPIC, u % PARTITIONS, e, f"u{u}".encode())
+    live(
+        api,
+        broker,
+        kafka__consume_batch=5,
+        knock__rate_limits="knock",
+        sink__flush_interval=0.001,  # a plan as soon as a bulk call may leave: the first batch
+        sink__catch_up_lag=10,
+        sink__known_ttl=0,
+    )
+    assert actual_state(api.users()) == expected_state(events)
+    assert broker.commits == broker.ends()
+    assert api.stats()["identify_entries"] == 12

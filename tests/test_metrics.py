@@ -40,7 +40,7 @@ KINDS = {"counter": PromCounter, "gauge": Gauge, "histogram": Histogram}
 def test_each_declaration_is_an_attribute_of_its_kind_in_the_instances_own_registry():
     a, b = Metrics(), Metrics()
     declared = list(Metrics.declared())
-    assert len({d.name for d in declared}) == len(declared) == 30
+    assert len({d.name for d in declared}) == len(declared) == 31
     for d in declared:
         metric = getattr(a, d.attr)
         assert isinstance(metric, KINDS[d.kind]), d.attr

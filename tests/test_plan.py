@@ -1169,3 +1169,34 @@ def test_riders_of_an_unchanged_host_go_with_it_past_the_budget() -> None:
     assert view(plan) == [[("I", "a", {"x": 1, "y": 1}, [1, 4])]]
     assert [p.seq for p in plan.unchanged] == [2, 5]
     assert queued(pl) == [3]
+
+
+def test_a_held_lane_keeps_its_ops_and_holds_their_users_in_every_lane() -> None:
+    # Lane 1 catches up: its ops stay queued, folded; a later op of one of its users on another
+    # lane stays too (it must not overtake), while lane 0's other users go out.
+    pl = planner(
+        laned(1, "u", lane=1, a=1),
+        laned(2, "v", lane=0, a=1),
+        laned(3, "u", lane=1, a=2),
+        laned(4, "u", lane=0, a=3),
+        Pending(5, Merge("w", "x"), ("t", 1, 5), 1),
+        laned(6, "w", lane=0, a=1),
+    )
+    assert pl.queued_in([0]) == 3 and pl.queued_in([1]) == 3
+    assert view(pl.cut(0, lanes=frozenset({1}))) == [[("I", "v", {"a": 1}, [2])]]
+    assert queued(pl) == [1, 3, 4, 5, 6]
+    assert pl.queued_in([0]) == 2 and pl.queued_in([1]) == 3
+    assert view(pl.cut(0)) == [
+        [("I", "u", {"a": 3}, [1, 3, 4]), ("M", "w", "x", 5)],  # 3 rode on 1; 4 folds in
+        [("I", "w", {"a": 1}, [6])],
+    ]
+
+
+def test_ops_queued_per_lane_follow_cuts_retries_and_drops() -> None:
+    pl = planner(laned(1, "u", lane=0, a=1), laned(2, "v", lane=1, a=1), laned(3, "w", lane=1))
+    plan = pl.cut(0, max_users=1)
+    assert pl.queued_in([0, 1]) == 2
+    pl.retry(pendings(plan), not_before=5)
+    assert pl.queued_in([0]) == 1 and pl.queued_in([1]) == 2
+    pl.drop(lambda p: p.lane == 1)
+    assert pl.queued_in([0, 1]) == 1 and len(pl) == 1

@@ -440,3 +440,42 @@ def test_a_user_knock_rejects_everywhere_is_dead_lettered_whole_under_knocks_pac
     assert sum(users["bad"] for users in refused.values()) >= 6
     routes = stats["requests"]
     assert routes["POST /v1/users/bulk/identify"] and routes["PUT /v1/users/{user_id}"]
+
+
+def test_a_live_run_behind_by_a_backlog_folds_it_and_sends_each_user_once(kafka, api, settings_for):
+    # `run` starting behind (a new group from the earliest offset): each partition's users are
+    # held and folded until it is read to where it ended, then sent, each once; the events that
+    # come after go out live.
+    topic = kafka.topic(3)
+    events = [
+        {"type": "identify", "userId": f"u{i % 40}", "traits": {"n": i, f"k{i % 7}": i}}
+        for i in range(1_200)
+    ]
+    kafka.produce(topic, events)
+    sink = Sink(
+        settings_for(
+            topic,
+            knock__rate_limits="knock",
+            kafka__consume_batch=10,
+            sink__catch_up_lag=100,
+            sink__known_ttl=0,  # every update counts: nothing skipped as unchanged
+        )
+    )
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(summary=sink.run(from_beginning=True)))
+    t.start()
+    try:
+        ends = kafka.end_offsets(topic)
+        wait_for(lambda: kafka.committed(f"g-{topic}", topic) == ends, 60, "the backlog committed")
+        assert actual_state(api.users()) == expected_state(events)
+        assert api.stats()["identify_entries"] == 40
+        live = [{"type": "identify", "userId": "late", "traits": {"x": 1}}]
+        kafka.produce(topic, live)
+        wait_for(lambda: "late" in actual_state(api.users()), 60, "a live event after it")
+    finally:
+        sink.stop()
+        t.join(60)
+    assert not t.is_alive()
+    assert api.stats()["identify_entries"] == 41
+    assert result["summary"].consumed == 1_201
+    assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
