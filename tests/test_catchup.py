@@ -26,6 +26,15 @@ class Consumer:
     def highs(self) -> dict[Partition, int]:
         return dict(self.hi)
 
+    def behind(self, pending: int = 1_000) -> CatchUp:
+        """A and B 900 and 800 events behind, assigned and judged: both catching up."""
+        self.at.update({A: 0, B: 0})
+        self.hi.update({A: 900, B: 800})
+        cu = self.catch_up(pending=pending)
+        cu.assigned([A, B])
+        cu.step(0.0, pending=0)
+        return cu
+
     def catch_up(self, lag: int = 100, pending: int = 1_000) -> CatchUp:
         return CatchUp(
             lag,
@@ -40,9 +49,7 @@ class Consumer:
 def test_a_new_partition_holds_until_its_verdict_then_until_read_to_its_end():
     c = Consumer()
     cu = c.catch_up()
-    cu.assigned(
-        [A, B],
-    )
+    cu.assigned([A, B])
     assert cu.held == {A, B}  # no high watermark yet: its first records must not go alone
     cu.step(0.1, pending=0)
     assert cu.held == {A, B}
@@ -63,9 +70,7 @@ def test_a_partition_with_nothing_read_waits_for_its_verdict_and_is_not_counted(
     c = Consumer()
     c.hi[A] = 500  # fetched, but its records not delivered yet (other partitions' first)
     cu = c.catch_up()
-    cu.assigned(
-        [A],
-    )
+    cu.assigned([A])
     cu.step(60.0, pending=0)
     assert cu.held == {A} and cu.catching_up == 0
     c.at[A] = 10
@@ -77,9 +82,7 @@ def test_lag_that_builds_on_a_live_partition_starts_a_hold_at_the_next_look():
     c = Consumer()
     c.at[A], c.hi[A] = 10, 10
     cu = c.catch_up()
-    cu.assigned(
-        [A],
-    )
+    cu.assigned([A])
     cu.step(0.0, pending=0)
     assert cu.held == frozenset()
     c.hi[A] = 500
@@ -94,9 +97,7 @@ def test_partitions_catching_up_are_read_one_at_a_time_least_left_first():
     c.at.update({A: 0, B: 0, C: 0})
     c.hi.update({A: 900, B: 300, C: 5})
     cu = c.catch_up()
-    cu.assigned(
-        [A, B, C],
-    )
+    cu.assigned([A, B, C])
     cu.step(0.0, pending=0)
     assert cu.held == {A, B}
     assert c.paused == {A}  # B has less left; C is live and fetches
@@ -111,13 +112,7 @@ def test_partitions_catching_up_are_read_one_at_a_time_least_left_first():
 
 def test_too_much_held_lets_every_hold_go_and_starts_none_until_half_is_resolved():
     c = Consumer()
-    c.at.update({A: 0, B: 0})
-    c.hi.update({A: 900, B: 800})
-    cu = c.catch_up(pending=1_000)
-    cu.assigned(
-        [A, B],
-    )
-    cu.step(0.0, pending=0)
+    cu = c.behind(pending=1_000)
     assert cu.held == {A, B} and c.paused == {A}
     cu.step(0.1, pending=1_000)
     assert cu.held == frozenset() and c.paused == set()
@@ -129,13 +124,7 @@ def test_too_much_held_lets_every_hold_go_and_starts_none_until_half_is_resolved
 
 def test_a_partition_that_leaves_is_neither_held_nor_paused():
     c = Consumer()
-    c.at.update({A: 0, B: 0})
-    c.hi.update({A: 900, B: 800})
-    cu = c.catch_up()
-    cu.assigned(
-        [A, B],
-    )
-    cu.step(0.0, pending=0)
+    cu = c.behind()
     cu.unassigned([A, B])
     assert cu.held == frozenset()
     cu.step(0.1, pending=0)
@@ -144,13 +133,7 @@ def test_a_partition_that_leaves_is_neither_held_nor_paused():
 
 def test_release_all_resumes_every_partition():
     c = Consumer()
-    c.at.update({A: 0, B: 0})
-    c.hi.update({A: 900, B: 800})
-    cu = c.catch_up()
-    cu.assigned(
-        [A, B],
-    )
-    cu.step(0.0, pending=0)
+    cu = c.behind()
     cu.release_all()
     assert cu.held == frozenset() and c.paused == set()
 

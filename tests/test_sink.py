@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +20,21 @@ from tests.model import actual_state, expected_state
 
 def backfill(settings: Any) -> Any:
     return Sink(settings).run(from_beginning=True, until_end=True)
+
+
+@contextmanager
+def running(sink: Sink, **run: Any) -> Iterator[dict[str, Any]]:
+    """``sink.run(**run)`` on a thread for the ``with`` block, then stopped and joined; the
+    dict yielded holds its ``summary`` once it returned."""
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(summary=sink.run(**run)))
+    t.start()
+    try:
+        yield result
+    finally:
+        sink.stop()
+        t.join(60)
+    assert not t.is_alive()
 
 
 def test_identify_maps_every_field(kafka, api, settings_for):
@@ -259,11 +276,7 @@ def test_a_rejected_users_later_updates_get_one_attempt_each(kafka, api, setting
 
 def test_live_run_applies_new_events_and_stops_on_request(kafka, api, settings_for):
     topic = kafka.topic(3)
-    sink = Sink(settings_for(topic))
-    result: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: result.update(summary=sink.run()))
-    t.start()
-    try:
+    with running(Sink(settings_for(topic))) as result:
         events = [
             {"type": "identify", "userId": f"u{i % 7}", "traits": {"i": i}} for i in range(200)
         ]
@@ -272,10 +285,6 @@ def test_live_run_applies_new_events_and_stops_on_request(kafka, api, settings_f
         more = [{"type": "identify", "userId": "late", "traits": {"x": 1}}]
         kafka.produce(topic, more)
         wait_for(lambda: "late" in actual_state(api.users()), 60, "late event")
-    finally:
-        sink.stop()
-        t.join(60)
-    assert not t.is_alive()
     assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
     assert result["summary"].consumed == 201
 
@@ -461,10 +470,7 @@ def test_a_live_run_behind_by_a_backlog_folds_it_and_sends_each_user_once(kafka,
             sink__known_ttl=0,  # every update counts: nothing skipped as unchanged
         )
     )
-    result: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: result.update(summary=sink.run(from_beginning=True)))
-    t.start()
-    try:
+    with running(sink, from_beginning=True) as result:
         ends = kafka.end_offsets(topic)
         wait_for(lambda: kafka.committed(f"g-{topic}", topic) == ends, 60, "the backlog committed")
         assert actual_state(api.users()) == expected_state(events)
@@ -472,10 +478,6 @@ def test_a_live_run_behind_by_a_backlog_folds_it_and_sends_each_user_once(kafka,
         live = [{"type": "identify", "userId": "late", "traits": {"x": 1}}]
         kafka.produce(topic, live)
         wait_for(lambda: "late" in actual_state(api.users()), 60, "a live event after it")
-    finally:
-        sink.stop()
-        t.join(60)
-    assert not t.is_alive()
     assert api.stats()["identify_entries"] == 41
     assert result["summary"].consumed == 1_201
     assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
