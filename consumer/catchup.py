@@ -27,8 +27,8 @@ held records may be what pauses fetching. Holding a partition with nothing to re
 nothing: the planner cuts for what it can send (:meth:`consumer.plan.Planner.queued_in`).
 
 Memory: held events are tracked one by one until Knock applied them, as every event of ``run``
-is (a few hundred bytes each, their properties folded per user). While a partition is held the
-loop pauses fetching at ``sink.catch_up_pending`` unresolved events instead of
+is (about 420 bytes each with their users' folded properties, docs/operations.md). While a
+partition is held the loop pauses fetching at ``sink.catch_up_pending`` unresolved events instead of
 ``sink.max_pending``; when that many are reached, every hold is let go (what is folded so far
 goes out) and no new one starts until fewer than half are unresolved. A backlog larger than
 that is folded a ``catch_up_pending`` window at a time, not spilled to disk as a backfill's
