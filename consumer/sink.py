@@ -249,9 +249,6 @@ class Sink:
                     pause=self._fetch.holder(CATCH_UP),
                     resume=self._fetch.releaser(CATCH_UP),
                 )
-                # Partitions assigned before the stage was picked (none with a real consumer:
-                # its first assignment comes in the loop's first consume).
-                self._catch_up.assigned(self.health.partitions)
             return Intake(
                 self.settings,
                 ingest=self._ingest,
